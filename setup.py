@@ -1,0 +1,50 @@
+"""Build the two compiled parts of iim.
+
+* ``iim._fastmux`` - the multiplexor relay core (Cython, links the system
+  OpenSSL: libssl/libcrypto).
+* ``iim.keys._nss`` - a read-only NSS database reader (Cython, links libnss3;
+  flags come from ``pkg-config nss``).
+
+A missing development package is reported as one line naming the Debian
+package to install, not as a compiler traceback.
+"""
+import shlex
+import subprocess
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+
+def pkg_config(package, debian_name):
+    try:
+        out = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", package],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit(f"setup.py: pkg-config cannot find {package}: install {debian_name}")
+    flags = shlex.split(out)
+    return {
+        "include_dirs": [f[2:] for f in flags if f.startswith("-I")],
+        "library_dirs": [f[2:] for f in flags if f.startswith("-L")],
+        "libraries": [f[2:] for f in flags if f.startswith("-l")],
+    }
+
+
+openssl = pkg_config("openssl", "libssl-dev")
+nss = pkg_config("nss", "libnss3-dev")
+
+extensions = [
+    Extension("iim._fastmux", ["iim/_fastmux.pyx"], **openssl),
+    Extension("iim.keys._nss", ["iim/keys/_nss.pyx"], **nss),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        include_path=["iim"],
+        compiler_directives={"embedsignature": True},
+    ),
+)
