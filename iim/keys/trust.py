@@ -1,0 +1,184 @@
+"""Is a peer's certificate trusted for a domain, and if not, why?
+
+``verify_peer`` answers with a :class:`Verdict` whose ``failure`` is one
+:class:`TrustFailure` per cause an operator can act on (expired, not yet
+valid, self-signed, unknown CA, name mismatch, wrong purpose). The checks run
+from the cheapest, most specific cause to the general one, so the reason
+logged is the one to fix first; a chain that passes them all is then run
+through cryptography's RFC 5280 path validator (basic constraints, key usage,
+signatures), whose refusal is reported as ``INVALID_CHAIN``.
+
+Names follow RFC 6125 as profiled for XMPP by RFC 7590: a DNS-ID in the
+subjectAltName (a ``*.`` wildcard stands for one left-most label), or an
+IP address SAN when the domain is an IP literal. The common name is not used.
+
+EKU: peers act as TLS *clients* in s2s but present server certificates, so
+a leaf is accepted when it has no EKU or its EKU includes serverAuth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .material import is_self_signed, issued_by
+
+
+class TrustFailure(enum.Enum):
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not yet valid"
+    SELF_SIGNED = "self-signed"
+    UNKNOWN_CA = "unknown CA"
+    NAME_MISMATCH = "name mismatch"
+    WRONG_PURPOSE = "not a server certificate (EKU lacks serverAuth)"
+    INVALID_CHAIN = "invalid chain"
+    NO_CERTIFICATE = "no certificate"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    failure: TrustFailure | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "trusted"
+        return f"{self.failure.value}: {self.detail}" if self.detail else self.failure.value
+
+
+def verify_peer(chain, anchors, domain: str, *, now: dt.datetime | None = None) -> Verdict:
+    """Check ``chain`` (leaf first, as the peer sent it) for ``domain``."""
+    if not chain:
+        return Verdict(TrustFailure.NO_CERTIFICATE)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    leaf, anchors = chain[0], list(anchors)
+    for check in (_dates, _self_signed, _path, _name, _purpose):
+        verdict = check(leaf, chain, anchors, domain, now)
+        if not verdict.ok:
+            return verdict
+    return _rfc5280(leaf, chain, anchors, domain, now)
+
+
+def _dates(leaf, chain, anchors, domain, now) -> Verdict:
+    for cert in chain:
+        who = "certificate" if cert is leaf else f"issuer {_cn(cert)}"
+        if now > cert.not_valid_after_utc:
+            return Verdict(TrustFailure.EXPIRED,
+                           f"{who} expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}")
+        if now < cert.not_valid_before_utc:
+            return Verdict(TrustFailure.NOT_YET_VALID,
+                           f"{who} valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}")
+    return Verdict()
+
+
+def _self_signed(leaf, chain, anchors, domain, now) -> Verdict:
+    if is_self_signed(leaf) and leaf not in anchors:
+        return Verdict(TrustFailure.SELF_SIGNED, f"issuer {_cn(leaf)} is the certificate itself")
+    return Verdict()
+
+
+def _path(leaf, chain, anchors, domain, now) -> Verdict:
+    cert, pool = leaf, list(chain[1:])
+    for _ in range(len(chain) + 1):
+        if cert in anchors or any(issued_by(cert, a) for a in anchors):
+            return Verdict()
+        parent = next((c for c in pool if issued_by(cert, c)), None)
+        if parent is None:
+            break
+        pool.remove(parent)
+        cert = parent
+    return Verdict(TrustFailure.UNKNOWN_CA, f"issuer {_name_text(cert.issuer)} is not trusted")
+
+
+def _name(leaf, chain, anchors, domain, now) -> Verdict:
+    names = presented_names(leaf)
+    if matches(domain, leaf):
+        return Verdict()
+    shown = ", ".join(names) if names else "none"
+    return Verdict(TrustFailure.NAME_MISMATCH, f"wanted {domain}, certificate names {shown}")
+
+
+def _purpose(leaf, chain, anchors, domain, now) -> Verdict:
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return Verdict()
+    if ExtendedKeyUsageOID.SERVER_AUTH in eku:
+        return Verdict()
+    return Verdict(TrustFailure.WRONG_PURPOSE)
+
+
+def _rfc5280(leaf, chain, anchors, domain, now) -> Verdict:
+    try:
+        subject = x509.IPAddress(ipaddress.ip_address(domain))
+    except ValueError:
+        subject = x509.DNSName(domain)
+    store = verification.Store(anchors)
+    verifier = (verification.PolicyBuilder().store(store).time(now)
+                .build_server_verifier(subject))
+    try:
+        verifier.verify(leaf, list(chain[1:]))
+    except verification.VerificationError as exc:
+        return Verdict(TrustFailure.INVALID_CHAIN, str(exc).splitlines()[0][:160])
+    return Verdict()
+
+
+def presented_names(cert: x509.Certificate) -> list[str]:
+    """The DNS and IP subjectAltNames, as text."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return ([n for n in san.get_values_for_type(x509.DNSName)]
+            + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)])
+
+
+def matches(domain: str, cert: x509.Certificate) -> bool:
+    """RFC 6125 DNS-ID / IP match of ``domain`` against ``cert``'s SANs."""
+    domain = domain.rstrip(".").lower()
+    try:
+        wanted_ip = ipaddress.ip_address(domain)
+    except ValueError:
+        wanted_ip = None
+    for name in presented_names(cert):
+        if wanted_ip is not None:
+            if name == str(wanted_ip):
+                return True
+        elif _dns_match(domain, name.lower().rstrip(".")):
+            return True
+    return False
+
+
+def _dns_match(domain: str, pattern: str) -> bool:
+    if not pattern.startswith("*."):
+        return domain == pattern
+    head, _, rest = domain.partition(".")
+    return bool(head) and rest == pattern[2:] and "." in rest
+
+
+def certificate_summary(cert: x509.Certificate) -> str:
+    """One line for the log: subject, issuer, SANs, validity, SHA-256 fingerprint."""
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    names = ",".join(presented_names(cert)) or "none"
+    return (f"subject={_name_text(cert.subject)}; issuer={_name_text(cert.issuer)}; "
+            f"SANs={names}; valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}; sha256={fingerprint}")
+
+
+def _name_text(name: x509.Name) -> str:
+    return name.rfc4514_string() or "(empty)"
+
+
+def _cn(cert: x509.Certificate) -> str:
+    return _name_text(cert.subject)
