@@ -63,6 +63,7 @@ class NSSDatabase:
     prefix: str = ""
     keyprefix: str | None = None
     secmod: str = "secmod.db"
+    issued: Issued | None = None   # the last key + chain imported
 
     @classmethod
     def create(cls, directory: Path, password: str, *, fmt: str = "sql",
@@ -86,6 +87,7 @@ class NSSDatabase:
 
     def import_pkcs12(self, issued: Issued, nickname: str, roots=()) -> None:
         """``pk12util -i``: key + chain of ``issued`` under ``nickname``."""
+        self.issued = issued
         p12pass = "p12-transport"
         p12 = self._scratch("import.p12")
         p12.write_bytes(pkcs12_bytes(issued, nickname, p12pass.encode(), roots))

@@ -67,23 +67,32 @@ def load_nss(configdir, *, certdbprefix: str = "", keydbprefix: str = "",
     the key database password. Raises :class:`KeyMaterialError` with a
     one-line message naming ``<param_prefix>.<parameter>``.
     """
+    configdir = os.fsdecode(configdir)
+    _reject_nul(param_prefix, secconfigdir=configdir, certdbprefix=certdbprefix,
+                keydbprefix=keydbprefix, secmodfile=secmodfile, certnickname=nickname,
+                keystorepasswordfile=password)
     db = _locate(configdir, certdbprefix, keydbprefix, secmodfile, param_prefix)
-    _check_text(db, "certnickname", "the nickname", nickname)
-    _check_text(db, "keystorepasswordfile", "the password", password)
     transport = secrets.token_hex(32).encode("ascii")
     try:
         contents = _nss.read(
-            f"{db.fmt}:{db.directory}".encode(), certdbprefix.encode(), keydbprefix.encode(),
-            secmodfile.encode(), nickname.encode(), password.encode(), transport,
-            TRANSPORT_ITERATIONS)
+            os.fsencode(f"{db.fmt}:{db.directory}"), os.fsencode(certdbprefix),
+            os.fsencode(keydbprefix), os.fsencode(secmodfile), nickname.encode(),
+            password.encode(), transport, TRANSPORT_ITERATIONS)
     except _nss.NSSError as exc:
         raise KeyMaterialError(_explain(exc, db, nickname)) from None
     return _material(contents, transport, db, nickname)
 
 
-def _locate(configdir, certdbprefix, keydbprefix, secmodfile, param_prefix) -> _Database:
+def _reject_nul(param_prefix: str, **values: str) -> None:
+    """C strings end at NUL: the file we check must be the file NSS opens."""
+    for param, value in values.items():
+        if "\0" in value:
+            raise KeyMaterialError(f"{param_prefix}.{param}: the value contains a NUL character")
+
+
+def _locate(configdir: str, certdbprefix, keydbprefix, secmodfile, param_prefix) -> _Database:
     """Check the directory and database files exist; pick the format."""
-    text = os.fspath(configdir)
+    text = configdir
     forced, _, rest = text.partition(":")
     if forced in ("sql", "dbm") and rest:
         text = rest
@@ -139,12 +148,6 @@ def _readable(db: _Database, param: str, name: str) -> None:
                                f"(the database must be readable by this process)")
 
 
-def _check_text(db: _Database, param: str, what: str, value: str) -> None:
-    if "\0" in value:
-        raise KeyMaterialError(f"{db.param(param)}: {what} for {db.named()} "
-                               f"contains a NUL character")
-
-
 def _explain(exc: "_nss.NSSError", db: _Database, nickname: str) -> str:
     """The one-line message for a failed NSS step (never the password)."""
     nss = f"{exc.name} ({exc.text})"
@@ -192,7 +195,17 @@ def _material(contents, transport: bytes, db: _Database, nickname: str) -> KeyMa
                                f"does not match its certificate")
     return KeyMaterial(key=key, chain=order_chain(leaf, certs[1:]),
                        trust_anchors=_trust_anchors(contents.certificates),
-                       source=db.source, alias=nickname)
+                       source=db.source, alias=nickname, notes=_notes(db))
+
+
+def _notes(db: _Database) -> tuple[str, ...]:
+    """Warnings for the log. Read-only NSS quietly opens a dbm database whose
+    module database is missing (it uses its internal module alone)."""
+    path = os.path.join(db.directory, db.secmodfile)
+    if db.fmt == "dbm" and not os.path.exists(path):
+        return (f"{db.param('secmodfile')}: {path}: no such file; NSS used its internal "
+                f"module only",)
+    return ()
 
 
 def _trust_anchors(certificates) -> tuple[x509.Certificate, ...]:

@@ -1,0 +1,1 @@
+"""``python -m iim.admin``: the imadmin of iim."""

@@ -1,0 +1,76 @@
+"""python -m iim.admin COMMAND [options]
+
+Commands:
+  check      read iim.conf, open every keystore and NSS database it names and
+             report one line per finding; exit 0 when the configuration is usable
+  dev-setup  write a development configuration (CA, keystore, NSS database,
+             password file, iim.conf) into a folder
+
+The configuration file is -c FILE, else $IIM_CONF, else ./iim.conf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("IIM_CONF") or "iim.conf")
+
+
+def cmd_check(args) -> int:
+    from .check import check, usable
+    findings = check(_config_path(args.config))
+    for finding in findings:
+        print(finding)
+    ok = usable(findings)
+    print(f"{_config_path(args.config)}: {'usable' if ok else 'NOT usable'}")
+    return 0 if ok else 1
+
+
+def cmd_dev_setup(args) -> int:
+    from .devsetup import DevSetupError, dev_setup
+    try:
+        path = dev_setup(Path(args.dir), force=args.force)
+    except DevSetupError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"development configuration: {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m iim.admin", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check", help="check iim.conf, keystores and NSS databases",
+        description="Read the configuration, open every keystore and NSS database it names "
+                    "(read-only) and print one line per finding: configuration errors and "
+                    "warnings, key/certificate match, chain completeness, expiry (warned "
+                    "under 30 days), whether the certificates name iim_server.domainname, "
+                    "password-file permissions. Exit status 0 when usable, 1 otherwise.")
+    check.add_argument("-c", "--config", metavar="FILE",
+                       help="iim.conf to check (default: $IIM_CONF, else ./iim.conf)")
+    check.set_defaults(run=cmd_check)
+    dev = commands.add_parser(
+        "dev-setup", help="write a development configuration",
+        description="Write a development CA, a server PKCS#12 keystore, a multiplexor NSS "
+                    "database, a password file and iim.conf (server and multiplexor on "
+                    "loopback) into DIR. An existing configuration is kept unless --force.")
+    dev.add_argument("--dir", default="runtime/dev", help="folder (default: runtime/dev)")
+    dev.add_argument("--force", action="store_true", help="start over in an existing folder")
+    dev.set_defaults(run=cmd_dev_setup)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

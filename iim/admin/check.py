@@ -1,0 +1,169 @@
+"""``iim.admin check``: is this configuration usable? One line per finding.
+
+Each line starts with ``OK``, ``WARNING`` or ``ERROR`` and names the file
+and parameter it is about. The configuration is usable when no line is an
+ERROR. Keystores and NSS databases are opened for real (read-only), so a
+wrong password or a missing nickname shows here rather than at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from cryptography.hazmat.primitives import serialization
+
+from iim import conf
+from iim.keys.errors import KeyMaterialError
+from iim.keys.keystore import load_keystore
+from iim.keys.material import KeyMaterial, is_self_signed, issued_by
+from iim.keys.passwords import read_password_file
+from iim.keys.trust import matches, presented_names
+
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+class Level(enum.Enum):
+    OK = "OK"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.level.value}: {self.text}"
+
+
+def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
+    """Every finding for the configuration at ``path``, in reading order."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        config = conf.load(path)
+    except conf.ConfigError as err:
+        return [Finding(_level(d), str(d)) for d in err.diagnostics]
+    findings = [Finding(Level.WARNING, str(w)) for w in config.warnings]
+    findings.append(Finding(Level.OK, f"{path}: configuration read"))
+    findings += _server_findings(config, now)
+    findings += _mux_findings(config, now)
+    return findings
+
+
+def usable(findings) -> bool:
+    return not any(f.level is Level.ERROR for f in findings)
+
+
+def _level(diagnostic) -> Level:
+    return Level.ERROR if diagnostic.severity is conf.Severity.ERROR else Level.WARNING
+
+
+def _server_findings(config, now):
+    server = config.server
+    if server.trust_all_cert:
+        yield Finding(Level.WARNING, "iim_server.trust_all_cert is true: every peer certificate "
+                                     "is accepted and logged; use this for testing only")
+    if server.sslkeystore is None:
+        yield Finding(Level.WARNING, "iim_server.sslkeystore is not set: the server offers no "
+                                     "TLS")
+        return
+    try:
+        material, warnings = _load_server(server)
+    except KeyMaterialError as err:
+        yield Finding(Level.ERROR, str(err))
+        return
+    yield from warnings
+    yield from _material_findings(material, "iim_server.sslkeystore", server.domainname, now)
+    if not material.trust_anchors and config.coservers and not server.trust_all_cert:
+        yield Finding(Level.WARNING, "iim_server.sslkeystore: no trusted-certificate entry: "
+                                     "coserver certificates cannot be verified")
+
+
+def _mux_findings(config, now):
+    mux = config.mux
+    if mux.usessl and config.server.requiressl:
+        yield Finding(Level.WARNING, "iim_mux.usessl and iim_server.requiressl are both on: "
+                                     "legacy-SSL clients never ask for STARTTLS")
+    if mux.secconfigdir is None:
+        return
+    try:
+        material, warnings = _load_mux(mux)
+    except KeyMaterialError as err:
+        yield Finding(Level.ERROR if mux.usessl else Level.WARNING, str(err))
+        return
+    yield from warnings
+    yield from _material_findings(material, "iim_mux.certnickname", config.server.domainname,
+                                  now)
+
+
+def _load_server(server):
+    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
+    key_password = None
+    if server.keypasswordfile is not None:
+        key_password = read_password_file(server.keypasswordfile,
+                                          "iim_server.keypasswordfile").password
+    material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
+                             key_password=key_password)
+    return material, [Finding(Level.WARNING, w) for w in pwfile.warnings]
+
+
+def _load_mux(mux):
+    from iim.keys.nss import load_nss        # the NSS extension loads only when needed
+    pwfile = read_password_file(mux.keystorepasswordfile, "iim_mux.keystorepasswordfile")
+    material = load_nss(mux.secconfigdir, certdbprefix=mux.certdbprefix,
+                        keydbprefix=mux.keydbprefix, secmodfile=mux.secmodfile,
+                        nickname=mux.certnickname, password=pwfile.password)
+    return material, [Finding(Level.WARNING, w) for w in pwfile.warnings]
+
+
+def _material_findings(material: KeyMaterial, param: str, domain: str, now):
+    where = f"{param}: {material.source}"
+    yield _key_match(material, where)
+    yield _completeness(material, where)
+    yield from _expiry(material, where, now)
+    yield _names(material, where, domain)
+
+
+def _key_match(material, where) -> Finding:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    ours = material.key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    theirs = material.certificate.public_key().public_bytes(serialization.Encoding.DER, spki)
+    if ours != theirs:
+        return Finding(Level.ERROR, f"{where}: the private key does not match the certificate")
+    return Finding(Level.OK, f"{where}: key matches certificate "
+                             f"{material.certificate.subject.rfc4514_string()}")
+
+
+def _completeness(material, where) -> Finding:
+    last = material.chain[-1]
+    anchored = is_self_signed(last) or any(issued_by(last, a) for a in material.trust_anchors)
+    if not anchored:
+        return Finding(Level.WARNING, f"{where}: chain incomplete: the issuer "
+                                      f"{last.issuer.rfc4514_string()} is not in the store")
+    return Finding(Level.OK, f"{where}: chain complete ({len(material.chain)} certificates)")
+
+
+def _expiry(material, where, now):
+    for cert in material.chain:
+        ends = cert.not_valid_after_utc
+        who = cert.subject.rfc4514_string()
+        if now > ends:
+            yield Finding(Level.ERROR, f"{where}: {who} expired on {ends:%Y-%m-%d}")
+        elif now < cert.not_valid_before_utc:
+            yield Finding(Level.ERROR, f"{where}: {who} is not valid before "
+                                       f"{cert.not_valid_before_utc:%Y-%m-%d}")
+        elif ends - now < EXPIRY_WARNING:
+            yield Finding(Level.WARNING, f"{where}: {who} expires in {(ends - now).days} days "
+                                         f"({ends:%Y-%m-%d})")
+        else:
+            yield Finding(Level.OK, f"{where}: {who} valid until {ends:%Y-%m-%d}")
+
+
+def _names(material, where, domain) -> Finding:
+    if matches(domain, material.certificate):
+        return Finding(Level.OK, f"{where}: certificate names iim_server.domainname {domain}")
+    shown = ", ".join(presented_names(material.certificate)) or "no DNS or IP names"
+    return Finding(Level.ERROR, f"{where}: certificate does not name iim_server.domainname "
+                                f"{domain} (it names {shown})")

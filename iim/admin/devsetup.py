@@ -1,0 +1,181 @@
+"""``iim.admin dev-setup``: a complete development configuration in one folder.
+
+It writes, in ``runtime/dev`` by default:
+
+* ``ca.pem``: a development CA (its key is kept only in memory and dropped,
+  so nothing can be signed with it later; run dev-setup again to start over),
+* ``server-keystore.p12``: the server's PKCS#12 keystore (key entry
+  ``server`` for ``localhost``/127.0.0.1/::1, the CA as trusted entry),
+* ``nssdb/``: the multiplexor's NSS database (nickname ``Multiplexor-Cert``,
+  the CA trusted for SSL), made with NSS's own certutil and pk12util,
+* ``sslpassword.conf`` (mode 600): one random password for both stores,
+* ``iim.conf``: server and multiplexor on loopback with those files.
+
+No clear private key is written: the keystore and the NSS database hold the
+keys encrypted, and the PKCS#12 handed to pk12util is encrypted too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DOMAIN = "localhost"
+NICKNAME = "Multiplexor-Cert"
+TOKEN = "Internal (Software) Token"
+
+
+class DevSetupError(Exception):
+    """One line saying what is missing (e.g. an NSS tool)."""
+
+
+def dev_setup(folder: Path, *, force: bool = False) -> Path:
+    """Write the development configuration into ``folder``; return iim.conf's path."""
+    folder = Path(folder)
+    config = folder / "iim.conf"
+    if config.exists() and not force:
+        return config
+    _require_tools()
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, mode=0o700)
+    password = secrets.token_urlsafe(18)
+    ca_key, ca_cert = _make_ca()
+    _write_private(folder / "sslpassword.conf", f"{TOKEN}:{password}\n")
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_key, server_cert = _issue(ca_key, ca_cert, "iim dev server")
+    (folder / "server-keystore.p12").write_bytes(
+        _pkcs12("server", server_key, server_cert, ca_cert, password))
+    mux_key, mux_cert = _issue(ca_key, ca_cert, "iim dev multiplexor")
+    _make_nss_db(folder / "nssdb", mux_key, mux_cert, ca_cert, password)
+    config.write_text(DEV_CONF)
+    return config
+
+
+def _require_tools() -> None:
+    for tool in ("certutil", "pk12util"):
+        if shutil.which(tool) is None:
+            raise DevSetupError(f"dev-setup: {tool} not found: install Debian's libnss3-tools")
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iim development"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _make_ca():
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name("iim development CA"))
+            .issuer_name(_name("iim development CA")).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=825))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                         False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _issue(ca_key, ca_cert, cn: str):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    names = [x509.DNSName(DOMAIN), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+             x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=397))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def _pkcs12(alias, key, cert, ca_cert, password: str) -> bytes:
+    trusted = pkcs12.PKCS12Certificate(ca_cert, b"iim-dev-ca")
+    return pkcs12.serialize_key_and_certificates(
+        alias.encode(), key, cert, [trusted],
+        serialization.BestAvailableEncryption(password.encode()))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _make_nss_db(directory: Path, key, cert, ca_cert, password: str) -> None:
+    directory.mkdir(mode=0o700)
+    with tempfile.TemporaryDirectory(prefix="iim-dev-") as scratch:
+        scratch = Path(scratch)
+        pwfile = scratch / "nss-password"            # certutil's own -f format: the password
+        _write_private(pwfile, password + "\n")
+        p12 = scratch / "mux.p12"
+        p12.write_bytes(pkcs12.serialize_key_and_certificates(
+            NICKNAME.encode(), key, cert, None,
+            serialization.BestAvailableEncryption(password.encode())))
+        ca = scratch / "ca.pem"
+        ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        db = f"sql:{directory}"
+        _tool("certutil", "-N", "-d", db, "-f", str(pwfile))
+        _tool("pk12util", "-i", str(p12), "-d", db, "-k", str(pwfile), "-w", str(pwfile))
+        _tool("certutil", "-A", "-d", db, "-n", "iim development CA", "-t", "C,,",
+              "-i", str(ca), "-f", str(pwfile))
+
+
+def _tool(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise DevSetupError(f"dev-setup: {argv[0]} {argv[1]} failed: "
+                            f"{detail[-1] if detail else 'exit ' + str(proc.returncode)}")
+
+
+DEV_CONF = """\
+! iim development configuration, written by `python -m iim.admin dev-setup`.
+! Everything listens on loopback; the certificates name localhost, 127.0.0.1
+! and ::1 and are issued by ca.pem (trust it in your client).
+
+iim_server.domainname = "localhost"
+iim_server.port = "127.0.0.1:5269"
+iim_server.requiressl = "true"
+iim_server.trust_all_cert = "false"
+iim_server.sslkeystore = "server-keystore.p12"
+iim_server.keystorepasswordfile = "sslpassword.conf"
+
+iim_mux.listenport = "127.0.0.1:5222"
+iim_mux.serverport = "127.0.0.1:45222"
+iim_mux.numinstances = "1"
+iim_mux.maxthreads = "2"
+iim_mux.maxsessions = "2000"
+iim_mux.stat_frequency = "60"
+iim_mux.usessl = "off"
+iim_mux.secconfigdir = "nssdb"
+iim_mux.certnickname = "Multiplexor-Cert"
+iim_mux.keystorepasswordfile = "sslpassword.conf"
+
+iim.log.iim_server.severity = "INFO"
+iim.log.iim_mux.severity = "INFO"
+"""
