@@ -29,7 +29,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def add_key_entry(store: Path, ca, alias: str, names, *, storetype="JKS", storepass="storepw",
-                  keypass=None, keyalg="RSA") -> x509.Certificate:
+                  keypass=None, keyalg="RSA", **signing) -> x509.Certificate:
     """genkeypair -> certreq -> CA signs -> importcert reply; returns the leaf."""
     keypass = keypass or storepass
     common = ["-keystore", str(store), "-storetype", storetype, "-storepass", storepass]
@@ -39,7 +39,7 @@ def add_key_entry(store: Path, ca, alias: str, names, *, storetype="JKS", storep
     csr_path = store.with_name(f"{alias}.csr")
     keytool("-certreq", *common, "-keypass", keypass, "-alias", alias, "-file", str(csr_path))
     csr = x509.load_pem_x509_csr(csr_path.read_bytes())
-    leaf = ca.sign_csr(csr, *names)
+    leaf = ca.sign_csr(csr, *names, **signing)
     reply = store.with_name(f"{alias}.reply.pem")
     issuers = ((ca.cert,) + ca.parents[:-1]) if ca.parents else ()
     reply.write_bytes(_pem(leaf) + b"".join(_pem(c) for c in issuers))
@@ -58,11 +58,11 @@ def add_trusted(store: Path, cert: x509.Certificate, alias: str, *, storetype="J
 
 
 def make_store(store: Path, ca, names, *, alias="Server", storetype="JKS", storepass="storepw",
-               keypass=None, keyalg="RSA") -> x509.Certificate:
+               keypass=None, keyalg="RSA", **signing) -> x509.Certificate:
     """A store with the CA root trusted and one signed key entry; returns the leaf."""
     add_trusted(store, ca.root_cert, "iim-test-ca", storetype=storetype, storepass=storepass)
     return add_key_entry(store, ca, alias, names, storetype=storetype, storepass=storepass,
-                         keypass=keypass, keyalg=keyalg)
+                         keypass=keypass, keyalg=keyalg, **signing)
 
 
 def list_aliases(store: Path, storepass="storepw") -> str:

@@ -11,9 +11,11 @@ by ``iim.keys.nss``.
 
 *Read-only.* The database belongs to the administrator and may be shared
 with the NSS tools or another product. ``NSS_INIT_READONLY`` means NSS never
-writes to it (no upgrade from dbm to sql, no new empty databases when a
-prefix is wrong; the caller also checks that the files exist before NSS is
-called, because NSS creates what it cannot find when allowed to).
+writes to it: no upgrade from dbm to sql, no new empty databases when a
+prefix is wrong (opened read-write, NSS creates what it cannot find). The
+caller still checks that the files exist before NSS is called: NSS's own
+error for a missing dbm file is SEC_ERROR_LEGACY_DATABASE ("old, unsupported
+format"), which sends an administrator the wrong way.
 ``NSS_INIT_NOROOTINIT`` keeps the built-in Mozilla roots out: only CAs the
 administrator put in this database are trust anchors.
 
@@ -49,7 +51,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 # iim/keys is a namespace package (no __init__.py), so the declarations are
 # found through setup.py's include_path ("iim"), not as iim.includes.nss.
-from includes.nss cimport *
+from iim.includes.nss cimport *
 
 _lock = threading.Lock()
 

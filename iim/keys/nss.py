@@ -1,8 +1,10 @@
 """Key material from an NSS database (the multiplexor's ``iim_mux.secconfigdir``).
 
 The database is read through libnss3 itself (``iim.keys._nss``), read-only.
-This module decides the format before NSS sees the directory (so a wrong
-prefix can never make NSS create empty databases), turns NSS failures into
+This module decides the format before NSS sees the directory (cert9.db:
+sql, cert8.db: dbm) and checks that the files the prefixes name exist, so a
+wrong prefix gets a message naming the files looked for and never reaches
+NSS, which could create empty databases there. It turns NSS failures into
 one-line :class:`KeyMaterialError` messages that name the iim.conf
 parameter to fix, and turns the DER that NSS hands out into cryptography
 objects. The private key leaves NSS wrapped under a one-time password made

@@ -1,0 +1,1 @@
+"""Key material: password files, keystores, NSS databases, SSL contexts, trust."""
