@@ -90,6 +90,12 @@ def test_mutated_real_files(scratch, seed, edits):
     read(lambda: load(scratch, check_files=bool(len(edits) % 2)))
 
 
+#: Edits that break syntax without spelling a new parameter name around a secret.
+punctuation_edit = st.tuples(
+    st.integers(0, 4000), st.sampled_from(["insert", "delete", "replace"]),
+    st.sampled_from([piece for piece in TRICKY if not piece.isalnum() and b"iim" not in piece
+                     and b"coserver" not in piece and b"lang" not in piece]))
+
 PASSWORD_LINES = [
     f'iim_server.password = "{SECRET}"\n',
     f"iim_server.password = {SECRET}\n",
@@ -100,7 +106,7 @@ PASSWORD_LINES = [
 
 @FUZZ
 @given(st.sampled_from(SEED_BYTES), st.sampled_from(PASSWORD_LINES),
-       st.lists(edit, max_size=4), st.integers(0, 10))
+       st.lists(punctuation_edit, max_size=4), st.integers(0, 10))
 def test_no_mutation_makes_a_message_show_a_password(scratch, seed, line, edits, where):
     lines = seed.split(b"\n")
     lines.insert(where % len(lines), line.encode())

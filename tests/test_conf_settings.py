@@ -45,7 +45,7 @@ def test_an_empty_file_gives_every_default():
     empty = config("")
     assert empty.server == ServerSettings(
         sslkeystore=None, keystorealias=None, keystorepasswordfile=BASE / "sslpassword.conf",
-        requiressl=False, trust_all_cert=False, domainname="example.com",
+        keypasswordfile=None, requiressl=False, trust_all_cert=False, domainname="example.com",
         port=HostPort(None, 5269), useport=True, serverid=None, password=None,
         coserver_names=(), usemuxport=True)
     assert empty.mux == MuxSettings(
@@ -81,6 +81,7 @@ FULL = """\
 iim_server.sslkeystore = keys/server.p12
 iim_server.keystorealias = "IIM Key"
 iim_server.keystorepasswordfile = /secret/pw.conf
+iim_server.keypasswordfile = keypw.conf
 iim_server.requiressl = true
 iim_server.trust_all_cert = yes
 iim_server.domainname = Example.NET
@@ -123,7 +124,8 @@ iim.log.iim_mux.maxlogfiles = 1
 def test_every_server_parameter_is_typed():
     assert config(FULL).server == ServerSettings(
         sslkeystore=BASE / "keys/server.p12", keystorealias="IIM Key",
-        keystorepasswordfile=Path("/secret/pw.conf"), requiressl=True, trust_all_cert=True,
+        keystorepasswordfile=Path("/secret/pw.conf"), keypasswordfile=BASE / "keypw.conf",
+        requiressl=True, trust_all_cert=True,
         domainname="example.net", port=HostPort("0.0.0.0", 5270), useport=False,
         serverid="us", password="our-secret", coserver_names=("coserver1", "partner"),
         usemuxport=False)
@@ -455,6 +457,14 @@ def test_a_missing_keystore_is_an_error_naming_the_parameter_and_the_path(tmp_pa
         f"iim.conf: iim_server.keystorepasswordfile: file not found: "
         f"{tmp_path}/sslpassword.conf",
     ]
+
+
+def test_a_key_password_file_is_checked_when_it_is_set(tmp_path):
+    (tmp_path / "server.jks").write_bytes(b"")
+    (tmp_path / "sslpassword.conf").write_text("")
+    text = "iim_server.sslkeystore = server.jks\niim_server.keypasswordfile = keypw.conf\n"
+    assert errors(text, base_dir=tmp_path, check_files=True) == [
+        f"iim.conf:2: iim_server.keypasswordfile: file not found: {tmp_path}/keypw.conf"]
 
 
 def test_files_that_exist_pass_the_check(tmp_path):

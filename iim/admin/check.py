@@ -142,7 +142,8 @@ def _completeness(material, where) -> Finding:
     if not anchored:
         return Finding(Level.WARNING, f"{where}: chain incomplete: the issuer "
                                       f"{last.issuer.rfc4514_string()} is not in the store")
-    return Finding(Level.OK, f"{where}: chain complete ({len(material.chain)} certificates)")
+    count = len(material.chain)
+    return Finding(Level.OK, f"{where}: chain complete ({count} certificate{'s' * (count > 1)})")
 
 
 def _expiry(material, where, now):

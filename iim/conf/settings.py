@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .diagnostics import ConfigError, Diagnostic, Severity, is_secret, show
-from .syntax import Lexed, RawConfig, RawValue
+from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
     parse_listen, parse_log_url, parse_names, parse_nonempty, parse_path, parse_peer,
@@ -52,6 +52,7 @@ SERVER_PARAMS = (
     _Param("sslkeystore", optional(parse_path)),
     _Param("keystorealias", _text),
     _Param("keystorepasswordfile", parse_path, "sslpassword.conf"),
+    _Param("keypasswordfile", optional(parse_path)),
     _Param("requiressl", parse_bool, "false"),
     _Param("trust_all_cert", parse_bool, "false"),
     _Param("domainname", optional(parse_domain)),
@@ -119,6 +120,8 @@ class ServerSettings:
     """Alias of the private-key entry to use; None: the keystore's only one."""
     keystorepasswordfile: Path
     """File holding ``Internal (Software) Token:password`` for the keystore."""
+    keypasswordfile: Path | None
+    """Same form, for a key entry whose password differs; None: the store's."""
     requiressl: bool
     """Refuse every stream (client or server) that does not STARTTLS first."""
     trust_all_cert: bool
@@ -368,6 +371,8 @@ def _check_files(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> N
     if server.sslkeystore is not None:
         _check_file(reader, "iim_server.sslkeystore", server.sslkeystore)
         _check_file(reader, "iim_server.keystorepasswordfile", server.keystorepasswordfile)
+        if server.keypasswordfile is not None:
+            _check_file(reader, "iim_server.keypasswordfile", server.keypasswordfile)
     if mux.usessl:
         _check_file(reader, "iim_mux.keystorepasswordfile", mux.keystorepasswordfile)
         if mux.secconfigdir is not None:
@@ -395,25 +400,30 @@ def _file_error(reader: _Reader, key: str, message: str, path: Path) -> None:
 
 def _warn_unknown(reader: _Reader, server: ServerSettings) -> None:
     """Warn about keys in our sections that nothing reads."""
-    coservers_ok = "iim_server.coservers" not in reader.failed
-    unlisted: set[str] = set()
+    names = server.coserver_names
+    report_unlisted = "iim_server.coservers" not in reader.failed
+    reported: set[str] = set()
+    candidates = {prefix: _candidates(prefix, names) for prefix in _SECTIONS}
     for key, line in sorted(_first_lines(reader.raw).items(), key=lambda item: item[1]):
         prefix = _section_prefix(key)
-        if prefix is None:
+        rest = key[len(prefix or ""):]
+        if prefix is None or rest in candidates[prefix]:
             continue
-        rest = key[len(prefix):]
-        candidates = _candidates(prefix, server.coserver_names)
-        if rest in candidates:
-            continue
-        name = rest.partition(".")[0]
-        if prefix == "iim_server." and _COSERVER_NAME.fullmatch(name) and "." in rest \
-                and name not in server.coserver_names:
-            if coservers_ok and name not in unlisted:
-                unlisted.add(name)
-                reader.warn(line, key, f'"{name}" is not listed in iim_server.coservers; '
-                                       f"its parameters are ignored")
-            continue
-        reader.warn(line, key, _unknown_message(prefix, rest, candidates))
+        unlisted = _unlisted_coserver(prefix, rest, names)
+        if unlisted is None:
+            reader.warn(line, key, _unknown_message(prefix, rest, candidates[prefix]))
+        elif report_unlisted and unlisted not in reported:
+            reported.add(unlisted)
+            reader.warn(line, key, f'"{unlisted}" is not listed in iim_server.coservers; '
+                                   "its parameters are ignored")
+
+
+def _unlisted_coserver(prefix: str, rest: str, names: tuple[str, ...]) -> str | None:
+    """The coserver name in ``iim_server.coserverN.x`` when N is not listed."""
+    name, dot, _ = rest.partition(".")
+    if prefix == "iim_server." and dot and _COSERVER_NAME.fullmatch(name) and name not in names:
+        return name
+    return None
 
 
 def _first_lines(raw: RawConfig) -> dict[str, int]:
@@ -428,14 +438,15 @@ def _section_prefix(key: str) -> str | None:
     return next((prefix for prefix in _SECTIONS if key.startswith(prefix)), None)
 
 
-def _candidates(prefix: str, coserver_names: tuple[str, ...]) -> list[str]:
+def _candidates(prefix: str, coserver_names: tuple[str, ...]) -> dict[str, None]:
+    """What may follow `prefix`, as an ordered set."""
     names = [p.name for p in _SECTIONS[prefix]]
     if prefix == "iim_server.":
         names += [f"{c}.{p.name}" for c in coserver_names for p in COSERVER_PARAMS]
-    return names
+    return dict.fromkeys(names)
 
 
-def _unknown_message(prefix: str, rest: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(rest, candidates, n=1, cutoff=0.75)
+def _unknown_message(prefix: str, rest: str, candidates: dict[str, None]) -> str:
+    close = difflib.get_close_matches(rest, list(candidates), n=1, cutoff=0.75)
     hint = f'; did you mean "{prefix}{close[0]}"?' if close else ""
     return f"unknown parameter (ignored){hint}"

@@ -231,17 +231,20 @@ class _ValueScanner:
     def _quoted(self, opener: str) -> str:
         opened_on = self.index
         text, pos, out = self.lines[self.index], self.column + 1, []
+        blank_from = len(text.rstrip())  # past this, only blanks are left
         while pos < len(text):
             char = text[pos]
-            if char == "\\" and not text[pos + 1:].strip():
+            at_end = pos + 1 >= blank_from
+            if char == "\\" and at_end:
                 if not self._next_line():
                     break
                 text, pos = self.lines[self.index], 0
+                blank_from = len(text.rstrip())
             elif char == "\\":
                 out.append(self._escape(text[pos + 1]))
                 pos += 2
-            elif _closes(opener, char, text[pos + 1:]):
-                self._closed(opener, char, text[pos + 1:])
+            elif _closes(opener, char, at_end):
+                self._closed(opener, char, at_end)
                 return "".join(out)
             else:
                 out.append(char)
@@ -257,8 +260,8 @@ class _ValueScanner:
                                   f'(use \\", \\\\, \\n, \\r or \\t)')
         return char
 
-    def _closed(self, opener: str, closer: str, tail: str) -> None:
-        if tail.strip():
+    def _closed(self, opener: str, closer: str, at_end: bool) -> None:
+        if not at_end:
             self._problem(self.index, "unexpected text after the closing quote")
         typographic = [q for q in (opener, closer) if q not in '"']
         if typographic:
@@ -310,11 +313,11 @@ def _display_key(key: str, lang: str | None) -> str:
     return key.lower() if lang is None else f"{key.lower()};lang-{_lang_code(lang)}"
 
 
-def _closes(opener: str, char: str, tail: str) -> bool:
-    """Does `char` end a value opened by `opener`, given what follows it?"""
+def _closes(opener: str, char: str, at_end: bool) -> bool:
+    """Does `char` end a value opened by `opener`?  `at_end`: only blanks follow."""
     if char == '"' or (opener == "“" and char == "”"):
         return True
-    return char in _TYPOGRAPHIC_CLOSE and not tail.strip()
+    return char in _TYPOGRAPHIC_CLOSE and at_end
 
 
 def _typographic_message(opener: str, closer: str) -> str:
