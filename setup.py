@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 
 def pkg_config(package, debian_name):
@@ -41,6 +41,7 @@ extensions = [
 ]
 
 setup(
+    packages=find_packages(include=["iim", "iim.*"]),
     ext_modules=cythonize(
         extensions,
         language_level=3,
