@@ -1,0 +1,128 @@
+"""TLS over memory BIOs: the session's own TLS, whatever carries its bytes.
+
+Theory of operation
+-------------------
+A session's bytes may come from a TCP socket or from a multiplexor link
+(where one TCP connection carries many sessions). ``loop.start_tls`` only
+works on a socket, so the session runs TLS itself: an ``ssl.SSLObject`` wired
+to two ``ssl.MemoryBIO`` objects. Ciphertext from the transport goes into
+``incoming``; whatever OpenSSL wants to send (handshake records, encrypted
+application data) is drained from ``outgoing`` and handed back to the
+transport. Nothing here blocks and nothing here does I/O: ``receive`` and
+``send`` return the bytes to write, and the caller writes them.
+
+A TLS record may complete several XMPP writes at once, or a read may end in
+the middle of a record: ``receive`` returns only the plaintext OpenSSL could
+decrypt so far; the rest waits in ``incoming`` for the next call.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+
+class TLSFailed(Exception):
+    """The handshake or a record failed; the message is safe to log."""
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    version: str
+    cipher: str
+    peer_chain: tuple[bytes, ...] = ()      # DER, leaf first (when the peer sent one)
+
+
+class TLSLayer:
+    """One TLS connection over memory BIOs (server or client side)."""
+
+    READ_CHUNK = 65536
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None):
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._in, self._out, server_side=server_side,
+                                     server_hostname=server_hostname)
+        self.handshake_done = False
+
+    def start(self) -> bytes:
+        """Begin the handshake; return what to send (a ClientHello, for a client)."""
+        self._step_handshake()
+        return self._out.read()
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """Feed ciphertext; return (plaintext received, ciphertext to send)."""
+        self._in.write(data)
+        if not self.handshake_done:
+            self._step_handshake()
+        plain = self._drain_plaintext() if self.handshake_done else b""
+        return plain, self._out.read()
+
+    def send(self, plaintext: bytes) -> bytes:
+        """Encrypt application data; return the ciphertext to send."""
+        if plaintext:
+            try:
+                self._tls.write(plaintext)
+            except ssl.SSLError as exc:
+                raise TLSFailed(_reason(exc)) from None
+        return self._out.read()
+
+    def close(self) -> bytes:
+        """Send close_notify; return its record."""
+        try:
+            self._tls.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        return self._out.read()
+
+    def info(self) -> TLSInfo:
+        cipher = self._tls.cipher()
+        return TLSInfo(self._tls.version() or "", cipher[0] if cipher else "",
+                       self._peer_chain())
+
+    def _peer_chain(self) -> tuple[bytes, ...]:
+        """The chain the peer sent, leaf first. Python 3.13 has
+        ``get_unverified_chain`` on SSLObject; 3.11 has it on the private
+        ``_sslobj`` only, so fall back to the leaf when neither exists."""
+        leaf = self._tls.getpeercert(binary_form=True)
+        if not leaf:
+            return ()
+        owner = self._tls if hasattr(self._tls, "get_unverified_chain") else \
+            getattr(self._tls, "_sslobj", None)
+        getter = getattr(owner, "get_unverified_chain", None)
+        chain = getter() if getter else None
+        if not chain:
+            return (leaf,)
+        return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
+                     for c in chain)
+
+    def _step_handshake(self) -> None:
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLError as exc:
+            raise TLSFailed(_reason(exc)) from None
+        self.handshake_done = True
+
+    def _drain_plaintext(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(self.READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                break
+            except ssl.SSLError as exc:
+                raise TLSFailed(_reason(exc)) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason code, e.g. ``WRONG_VERSION_NUMBER``: short and secret-free."""
+    return getattr(exc, "reason", None) or type(exc).__name__
