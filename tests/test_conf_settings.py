@@ -549,3 +549,21 @@ def test_log_severities_map_to_logging_levels():
     import logging
     assert [s.logging_level for s in Severity] == [
         logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG]
+
+
+def test_raw_config_repr_hides_values():
+    config = from_text('iim_server.password = "Hunter2-raw"\n')
+    assert "Hunter2-raw" not in repr(config.raw)
+    assert "iim_server.password@1" in repr(config.raw)
+
+
+def test_listed_coserver_with_empty_host_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        from_text('iim_server.coservers = "coserver1"\niim_server.coserver1.host = ""\n')
+    assert str(err.value) == "iim.conf:2: iim_server.coserver1.host: empty; every coserver needs a host"
+
+
+@pytest.mark.parametrize("kind", ["sql:", "dbm:"])
+def test_nss_directory_keeps_its_database_type_prefix(tmp_path, kind):
+    config = from_text(f'iim_mux.secconfigdir = "{kind}nssdb"\n', base_dir=tmp_path)
+    assert config.mux.secconfigdir == Path(f"{kind}{tmp_path / 'nssdb'}")

@@ -1,6 +1,6 @@
 """Server keystores made by the real keytool load and serve a verified TLS handshake."""
 
-import ssl
+import random
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -9,7 +9,7 @@ import pki
 from iim.keys.context import server_context
 from iim.keys.errors import KeyMaterialError
 from iim.keys.keystore import load_keystore
-from keytool import add_key_entry, add_trusted, make_store
+from keytool import add_key_entry, add_trusted, keytool, make_store
 from tlsutil import handshake
 
 DOMAIN = "chat.example.com"
@@ -163,8 +163,57 @@ def test_missing_keystore(tmp_path):
     assert str(err.value) == f"iim_server.sslkeystore: {tmp_path / 'nope.jks'}: no such file"
 
 
-def test_server_context_refuses_tls_1_1(tmp_path, ca):
-    store = tmp_path / "s.jks"
-    make_store(store, ca, [DOMAIN])
-    ctx = server_context(load_keystore(store, "storepw"))
-    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+def test_key_password_differs_and_no_key_password_file(tmp_path, ca):
+    store = tmp_path / "keypass.jks"
+    make_store(store, ca, [DOMAIN], keypass="keypw-different")
+    with pytest.raises(KeyMaterialError) as err:
+        load_keystore(store, "storepw")
+    assert str(err.value) == (
+        f'iim_server.sslkeystore: {store}: the key of entry "server" has a password other '
+        "than the store password: set iim_server.keypasswordfile")
+
+
+@pytest.mark.parametrize("storetype", ["JKS", "JCEKS", "PKCS12"])
+def test_damaged_store_is_one_clear_line_whatever_the_damage(tmp_path, ca, storetype):
+    store = tmp_path / "s.ks"
+    make_store(store, ca, [DOMAIN], storetype=storetype)
+    good = store.read_bytes()
+    rng = random.Random(7)
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        store.write_bytes(bytes(data[:rng.randint(4, len(data))]))
+        try:
+            load_keystore(store, "storepw")
+        except KeyMaterialError as err:
+            assert str(err).startswith(f"iim_server.sslkeystore: {store}: ")
+            assert "\n" not in str(err) and "storepw" not in str(err)
+
+
+def test_jceks_wrong_password(tmp_path, ca):
+    store = tmp_path / "s.jceks"
+    make_store(store, ca, [DOMAIN], storetype="JCEKS")
+    with pytest.raises(KeyMaterialError) as err:
+        load_keystore(store, "nope")
+    assert str(err.value) == (f"iim_server.sslkeystore: {store}: wrong keystore password "
+                              "(iim_server.keystorepasswordfile)")
+
+
+def test_pkcs12_chain_ca_is_not_an_anchor_once_its_trusted_entry_is_deleted(tmp_path):
+    # A DN with emailAddress: Java writes it as 1.2.840.113549.1.9.1=#16..., not as we do.
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    root = pki.CA.root("Email CA")
+    named = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Email CA"),
+                       x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ca@example.com")])
+    root.cert = (x509.CertificateBuilder().subject_name(named).issuer_name(named)
+                 .public_key(root.key.public_key()).serial_number(5)
+                 .not_valid_before(pki.NOW - pki.DAY).not_valid_after(pki.NOW + pki.DAY)
+                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                 .sign(root.key, pki.hashes.SHA256()))
+    store = tmp_path / "s.p12"
+    make_store(store, root, [DOMAIN], storetype="PKCS12")
+    assert load_keystore(store, "storepw").trust_anchors == (root.cert,)
+    keytool("-delete", "-keystore", str(store), "-storepass", "storepw", "-alias", "iim-test-ca")
+    assert load_keystore(store, "storepw").trust_anchors == ()

@@ -9,18 +9,18 @@ handshake; every user-visible error is asserted word for word.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from iim.keys.context import server_context
 from iim.keys.errors import KeyMaterialError
 from iim.keys.nss import load_nss
 from nsstools import NSSDatabase, listing
 from pki import CA
+from tlsutil import handshake
 
 PASSWORD = "s3cret: pass word"
 NICK = "Multiplexor-Cert"
@@ -68,38 +68,10 @@ def pem(*certs) -> bytes:
 
 
 def tls_peer_certificate(material, ca, tmp_path) -> bytes:
-    """Serve TLS with ``material`` on 127.0.0.1; what a verifying client sees."""
-    keyfile, certfile = tmp_path / "server.key", tmp_path / "server.pem"
-    keyfile.write_bytes(material.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    certfile.write_bytes(pem(*material.chain))
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certfile, keyfile)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.load_verify_locations(cadata=pem(ca.cert).decode())
-    assert client_ctx.check_hostname
-
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(10)
-        served = []
-
-        def serve():
-            conn, _ = listener.accept()
-            with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                served.append(tls.recv(5))
-                tls.sendall(b"pong")
-
-        server = threading.Thread(target=serve)
-        server.start()
-        with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
-                client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"ping!")
-            assert tls.recv(4) == b"pong"
-            peer = tls.getpeercert(binary_form=True)
-        server.join(10)
-    assert served == [b"ping!"]
-    return peer
+    """Serve TLS with ``material`` (through server_context, as the mux will) on
+    127.0.0.1; return what a client verifying against ``ca`` sees."""
+    seen, _ = handshake(server_context(material), pem(ca.cert), "localhost")
+    return der(seen)
 
 
 def der(cert) -> bytes:

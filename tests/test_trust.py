@@ -101,3 +101,48 @@ def test_summary_names_everything_an_operator_checks(ca):
         f"valid {leaf.cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
         f"{leaf.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}; "
         f"sha256={fingerprint.hex(':').upper()}")
+
+
+def test_unrelated_expired_certificate_in_what_peer_sent_is_ignored(ca):
+    old = pki.CA.root("old cross-sign", not_before=pki.NOW - 90 * pki.DAY,
+                      not_after=pki.NOW - 30 * pki.DAY)
+    leaf = ca.issue(PEER)
+    assert verify_peer((leaf.cert, old.cert), [ca.cert], PEER).ok
+
+
+def test_intermediate_that_is_not_a_ca_is_an_invalid_chain(ca):
+    from cryptography import x509
+    fake = ca.issue("fake intermediate", eku=None)      # basicConstraints CA:FALSE
+    sub = pki.CA(fake.key, fake.cert, (ca.cert,))
+    leaf = sub.issue(PEER)
+    verdict = verify_peer(leaf.chain, [ca.cert], PEER)
+    assert verdict.failure is TrustFailure.INVALID_CHAIN
+    assert fake.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+@pytest.mark.parametrize("domain", ["xn--bcher-kva.example", "bücher.example",
+                                    "BÜCHER.example."])
+def test_idn_domain_in_either_form_matches_the_a_label_san(ca, domain):
+    leaf = ca.issue("xn--bcher-kva.example")
+    assert verify_peer(leaf.chain, [ca.cert], domain).ok
+
+
+def test_ipv6_literal_domain_matches_ip_san(ca):
+    leaf = ca.issue("::1")
+    assert verify_peer(leaf.chain, [ca.cert], "[::1]").ok
+
+
+def test_ip_domain_does_not_match_a_dns_san_spelling_an_ip(ca):
+    from cryptography import x509
+    key = pki.new_key("ec")
+    cert = (ca._builder(x509.Name([]), key.public_key(), pki.NOW - pki.DAY, pki.NOW + pki.DAY)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("127.0.0.2")]),
+                           critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    assert verify_peer((cert,), [ca.cert], "127.0.0.2").failure is TrustFailure.NAME_MISMATCH
+
+
+@pytest.mark.parametrize("domain", ["my_host..example.org", "-" * 70 + ".org", ""])
+def test_invalid_domain_gives_a_verdict_not_an_exception(ca, domain):
+    leaf = ca.issue(PEER)
+    assert verify_peer(leaf.chain, [ca.cert], domain).failure is TrustFailure.NAME_MISMATCH

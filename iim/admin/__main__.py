@@ -5,6 +5,7 @@ Commands:
              report one line per finding; exit 0 when the configuration is usable
   dev-setup  write a development configuration (CA, keystore, NSS database,
              password file, iim.conf) into a folder
+  user       add, change the password of, delete or list users
 
 The configuration file is -c FILE, else $IIM_CONF, else ./iim.conf.
 """
@@ -15,6 +16,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from .users import add_user_parser
 
 
 def _config_path(value: str | None) -> Path:
@@ -64,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--dir", default="runtime/dev", help="folder (default: runtime/dev)")
     dev.add_argument("--force", action="store_true", help="start over in an existing folder")
     dev.set_defaults(run=cmd_dev_setup)
+    add_user_parser(commands)
     return top
 
 

@@ -44,7 +44,7 @@ def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
     try:
         config = conf.load(path)
     except conf.ConfigError as err:
-        return [Finding(_level(d), str(d)) for d in err.diagnostics]
+        return [Finding(_level(d), str(d)) for d in [*err.diagnostics, *err.warnings]]
     findings = [Finding(Level.WARNING, str(w)) for w in config.warnings]
     findings.append(Finding(Level.OK, f"{path}: configuration read"))
     findings += _server_findings(config, now)
@@ -94,8 +94,13 @@ def _mux_findings(config, now):
         yield Finding(Level.ERROR if mux.usessl else Level.WARNING, str(err))
         return
     yield from warnings
-    yield from _material_findings(material, "iim_mux.certnickname", config.server.domainname,
+    findings = _material_findings(material, "iim_mux.certnickname", config.server.domainname,
                                   now)
+    if mux.usessl:
+        yield from findings
+    else:   # the database is not used yet: its problems are worth knowing, not fatal
+        yield from (Finding(Level.WARNING, f.text) if f.level is Level.ERROR else f
+                    for f in findings)
 
 
 def _load_server(server):

@@ -41,16 +41,47 @@ class DevSetupError(Exception):
     """One line saying what is missing (e.g. an NSS tool)."""
 
 
+MARKER = ".iim-dev-setup"
+WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", "nssdb", MARKER)
+
+
 def dev_setup(folder: Path, *, force: bool = False) -> Path:
-    """Write the development configuration into ``folder``; return iim.conf's path."""
+    """Write the development configuration into ``folder``; return iim.conf's path.
+
+    An existing development configuration is kept (``force`` starts over).
+    Only files dev-setup wrote are ever removed, and only from a folder that
+    carries its marker: a folder with anything else in it is refused.
+    """
     folder = Path(folder)
     config = folder / "iim.conf"
-    if config.exists() and not force:
+    if (folder / MARKER).exists() and config.exists() and not force:
         return config
     _require_tools()
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, mode=0o700)
+    try:
+        _prepare(folder)
+        _write_all(folder)
+    except OSError as exc:
+        raise DevSetupError(f"dev-setup: {folder}: {exc.strerror or exc}") from None
+    return config
+
+
+def _prepare(folder: Path) -> None:
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700)
+        return
+    entries = {p.name for p in folder.iterdir()}
+    foreign = sorted(entries - set(WRITTEN))
+    if entries and (MARKER not in entries or foreign):
+        shown = ", ".join(foreign[:3]) or "files"
+        raise DevSetupError(f"dev-setup: {folder} holds {shown} not written by dev-setup; "
+                            "choose an empty or new --dir")
+    for name in entries:
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _write_all(folder: Path) -> None:
+    (folder / MARKER).write_text("written by python -m iim.admin dev-setup\n")
     password = secrets.token_urlsafe(18)
     ca_key, ca_cert = _make_ca()
     _write_private(folder / "sslpassword.conf", f"{TOKEN}:{password}\n")
@@ -60,8 +91,7 @@ def dev_setup(folder: Path, *, force: bool = False) -> Path:
         _pkcs12("server", server_key, server_cert, ca_cert, password))
     mux_key, mux_cert = _issue(ca_key, ca_cert, "iim dev multiplexor")
     _make_nss_db(folder / "nssdb", mux_key, mux_cert, ca_cert, password)
-    config.write_text(DEV_CONF)
-    return config
+    (folder / "iim.conf").write_text(DEV_CONF)
 
 
 def _require_tools() -> None:

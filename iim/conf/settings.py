@@ -21,7 +21,7 @@ from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
     parse_listen, parse_log_url, parse_names, parse_nonempty, parse_path, parse_peer,
-    parse_severity, parse_size, parse_text_value, positive,
+    parse_severity, parse_size, parse_text_value, positive, split_nss_kind,
 )
 
 __all__ = [
@@ -285,6 +285,9 @@ class _Reader:
         self.warnings.append(Diagnostic(self.source, line, param, message, Severity.WARNING))
 
     def _resolve(self, value: Any) -> Any:
+        kind, bare = split_nss_kind(value) if isinstance(value, Path) else ("", value)
+        if kind:                                    # "sql:dir" / "dbm:dir", as NSS tools take it
+            return Path(kind + str(self._resolve(bare)))
         if isinstance(value, Path) and not value.is_absolute():
             return self.base_dir / value
         return value
@@ -343,10 +346,13 @@ def _coserver(reader: _Reader, name: str, server: ServerSettings) -> CoserverSet
         return None
     values = reader.section(prefix, COSERVER_PARAMS)
     if values["host"] is None:
-        if not reader.present(prefix + "host"):
+        host_key = prefix + "host"
+        if not reader.present(host_key):
             lines = [line for line in map(reader.line, keys) if line is not None]
-            reader.error(min(lines, default=None), prefix + "host",
+            reader.error(min(lines, default=None), host_key,
                          "missing; every coserver needs a host")
+        elif host_key not in reader.failed:          # present but empty
+            reader.error(reader.line(host_key), host_key, "empty; every coserver needs a host")
         return None
     values["domain"] = values["domain"] or values["host"].host.lower()
     _warn_requiressl_override(reader, prefix, values["requiressl"], server.requiressl)
@@ -376,7 +382,7 @@ def _check_files(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> N
     if mux.usessl:
         _check_file(reader, "iim_mux.keystorepasswordfile", mux.keystorepasswordfile)
         if mux.secconfigdir is not None:
-            _check_dir(reader, "iim_mux.secconfigdir", mux.secconfigdir)
+            _check_dir(reader, "iim_mux.secconfigdir", split_nss_kind(mux.secconfigdir)[1])
 
 
 def _check_file(reader: _Reader, key: str, path: Path) -> None:

@@ -64,6 +64,10 @@ class RawConfig:
     def get(self, key: str) -> RawValue | None:
         return self.entries.get(key.lower())
 
+    def __repr__(self) -> str:   # values may be passwords: show where, never what
+        shown = ", ".join(f"{k}@{v.line}" for k, v in self.entries.items())
+        return f"RawConfig({shown})"
+
 
 @dataclass(frozen=True)
 class Lexed:

@@ -189,6 +189,16 @@ def parse_path(text: str) -> Path:
     return Path(text)
 
 
+def split_nss_kind(path: Path) -> tuple[str, Path]:
+    """("sql:", rest) for an NSS directory written with its database-type
+    prefix (``sql:/etc/pki/nssdb``), else ("", path)."""
+    text = str(path)
+    for kind in ("sql:", "dbm:"):
+        if text.startswith(kind):
+            return kind, Path(text[len(kind):])
+    return "", path
+
+
 def parse_log_url(text: str) -> Path:
     """A log file, as a path or a ``file://`` URL."""
     match = _URL.fullmatch(text.strip())

@@ -49,8 +49,6 @@ import threading
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-# iim/keys is a namespace package (no __init__.py), so the declarations are
-# found through setup.py's include_path ("iim"), not as iim.includes.nss.
 from iim.includes.nss cimport *
 
 _lock = threading.Lock()

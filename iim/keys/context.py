@@ -38,8 +38,12 @@ def client_context(material: KeyMaterial | None = None, *, verify: bool = True,
     _harden(ctx)
     if material is not None:
         load_key_and_chain(ctx, material)
+    if anchors is None:
+        anchors = material.trust_anchors if material is not None else ()
+    if verify and not anchors:
+        raise ValueError("client_context: verify=True needs trust anchors")
     if verify:
-        for cert in (anchors if anchors is not None else material.trust_anchors):
+        for cert in anchors:
             ctx.load_verify_locations(cadata=cert.public_bytes(serialization.Encoding.PEM)
                                       .decode("ascii"))
     else:

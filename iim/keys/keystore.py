@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jks
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from . import pkcs12
@@ -35,7 +36,7 @@ def load_keystore(path, password: str, *, alias: str | None = None,
     data = _read(path, where)
     if data[:4] in (JKS_MAGIC, JCEKS_MAGIC):
         kind = "JKS" if data[:4] == JKS_MAGIC else "JCEKS"
-        return _from_jks(data, password, alias, key_password or password, where, kind)
+        return _from_jks(data, password, alias, key_password, where, kind)
     if data[:1] == b"\x30":
         return _from_pkcs12(data, password, alias, where)
     raise KeyMaterialError(f"{where}: not a JKS, JCEKS or PKCS#12 keystore")
@@ -81,32 +82,49 @@ def pick_alias(aliases, wanted: str | None, where: str) -> str:
 
 
 def _from_jks(data, password, alias, key_password, where, kind) -> KeyMaterial:
-    try:
-        store = jks.KeyStore.loads(data, password, try_decrypt_keys=True)
-    except jks.util.KeystoreSignatureException:
-        raise KeyMaterialError(f"{where}: wrong keystore password "
-                               "(iim_server.keystorepasswordfile)") from None
-    except (jks.util.BadKeystoreFormatException, jks.util.UnsupportedKeystoreVersionException,
-            ValueError, EOFError) as exc:
-        raise KeyMaterialError(f"{where}: damaged {kind} keystore ({_short(exc)})") from None
+    store = _parse_jks(data, password, where, kind)
     name = pick_alias(store.private_keys, alias, where)
     entry = store.private_keys[name]
     if not entry.is_decrypted():
-        try:
-            entry.decrypt(key_password)
-        except jks.util.DecryptionFailureException:
-            raise KeyMaterialError(f'{where}: cannot decrypt the key of entry "{name}": '
-                                   "wrong key password (iim_server.keypasswordfile)") from None
-    key = serialization.load_der_private_key(entry.pkey_pkcs8, None)
-    certs = [x509.load_der_x509_certificate(der) for _, der in entry.cert_chain]
-    anchors = tuple(x509.load_der_x509_certificate(c.cert) for c in store.certs.values())
+        _decrypt_entry(entry, name, key_password, where)
+    try:
+        key = serialization.load_der_private_key(entry.pkey_pkcs8, None)
+        certs = [x509.load_der_x509_certificate(der) for _, der in entry.cert_chain]
+        anchors = tuple(x509.load_der_x509_certificate(c.cert) for c in store.certs.values())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyMaterialError(f'{where}: entry "{name}" is damaged ({_short(exc)})') from None
+    if not certs:
+        raise KeyMaterialError(f'{where}: entry "{name}" has no certificate')
     return _material(key, certs, anchors, where, name, kind)
+
+
+def _parse_jks(data, password, where, kind):
+    try:
+        return jks.KeyStore.loads(data, password, try_decrypt_keys=True)
+    except jks.util.KeystoreSignatureException:
+        raise KeyMaterialError(f"{where}: wrong keystore password "
+                               "(iim_server.keystorepasswordfile)") from None
+    except Exception as exc:  # noqa: BLE001 - pyjks/pyasn1/struct raise many types on bad input
+        raise KeyMaterialError(f"{where}: damaged {kind} keystore ({_short(exc)})") from None
+
+
+def _decrypt_entry(entry, name, key_password, where) -> None:
+    if key_password is None:
+        raise KeyMaterialError(f'{where}: the key of entry "{name}" has a password other '
+                               "than the store password: set iim_server.keypasswordfile")
+    try:
+        entry.decrypt(key_password)
+    except jks.util.DecryptionFailureException:
+        raise KeyMaterialError(f'{where}: cannot decrypt the key of entry "{name}": '
+                               "wrong key password (iim_server.keypasswordfile)") from None
+    except Exception as exc:  # noqa: BLE001 - unsupported protection algorithm, bad ASN.1
+        raise KeyMaterialError(f'{where}: entry "{name}" is damaged ({_short(exc)})') from None
 
 
 def _from_pkcs12(data, password, alias, where) -> KeyMaterial:
     try:
         store = pkcs12.read(data, password)
-    except ValueError as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         if str(exc) == "password":
             raise KeyMaterialError(f"{where}: wrong keystore password "
                                    "(iim_server.keystorepasswordfile) or damaged PKCS#12 file"

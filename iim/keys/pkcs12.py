@@ -52,7 +52,7 @@ def read(data: bytes, password: str) -> Store:
         raise ValueError("password") from None
     named = [c for c in [loaded.cert, *loaded.additional_certs] if c is not None]
     certs = tuple(c.certificate for c in named)
-    entries = tuple(_entries(data, secret, loaded, certs))
+    entries = tuple(_entries(data, secret, loaded, named))
     chained = {c for e in entries for c in _chain_members(e.leaf, certs)}
     anchors = []
     for bag in named:
@@ -62,18 +62,20 @@ def read(data: bytes, password: str) -> Store:
 
 
 def _is_trusted_entry(bag, chained, entries) -> bool:
-    """keytool names a chain certificate by its subject DN and a trusted entry
-    by its alias; a named certificate off every chain is trusted too."""
+    """keytool names a chain certificate by its subject DN (Java's RFC 2253
+    form, which differs from ours for some attributes) and a trusted entry by
+    its alias. So a certificate on a key entry's chain is an anchor only when
+    its name is not DN-like (has no ``=``): when in doubt, not trusted."""
     if not bag.friendly_name or any(bag.certificate == e.leaf for e in entries):
         return False
     name = bag.friendly_name.decode("utf-8", "replace")
-    return bag.certificate not in chained or name != bag.certificate.subject.rfc4514_string()
+    return bag.certificate not in chained or "=" not in name
 
 
-def _entries(data, secret, loaded, certs):
+def _entries(data, secret, loaded, named):
     try:
         bags = list(_key_bags(data))
-    except ValueError:
+    except (ValueError, IndexError):
         bags = []
     if not bags and loaded.key is not None:      # an unusual layout: one key is all we get
         name = loaded.cert.friendly_name if loaded.cert else None
@@ -82,20 +84,23 @@ def _entries(data, secret, loaded, certs):
     else:
         keys = [serialization.load_der_private_key(blob, secret) for _, blob in bags]
     for (alias, _), key in zip(bags, keys):
-        leaf = _leaf_for(key, certs)
+        leaf = _leaf_for(key, alias, named)
         if leaf is not None:
             yield Entry(alias, key, leaf)
 
 
-def _leaf_for(key, certs):
-    wanted = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    for cert in certs:
-        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-        if spki == wanted:
-            return cert
-    return None
+def _leaf_for(key, alias, named):
+    """The certificate of ``key``: among those with its public key (a renewed
+    certificate may reuse a key), the one named like the key bag, else the
+    one valid longest."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    wanted = key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    mine = [b for b in named
+            if b.certificate.public_key().public_bytes(serialization.Encoding.DER, spki) == wanted]
+    if not mine:
+        return None
+    mine.sort(key=lambda b: (b.friendly_name == alias.encode(), b.certificate.not_valid_after_utc))
+    return mine[-1].certificate
 
 
 def _chain_members(leaf, certs):

@@ -62,16 +62,52 @@ def verify_peer(chain, anchors, domain: str, *, now: dt.datetime | None = None) 
     if not chain:
         return Verdict(TrustFailure.NO_CERTIFICATE)
     now = now or dt.datetime.now(dt.timezone.utc)
+    reference = reference_identity(domain)
+    if reference is None:
+        return Verdict(TrustFailure.NAME_MISMATCH, f"{domain!r} is not a valid domain name")
     leaf, anchors = chain[0], list(anchors)
-    for check in (_dates, _self_signed, _path, _name, _purpose):
-        verdict = check(leaf, chain, anchors, domain, now)
+    path, anchored = build_path(leaf, chain[1:], anchors)
+    for check in (_dates, _self_signed, _anchored, _name, _purpose):
+        verdict = check(leaf, path, anchored, reference, now)
         if not verdict.ok:
             return verdict
-    return _rfc5280(leaf, chain, anchors, domain, now)
+    return _rfc5280(leaf, chain, anchors, reference, now)
 
 
-def _dates(leaf, chain, anchors, domain, now) -> Verdict:
-    for cert in chain:
+def build_path(leaf, sent, anchors):
+    """(certificates from the leaf up, whether the last one is vouched for by an anchor).
+
+    Only certificates on the path count: an unrelated, expired certificate
+    the peer also sent (an old cross-sign, say) changes nothing.
+    """
+    path, pool = [leaf], list(sent)
+    while True:
+        cert = path[-1]
+        if cert in anchors or any(issued_by(cert, a) for a in anchors):
+            return path, True
+        parent = next((c for c in pool if issued_by(cert, c)), None)
+        if parent is None:
+            return path, False
+        pool.remove(parent)
+        path.append(parent)
+
+
+def reference_identity(domain: str):
+    """The peer's domain as the certificate must name it: an ``ip_address``, or
+    an A-label DNS name (RFC 5890) without a trailing dot. None when invalid."""
+    name = domain.strip().rstrip(".")
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    try:
+        return name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def _dates(leaf, path, anchored, reference, now) -> Verdict:
+    for cert in path:
         who = "certificate" if cert is leaf else f"issuer {_cn(cert)}"
         if now > cert.not_valid_after_utc:
             return Verdict(TrustFailure.EXPIRED,
@@ -82,34 +118,27 @@ def _dates(leaf, chain, anchors, domain, now) -> Verdict:
     return Verdict()
 
 
-def _self_signed(leaf, chain, anchors, domain, now) -> Verdict:
-    if is_self_signed(leaf) and leaf not in anchors:
+def _self_signed(leaf, path, anchored, reference, now) -> Verdict:
+    if is_self_signed(leaf) and not anchored:
         return Verdict(TrustFailure.SELF_SIGNED, f"issuer {_cn(leaf)} is the certificate itself")
     return Verdict()
 
 
-def _path(leaf, chain, anchors, domain, now) -> Verdict:
-    cert, pool = leaf, list(chain[1:])
-    for _ in range(len(chain) + 1):
-        if cert in anchors or any(issued_by(cert, a) for a in anchors):
-            return Verdict()
-        parent = next((c for c in pool if issued_by(cert, c)), None)
-        if parent is None:
-            break
-        pool.remove(parent)
-        cert = parent
-    return Verdict(TrustFailure.UNKNOWN_CA, f"issuer {_name_text(cert.issuer)} is not trusted")
-
-
-def _name(leaf, chain, anchors, domain, now) -> Verdict:
-    names = presented_names(leaf)
-    if matches(domain, leaf):
+def _anchored(leaf, path, anchored, reference, now) -> Verdict:
+    if anchored:
         return Verdict()
-    shown = ", ".join(names) if names else "none"
-    return Verdict(TrustFailure.NAME_MISMATCH, f"wanted {domain}, certificate names {shown}")
+    return Verdict(TrustFailure.UNKNOWN_CA,
+                   f"issuer {_name_text(path[-1].issuer)} is not trusted")
 
 
-def _purpose(leaf, chain, anchors, domain, now) -> Verdict:
+def _name(leaf, path, anchored, reference, now) -> Verdict:
+    if _matches_reference(reference, leaf):
+        return Verdict()
+    shown = ", ".join(presented_names(leaf)) or "none"
+    return Verdict(TrustFailure.NAME_MISMATCH, f"wanted {reference}, certificate names {shown}")
+
+
+def _purpose(leaf, path, anchored, reference, now) -> Verdict:
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -119,48 +148,50 @@ def _purpose(leaf, chain, anchors, domain, now) -> Verdict:
     return Verdict(TrustFailure.WRONG_PURPOSE)
 
 
-def _rfc5280(leaf, chain, anchors, domain, now) -> Verdict:
+def _rfc5280(leaf, chain, anchors, reference, now) -> Verdict:
     try:
-        subject = x509.IPAddress(ipaddress.ip_address(domain))
-    except ValueError:
-        subject = x509.DNSName(domain)
-    store = verification.Store(anchors)
-    verifier = (verification.PolicyBuilder().store(store).time(now)
-                .build_server_verifier(subject))
-    try:
+        subject = (x509.DNSName(reference) if isinstance(reference, str)
+                   else x509.IPAddress(reference))
+        verifier = (verification.PolicyBuilder().store(verification.Store(anchors)).time(now)
+                    .build_server_verifier(subject))
         verifier.verify(leaf, list(chain[1:]))
     except verification.VerificationError as exc:
+        return Verdict(TrustFailure.INVALID_CHAIN, str(exc).splitlines()[0][:160])
+    except ValueError as exc:          # a name or store the validator will not take
         return Verdict(TrustFailure.INVALID_CHAIN, str(exc).splitlines()[0][:160])
     return Verdict()
 
 
 def presented_names(cert: x509.Certificate) -> list[str]:
     """The DNS and IP subjectAltNames, as text."""
+    dns, ips = _sans(cert)
+    return dns + [str(ip) for ip in ips]
+
+
+def _sans(cert: x509.Certificate):
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return ([n for n in san.get_values_for_type(x509.DNSName)]
-            + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)])
+        return [], []
+    return list(san.get_values_for_type(x509.DNSName)), list(san.get_values_for_type(x509.IPAddress))
 
 
 def matches(domain: str, cert: x509.Certificate) -> bool:
     """RFC 6125 DNS-ID / IP match of ``domain`` against ``cert``'s SANs."""
-    domain = domain.rstrip(".").lower()
-    try:
-        wanted_ip = ipaddress.ip_address(domain)
-    except ValueError:
-        wanted_ip = None
-    for name in presented_names(cert):
-        if wanted_ip is not None:
-            if name == str(wanted_ip):
-                return True
-        elif _dns_match(domain, name.lower().rstrip(".")):
-            return True
-    return False
+    reference = reference_identity(domain)
+    return reference is not None and _matches_reference(reference, cert)
+
+
+def _matches_reference(reference, cert: x509.Certificate) -> bool:
+    dns, ips = _sans(cert)
+    if not isinstance(reference, str):
+        return reference in ips                     # an IP domain: iPAddress SANs only
+    return any(_dns_match(reference, name.lower()) for name in dns)
 
 
 def _dns_match(domain: str, pattern: str) -> bool:
+    if pattern.endswith("."):                       # RFC 5280 §4.2.1.6: not a valid dNSName
+        return False
     if not pattern.startswith("*."):
         return domain == pattern
     head, _, rest = domain.partition(".")

@@ -256,7 +256,9 @@ def _describe(name: str, text: str | None) -> str:
 
 # Characters XML 1.0 cannot carry at all, even escaped (§2.2 of XML 1.0).
 _NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", "\r": "&#13;"})
+_TEXT_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", "\r": "&#13;"}
+)
 
 
 def _escape(text: str) -> str:

@@ -136,6 +136,7 @@ _LETTER_DIGITS = frozenset({"Ll", "Lu", "Lo", "Lm", "Mn", "Mc", "Nd"})
 
 
 def prepare_localpart(text: str) -> str:
+    """Map and check a localpart (UsernameCaseMapped, RFC 7622 §3.3); raise InvalidJID."""
     if not text:
         raise InvalidJID("empty localpart")
     if not text.isascii():
@@ -179,6 +180,7 @@ _IPV4_SHAPE = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
 
 
 def prepare_domainpart(text: str) -> str:
+    """Map and check a domainpart (RFC 7622 §3.2): IP literal or U-labels; raise InvalidJID."""
     text = text.translate(_DOTS)
     if text.endswith("."):
         text = text[:-1]  # RFC 7622 §3.2: strip one trailing label separator
@@ -232,22 +234,38 @@ def _prepare_label(label: str) -> str:
 def _u_label(label: str) -> str:
     """Check a non-ASCII label with IDNA and return its canonical U-label."""
     try:
-        if _idna is not None:
-            return _idna.decode(_idna.encode(label, uts46=True))
-        return codecs.decode(codecs.encode(label, "idna"), "idna")
+        a_label = _to_a_label(label)
+        u_label = _to_u_label(a_label)
     except UnicodeError as exc:
         raise InvalidJID(f"domainpart label {_clip(label)!r} is not valid IDNA ({exc})") from None
+    if not _LDH_LABEL.fullmatch(a_label):  # IDNA2003 lets '/', ' ', '_' through
+        raise InvalidJID(f"domainpart label {_clip(label)!r} is not valid IDNA (not a host name)")
+    return u_label
 
 
 def _u_label_from_a_label(label: str) -> str:
+    if not _LDH_LABEL.fullmatch(label):
+        raise InvalidJID(f"domainpart label {_clip(label)!r} is not a valid A-label")
     try:
-        if _idna is not None:
-            return _idna.decode(label)
-        u_label = codecs.decode(label.encode("ascii"), "idna")
-        codecs.encode(u_label, "idna")  # ToUnicode is lenient; round-trip to check
-        return u_label
+        u_label = _to_u_label(label)
+        if _to_a_label(u_label) != label:  # ToUnicode alone can be lenient
+            raise UnicodeError("it does not round-trip")
     except UnicodeError as exc:
-        raise InvalidJID(f"domainpart label {_clip(label)!r} is not a valid A-label ({exc})") from None
+        reason = f"domainpart label {_clip(label)!r} is not a valid A-label ({exc})"
+        raise InvalidJID(reason) from None
+    return u_label
+
+
+def _to_a_label(label: str) -> str:
+    if _idna is not None:
+        return _idna.encode(label, uts46=True).decode("ascii")
+    return codecs.encode(label, "idna").decode("ascii").lower()
+
+
+def _to_u_label(a_label: str) -> str:
+    if _idna is not None:
+        return _idna.decode(a_label)
+    return codecs.decode(a_label.encode("ascii"), "idna")
 
 
 # ---------------------------------------------------------------------------
@@ -258,6 +276,7 @@ _RESOURCE_FORBIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 
 
 def prepare_resourcepart(text: str) -> str:
+    """Map and check a resourcepart (OpaqueString, RFC 7622 §3.4); raise InvalidJID."""
     if not text:
         raise InvalidJID("empty resourcepart")
     if text.isascii():
@@ -274,7 +293,7 @@ def prepare_resourcepart(text: str) -> str:
 
 def _map_spaces(text: str) -> str:
     """RFC 8265 §4.2.1: non-ASCII space characters become U+0020."""
-    return "".join(" " if char != " " and unicodedata.category(char) == "Zs" else char for char in text)
+    return "".join(" " if unicodedata.category(char) == "Zs" else char for char in text)
 
 
 def _first_bad(text: str) -> str:
