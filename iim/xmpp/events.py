@@ -1,0 +1,50 @@
+"""What a stream tells its adapter (h11 style: small frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.etree.ElementTree import Element
+
+from .errors import StreamError
+from .jid import JID
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    """Send ``data_to_send()`` in the clear, then run the TLS handshake over the
+    transport and call ``tls_established()``. Bytes the peer sent after its
+    ``<starttls/>`` in the same read were discarded (RFC 6120 §5.4.3.3)."""
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """SASL succeeded for ``username`` (a prepared localpart)."""
+
+    username: str
+    mechanism: str
+
+
+@dataclass(frozen=True)
+class SessionEstablished:
+    """A resource is bound: the session may now exchange stanzas as ``jid``."""
+
+    jid: JID
+
+
+@dataclass(frozen=True)
+class StanzaReceived:
+    """A message, presence or iq, with ``from`` stamped by the server role."""
+
+    stanza: Element
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The stream is over: ``error`` is what ended it (sent or received), None
+    for a clean close. Send ``data_to_send()``, then close the transport."""
+
+    error: StreamError | None = None
+    sent_by_peer: bool = False
+
+
+Event = StartTLS | Authenticated | SessionEstablished | StanzaReceived | StreamEnded

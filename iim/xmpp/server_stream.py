@@ -1,0 +1,304 @@
+"""The receiving entity's side of a client stream (RFC 6120 §4-§7), sans-I/O.
+
+Negotiation order, each step announced in ``<stream:features/>``:
+
+1. STARTTLS (§5), when a certificate is configured; *required* under
+   ``requiressl``, and then the features offer nothing else, and anything but
+   ``<starttls/>`` is a ``<policy-violation/>`` stream error, unprocessed.
+2. SASL (§6): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN only under TLS. A failed
+   attempt may be retried; after ``max_auth_attempts`` the stream ends.
+3. Resource binding (§7), plus the legacy RFC 3921 session IQ, answered with
+   an empty result so that older clients carry on.
+
+Every features element also carries the XEP-0478 stream limits. Stanzas from
+the client get ``from`` stamped with the session's full JID (§8.1.2.1); a
+stanza that claims another ``from`` ends the stream with ``<invalid-from/>``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+from xml.etree.ElementTree import Element, SubElement
+
+from . import sasl
+from .errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
+from .events import (
+    Authenticated, Event, SessionEstablished, StanzaReceived, StartTLS,
+)
+from .jid import JID, InvalidJID, prepare_domainpart, prepare_resourcepart
+from .ns import BIND_NS, CLIENT_NS, LIMITS_NS, SASL_NS, SESSION_NS, STREAMS_NS, TLS_NS, q
+from .stream import Phase, Stream
+from .xml import DEFAULT_MAX_STANZA_BYTES, StreamOpened, stream_header
+
+Cond = StreamErrorCondition
+STANZAS = {q(CLIENT_NS, "message"), q(CLIENT_NS, "presence"), q(CLIENT_NS, "iq")}
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What the server offers on a client stream (from iim.conf)."""
+
+    domain: str
+    tls_offered: bool = False
+    """A keystore is configured: STARTTLS is advertised."""
+    tls_required: bool = False
+    """``iim_server.requiressl``: STARTTLS before anything else."""
+    max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES
+    max_auth_attempts: int = 3
+    idle_seconds: int | None = None
+    """Advertised in XEP-0478 limits when set."""
+
+    def __post_init__(self) -> None:
+        if self.tls_required and not self.tls_offered:
+            raise ValueError("TLS required but not offered: configure iim_server.sslkeystore")
+
+
+Authenticator = Callable[[bool], sasl.ServerAuth]
+
+
+class ServerStream(Stream):
+    """One client's stream as the server sees it."""
+
+    def __init__(self, policy: ServerPolicy, authenticator: Authenticator, *,
+                 secure_transport: bool = False) -> None:
+        super().__init__(max_stanza_bytes=policy.max_stanza_bytes)
+        self.policy = policy
+        self.domain = prepare_domainpart(policy.domain)
+        self._authenticator = authenticator
+        self._auth: sasl.ServerAuth | None = None
+        self._failures = 0
+        self._mechanism = ""
+        self.secure = secure_transport
+        self.username: str | None = None
+        self.jid: JID | None = None
+        self.stream_id = ""
+
+    # -- header and features ------------------------------------------------------
+
+    def _on_header(self, header: StreamOpened) -> list[Event]:
+        self._send_header(to=header.from_)
+        if header.ns != CLIENT_NS:
+            raise StreamError(Cond.INVALID_NAMESPACE, "this port takes jabber:client streams")
+        if not _is_version_1(header.version):
+            raise StreamError(Cond.UNSUPPORTED_VERSION, "XMPP 1.0 streams only")
+        if header.to is not None and not self._is_us(header.to):
+            raise StreamError(Cond.HOST_UNKNOWN)
+        self._send(self._features())
+        self.phase = Phase.BINDING if self.username else Phase.NEGOTIATING
+        return []
+
+    def _ensure_header(self) -> None:
+        if not self._header_sent:
+            self._send_header(to=None)
+
+    def _send_header(self, to) -> None:
+        self.stream_id = secrets.token_urlsafe(12)
+        self._out += stream_header(from_=self.domain, to=_safe_to(to), id=self.stream_id,
+                                   lang="en")
+        self._header_sent = True
+
+    def _is_us(self, to: str) -> bool:
+        try:
+            return prepare_domainpart(to) == self.domain
+        except InvalidJID:
+            return False
+
+    def _features(self) -> Element:
+        features = Element(q(STREAMS_NS, "features"))
+        if self.username:
+            SubElement(features, q(BIND_NS, "bind"))
+            SubElement(SubElement(features, q(SESSION_NS, "session")), q(SESSION_NS, "optional"))
+        else:
+            self._offer_security(features)
+        limits = SubElement(features, q(LIMITS_NS, "limits"))
+        SubElement(limits, q(LIMITS_NS, "max-bytes")).text = str(self.policy.max_stanza_bytes)
+        if self.policy.idle_seconds:
+            SubElement(limits, q(LIMITS_NS, "idle-seconds")).text = str(self.policy.idle_seconds)
+        return features
+
+    def _offer_security(self, features: Element) -> None:
+        if self.policy.tls_offered and not self.secure:
+            starttls = SubElement(features, q(TLS_NS, "starttls"))
+            if self.policy.tls_required:
+                SubElement(starttls, q(TLS_NS, "required"))
+                return                      # nothing else until TLS (RFC 6120 §5.3.1)
+        mechanisms = SubElement(features, q(SASL_NS, "mechanisms"))
+        for mechanism in sasl.offered_mechanisms(self.secure):
+            SubElement(mechanisms, q(SASL_NS, "mechanism")).text = mechanism.value
+
+    def _after_tls(self) -> None:
+        self.phase = Phase.OPENING
+
+    # -- elements -----------------------------------------------------------------
+
+    def _on_element(self, element: Element) -> list[Event]:
+        if self.phase in (Phase.NEGOTIATING, Phase.AUTHENTICATING):
+            return self._negotiate(element)
+        if self.phase is Phase.BINDING:
+            return self._bind_phase(element)
+        return self._established(element)
+
+    def _negotiate(self, element: Element) -> list[Event]:
+        if element.tag == q(TLS_NS, "starttls"):
+            return self._starttls()
+        if self.policy.tls_required and not self.secure:
+            raise StreamError(Cond.POLICY_VIOLATION, "STARTTLS is required first")
+        handler = {q(SASL_NS, "auth"): self._sasl_auth,
+                   q(SASL_NS, "response"): self._sasl_response,
+                   q(SASL_NS, "abort"): self._sasl_abort}.get(element.tag)
+        if handler is None:
+            raise StreamError(Cond.NOT_AUTHORIZED, "authenticate first")
+        return handler(element)
+
+    def _starttls(self) -> list[Event]:
+        if not self.policy.tls_offered or self.secure or self.phase is not Phase.NEGOTIATING:
+            self._out += f"<failure xmlns='{TLS_NS}'/>".encode()
+            return self.close()                          # RFC 6120 §5.4.2.2
+        self._out += f"<proceed xmlns='{TLS_NS}'/>".encode()
+        self.phase = Phase.TLS_PENDING
+        self._cut = True
+        return [StartTLS()]
+
+    # -- SASL (RFC 6120 §6.4) ----------------------------------------------------
+
+    def _sasl_auth(self, element: Element) -> list[Event]:
+        self._auth = self._authenticator(self.secure)
+        self._mechanism = element.get("mechanism", "")
+        try:
+            initial = sasl.decode_payload(element.text or "")
+        except ValueError:
+            return self._sasl_step(sasl.Failure(sasl.SASLFailure.INCORRECT_ENCODING))
+        return self._sasl_step(self._auth.start(element.get("mechanism", ""), initial))
+
+    def _sasl_response(self, element: Element) -> list[Event]:
+        if self._auth is None or self.phase is not Phase.AUTHENTICATING:
+            return self._sasl_step(sasl.Failure(sasl.SASLFailure.MALFORMED_REQUEST))
+        try:
+            data = sasl.decode_payload(element.text or "") or b""
+        except ValueError:
+            return self._sasl_step(sasl.Failure(sasl.SASLFailure.INCORRECT_ENCODING))
+        return self._sasl_step(self._auth.respond(data))
+
+    def _sasl_abort(self, element: Element) -> list[Event]:
+        if self._auth is None:
+            return self._sasl_step(sasl.Failure(sasl.SASLFailure.ABORTED))
+        return self._sasl_step(self._auth.abort())
+
+    def _sasl_step(self, step) -> list[Event]:
+        if isinstance(step, sasl.Challenge):
+            self.phase = Phase.AUTHENTICATING
+            self._sasl_element("challenge", step.data)
+            return []
+        if isinstance(step, sasl.Success):
+            self._sasl_element("success", step.additional_data)
+            self.username = step.username
+            self._restart()
+            self.phase = Phase.OPENING
+            return [Authenticated(step.username, self._mechanism)]
+        return self._sasl_failure(step)
+
+    def _sasl_failure(self, failure: sasl.Failure) -> list[Event]:
+        self.phase = Phase.NEGOTIATING
+        self._auth = None
+        element = Element(q(SASL_NS, "failure"))
+        SubElement(element, q(SASL_NS, failure.condition.value))
+        if failure.text:
+            SubElement(element, q(SASL_NS, "text")).text = failure.text
+        self._send(element)
+        if failure.condition is not sasl.SASLFailure.ABORTED:
+            self._failures += 1
+        if self._failures >= self.policy.max_auth_attempts:
+            raise StreamError(Cond.POLICY_VIOLATION, "too many failed authentication attempts")
+        return []
+
+    def _sasl_element(self, name: str, data: bytes | None) -> None:
+        element = Element(q(SASL_NS, name))
+        element.text = sasl.encode_payload(data) if data is not None else None
+        self._send(element)
+
+    # -- binding (RFC 6120 §7) ----------------------------------------------------
+
+    def _bind_phase(self, element: Element) -> list[Event]:
+        if element.tag != q(CLIENT_NS, "iq"):
+            raise StreamError(Cond.NOT_AUTHORIZED, "bind a resource first")
+        if element.find(q(SESSION_NS, "session")) is not None:
+            self._iq_result(element)
+            return []
+        bind = element.find(q(BIND_NS, "bind"))
+        if bind is None or element.get("type") != "set":
+            self._iq_error(element, StanzaErrorCondition.NOT_AUTHORIZED)
+            return []
+        return self._bind(element, bind)
+
+    def _bind(self, iq: Element, bind: Element) -> list[Event]:
+        wanted = (bind.findtext(q(BIND_NS, "resource")) or "").strip()
+        try:
+            resource = prepare_resourcepart(wanted) if wanted else _new_resource()
+        except InvalidJID:
+            self._iq_error(iq, StanzaErrorCondition.BAD_REQUEST)
+            return []
+        self.jid = JID(self.username, self.domain, resource)
+        result = self._iq_result(iq, send=False)
+        SubElement(SubElement(result, q(BIND_NS, "bind")), q(BIND_NS, "jid")).text = str(self.jid)
+        self._send(result)
+        self.phase = Phase.ESTABLISHED
+        return [SessionEstablished(self.jid)]
+
+    # -- established ------------------------------------------------------------
+
+    def _established(self, element: Element) -> list[Event]:
+        if element.tag not in STANZAS:
+            raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE)
+        if element.find(q(SESSION_NS, "session")) is not None and element.tag.endswith("}iq"):
+            self._iq_result(element)
+            return []
+        self._stamp_from(element)
+        return [StanzaReceived(element)]
+
+    def _stamp_from(self, stanza: Element) -> None:
+        claimed = stanza.get("from")
+        if claimed is not None and claimed not in (str(self.jid), str(self.jid.bare)):
+            try:
+                ok = JID.parse(claimed) in (self.jid, self.jid.bare)
+            except InvalidJID:
+                ok = False
+            if not ok:
+                raise StreamError(Cond.INVALID_FROM)
+        stanza.set("from", str(self.jid))
+
+    # -- IQ replies ---------------------------------------------------------------
+
+    def _iq_result(self, iq: Element, *, send: bool = True) -> Element:
+        result = Element(q(CLIENT_NS, "iq"), {"type": "result"})
+        if iq.get("id") is not None:
+            result.set("id", iq.get("id"))
+        if send:
+            self._send(result)
+        return result
+
+    def _iq_error(self, iq: Element, condition: StanzaErrorCondition) -> None:
+        reply = self._iq_result(iq, send=False)
+        reply.set("type", "error")
+        reply.append(StanzaError(condition).to_element(CLIENT_NS))
+        self._send(reply)
+
+
+def _is_version_1(version: str | None) -> bool:
+    major = (version or "0.0").split(".")[0]
+    return major.isdigit() and int(major) >= 1
+
+
+def _safe_to(value: str | None) -> str | None:
+    """Echo the peer's ``from`` only when it is a valid JID."""
+    if value is None:
+        return None
+    try:
+        return str(JID.parse(value))
+    except InvalidJID:
+        return None
+
+
+def _new_resource() -> str:
+    return "iim-" + secrets.token_hex(6)

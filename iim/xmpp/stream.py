@@ -1,0 +1,170 @@
+"""What both ends of an XMPP stream share: parsing, output, phases, errors.
+
+Theory of operation (RFC 6120 §4): a stream is one long XML document each
+way. Bytes from the transport go into ``receive_data``; the restricted
+parser turns them into a stream header, depth-1 elements and the closing
+tag; the role (``ServerStream`` / ``ClientStream``) reacts to each one,
+queueing bytes for ``data_to_send`` and returning events for its adapter.
+No sockets, no clocks, no TLS objects: the adapter owns those.
+
+Two moments end the bytes of a read early. After ``<starttls/>`` /
+``<proceed/>`` the next bytes on the wire are TLS records; after SASL
+success the peer must wait for our answer before it opens a new stream. In
+both cases whatever else the same read carried was parsed as part of the old
+stream and is dropped here, unprocessed (RFC 6120 §5.4.3.3, §6.4.6: this is
+what makes STARTTLS command injection impossible).
+"""
+
+from __future__ import annotations
+
+import enum
+from xml.etree.ElementTree import Element
+
+from .errors import STREAMS_NS, LocalProtocolError, StreamError
+from .events import Event, StreamEnded
+from .xml import (
+    CLIENT_NS, DEFAULT_MAX_STANZA_BYTES, STREAM_CLOSE, ElementReceived, StreamClosed,
+    StreamOpened, StreamParser, to_bytes,
+)
+
+
+class Phase(enum.Enum):
+    OPENING = "waiting for the peer's stream header"
+    NEGOTIATING = "negotiating stream features"
+    TLS_PENDING = "TLS handshake in progress"
+    AUTHENTICATING = "SASL exchange in progress"
+    BINDING = "binding a resource"
+    ESTABLISHED = "exchanging stanzas"
+    CLOSED = "closed"
+
+
+class Stream:
+    """The machinery both roles use; see ServerStream and ClientStream."""
+
+    ns = CLIENT_NS
+
+    def __init__(self, *, max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES) -> None:
+        self.max_stanza_bytes = max_stanza_bytes
+        self._parser = StreamParser(max_stanza_bytes=max_stanza_bytes,
+                                    content_namespaces=(self.ns,))
+        self._out = bytearray()
+        self.phase = Phase.OPENING
+        self.secure = False
+        self._header_sent = False
+        self._cut = False          # drop what is left of the current read
+
+    # -- the adapter's API ----------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer (plaintext: after TLS, the decrypted bytes)."""
+        if self.phase is Phase.CLOSED:
+            return []
+        if self.phase is Phase.TLS_PENDING:
+            raise LocalProtocolError("bytes during the TLS handshake belong to the TLS layer")
+        try:
+            parsed = self._parser.feed(data)
+        except StreamError as exc:
+            return self._fail(exc)
+        events: list[Event] = []
+        self._cut = False
+        for item in parsed:
+            try:
+                events += self._dispatch(item)
+            except StreamError as exc:
+                return events + self._fail(exc)
+            if self._cut or self.phase is Phase.CLOSED:
+                break
+        return events
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def tls_established(self) -> None:
+        """The adapter finished the TLS handshake: a new stream starts (§5.4.3.3)."""
+        if self.phase is not Phase.TLS_PENDING:
+            raise LocalProtocolError(f"tls_established() while {self.phase.value}")
+        self.secure = True
+        self._restart()
+        self._after_tls()
+
+    def send_stanza(self, stanza: Element) -> None:
+        if self.phase is not Phase.ESTABLISHED:
+            raise LocalProtocolError(f"send_stanza() while {self.phase.value}")
+        self._send(stanza)
+
+    def close(self, error: StreamError | None = None) -> list[Event]:
+        """End the stream, with a stream error when ``error`` is given."""
+        if self.phase is Phase.CLOSED:
+            return []
+        if error is not None:
+            self._ensure_header()
+            self._out += error.to_xml()
+        if self._header_sent:
+            self._out += STREAM_CLOSE
+        self.phase = Phase.CLOSED
+        return [StreamEnded(error)]
+
+    # -- for the roles ----------------------------------------------------------
+
+    def _dispatch(self, item) -> list[Event]:
+        if isinstance(item, StreamOpened):
+            return self._on_header(item)
+        if isinstance(item, ElementReceived):
+            if item.element.tag == STREAM_ERROR:
+                return self._on_peer_error(item.element)
+            return self._on_element(item.element)
+        if isinstance(item, StreamClosed):
+            return self._on_peer_close()
+        raise AssertionError(item)
+
+    def _on_peer_close(self) -> list[Event]:
+        if self._header_sent:
+            self._out += STREAM_CLOSE
+        self.phase = Phase.CLOSED
+        return [StreamEnded(None, sent_by_peer=True)]
+
+    def _on_peer_error(self, element: Element) -> list[Event]:
+        """The peer ended the stream with an error (RFC 6120 §4.9.1.1)."""
+        error = StreamError.from_element(element)
+        if self._header_sent:
+            self._out += STREAM_CLOSE
+        self.phase = Phase.CLOSED
+        return [StreamEnded(error, sent_by_peer=True)]
+
+    def _give_up(self, error: StreamError) -> list[Event]:
+        """End our side without blaming the peer with a stream error (a client
+        whose login failed, say): just the closing tag."""
+        if self._header_sent:
+            self._out += STREAM_CLOSE
+        self.phase = Phase.CLOSED
+        return [StreamEnded(error)]
+
+    def _send(self, element: Element) -> None:
+        self._out += to_bytes(element, ns=self.ns)
+
+    def _restart(self) -> None:
+        """A new stream over the same transport (RFC 6120 §4.3.3)."""
+        self._parser.reset()
+        self._header_sent = False
+        self._cut = True
+
+    def _fail(self, exc: StreamError) -> list[Event]:
+        return self.close(exc)
+
+    def _ensure_header(self) -> None:
+        """An error before our header still needs one (RFC 6120 §4.9.1.2)."""
+
+    def _on_header(self, header: StreamOpened) -> list[Event]:
+        raise NotImplementedError
+
+    def _on_element(self, element: Element) -> list[Event]:
+        raise NotImplementedError
+
+    def _after_tls(self) -> None:
+        raise NotImplementedError
+
+
+STREAM_ERROR = f"{{{STREAMS_NS}}}error"
