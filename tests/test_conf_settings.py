@@ -47,7 +47,8 @@ def test_an_empty_file_gives_every_default():
         sslkeystore=None, keystorealias=None, keystorepasswordfile=BASE / "sslpassword.conf",
         keypasswordfile=None, requiressl=False, trust_all_cert=False, domainname="example.com",
         port=HostPort(None, 5269), useport=True, serverid=None, password=None,
-        coserver_names=(), usemuxport=True)
+        coserver_names=(), usemuxport=True, database=BASE / "iim.db", maxstanzasize=262144,
+        negotiation_timeout=30, stanza_timeout=60, max_unauthenticated=5000)
     assert empty.mux == MuxSettings(
         listenport=HostPort(None, 5222), serverport=HostPort(None, 45222), numinstances=1,
         maxthreads=5, maxsessions=2000, stat_frequency=600, usessl=False, secconfigdir=None,
@@ -97,6 +98,11 @@ iim_server.coserver1.requiressl = on
 iim_server.partner.host = "[2001:db8::1]:5999"
 iim_server.partner.domain = Partner.Example
 iim_server.usemuxport = no
+iim_server.database = "/var/lib/iim/im.db"
+iim_server.maxstanzasize = 65536
+iim_server.negotiation_timeout = 10
+iim_server.stanza_timeout = 20
+iim_server.max_unauthenticated = 100
 iim_mux.listenport = "[::1]:5223"
 iim_mux.serverport = "127.0.0.1:45223"
 iim_mux.numinstances = 4
@@ -128,7 +134,8 @@ def test_every_server_parameter_is_typed():
         requiressl=True, trust_all_cert=True,
         domainname="example.net", port=HostPort("0.0.0.0", 5270), useport=False,
         serverid="us", password="our-secret", coserver_names=("coserver1", "partner"),
-        usemuxport=False)
+        usemuxport=False, database=Path("/var/lib/iim/im.db"), maxstanzasize=65536,
+        negotiation_timeout=10, stanza_timeout=20, max_unauthenticated=100)
 
 
 def test_every_coserver_parameter_is_typed():

@@ -1,7 +1,8 @@
 """``python -m iim.admin user add|passwd|delete|list``: accounts in the server's database.
 
-The database is ``--db PATH``, else ``iim.db`` beside iim.conf (``-c FILE``,
-else $IIM_CONF, else ./iim.conf). Only ``user add`` creates it.
+The database is ``--db PATH``, else iim.conf's ``iim_server.database``
+(``-c FILE``, else $IIM_CONF, else ./iim.conf; default iim.db beside it).
+Only ``user add`` creates it.
 
 USER is the localpart of the account's JID (``alice`` for
 ``alice@example.com``); it is prepared as XMPP prepares localparts, so
@@ -20,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from iim import conf
 from iim.server.storage import NoSuchUser, Storage, StorageError, UserExists
 from iim.xmpp.jid import InvalidJID, prepare_localpart
 
@@ -41,7 +43,7 @@ def add_user_parser(subparsers) -> argparse.ArgumentParser:
         "user", help="add, delete, list users; change passwords",
         description="Manage the accounts in the server's database. The server stores "
                     "SCRAM-SHA-1 and SCRAM-SHA-256 credentials, never the password. "
-                    "The database is --db PATH, else iim.db beside iim.conf.")
+                    "The database is --db PATH, else iim_server.database of iim.conf.")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = _common_options()
     _add_action(actions, common, "add", cmd_user_add, with_password=True,
@@ -65,7 +67,7 @@ def _common_options() -> argparse.ArgumentParser:
                         help="iim.conf, whose folder holds iim.db "
                              "(default: $IIM_CONF, else ./iim.conf)")
     common.add_argument("--db", metavar="PATH",
-                        help="the server's database (default: iim.db beside iim.conf)")
+                        help="the server's database (default: iim_server.database of iim.conf)")
     return common
 
 
@@ -161,11 +163,16 @@ def _list(args) -> None:
 
 
 def database_path(args) -> Path:
-    """``--db``, else ``iim.db`` in the folder of iim.conf."""
+    """``--db``, else iim_server.database from iim.conf (default: iim.db beside it)."""
     if args.db:
         return Path(args.db)
     config = Path(args.config or os.environ.get("IIM_CONF") or "iim.conf")
-    return config.parent / "iim.db"
+    try:
+        return conf.load(config, check_files=False).server.database
+    except conf.ConfigError as err:
+        if config.exists():
+            raise UserCommandError(str(err).splitlines()[0]) from None
+        return config.parent / "iim.db"
 
 
 def _storage(args, *, create: bool = False) -> Storage:

@@ -62,6 +62,12 @@ SERVER_PARAMS = (
     _Param("password", _text),
     _Param("coservers", parse_names, "", attr="coserver_names"),
     _Param("usemuxport", parse_bool, "true"),
+    _Param("database", parse_path, "iim.db"),
+    _Param("maxstanzasize", at_least(10000, "expected a size in bytes, at least 10000"),
+           "262144"),
+    _Param("negotiation_timeout", at_least(1, "expected a number of seconds, at least 1"), "30"),
+    _Param("stanza_timeout", at_least(1, "expected a number of seconds, at least 1"), "60"),
+    _Param("max_unauthenticated", positive, "5000"),
 )
 
 MUX_PARAMS = (
@@ -140,6 +146,16 @@ class ServerSettings:
     """``iim_server.coservers``, lower-cased, in order."""
     usemuxport: bool
     """Accept multiplexor links on ``iim_mux.serverport``."""
+    database: Path
+    """SQLite database: users (salted SCRAM credentials), rosters, offline messages."""
+    maxstanzasize: int
+    """Largest stanza accepted, in bytes (advertised per XEP-0478)."""
+    negotiation_timeout: int
+    """Seconds a new connection has to finish TLS, authentication and binding."""
+    stanza_timeout: int
+    """Seconds a started stanza may take to finish arriving (slow-drip defence)."""
+    max_unauthenticated: int
+    """Connections still negotiating, at most; more are refused at once."""
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ class Stream:
                 break
         return events
 
+    @property
+    def unit_in_progress(self) -> bool:
+        """Bytes of an unfinished stanza are waiting (see StreamParser)."""
+        return self.phase is not Phase.CLOSED and self._parser.unit_in_progress
+
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
         out = bytes(self._out)

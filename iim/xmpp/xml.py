@@ -104,6 +104,7 @@ DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_ATTRIBUTES = 64
 DEFAULT_MAX_NAMES = 10000
 
+_KEEPALIVE_SLACK = 16  # bytes of white space between stanzas not counted as a unit
 _SLICE = 65536  # bytes handed to expat at once: the granularity of the size check
 
 Condition = StreamErrorCondition
@@ -200,6 +201,15 @@ class StreamParser:
         if self._dead:
             raise LocalProtocolError("reset() after a stream error: this parser is finished")
         self._start_stream()
+
+    @property
+    def unit_in_progress(self) -> bool:
+        """True while a stanza (or the stream header) has started arriving but
+        is not complete: what a "stanza took too long" timer watches. A few
+        bytes of slack cover whitespace keepalives, which are not units."""
+        if self._depth >= 2:
+            return True
+        return self._fed - self._mark > _KEEPALIVE_SLACK
 
     @property
     def stream_open(self) -> bool:

@@ -1,0 +1,138 @@
+"""The server process: configuration in, listeners up, sessions routed.
+
+``Server`` wires the parts together and owns their lifetime: key material
+and the TLS context (re-read on ``reload_certificates``, used by every new
+TLS handshake, so established sessions keep theirs), the SQLite storage,
+the router, and the client listener on ``iim_server.port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from iim.conf import Config
+from iim.keys.context import server_context
+from iim.keys.keystore import load_keystore
+from iim.keys.passwords import read_password_file
+from iim.limits import raise_nofile
+from iim.xmpp.errors import StreamError, StreamErrorCondition
+from iim.xmpp.server_stream import ServerPolicy
+
+from .c2s import SessionContext
+from .listener import ClientProtocol
+from .router import Router
+from .storage import Storage
+
+
+class StartupError(Exception):
+    """One line for the operator; the server does not start."""
+
+
+def load_tls_context(config: Config, log: logging.Logger | None = None) -> ssl.SSLContext | None:
+    """The server's TLS context from iim_server.sslkeystore, or None without one."""
+    server = config.server
+    if server.sslkeystore is None:
+        return None
+    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
+    for warning in pwfile.warnings:
+        if log:
+            log.warning("%s", warning)
+    key_password = None
+    if server.keypasswordfile is not None:
+        key_password = read_password_file(server.keypasswordfile,
+                                          "iim_server.keypasswordfile").password
+    material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
+                             key_password=key_password)
+    if log:
+        log.info("certificate %s from %s (alias %s)",
+                 material.certificate.subject.rfc4514_string(), material.source, material.alias)
+    return server_context(material)
+
+
+class Server:
+    def __init__(self, config: Config, log: logging.Logger) -> None:
+        self.config = config
+        self.log = log
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.storage: Storage | None = None
+        self.ctx: SessionContext | None = None
+
+    async def start(self) -> None:
+        soft, _ = raise_nofile()
+        server = self.config.server
+        tls_context = load_tls_context(self.config, self.log)
+        self._warn_about_policy(tls_context)
+        self.storage = Storage.open(server.database)
+        policy = ServerPolicy(server.domainname, tls_offered=tls_context is not None,
+                              tls_required=server.requiressl,
+                              max_stanza_bytes=server.maxstanzasize)
+        self.ctx = SessionContext(
+            policy=policy, tls_context=tls_context,
+            router=Router(server.domainname, self.storage, log=self.log),
+            storage=self.storage, log=self.log,
+            negotiation_timeout=server.negotiation_timeout,
+            stanza_timeout=server.stanza_timeout)
+        if server.useport:
+            await self._listen(server.port)
+        self.log.info("serving %s (open-files limit %d)", server.domainname, soft)
+
+    def _warn_about_policy(self, tls_context) -> None:
+        server = self.config.server
+        if server.requiressl and tls_context is None:
+            raise StartupError("iim_server.requiressl is true but iim_server.sslkeystore is "
+                               "not set: clients could never log in")
+        if server.trust_all_cert:
+            self.log.warning("iim_server.trust_all_cert is true: every peer certificate is "
+                             "accepted; use this for testing only")
+        if server.requiressl and self.config.mux.usessl:
+            self.log.warning("iim_server.requiressl and iim_mux.usessl are both on: "
+                             "legacy-SSL clients never ask for STARTTLS")
+
+    async def _listen(self, where) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.config.server.max_unauthenticated
+        try:
+            listener = await loop.create_server(
+                lambda: ClientProtocol(self.ctx, limit), where.host, where.port,
+                reuse_address=True, backlog=1024)
+        except OSError as exc:
+            raise StartupError(f"iim_server.port: cannot listen on {where}: "
+                               f"{exc.strerror or exc}") from None
+        self.listeners.append(listener)
+        for sock in listener.sockets:
+            self.log.info("listening for client and server streams on %s",
+                          _address(sock.getsockname()))
+
+    @property
+    def addresses(self) -> list[tuple]:
+        return [s.getsockname() for listener in self.listeners for s in listener.sockets]
+
+    def reload_certificates(self) -> None:
+        """New handshakes use the re-read keystore; established sessions keep theirs."""
+        try:
+            self.ctx.tls_context = load_tls_context(self.config, self.log) or \
+                self.ctx.tls_context
+        except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the server
+            self.log.error("certificate reload failed, keeping the old one: %s", exc)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        if self.ctx is not None:
+            shutdown = StreamError(StreamErrorCondition.SYSTEM_SHUTDOWN)
+            for session in list(self.ctx.sessions):
+                session.close(shutdown)
+            self.ctx.router.shutdown()
+        for listener in self.listeners:
+            await listener.wait_closed()
+        await asyncio.sleep(0)              # let the transports flush their last bytes
+        if self.storage is not None:
+            self.storage.close()
+        self.log.info("stopped")
+
+
+def _address(sockname) -> str:
+    host, port = sockname[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,270 @@
+"""A client session: one XMPP client stream, whatever carries its bytes.
+
+Theory of operation. A session is fed bytes by a *carrier* (a TCP socket
+today, a multiplexor link tomorrow) through ``data_received`` and writes
+through the carrier's ``write``. It owns everything between those bytes and
+the router: the TLS layer (memory BIOs, so STARTTLS works the same over a
+socket and over a mux link), the sans-I/O ServerStream, and three timers:
+
+* negotiation: TLS, SASL and binding must be done within
+  ``negotiation_timeout`` or the stream ends with ``<connection-timeout/>``;
+* stanza progress: once bytes of a stanza arrived, the stanza must complete
+  within ``stanza_timeout`` (a client dripping one byte a second is cut off);
+* output backpressure: a client that does not read sees its unsent bytes
+  grow; above ``HIGH_WATER`` new messages for it go to offline storage
+  instead (nothing lost), above ``HARD_LIMIT`` the session is closed with
+  ``<resource-constraint/>``, so one client cannot hold the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+from xml.etree.ElementTree import Element
+
+from iim.xmpp import sasl
+from iim.xmpp.errors import StreamError, StreamErrorCondition
+from iim.xmpp.events import (
+    Authenticated, SessionEstablished, StanzaReceived, StartTLS, StreamEnded,
+)
+from iim.xmpp.jid import JID
+from iim.xmpp.server_stream import ServerPolicy, ServerStream
+from iim.xmpp.stream import Phase
+from iim.xmpp.xml import to_bytes
+
+from .tls import TLSFailed, TLSLayer
+
+Cond = StreamErrorCondition
+HIGH_WATER = 256 * 1024
+HARD_LIMIT = 4 * 1024 * 1024
+
+
+class Carrier(Protocol):
+    """What carries a session's bytes (socket or multiplexor link)."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def pending(self) -> int: ...
+
+
+@dataclass
+class SessionContext:
+    """What every session of one server shares."""
+
+    policy: ServerPolicy
+    tls_context: object | None          # ssl.SSLContext when a keystore is configured
+    router: object                      # iim.server.router.Router
+    storage: object                     # iim.server.storage.Storage
+    log: logging.Logger
+    negotiation_timeout: float = 30.0
+    stanza_timeout: float = 60.0
+    negotiating: set = field(default_factory=set)   # not yet established (flood limit)
+    sessions: set = field(default_factory=set)      # every open session (shutdown)
+
+
+class ClientSession:
+    """One client stream; implements the router's SessionHandle."""
+
+    def __init__(self, ctx: SessionContext, carrier: Carrier, *,
+                 secure_transport: bool = False,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.ctx = ctx
+        self.carrier = carrier
+        self.loop = loop or asyncio.get_running_loop()
+        self.stream = ServerStream(ctx.policy, self._authenticator,
+                                   secure_transport=secure_transport)
+        self.tls: TLSLayer | None = None
+        self.jid: JID | None = None
+        self.priority: int | None = None
+        self.available = False
+        self.interested = False
+        self.closed = False
+        self._bound = False
+        self._progress = time.monotonic()
+        self._partial = False
+        self._timer = self.loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
+        self._watchdog = self.loop.call_later(ctx.stanza_timeout, self._check_progress)
+        ctx.negotiating.add(self)
+        ctx.sessions.add(self)
+
+    # -- bytes in -------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            plain = self._decrypt(data) if self.tls is not None else data
+        except TLSFailed as exc:
+            self.ctx.log.info("c2s %s: TLS failed: %s", self.carrier.peer, exc)
+            self._finish()
+            return
+        if plain:
+            self._feed(plain)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        was_done = self.tls.handshake_done
+        plain, out = self.tls.receive(data)
+        if out:
+            self.carrier.write(out)
+        if self.tls.handshake_done and not was_done:
+            self._tls_up()
+        return plain
+
+    def _tls_up(self) -> None:
+        info = self.tls.info()
+        self.ctx.log.info("c2s %s: TLS established %s %s", self.carrier.peer, info.version,
+                          info.cipher)
+        self.stream.tls_established()
+
+    def _feed(self, data: bytes) -> None:
+        events = self.stream.receive_data(data)
+        self._note_progress(bool(events))
+        self._flush()
+        for event in events:
+            self._handle(event)
+
+    def _note_progress(self, completed: bool) -> None:
+        if completed or not self.stream.unit_in_progress:
+            self._progress, self._partial = time.monotonic(), False
+        elif not self._partial:
+            self._progress, self._partial = time.monotonic(), True
+
+    # -- events ---------------------------------------------------------------
+
+    def _handle(self, event) -> None:
+        if isinstance(event, StanzaReceived):
+            self.ctx.router.stanza_from(self, event.stanza)
+        elif isinstance(event, StartTLS):
+            self.tls = TLSLayer(self.ctx.tls_context, server_side=True)
+        elif isinstance(event, Authenticated):
+            self.ctx.log.info("c2s %s: login %s (%s)", self.carrier.peer, event.username,
+                              event.mechanism)
+        elif isinstance(event, SessionEstablished):
+            self._established(event.jid)
+        elif isinstance(event, StreamEnded):
+            self._ended(event)
+
+    def _established(self, jid: JID) -> None:
+        self.jid = jid
+        self._timer.cancel()
+        self.ctx.negotiating.discard(self)
+        tls = self.tls.info() if self.tls else None
+        security = f"{tls.version} {tls.cipher}" if tls else (
+            "TLS at the multiplexor" if self.stream.secure else "no TLS")
+        self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, jid, security)
+        self._bound = True
+        self.ctx.router.session_bound(self)
+
+    def _ended(self, event: StreamEnded) -> None:
+        if event.error is not None:
+            who = "peer sent" if event.sent_by_peer else "sent"
+            self.ctx.log.info("c2s %s: stream error (%s): %s", self.carrier.peer, who,
+                              event.error)
+        self._finish()
+
+    # -- bytes out -----------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self.stream.data_to_send()
+        if not out or self.closed:
+            return
+        if self.tls is not None and self.tls.handshake_done:
+            try:
+                out = self.tls.send(out)
+            except TLSFailed:
+                self._finish()
+                return
+        self.carrier.write(out)
+
+    def deliver(self, stanza: Element) -> None:
+        """Send a stanza to this client (the router's SessionHandle API)."""
+        if self.closed or self.stream.phase is not Phase.ESTABLISHED:
+            self._keep_if_message(stanza)
+            return
+        pending = self.carrier.pending()
+        if pending > HARD_LIMIT:
+            self._keep_if_message(stanza)
+            self.close(StreamError(Cond.RESOURCE_CONSTRAINT, "the client is not reading"))
+            return
+        if pending > HIGH_WATER and self._keep_if_message(stanza):
+            return
+        self.stream.send_stanza(stanza)
+        self._flush()
+
+    def _keep_if_message(self, stanza: Element) -> bool:
+        """A chat/normal message that cannot be sent now waits for the next
+        login (XEP-0160) rather than being lost."""
+        if not stanza.tag.endswith("}message") or stanza.get("type") in ("error", "groupchat",
+                                                                         "headline"):
+            return False
+        if self.jid is None or stanza.find("{jabber:client}body") is None:
+            return False
+        try:
+            self.ctx.storage.store_offline(self.jid.local, to_bytes(stanza))
+        except Exception as exc:  # noqa: BLE001 - StorageFull and friends: logged, not raised
+            self.ctx.log.warning("c2s %s: could not keep a message for %s: %s",
+                                 self.carrier.peer, self.jid.bare, exc)
+            return False
+        return True
+
+    # -- ending ---------------------------------------------------------------------
+
+    def close(self, error: StreamError | None = None) -> None:
+        """End the session (router: resource conflict; server: shutdown)."""
+        if self.closed:
+            return
+        self.stream.close(error)
+        self._flush()
+        self._finish()
+
+    def connection_lost(self) -> None:
+        """The carrier is gone (socket closed, mux link down)."""
+        if not self.closed:
+            self.ctx.log.info("c2s %s: connection closed", self.carrier.peer)
+        self._finish(write=False)
+
+    def _finish(self, write: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._timer.cancel()
+        self._watchdog.cancel()
+        self.ctx.negotiating.discard(self)
+        self.ctx.sessions.discard(self)
+        if write and self.tls is not None and self.tls.handshake_done:
+            try:
+                self.carrier.write(self.tls.close())
+            except TLSFailed:
+                pass
+        self.carrier.close()
+        if self._bound:
+            self.ctx.router.session_ended(self)
+            self.ctx.log.info("c2s %s: logout %s", self.carrier.peer, self.jid)
+
+    # -- timers --------------------------------------------------------------------
+
+    def _negotiation_expired(self) -> None:
+        if not self.closed and not self._bound:
+            self.ctx.log.info("c2s %s: negotiation not finished in %ss", self.carrier.peer,
+                              self.ctx.negotiation_timeout)
+            self.close(StreamError(Cond.CONNECTION_TIMEOUT, "negotiation took too long"))
+
+    def _check_progress(self) -> None:
+        if self.closed:
+            return
+        stalled = time.monotonic() - self._progress
+        if self._partial and stalled >= self.ctx.stanza_timeout:
+            self.ctx.log.info("c2s %s: stanza stalled for %.0fs", self.carrier.peer, stalled)
+            self.close(StreamError(Cond.CONNECTION_TIMEOUT, "a stanza took too long"))
+            return
+        self._watchdog = self.loop.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
+
+    def _authenticator(self, tls: bool) -> sasl.ServerAuth:
+        storage = self.ctx.storage
+        return sasl.ServerAuth(storage.credentials, self.ctx.policy.domain, tls=tls,
+                               secret=storage.server_secret())

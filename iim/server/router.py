@@ -1,0 +1,513 @@
+"""The router: who is connected, and where each stanza goes (RFC 6120 §10, RFC 6121 §8).
+
+Theory of operation
+-------------------
+The session layer (``iim.server.c2s``) calls four things: ``session_bound``
+when a resource is bound, ``stanza_from`` for every stanza the client sends
+(``from`` already stamped with its full JID), ``session_ended`` when the stream
+is gone, and ``shutdown``. Sessions are ``SessionHandle``s: the router only ever
+calls ``deliver(stanza)`` and ``close(error)`` on them, and keeps three of
+their attributes up to date (``available``, ``priority``; ``interested`` is
+set by the roster).
+
+Registry: bare JID -> resource -> session. A second login with the same full
+JID wins (RFC 6120 §7.7.2.2): the older session is unregistered first (its
+unavailable presence goes out), then closed with ``<conflict/>``. Its own
+``session_ended`` call, which may come during ``close`` or later, then finds
+another session in its place and is ignored; so is any stanza a replaced or
+unknown session still sends.
+
+Dispatch, by element and address:
+
+- ``message``: RFC 6121 §8.5. To a connected full JID: delivered. To a bare JID
+  (or a full JID whose resource is gone, for chat and normal messages,
+  §8.5.3.2.1): to the available resources with the highest non-negative
+  priority; headlines to every non-negative one; with none, chat and normal
+  messages go to offline storage (XEP-0160) stamped with
+  ``<delay xmlns='urn:xmpp:delay' from=domain/>`` (XEP-0203) at the time they
+  are stored. A message to an account that does not exist, a groupchat message
+  nobody can take, and a full store all get ``<service-unavailable/>``.
+- ``presence``: ``iim.server.presence``.
+- ``iq``: RFC 6120 §8.2.3 first (an id, a known type, one payload for get and
+  set). No ``to``, or the own bare JID: the roster (``iim.server.roster``) or
+  the server's services; the domain: ``iim.server.services``; another user's
+  bare JID: answered on the user's behalf (RFC 6121 §8.5.2.1.3); a full JID:
+  forwarded to that session, else ``<service-unavailable/>``. Results and
+  errors nobody waits for are dropped.
+- another domain: ``route_remote``, the one place where federation will plug
+  in; until then it answers ``<remote-server-not-found/>``.
+
+Errors go back through ``bounce``, which never answers a stanza of type
+``error`` (RFC 6120 §8.3.1: no error loops). A ``StanzaError`` raised by any
+handler becomes such a bounce to the sending session; any other exception is
+logged and becomes ``<internal-server-error/>``.
+
+Offline storage holds the stanza bytes as ``iim.xmpp.xml.to_bytes`` writes
+them for a ``jabber:client`` stream; ``deliver_offline`` parses them back with
+the stream parser and deletes each message only once ``deliver()`` has taken
+it. Stored ``presence`` stanzas are pending subscription requests, kept until
+answered (see ``iim.server.presence``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+from xml.etree.ElementTree import Element
+
+from iim.server.presence import Presence, copy_stanza
+from iim.server.roster import Roster
+from iim.server.services import IqType, Services
+from iim.server.storage import Storage, StorageFull
+from iim.xmpp.errors import (
+    StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
+)
+from iim.xmpp.jid import JID, InvalidJID, prepare_domainpart
+from iim.xmpp.ns import CLIENT_NS, DELAY_NS, ROSTER_NS, q
+from iim.xmpp.xml import (
+    DEFAULT_MAX_STANZA_BYTES, ElementReceived, StreamParser, stream_header, to_bytes,
+)
+
+__all__ = ["IqType", "MessageType", "Router", "SessionHandle", "bounce", "parse_stored"]
+
+Cond = StanzaErrorCondition
+MESSAGE = q(CLIENT_NS, "message")
+PRESENCE = q(CLIENT_NS, "presence")
+IQ = q(CLIENT_NS, "iq")
+ROSTER_QUERY = q(ROSTER_NS, "query")
+CHATSTATES_NS = "http://jabber.org/protocol/chatstates"  # XEP-0085
+HINTS_NS = "urn:xmpp:hints"                              # XEP-0334
+
+
+class SessionHandle(Protocol):
+    """What the router needs from a client session (implemented by ``c2s``)."""
+
+    jid: JID
+    """The bound full JID."""
+    priority: int | None
+    """Set by the router from the session's presence; None before initial presence."""
+    available: bool
+    """Set by the router: initial presence sent, no unavailable since."""
+    interested: bool
+    """Set by the roster: the session asked for the roster, so it gets pushes (RFC 6121 §2.1.6)."""
+
+    def deliver(self, stanza: Element) -> None:
+        """Queue a stanza to this client; never raises, even when closed."""
+
+    def close(self, error: StreamError | None = None) -> None:
+        """End the session (resource conflict, shutdown)."""
+
+
+class MessageType(enum.Enum):
+    """The 'type' of a message (RFC 6121 §5.2.2)."""
+
+    NORMAL = "normal"
+    CHAT = "chat"
+    GROUPCHAT = "groupchat"
+    HEADLINE = "headline"
+    ERROR = "error"
+
+    @classmethod
+    def of(cls, stanza: Element) -> "MessageType":
+        """No type, or an unknown one, is ``normal`` (§5.2.2)."""
+        try:
+            return cls(stanza.get("type") or "normal")
+        except ValueError:
+            return cls.NORMAL
+
+
+def bounce(stanza: Element, error: StanzaError | StanzaErrorCondition) -> Element | None:
+    """The error reply to ``stanza`` (RFC 6120 §8.3.1), or None for an error stanza.
+
+    Addresses are swapped, the id and other attributes kept, the original
+    children included, and the ``<error/>`` appended.
+    """
+    if stanza.get("type") == "error":
+        return None  # never answer an error: no loops
+    if isinstance(error, StanzaErrorCondition):
+        error = StanzaError(error)
+    attributes = {k: v for k, v in stanza.attrib.items() if k not in ("to", "from", "type")}
+    reply = Element(stanza.tag, attributes)
+    if stanza.get("from") is not None:
+        reply.set("to", stanza.get("from"))
+    if stanza.get("to") is not None:
+        reply.set("from", stanza.get("to"))
+    reply.set("type", "error")
+    reply.extend(stanza)
+    reply.append(error.to_element(_namespace(stanza.tag) or CLIENT_NS))
+    return reply
+
+
+class Router:
+    """Session registry and stanza dispatch for one domain."""
+
+    def __init__(
+        self,
+        domain: str,
+        storage: Storage,
+        *,
+        log: logging.Logger | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.domain = prepare_domainpart(domain)
+        self.storage = storage
+        self.log = log or logging.getLogger("iim.server.router")
+        self.clock = clock or _utc_now
+        self._sessions: dict[JID, dict[str, SessionHandle]] = {}
+        self.roster = Roster(storage, self._interested,
+                             on_remove=lambda user, item: self.presence.roster_item_removed(
+                                 user, item))
+        self.presence = Presence(self, self.roster, log=self.log)
+        self.services = Services(self.domain)
+        self._handlers = {MESSAGE: self._message, PRESENCE: self.presence.from_client,
+                          IQ: self._iq}
+
+    # -- registry ------------------------------------------------------------------
+
+    def session_bound(self, session: SessionHandle) -> None:
+        """Register a session; an older one with the same full JID is closed."""
+        old = self.session_for(session.jid)
+        if old is session:
+            return
+        if old is not None:
+            self.log.info("%s: logged in again, closing the older session", session.jid)
+            self._unregister(old)
+            old.close(StreamError(StreamErrorCondition.CONFLICT, "replaced by a new login"))
+        session.available, session.priority, session.interested = False, None, False
+        self._sessions.setdefault(session.jid.bare, {})[session.jid.resource] = session
+
+    def session_ended(self, session: SessionHandle) -> None:
+        """Unregister; its unavailable presence goes out (RFC 6121 §4.6)."""
+        if self.session_for(session.jid) is session:
+            self._unregister(session)
+
+    def _unregister(self, session: SessionHandle) -> None:
+        resources = self._sessions[session.jid.bare]
+        del resources[session.jid.resource]
+        if not resources:
+            del self._sessions[session.jid.bare]
+        self.presence.session_gone(session)
+
+    def sessions_of(self, bare: JID) -> list[SessionHandle]:
+        return list(self._sessions.get(bare.bare, {}).values())
+
+    def session_for(self, full: JID) -> SessionHandle | None:
+        return self._sessions.get(full.bare, {}).get(full.resource)
+
+    def available(self, bare: JID) -> list[SessionHandle]:
+        return [session for session in self.sessions_of(bare) if session.available]
+
+    def _interested(self, bare: JID) -> list[SessionHandle]:
+        return [session for session in self.sessions_of(bare) if session.interested]
+
+    def shutdown(self) -> None:
+        """Close what is left. Nothing is lost: stored messages are in storage."""
+        sessions = [s for resources in self._sessions.values() for s in resources.values()]
+        self._sessions.clear()
+        self.presence.forget_all()
+        for session in sessions:
+            session.close(StreamError(StreamErrorCondition.SYSTEM_SHUTDOWN))
+
+    # -- addresses -----------------------------------------------------------------
+
+    def address(self, stanza: Element) -> JID | None:
+        """The stanza's 'to' as a JID; a bad one is ``<jid-malformed/>``."""
+        text = stanza.get("to")
+        if text is None:
+            return None
+        try:
+            return JID.parse(text)
+        except InvalidJID as exc:
+            raise StanzaError(Cond.JID_MALFORMED, str(exc)) from None
+
+    def is_local(self, jid: JID) -> bool:
+        return jid.domain == self.domain
+
+    def user_exists(self, jid: JID) -> bool:
+        if jid.local is None or not self.is_local(jid):
+            return False
+        return jid.bare in self._sessions or self.storage.user_exists(jid.local)
+
+    # -- entry point ---------------------------------------------------------------
+
+    def stanza_from(self, session: SessionHandle, stanza: Element) -> None:
+        """Handle one stanza from a bound session."""
+        if self.session_for(session.jid) is not session:
+            self.log.debug("%s: stanza from a session that is not registered, dropped",
+                           session.jid)
+            return
+        stanza.set("from", str(session.jid))
+        handler = self._handlers.get(stanza.tag)
+        if handler is None:
+            self.log.debug("%s: not a stanza: %s, dropped", session.jid, stanza.tag)
+            return
+        try:
+            handler(session, stanza)
+        except StanzaError as exc:
+            self._fail(session, stanza, exc)
+        except Exception:  # noqa: BLE001 - one bad stanza must not take the session down
+            self.log.exception("%s: error while routing a %s", session.jid, stanza.tag)
+            self._fail(session, stanza, StanzaError(Cond.INTERNAL_SERVER_ERROR))
+
+    def _fail(self, session: SessionHandle, stanza: Element, error: StanzaError) -> None:
+        reply = bounce(stanza, error)
+        if reply is None:
+            return
+        if error.condition is Cond.JID_MALFORMED:
+            reply.attrib.pop("from", None)  # never echo an address we could not parse
+        session.deliver(reply)
+
+    # -- messages (RFC 6121 §8.5) -------------------------------------------------------
+
+    def _message(self, session: SessionHandle, message: Element) -> None:
+        mtype = MessageType.of(message)
+        to = self.address(message) or session.jid.bare  # RFC 6120 §10.3.1: no 'to', own account
+        if not self.is_local(to):
+            self.route_remote(message)
+        elif to.local is None:
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)  # the server takes no messages
+        elif not self.user_exists(to):
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)  # §8.5.1
+        elif to.resource is None:
+            self._message_to_bare(message, mtype, to)
+        else:
+            self._message_to_full(message, mtype, to)
+
+    def _message_to_full(self, message: Element, mtype: MessageType, to: JID) -> None:
+        session = self.session_for(to)
+        if session is not None:
+            session.deliver(message)  # §8.5.3.1
+        elif mtype in (MessageType.NORMAL, MessageType.CHAT):
+            self._message_to_bare(message, mtype, to.bare)  # §8.5.3.2.1
+        elif mtype is MessageType.GROUPCHAT:
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)
+        # headline and error: silently ignored
+
+    def _message_to_bare(self, message: Element, mtype: MessageType, bare: JID) -> None:
+        if mtype is MessageType.ERROR:
+            return  # §8.5.2.1.1, §8.5.2.2.1: silently ignored
+        if mtype is MessageType.GROUPCHAT:
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)
+        if mtype is MessageType.HEADLINE:
+            targets = self._non_negative(bare)
+        else:
+            targets = self._most_available(bare)
+        for session in targets:
+            session.deliver(message)
+        if not targets and mtype is not MessageType.HEADLINE:
+            self._keep(message, bare)
+
+    def _non_negative(self, bare: JID) -> list[SessionHandle]:
+        return [s for s in self.available(bare) if _priority(s) >= 0]
+
+    def _most_available(self, bare: JID) -> list[SessionHandle]:
+        """The available resources with the highest priority, if it is not negative."""
+        candidates = self._non_negative(bare)
+        if not candidates:
+            return []
+        top = max(_priority(s) for s in candidates)
+        return [s for s in candidates if _priority(s) == top]
+
+    def _keep(self, message: Element, bare: JID) -> None:
+        """XEP-0160: store for later, or tell the sender it cannot be."""
+        if not _worth_storing(message):
+            return
+        try:
+            self.store_offline(bare, message)
+        except StorageFull:
+            self.log.info("%s: offline storage full, message refused", bare)
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE) from None
+
+    # -- iq (RFC 6120 §8.2.3, §10; RFC 6121 §8.5) -----------------------------------------
+
+    def _iq(self, session: SessionHandle, iq: Element) -> None:
+        iq_type = _iq_type(iq)
+        to = self.address(iq)
+        if to is not None and not self.is_local(to):
+            self.route_remote(iq)
+        elif to is not None and to.local is not None and to.resource is not None:
+            self._iq_to_resource(iq, iq_type, to)
+        elif iq_type.is_request:
+            self._reply(session, iq, self._answer(session, iq_type, _payload(iq), to))
+        # a result or error for the server or an account: nobody is waiting for it
+
+    def _iq_to_resource(self, iq: Element, iq_type: IqType, to: JID) -> None:
+        session = self.session_for(to)
+        if session is not None:
+            session.deliver(iq)
+        elif iq_type.is_request:
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)  # §8.5.3.2.1 (and §8.5.1)
+
+    def _answer(self, session: SessionHandle, iq_type: IqType, payload: Element,
+                to: JID | None) -> Element | None:
+        own = session.jid.bare
+        if (to is None or to == own) and payload.tag == ROSTER_QUERY:
+            return self._roster_request(session, iq_type, payload)
+        if to is None or to.local is None:
+            return self.services.server(iq_type, payload)
+        if to == own:
+            return self.services.account(iq_type, payload, visible=True)
+        if not self.user_exists(to):
+            raise StanzaError(Cond.SERVICE_UNAVAILABLE)
+        visible = self.presence.state(to, own).has_from
+        return self.services.account(iq_type, payload, visible=visible)
+
+    def _roster_request(self, session: SessionHandle, iq_type: IqType,
+                        query: Element) -> Element | None:
+        if iq_type is IqType.GET:
+            return self.roster.get(session, query)
+        self.roster.set(session, query)
+        return None
+
+    def _reply(self, session: SessionHandle, iq: Element, payload: Element | None) -> None:
+        result = Element(IQ, {"type": "result", "id": iq.get("id"), "to": str(session.jid)})
+        if iq.get("to") is not None:
+            result.set("from", iq.get("to"))
+        if payload is not None:
+            result.append(payload)
+        session.deliver(result)
+
+    # -- presence delivery and other domains -------------------------------------------------
+
+    def deliver_presence(self, to: JID, stanza: Element) -> None:
+        """Presence (not subscriptions) to ``to``: RFC 6121 §8.5.2.1.1, §8.5.3."""
+        if not self.is_local(to):
+            self.route_remote(stanza)
+        elif to.local is None:
+            return  # the server itself keeps no presence
+        elif to.resource is None:
+            for session in self.available(to):
+                session.deliver(stanza)
+        else:
+            session = self.session_for(to)
+            if session is not None:
+                session.deliver(stanza)
+
+    def route_remote(self, stanza: Element) -> None:
+        """Send ``stanza`` to another domain. Federation plugs in here.
+
+        Until it does, the sender gets ``<remote-server-not-found/>`` (RFC 6120
+        §8.3.3.13).
+        """
+        reply = bounce(stanza, Cond.REMOTE_SERVER_NOT_FOUND)
+        if reply is not None:
+            self._deliver_local(reply)
+
+    def _deliver_local(self, stanza: Element) -> None:
+        """An error the server generated, to the local entity that caused it."""
+        to = self.address(stanza)
+        if to is None or not self.is_local(to) or to.local is None:
+            return
+        targets = self.available(to) if to.resource is None else [self.session_for(to)]
+        for session in targets:
+            if session is not None:
+                session.deliver(stanza)
+
+    # -- offline storage (XEP-0160, XEP-0203) ----------------------------------------------
+
+    def store_offline(self, user: JID, stanza: Element) -> None:
+        """Keep ``stanza`` for ``user``, stamped with a delay; raises ``StorageFull``."""
+        stored = copy_stanza(stanza)
+        delay = Element(q(DELAY_NS, "delay"), {"from": self.domain,
+                                               "stamp": _stamp(self.clock())})
+        delay.text = "Offline storage"
+        stored.append(delay)
+        self.storage.store_offline(user.local, to_bytes(stored, ns=CLIENT_NS))
+
+    def stored(self, user: JID, tag: str | None = None) -> list[tuple[int, Element]]:
+        """The user's stored stanzas (id, element), oldest first; only ``tag`` ones if given."""
+        prefix = b"<" + tag.rpartition("}")[2].encode() if tag else b""
+        found = []
+        for message_id, data in self.storage.offline_messages(user.local):
+            if data.startswith(prefix):
+                stanza = parse_stored(data)
+                if stanza is not None and (tag is None or stanza.tag == tag):
+                    found.append((message_id, stanza))
+        return found
+
+    def deliver_offline(self, session: SessionHandle) -> None:
+        """Hand the stored stanzas to a session that just became available.
+
+        Messages are deleted once delivered, and only to a session of
+        non-negative priority (XEP-0160 §4); subscription requests stay until
+        they are answered.
+        """
+        user, messages_too = session.jid.bare, _priority(session) >= 0
+        done: list[int] = []
+        try:
+            for message_id, data in self.storage.offline_messages(user.local):
+                stanza = parse_stored(data)
+                if stanza is None:
+                    self.log.warning("%s: unreadable offline message %d dropped", user,
+                                     message_id)
+                    done.append(message_id)
+                elif stanza.tag == PRESENCE:
+                    session.deliver(stanza)
+                elif messages_too:
+                    session.deliver(stanza)
+                    done.append(message_id)
+        finally:
+            if done:
+                self.storage.delete_offline(user.local, done)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+_STORED_HEADER = stream_header(ns=CLIENT_NS, xml_declaration=False)
+
+
+def parse_stored(data: bytes) -> Element | None:
+    """One stanza from the offline store, as the stream parser would read it; None if bad."""
+    parser = StreamParser(max_stanza_bytes=max(DEFAULT_MAX_STANZA_BYTES, 2 * len(data)),
+                          content_namespaces=(CLIENT_NS,))
+    try:
+        events = parser.feed(_STORED_HEADER + bytes(data))
+    except StreamError:
+        return None
+    elements = [event.element for event in events if isinstance(event, ElementReceived)]
+    return elements[0] if len(elements) == 1 else None
+
+
+def _iq_type(iq: Element) -> IqType:
+    try:
+        iq_type = IqType(iq.get("type"))
+    except ValueError:
+        raise StanzaError(Cond.BAD_REQUEST, "an IQ's type is get, set, result or error") from None
+    if not iq.get("id"):
+        raise StanzaError(Cond.BAD_REQUEST, "an IQ needs an id")
+    return iq_type
+
+
+def _payload(iq: Element) -> Element:
+    children = list(iq)
+    if len(children) != 1:
+        raise StanzaError(Cond.BAD_REQUEST, "an IQ get or set carries exactly one child")
+    return children[0]
+
+
+def _priority(session: SessionHandle) -> int:
+    return session.priority if session.priority is not None else 0
+
+
+def _worth_storing(message: Element) -> bool:
+    """Content beyond chat states and hints, and no XEP-0334 "don't store" hint."""
+    if any(child.tag in (q(HINTS_NS, "no-store"), q(HINTS_NS, "no-permanent-store"))
+           for child in message):
+        return False
+    return any(_namespace(child.tag) not in (CHATSTATES_NS, HINTS_NS) for child in message)
+
+
+def _namespace(tag: str) -> str | None:
+    return tag[1:].partition("}")[0] if tag.startswith("{") else None
+
+
+def _stamp(moment: datetime) -> str:
+    """XEP-0082 DateTime in UTC, with milliseconds."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,159 @@
+"""A real server process on 127.0.0.1 and real clients (slixmpp) for end-to-end tests.
+
+``LiveServer`` writes an iim.conf into a folder, a keystore made by the real
+keytool (CA from tests/pki.py), a password file and users created with the
+real ``python -m iim.admin user add``, then runs ``python -m iim.server`` as a
+child process and waits until its port answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import slixmpp
+from cryptography.hazmat.primitives import serialization
+
+from keytool import make_store
+
+DOMAIN = "localhost"
+STOREPASS = "Live-Store-Pw-9"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, folder: Path, ca, *, requiressl: bool = False, tls: bool = True,
+                 users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2")), extra: str = ""):
+        self.folder = folder
+        self.ca = ca
+        self.port = free_port()
+        self.users = dict(users)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ca_file = folder / "ca.pem"
+        self.ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+        lines = [f'iim_server.domainname = "{DOMAIN}"',
+                 f'iim_server.port = "127.0.0.1:{self.port}"',
+                 f'iim_server.requiressl = "{str(requiressl).lower()}"',
+                 'iim_server.database = "iim.db"',
+                 'iim.log.iim_server.url = "server.log"',
+                 'iim.log.iim_server.severity = "DEBUG"']
+        if tls:
+            if not (folder / "server.jks").exists():
+                make_store(folder / "server.jks", ca, [DOMAIN, "127.0.0.1"], storepass=STOREPASS)
+            pw = folder / "sslpassword.conf"
+            pw.write_text(f"Internal (Software) Token:{STOREPASS}\n")
+            os.chmod(pw, 0o600)
+            lines.append('iim_server.sslkeystore = "server.jks"')
+        self.conf = folder / "iim.conf"
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
+        self.proc: subprocess.Popen | None = None
+
+    def add_users(self) -> None:
+        for user, password in self.users.items():
+            admin("user", "add", "-c", str(self.conf), user, stdin=password + "\n")
+
+    def start(self) -> "LiveServer":
+        self.proc = subprocess.Popen([sys.executable, "-m", "iim.server", "-c", str(self.conf)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("server did not start listening")
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("server did not stop on SIGTERM")
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        path = self.folder / "server.log"
+        return path.read_text() if path.exists() else ""
+
+
+def admin(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "iim.admin", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode:
+        raise AssertionError(f"iim.admin {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+class Client(slixmpp.ClientXMPP):
+    """A slixmpp client that verifies the server against our CA and refuses plaintext."""
+
+    def __init__(self, jid: str, password: str, ca_file: Path):
+        super().__init__(jid, password)
+        self.ssl_context = ssl.create_default_context(cafile=str(ca_file))
+        self.enable_plaintext = False
+        self.enable_direct_tls = False
+        self.enable_starttls = True
+        self.received: asyncio.Queue = asyncio.Queue()
+        self.presences: asyncio.Queue = asyncio.Queue()
+        self.roster_pushes: asyncio.Queue = asyncio.Queue()
+        self.subscribe_requests: asyncio.Queue = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.failed = asyncio.Event()
+        self.register_plugin("xep_0199")
+        self.add_event_handler("session_start", self._start)
+        self.add_event_handler("failed_auth", lambda *_: self.failed.set())
+        self.add_event_handler("message", lambda m: self.received.put_nowait(m))
+        self.add_event_handler("presence_available", lambda p: self.presences.put_nowait(p))
+        self.add_event_handler("presence_unavailable", lambda p: self.presences.put_nowait(p))
+        self.add_event_handler("roster_update", self._roster_update)
+        self.add_event_handler("presence_subscribe",
+                               lambda p: self.subscribe_requests.put_nowait(p))
+        self.roster.auto_authorize = None       # None: the tests answer subscriptions (False rejects)
+        self.roster.auto_subscribe = False
+
+    def _roster_update(self, iq):
+        if iq["type"] == "set":                 # a push (RFC 6121 §2.1.6), not the get result
+            self.roster_pushes.put_nowait(iq)
+
+    async def _start(self, _event):
+        await self.get_roster()
+        self.send_presence()
+        self.started.set()
+
+    async def online(self, port: int, timeout: float = 20) -> "Client":
+        self.connect("127.0.0.1", port)
+        done, _ = await asyncio.wait([asyncio.ensure_future(self.started.wait()),
+                                      asyncio.ensure_future(self.failed.wait())],
+                                     timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self.started.is_set():
+            raise AssertionError(f"{self.boundjid} did not log in")
+        return self
+
+    async def offline(self) -> None:
+        self.disconnect()
+        await asyncio.wait_for(self.disconnected, 10)
+
+
+async def next_item(queue: asyncio.Queue, timeout: float = 10):
+    return await asyncio.wait_for(queue.get(), timeout)
