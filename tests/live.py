@@ -121,6 +121,7 @@ class Client(slixmpp.ClientXMPP):
         self.started = asyncio.Event()
         self.failed = asyncio.Event()
         self.register_plugin("xep_0199")
+        self.register_plugin("xep_0203")
         self.add_event_handler("session_start", self._start)
         self.add_event_handler("failed_auth", lambda *_: self.failed.set())
         self.add_event_handler("message", lambda m: self.received.put_nowait(m))

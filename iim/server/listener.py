@@ -9,20 +9,38 @@ from iim.xmpp.errors import StreamError, StreamErrorCondition
 from .c2s import ClientSession, SessionContext
 
 
+LINGER_SECONDS = 2.0
+
+
 class SocketCarrier:
-    """A ClientSession's carrier over an asyncio transport."""
+    """A ClientSession's carrier over an asyncio transport.
+
+    Closing lingers (as web servers do): we send our last bytes and a FIN,
+    then read and discard for up to LINGER_SECONDS before closing. Closing at
+    once while the peer is still sending would make the kernel answer with a
+    RST, and a RST can destroy the stream error we just sent before the peer
+    reads it (a client in the middle of sending a 10 MiB stanza, say).
+    """
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.lingering = False
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def write(self, data: bytes) -> None:
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.lingering:
             self.transport.write(data)
 
     def close(self) -> None:
-        self.transport.close()
+        if self.lingering or self.transport.is_closing():
+            return
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
     def pending(self) -> int:
         return self.transport.get_write_buffer_size()
@@ -46,10 +64,10 @@ class ClientProtocol(asyncio.Protocol):
                                            "too many connections negotiating"))
 
     def data_received(self, data: bytes) -> None:
-        self.session.data_received(data)
+        self.session.data_received(data)      # a closed session ignores it (lingering)
 
     def eof_received(self) -> bool:
-        return False                      # close our side too
+        return False                          # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:

@@ -1,0 +1,191 @@
+"""Bad input on the client port, while two logged-in users keep chatting.
+
+Each attack runs against the live server with a conversation going on in the
+same event loop; the conversation must keep flowing and lose nothing.
+"""
+
+import asyncio
+import resource
+
+import pytest
+
+from iim.limits import raise_nofile
+from live import DOMAIN, Client, LiveServer, next_item
+
+HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+TIMEOUTS = 'iim_server.negotiation_timeout = "4"\niim_server.stanza_timeout = "3"\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ca):
+    live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS)
+    live.add_users()
+    live.start()
+    yield live
+    assert live.stop() == 0
+
+
+class Conversation:
+    """alice and bob exchange numbered messages until told to stop."""
+
+    def __init__(self, server):
+        self.server = server
+        self.sent = self.received = 0
+
+    async def __aenter__(self):
+        self.alice = await Client(f"alice@{DOMAIN}/a", "alice-pw-1",
+                                  self.server.ca_file).online(self.server.port)
+        self.bob = await Client(f"bob@{DOMAIN}/b", "bob-pw-2",
+                                self.server.ca_file).online(self.server.port)
+        self._task = asyncio.ensure_future(self._chat())
+        return self
+
+    async def _chat(self):
+        while True:
+            self.alice.send_message(mto=f"bob@{DOMAIN}/b", mbody=f"m{self.sent}", mtype="chat")
+            self.sent += 1
+            message = await next_item(self.bob.received)
+            assert message["body"] == f"m{self.received}"
+            self.received += 1
+            await asyncio.sleep(0.05)
+
+    async def progress(self, during: float):
+        """How many messages made it during ``during`` seconds."""
+        before = self.received
+        await asyncio.sleep(during)
+        assert not self._task.done(), self._task.exception()
+        return self.received - before
+
+    async def __aexit__(self, *exc):
+        self._task.cancel()
+        await self.alice.offline()
+        await self.bob.offline()
+
+
+async def raw(server, data: bytes = b""):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    if data:
+        writer.write(data)
+        await writer.drain()
+    return reader, writer
+
+
+async def read_until_closed(reader, timeout=15) -> bytes:
+    chunks = []
+    while True:
+        chunk = await asyncio.wait_for(reader.read(65536), timeout)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def stream_error(condition: str) -> bytes:
+    return f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>".encode()
+
+
+@pytest.mark.parametrize("payload,condition", [
+    (HEADER + b"<message><body>oops</mesage>", "not-well-formed"),
+    (b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 "
+     b"'&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>]><lolz>&lol2;</lolz>",
+     "restricted-xml"),
+    (HEADER + b"<?php system('id'); ?>", "restricted-xml"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, "not-well-formed"),
+])
+def test_bad_xml_gets_its_stream_error_and_chat_goes_on(server, payload, condition):
+    async def scenario():
+        async with Conversation(server) as chat:
+            reader, writer = await raw(server, payload)
+            answer = await read_until_closed(reader)
+            writer.close()
+            return answer, await chat.progress(0.5)
+
+    answer, flowing = run(scenario())
+    assert stream_error(condition) in answer
+    assert answer.endswith(b"</stream:stream>")
+    assert flowing > 0
+
+
+def test_ten_mib_stanza_is_refused_early(server):
+    async def scenario():
+        async with Conversation(server) as chat:
+            reader, writer = await raw(server, HEADER)
+            progress = {"sent": 0}
+
+            async def send():
+                writer.write(b"<message to='bob@localhost'><body>")
+                for _ in range(160):                   # 160 x 64 KiB = 10 MiB
+                    writer.write(b"A" * 65536)
+                    await writer.drain()
+                    progress["sent"] += 65536
+
+            sender = asyncio.ensure_future(send())
+            answer = await read_until_closed(reader)
+            sent_when_refused = progress["sent"]
+            sender.cancel()
+            writer.close()
+            return answer, sent_when_refused, await chat.progress(0.5)
+
+    answer, sent, flowing = run(scenario())
+    assert stream_error("policy-violation") in answer
+    assert b"larger than the limit of 262144 bytes" in answer
+    assert sent < 10 * 1024 * 1024            # refused before the whole stanza was sent
+    assert flowing > 0
+
+
+def test_one_byte_per_second_client_is_cut_off(server):
+    async def scenario():
+        async with Conversation(server) as chat:
+            reader, writer = await raw(server)
+            started = asyncio.get_running_loop().time()
+            answer = b""
+            for byte in HEADER + b"<message to='bob@localhost'><body>slow...":
+                writer.write(bytes([byte]))
+                try:
+                    await writer.drain()
+                    answer += await asyncio.wait_for(reader.read(65536), 1.0)
+                except asyncio.TimeoutError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    break
+                if answer.endswith(b"</stream:stream>") or reader.at_eof():
+                    break
+            elapsed = asyncio.get_running_loop().time() - started
+            writer.close()
+            return answer, elapsed, await chat.progress(0.5)
+
+    answer, elapsed, flowing = run(scenario())
+    assert stream_error("connection-timeout") in answer
+    assert elapsed < 15
+    assert flowing > 0
+
+
+def test_a_thousand_connections_that_never_negotiate(server):
+    raise_nofile()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 2200
+
+    async def scenario():
+        async with Conversation(server) as chat:
+            idle = [await raw(server, HEADER if i % 2 else b"") for i in range(1000)]
+            flowing = await chat.progress(1.0)
+            answers = await asyncio.gather(*(read_until_closed(r, 20) for r, _ in idle))
+            for _, writer in idle:
+                writer.close()
+            return answers, flowing, await chat.progress(0.5)
+
+    answers, flowing_during, flowing_after = run(scenario())
+    assert all(stream_error("connection-timeout") in a for a in answers)
+    assert flowing_during > 0 and flowing_after > 0
+
+
+def test_nothing_is_lost_while_under_attack(server):
+    async def scenario():
+        async with Conversation(server) as chat:
+            await chat.progress(1.0)
+            return chat
+    chat = run(scenario())
+    assert chat.received >= chat.sent - 1        # the last may be in flight at cancel
