@@ -14,9 +14,10 @@ def test_writes_every_file_private_where_it_matters(tmp_path):
     conf = dev_setup(tmp_path / "dev")
     folder = conf.parent
     assert sorted(p.name for p in folder.iterdir()) == [
-        ".iim-dev-setup", "ca.pem", "iim.conf", "nssdb", "server-keystore.p12",
-        "sslpassword.conf"]
+        ".iim-dev-setup", "ca.pem", "dev-users.txt", "iim.conf", "iim.db", "nssdb",
+        "server-keystore.p12", "sslpassword.conf"]
     assert stat.S_IMODE(os.stat(folder / "sslpassword.conf").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(folder / "dev-users.txt").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert b"PRIVATE KEY" not in b"".join(
         p.read_bytes() for p in folder.rglob("*") if p.is_file())
@@ -47,3 +48,61 @@ def test_unusable_folder_is_one_line(tmp_path):
                           timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == f"dev-setup: {tmp_path / 'afile' / 'dev'}: Not a directory\n"
+
+
+def test_dev_users_can_log_in(tmp_path):
+    from iim.server.storage import Storage
+    from iim.xmpp import sasl
+    conf = dev_setup(tmp_path / "dev")
+    users = dict(line.split() for line in (conf.parent / "dev-users.txt").read_text().splitlines())
+    assert sorted(users) == ["alice@localhost", "bob@localhost"]
+    with Storage.open(conf.parent / "iim.db") as storage:
+        auth = sasl.ServerAuth(storage.credentials, "localhost", tls=True,
+                               secret=storage.server_secret())
+        step = auth.start("PLAIN", b"\0alice\0" + users["alice@localhost"].encode())
+    assert isinstance(step, sasl.Success) and step.username == "alice"
+
+
+def test_the_development_system_serves_its_users(tmp_path):
+    """What ./dev run starts: the server on the dev configuration, alice and bob log in."""
+    import asyncio
+    import signal
+    import socket
+    import time
+
+    from live import Client, free_port, next_item
+
+    conf = dev_setup(tmp_path / "dev")
+    port = free_port()
+    with conf.open("a") as out:                           # last one wins (with a warning)
+        out.write(f'iim_server.port = "127.0.0.1:{port}"\n')
+    users = dict(line.split() for line in (conf.parent / "dev-users.txt").read_text().splitlines())
+    proc = subprocess.Popen([sys.executable, "-m", "iim.server", "-c", str(conf)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+
+        async def chat():
+            ca = conf.parent / "ca.pem"
+            alice = await Client("alice@localhost", users["alice@localhost"], ca).online(port)
+            bob = await Client("bob@localhost", users["bob@localhost"], ca).online(port)
+            alice.send_message(mto="bob@localhost", mbody="dev works", mtype="chat")
+            got = await next_item(bob.received)
+            await alice.offline()
+            await bob.offline()
+            return got["body"]
+
+        assert asyncio.run(asyncio.wait_for(chat(), 60)) == "dev works"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=20)[1]
+    assert proc.returncode == 0
+    assert "iim_server.port: set twice" in stderr
+    assert users["alice@localhost"] not in stderr

@@ -42,6 +42,9 @@ def cmd_dev_setup(args) -> int:
         print(err, file=sys.stderr)
         return 1
     print(f"development configuration: {path}")
+    if args.show:
+        from .devsetup import connection_help
+        print(connection_help(path.parent))
     return 0
 
 
@@ -62,10 +65,14 @@ def parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev-setup", help="write a development configuration",
         description="Write a development CA, a server PKCS#12 keystore, a multiplexor NSS "
-                    "database, a password file and iim.conf (server and multiplexor on "
-                    "loopback) into DIR. An existing configuration is kept unless --force.")
+                    "database, a password file, iim.conf (server and multiplexor on "
+                    "loopback) and two users, alice and bob, with random passwords kept in "
+                    "dev-users.txt, into DIR. An existing configuration is kept unless "
+                    "--force.")
     dev.add_argument("--dir", default="runtime/dev", help="folder (default: runtime/dev)")
     dev.add_argument("--force", action="store_true", help="start over in an existing folder")
+    dev.add_argument("--show", action="store_true",
+                     help="print how to connect (users and their passwords, CA file)")
     dev.set_defaults(run=cmd_dev_setup)
     add_user_parser(commands)
     return top

@@ -42,7 +42,10 @@ class DevSetupError(Exception):
 
 
 MARKER = ".iim-dev-setup"
-WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", "nssdb", MARKER)
+USERS_FILE = "dev-users.txt"
+DEV_USERS = ("alice", "bob")
+WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", "nssdb", MARKER,
+           USERS_FILE, "iim.db", "iim.db-wal", "iim.db-shm")
 
 
 def dev_setup(folder: Path, *, force: bool = False) -> Path:
@@ -92,6 +95,34 @@ def _write_all(folder: Path) -> None:
     mux_key, mux_cert = _issue(ca_key, ca_cert, "iim dev multiplexor")
     _make_nss_db(folder / "nssdb", mux_key, mux_cert, ca_cert, password)
     (folder / "iim.conf").write_text(DEV_CONF)
+    _add_dev_users(folder)
+
+
+def _add_dev_users(folder: Path) -> None:
+    """alice and bob, with random passwords kept in dev-users.txt (mode 600)."""
+    from iim.server.storage import Storage
+    lines = []
+    with Storage.open(folder / "iim.db") as storage:
+        for user in DEV_USERS:
+            password = secrets.token_urlsafe(12)
+            storage.add_user(user, password)
+            lines.append(f"{user}@{DOMAIN} {password}\n")
+    _write_private(folder / USERS_FILE, "".join(lines))
+
+
+def connection_help(folder: Path) -> str:
+    """How to reach the development system, for ./dev run to print."""
+    folder = Path(folder).resolve()
+    users = (folder / USERS_FILE).read_text().split("\n")
+    shown = "\n".join(f"                 {line.replace(' ', '  password ', 1)}"
+                      for line in users if line)
+    return (f"iim development system ({folder})\n"
+            f"  XMPP domain    {DOMAIN}\n"
+            f"  server         127.0.0.1:5269, STARTTLS required\n"
+            f"  users\n{shown}\n"
+            f"  trust this CA  {folder / 'ca.pem'}\n"
+            f"  try            openssl s_client -starttls xmpp -xmpphost {DOMAIN} "
+            f"-connect 127.0.0.1:5269 -CAfile {folder / 'ca.pem'}\n")
 
 
 def _require_tools() -> None:
