@@ -362,7 +362,10 @@ def test_full_offline_storage_bounces_service_unavailable(tmp_path):
     storage.close()
 
 
-def test_offline_messages_are_deleted_only_once_delivered(world):
+def test_offline_messages_a_session_cannot_send_go_back_to_storage(world):
+    """A session takes responsibility for what it is handed: when its
+    connection goes away mid-delivery, it gives the rest back (keep_for_later),
+    and they wait, in order, for the next login."""
     juliet = world.login("juliet@example.com/balcony")
     for n in range(3):
         juliet.send(chat("romeo@example.com", body=f"line {n}", id=f"m{n}"))
@@ -370,17 +373,37 @@ def test_offline_messages_are_deleted_only_once_delivered(world):
     class Breaks(FakeSession):
         def deliver(self, stanza):
             if stanza.tag == C + "message" and stanza.findtext(C + "body") == "line 1":
-                raise ConnectionError("the network went away")
+                self.closed = True                       # the network went away
+            if self.closed:
+                assert self.router.keep_for_later(self, stanza)
+                return
             super().deliver(stanza)
 
     romeo = Breaks(world.router, "romeo@example.com/orchard")
     world.router.session_bound(romeo)
     romeo.priority = 0
-    with pytest.raises(ConnectionError):
-        world.router.deliver_offline(romeo)
-    left = [parse_stored(data).findtext(C + "body")
-            for _, data in world.storage.offline_messages("romeo")]
-    assert left == ["line 1", "line 2"]
+    world.router.deliver_offline(romeo)
+    assert [m.findtext(C + "body") for m in romeo.received] == ["line 0"]
+    left = [parse_stored(data) for _, data in world.storage.offline_messages("romeo")]
+    assert [m.findtext(C + "body") for m in left] == ["line 1", "line 2"]
+    assert all(len(m.findall("{urn:xmpp:delay}delay")) == 1 for m in left)   # one stamp
+
+
+def test_offline_storage_full_still_lets_a_failing_delivery_keep_everything(world):
+    world.storage.offline_limit = 3
+    juliet = world.login("juliet@example.com/balcony")
+    for n in range(3):
+        juliet.send(chat("romeo@example.com", body=f"line {n}", id=f"m{n}"))
+
+    class NeverSends(FakeSession):
+        def deliver(self, stanza):
+            assert self.router.keep_for_later(self, stanza)
+
+    romeo = NeverSends(world.router, "romeo@example.com/orchard")
+    world.router.session_bound(romeo)
+    romeo.priority = 0
+    world.router.deliver_offline(romeo)
+    assert len(world.storage.offline_messages("romeo")) == 3
 
 
 def test_unreadable_offline_rows_are_dropped_with_a_warning(world, caplog):

@@ -19,7 +19,9 @@ TIMEOUTS = 'iim_server.negotiation_timeout = "4"\niim_server.stanza_timeout = "3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ca):
-    live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS)
+    live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS,
+                      users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2"),
+                             ("carol", "carol-pw-3")))
     live.add_users()
     live.start()
     yield live
@@ -46,6 +48,8 @@ class Conversation:
             self.alice.send_message(mto=f"bob@{DOMAIN}/b", mbody=f"m{self.sent}", mtype="chat")
             self.sent += 1
             message = await next_item(self.bob.received)
+            while not message["body"].startswith("m"):     # RFC 6121 §8.5.3.2.1: chat to a
+                message = await next_item(self.bob.received)   # gone resource comes to bob/b
             assert message["body"] == f"m{self.received}"
             self.received += 1
             await asyncio.sleep(0.05)
@@ -189,3 +193,78 @@ def test_nothing_is_lost_while_under_attack(server):
             return chat
     chat = run(scenario())
     assert chat.received >= chat.sent - 1        # the last may be in flight at cancel
+
+
+def _server_rss_kb(server) -> int:
+    for line in open(f"/proc/{server.proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_gets_everything_in_order_when_it_resumes(server):
+    from xml.etree.ElementTree import Element, SubElement
+    from rawclient import RawClient
+
+    async def scenario():
+        async with Conversation(server) as chat:
+            bob = await RawClient(f"bob@{DOMAIN}/stalled", "bob-pw-2",
+                                  server.ca_file).connect(server.port)
+            bob.stop_reading()
+            rss_before = _server_rss_kb(server)
+            for n in range(1500):
+                chat.alice.send_message(mto=f"bob@{DOMAIN}/stalled", mtype="chat",
+                                        mbody=f"{n:04d} " + "x" * 1000)
+            flowing = await chat.progress(2.0)          # others unaffected meanwhile
+            rss_growth = _server_rss_kb(server) - rss_before
+            bob.resume_reading()
+            deadline = asyncio.get_running_loop().time() + 30
+            while len([s for s in bob.stanzas if s.tag.endswith("message")]) < 1500:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+            await bob.close()
+            return bob.stanzas, flowing, rss_growth
+
+    stanzas, flowing, rss_growth = run(scenario())
+    bodies = [s.findtext("{jabber:client}body") for s in stanzas if s.tag.endswith("message")]
+    assert [b[:4] for b in bodies] == [f"{n:04d}" for n in range(1500)]
+    assert flowing > 0
+    assert rss_growth < 40_000        # KB: the backlog is bounded, not 1500 copies of a stream
+
+
+def test_a_client_that_never_reads_is_closed_and_its_messages_wait_offline(server):
+    """bob/stuck never reads; carol floods him. Past the socket buffers and the
+    bounded backlog the session is closed; what it held goes to offline
+    storage, and what storage cannot hold returns to carol as an error."""
+    from rawclient import RawClient
+
+    async def scenario():
+        async with Conversation(server) as chat:
+            bob = await RawClient(f"bob@{DOMAIN}/stuck", "bob-pw-2",
+                                  server.ca_file).connect(server.port)
+            bob.stop_reading()
+            carol = await Client(f"carol@{DOMAIN}", "carol-pw-3", server.ca_file).online(
+                server.port)
+            for n in range(6000):                       # ~12 MB: more than the kernel
+                carol.send_message(mto=f"bob@{DOMAIN}/stuck", mtype="chat",   # buffers, the
+                                   mbody=f"{n:04d} " + "y" * 2000)  # carrier and the backlog
+            deadline = asyncio.get_running_loop().time() + 30
+            while "closing: resource-constraint" not in server.log():
+                assert asyncio.get_running_loop().time() < deadline, "never closed"
+                await asyncio.sleep(0.2)
+            flowing = await chat.progress(1.0)
+            bounced = 0
+            while not carol.received.empty():
+                bounced += carol.received.get_nowait()["type"] == "error"
+            await bob.close()
+            await carol.offline()
+            later = await Client(f"bob@{DOMAIN}/again", "bob-pw-2",
+                                 server.ca_file).online(server.port)
+            first = await next_item(later.received)
+            await later.offline()
+            return flowing, first, bounced
+
+    flowing, first, bounced = run(scenario())
+    assert flowing > 0
+    assert first["delay"]["stamp"] is not None          # it waited in offline storage
+    assert bounced > 0 and "a message bounced to its sender" in server.log()

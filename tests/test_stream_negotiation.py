@@ -276,3 +276,18 @@ def test_legacy_session_iq_gets_an_empty_result():
     [reply] = of(pair.client_events, StanzaReceived)
     assert reply.stanza.get("type") == "result" and reply.stanza.get("id") == "sess1"
     assert not of(pair.server_events, StanzaReceived)
+
+
+def test_endless_auth_and_abort_is_cut_off():
+    """Aborts are not failures (RFC 6120 §6.4.4), but they cannot go on forever."""
+    srv = server()
+    srv.receive_data(HEADER)
+    start = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'/>"
+    abort = b"<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    ended = []
+    for _ in range(20):
+        ended += srv.receive_data(start + abort)
+        if ended:
+            break
+    assert [e.error.condition for e in ended] == [Cond.POLICY_VIOLATION]
+    assert srv.data_to_send().count(b"<aborted/>") == 6      # 2 x max_auth_attempts starts

@@ -88,3 +88,4 @@ def test_tls_1_1_client_hello_is_refused_by_the_server(ca, sub_ca):
     with pytest.raises(TLSFailed) as err:
         server.receive(hello)
     assert str(err.value) == "UNSUPPORTED_PROTOCOL"
+    assert err.value.alert[:1] == b"\x15"          # a TLS alert record for the peer

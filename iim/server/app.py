@@ -18,12 +18,13 @@ from iim.keys.keystore import load_keystore
 from iim.keys.passwords import read_password_file
 from iim.limits import raise_nofile
 from iim.xmpp.errors import StreamError, StreamErrorCondition
+from iim.xmpp.jid import InvalidJID, prepare_domainpart
 from iim.xmpp.server_stream import ServerPolicy
 
 from .c2s import SessionContext
 from .listener import ClientProtocol
 from .router import Router
-from .storage import Storage
+from .storage import Storage, StorageError
 
 
 class StartupError(Exception):
@@ -64,10 +65,17 @@ class Server:
         server = self.config.server
         tls_context = load_tls_context(self.config, self.log)
         self._warn_about_policy(tls_context)
-        self.storage = Storage.open(server.database)
-        policy = ServerPolicy(server.domainname, tls_offered=tls_context is not None,
-                              tls_required=server.requiressl,
-                              max_stanza_bytes=server.maxstanzasize)
+        try:
+            self.storage = Storage.open(server.database)
+        except StorageError as exc:
+            raise StartupError(f"iim_server.database: {server.database}: {exc}") from None
+        try:
+            policy = ServerPolicy(prepare_domainpart(server.domainname),
+                                  tls_offered=tls_context is not None,
+                                  tls_required=server.requiressl,
+                                  max_stanza_bytes=server.maxstanzasize)
+        except InvalidJID as exc:
+            raise StartupError(f"iim_server.domainname: {server.domainname!r}: {exc}") from None
         self.ctx = SessionContext(
             policy=policy, tls_context=tls_context,
             router=Router(server.domainname, self.storage, log=self.log),
@@ -127,10 +135,20 @@ class Server:
             self.ctx.router.shutdown()
         for listener in self.listeners:
             await listener.wait_closed()
-        await asyncio.sleep(0)              # let the transports flush their last bytes
+        await self._drain_connections(timeout=5.0)
         if self.storage is not None:
             self.storage.close()
         self.log.info("stopped")
+
+
+    async def _drain_connections(self, timeout: float) -> None:
+        """Give closing connections time to flush their last bytes (the
+        shutdown error, the last stanzas); lingering ones end on their own."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.ctx is not None and self.ctx.connections:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
 
 
 def _address(sockname) -> str:

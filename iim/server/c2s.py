@@ -10,10 +10,14 @@ socket and over a mux link), the sans-I/O ServerStream, and three timers:
   ``negotiation_timeout`` or the stream ends with ``<connection-timeout/>``;
 * stanza progress: once bytes of a stanza arrived, the stanza must complete
   within ``stanza_timeout`` (a client dripping one byte a second is cut off);
-* output backpressure: a client that does not read sees its unsent bytes
-  grow; above ``HIGH_WATER`` new messages for it go to offline storage
-  instead (nothing lost), above ``HARD_LIMIT`` the session is closed with
-  ``<resource-constraint/>``, so one client cannot hold the server's memory.
+* output backpressure: at most ``HIGH_WATER`` bytes wait in the carrier;
+  beyond that, stanzas for the client wait in an in-order backlog, sent as
+  the carrier drains (``resume_writing``). A backlog of ``MAX_BACKLOG``
+  stanzas closes the session with ``<resource-constraint/>``. Whatever is
+  still in the backlog when a session ends goes back to the router, which
+  keeps the messages in offline storage: nothing the server accepted is
+  lost inside the server. (Bytes already handed to the kernel when a
+  connection dies are beyond any server's knowledge without XEP-0198.)
 """
 
 from __future__ import annotations
@@ -21,25 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 from xml.etree.ElementTree import Element
 
 from iim.xmpp import sasl
-from iim.xmpp.errors import StreamError, StreamErrorCondition
+from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
 from iim.xmpp.events import (
     Authenticated, SessionEstablished, StanzaReceived, StartTLS, StreamEnded,
 )
 from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
-from iim.xmpp.xml import to_bytes
 
 from .tls import TLSFailed, TLSLayer
 
 Cond = StreamErrorCondition
 HIGH_WATER = 256 * 1024
-HARD_LIMIT = 4 * 1024 * 1024
+MAX_BACKLOG = 2000
 
 
 class Carrier(Protocol):
@@ -65,6 +69,7 @@ class SessionContext:
     stanza_timeout: float = 60.0
     negotiating: set = field(default_factory=set)   # not yet established (flood limit)
     sessions: set = field(default_factory=set)      # every open session (shutdown)
+    connections: set = field(default_factory=set)   # transports not yet lost (shutdown)
 
 
 class ClientSession:
@@ -85,6 +90,8 @@ class ClientSession:
         self.interested = False
         self.closed = False
         self._bound = False
+        self._backlog: deque[Element] = deque()
+        self._paused = False
         self._progress = time.monotonic()
         self._partial = False
         self._timer = self.loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
@@ -101,7 +108,9 @@ class ClientSession:
             plain = self._decrypt(data) if self.tls is not None else data
         except TLSFailed as exc:
             self.ctx.log.info("c2s %s: TLS failed: %s", self.carrier.peer, exc)
-            self._finish()
+            if exc.alert:
+                self.carrier.write(exc.alert)
+            self._finish(write=False)
             return
         if plain:
             self._feed(plain)
@@ -164,7 +173,7 @@ class ClientSession:
         if event.error is not None:
             who = "peer sent" if event.sent_by_peer else "sent"
             self.ctx.log.info("c2s %s: stream error (%s): %s", self.carrier.peer, who,
-                              event.error)
+                              _printable(str(event.error)))
         self._finish()
 
     # -- bytes out -----------------------------------------------------------
@@ -184,33 +193,40 @@ class ClientSession:
     def deliver(self, stanza: Element) -> None:
         """Send a stanza to this client (the router's SessionHandle API)."""
         if self.closed or self.stream.phase is not Phase.ESTABLISHED:
-            self._keep_if_message(stanza)
+            self.ctx.router.keep_for_later(self, stanza)
             return
-        pending = self.carrier.pending()
-        if pending > HARD_LIMIT:
-            self._keep_if_message(stanza)
-            self.close(StreamError(Cond.RESOURCE_CONSTRAINT, "the client is not reading"))
+        if self._backlog or not self._writable():
+            self._backlog.append(stanza)
+            if len(self._backlog) > MAX_BACKLOG:
+                self.close(StreamError(Cond.RESOURCE_CONSTRAINT, "the client is not reading"))
             return
-        if pending > HIGH_WATER and self._keep_if_message(stanza):
+        self._send_stanza(stanza)
+
+    def _send_stanza(self, stanza: Element) -> None:
+        try:
+            self.stream.send_stanza(stanza)
+        except LocalProtocolError as exc:          # a name XML allows but we cannot write
+            self.ctx.log.warning("c2s %s: stanza for %s not sent: %s", self.carrier.peer,
+                                 self.jid, exc)
             return
-        self.stream.send_stanza(stanza)
         self._flush()
 
-    def _keep_if_message(self, stanza: Element) -> bool:
-        """A chat/normal message that cannot be sent now waits for the next
-        login (XEP-0160) rather than being lost."""
-        if not stanza.tag.endswith("}message") or stanza.get("type") in ("error", "groupchat",
-                                                                         "headline"):
-            return False
-        if self.jid is None or stanza.find("{jabber:client}body") is None:
-            return False
-        try:
-            self.ctx.storage.store_offline(self.jid.local, to_bytes(stanza))
-        except Exception as exc:  # noqa: BLE001 - StorageFull and friends: logged, not raised
-            self.ctx.log.warning("c2s %s: could not keep a message for %s: %s",
-                                 self.carrier.peer, self.jid.bare, exc)
-            return False
-        return True
+    def _writable(self) -> bool:
+        return not self._paused and self.carrier.pending() <= HIGH_WATER
+
+    def pause_writing(self) -> None:
+        """The carrier's buffer is full: hold stanzas in the backlog."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """The carrier drained: send the backlog, in order, while it takes it."""
+        self._paused = False
+        while self._backlog and self._writable() and not self.closed:
+            self._send_stanza(self._backlog.popleft())
+
+    def _return_backlog(self) -> None:
+        while self._backlog:
+            self.ctx.router.keep_for_later(self, self._backlog.popleft())
 
     # -- ending ---------------------------------------------------------------------
 
@@ -218,8 +234,14 @@ class ClientSession:
         """End the session (router: resource conflict; server: shutdown)."""
         if self.closed:
             return
-        self.stream.close(error)
-        self._flush()
+        if error is not None:
+            self.ctx.log.info("c2s %s: closing: %s", self.carrier.peer, error)
+        if self.tls is not None and not self.tls.handshake_done:
+            self.stream.close(None)     # no plaintext into a TLS handshake
+            self.stream.data_to_send()
+        else:
+            self.stream.close(error)
+            self._flush()
         self._finish()
 
     def connection_lost(self) -> None:
@@ -242,6 +264,7 @@ class ClientSession:
             except TLSFailed:
                 pass
         self.carrier.close()
+        self._return_backlog()
         if self._bound:
             self.ctx.router.session_ended(self)
             self.ctx.log.info("c2s %s: logout %s", self.carrier.peer, self.jid)
@@ -268,3 +291,10 @@ class ClientSession:
         storage = self.ctx.storage
         return sasl.ServerAuth(storage.credentials, self.ctx.policy.domain, tls=tls,
                                secret=storage.server_secret())
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Peer-supplied text made safe for one log line: no control characters
+    (no forged lines), and short."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return cleaned + ("..." if len(text) > limit else "")

@@ -6,7 +6,7 @@ import asyncio
 
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 
-from .c2s import ClientSession, SessionContext
+from .c2s import HIGH_WATER, ClientSession, SessionContext
 
 
 LINGER_SECONDS = 2.0
@@ -40,7 +40,9 @@ class SocketCarrier:
             return
         self.lingering = True
         self.transport.write_eof()
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
+        self.transport.resume_reading()       # read and discard what the peer still sends
+        # abort(), not close(): close() would wait for a non-reading peer forever
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.abort)
 
     def pending(self) -> int:
         return self.transport.get_write_buffer_size()
@@ -55,6 +57,9 @@ class ClientProtocol(asyncio.Protocol):
         self.session: ClientSession | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
+        self.ctx.connections.add(self)
+        self.transport = transport
         carrier = SocketCarrier(transport)
         self.session = ClientSession(self.ctx, carrier)
         if len(self.ctx.negotiating) > self.max_unauthenticated:
@@ -69,6 +74,17 @@ class ClientProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False                          # close our side too
 
+    def pause_writing(self) -> None:
+        """The client is not reading: stop reading its requests too (so no
+        request/reply pattern can queue unbounded replies) and hold stanzas."""
+        self.transport.pause_reading()
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+        self.session.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
         if self.session is not None:
             self.session.connection_lost()

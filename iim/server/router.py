@@ -410,10 +410,11 @@ class Router:
     def store_offline(self, user: JID, stanza: Element) -> None:
         """Keep ``stanza`` for ``user``, stamped with a delay; raises ``StorageFull``."""
         stored = copy_stanza(stanza)
-        delay = Element(q(DELAY_NS, "delay"), {"from": self.domain,
-                                               "stamp": _stamp(self.clock())})
-        delay.text = "Offline storage"
-        stored.append(delay)
+        if stored.find(q(DELAY_NS, "delay")) is None:       # keep the first stamp
+            delay = Element(q(DELAY_NS, "delay"), {"from": self.domain,
+                                                   "stamp": _stamp(self.clock())})
+            delay.text = "Offline storage"
+            stored.append(delay)
         self.storage.store_offline(user.local, to_bytes(stored, ns=CLIENT_NS))
 
     def stored(self, user: JID, tag: str | None = None) -> list[tuple[int, Element]]:
@@ -435,22 +436,45 @@ class Router:
         they are answered.
         """
         user, messages_too = session.jid.bare, _priority(session) >= 0
-        done: list[int] = []
+        handed, done = [], []
+        for message_id, data in self.storage.offline_messages(user.local):
+            stanza = parse_stored(data)
+            if stanza is None:
+                self.log.warning("%s: unreadable offline message %d dropped", user, message_id)
+                done.append(message_id)
+            elif stanza.tag == PRESENCE:
+                handed.append(stanza)
+            elif messages_too:
+                handed.append(stanza)
+                done.append(message_id)
+        # Delete first, then hand over, with nothing in between that can yield:
+        # a session that cannot send them keeps them (keep_for_later), and
+        # keeping needs the room these rows took.
+        if done:
+            self.storage.delete_offline(user.local, done)
+        for stanza in handed:
+            session.deliver(stanza)
+
+    def keep_for_later(self, session: SessionHandle, stanza: Element) -> bool:
+        """A stanza handed to ``session`` that it could not send (the client
+        stopped reading, or the session ended first): a message worth storing
+        goes back to offline storage for the next login; when storage is full,
+        its sender gets it back as a <service-unavailable/> error. Nothing
+        vanishes silently. True when kept."""
+        if stanza.tag != MESSAGE or session.jid is None:
+            return False
+        if stanza.get("type") in ("error", "groupchat", "headline") or not _worth_storing(stanza):
+            return False
         try:
-            for message_id, data in self.storage.offline_messages(user.local):
-                stanza = parse_stored(data)
-                if stanza is None:
-                    self.log.warning("%s: unreadable offline message %d dropped", user,
-                                     message_id)
-                    done.append(message_id)
-                elif stanza.tag == PRESENCE:
-                    session.deliver(stanza)
-                elif messages_too:
-                    session.deliver(stanza)
-                    done.append(message_id)
-        finally:
-            if done:
-                self.storage.delete_offline(user.local, done)
+            self.store_offline(session.jid.bare, stanza)
+        except StorageFull:
+            self.log.warning("%s: offline storage full, a message bounced to its sender",
+                             session.jid.bare)
+            reply = bounce(stanza, Cond.SERVICE_UNAVAILABLE)     # the sender learns of it
+            if reply is not None:
+                self._deliver_local(reply)
+            return False
+        return True
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 
 
 class TLSFailed(Exception):
-    """The handshake or a record failed; the message is safe to log."""
+    """The handshake or a record failed; the message is safe to log.
+
+    ``alert`` holds the records OpenSSL prepared for the peer (the TLS alert
+    that says why): write them before closing, so the peer learns the reason.
+    """
+
+    def __init__(self, reason: str, alert: bytes = b"") -> None:
+        super().__init__(reason)
+        self.alert = alert
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class TLSLayer:
         except ssl.SSLWantReadError:
             return
         except ssl.SSLError as exc:
-            raise TLSFailed(_reason(exc)) from None
+            raise TLSFailed(_reason(exc), self._out.read()) from None
         self.handshake_done = True
 
     def _drain_plaintext(self) -> bytes:

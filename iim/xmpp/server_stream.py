@@ -69,6 +69,7 @@ class ServerStream(Stream):
         self._authenticator = authenticator
         self._auth: sasl.ServerAuth | None = None
         self._failures = 0
+        self._starts = 0
         self._mechanism = ""
         self.secure = secure_transport
         self.username: str | None = None
@@ -164,6 +165,9 @@ class ServerStream(Stream):
     # -- SASL (RFC 6120 §6.4) ----------------------------------------------------
 
     def _sasl_auth(self, element: Element) -> list[Event]:
+        self._starts += 1
+        if self._starts > 2 * self.policy.max_auth_attempts:   # restarts and aborts count too
+            raise StreamError(Cond.POLICY_VIOLATION, "too many authentication attempts")
         self._auth = self._authenticator(self.secure)
         self._mechanism = element.get("mechanism", "")
         try:

@@ -221,6 +221,7 @@ class StreamParser:
     def _start_stream(self) -> None:
         self._expat = self._new_expat()
         self._depth = 0  # 0: before the root; 1: inside the root; 2+: in a stanza
+        self._header_done = False
         self._builder: TreeBuilder | None = None
         self._root_namespaces: dict[str | None, str] = {}
         self._closed = False
@@ -275,6 +276,14 @@ class StreamParser:
         except expat.ExpatError as exc:
             raise self._explain(exc.code, chunk) from None
         self._fed += len(chunk)
+        if self._header_done:
+            # The header is complete: nothing is pending after it (the next
+            # unit starts later). Marking the end of this slice may also skip
+            # the start of a stanza sent with the header: the size limit is
+            # then late by less than one slice, still bounded.
+            self._header_done = False
+            if self._depth == 1:
+                self._mark = self._fed
         self._tail = (self._tail + chunk)[-8:]
 
     def _check_unit_size(self, offset: int) -> None:
@@ -336,6 +345,7 @@ class StreamParser:
         self._expat.StartNamespaceDeclHandler = None  # only the root's are needed
         self._depth = 1
         self._mark = self._expat.CurrentByteIndex
+        self._header_done = True
         self._events.append(
             StreamOpened(
                 attrs=attrs,
@@ -629,7 +639,14 @@ def _split(name: str) -> tuple[str | None, str]:
 
 # An approximation of XML's NCName: a letter or '_' first, then letters,
 # digits, '.', '-', '_' (Unicode-aware through \w). Names are checked once.
-_NCNAME = re.compile(r"[^\W\d][\w.\-]*\Z")
+# XML 1.0 (fifth edition) §2.3 NameStartChar / NameChar, without ":" (a
+# namespace-qualified local name). A superset of what expat accepts, so any
+# name we parsed can be written back.
+_NAME_START = ("A-Z_a-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u02ff\u0370-\u037d"
+               "\u037f-\u1fff\u200c-\u200d\u2070-\u218f\u2c00-\u2fef\u3001-\ud7ff"
+               "\uf900-\ufdcf\ufdf0-\ufffd\U00010000-\U000effff")
+_NAME_MORE = _NAME_START + "\\-.0-9\u00b7\u0300-\u036f\u203f-\u2040"
+_NCNAME = re.compile(f"[{_NAME_START}][{_NAME_MORE}]*\\Z")
 _GOOD_NAMES: set[str] = set()
 
 
