@@ -343,3 +343,13 @@ def test_a_failed_write_leaves_nothing_behind(alice, monkeypatch):
         alice.set_password("alice", "n3w")
     monkeypatch.undo()
     assert logs_in(alice, "alice", PASSWORD, Mechanism.SCRAM_SHA_1)
+
+
+def test_offline_messages_filtered_by_prefix_in_sqlite(tmp_path):
+    with Storage.open(tmp_path / "p.db") as storage:
+        storage.add_user("romeo", "pw-romeo-1")
+        storage.store_offline("romeo", b"<message><body>big</body></message>")
+        request = storage.store_offline("romeo", b"<presence type='subscribe'/>")
+        assert storage.offline_messages("romeo", b"<presence") == [
+            (request, b"<presence type='subscribe'/>")]
+        assert len(storage.offline_messages("romeo")) == 2

@@ -421,7 +421,7 @@ class Router:
         """The user's stored stanzas (id, element), oldest first; only ``tag`` ones if given."""
         prefix = b"<" + tag.rpartition("}")[2].encode() if tag else b""
         found = []
-        for message_id, data in self.storage.offline_messages(user.local):
+        for message_id, data in self.storage.offline_messages(user.local, prefix):
             if data.startswith(prefix):
                 stanza = parse_stored(data)
                 if stanza is not None and (tag is None or stanza.tag == tag):

@@ -321,12 +321,15 @@ class Storage:
                 (username, bytes(stanza)))
             return cursor.lastrowid
 
-    def offline_messages(self, username: str) -> list[tuple[int, bytes]]:
-        """The user's stored messages as (id, stanza), oldest first."""
+    def offline_messages(self, username: str, prefix: bytes = b"") -> list[tuple[int, bytes]]:
+        """The user's stored stanzas as (id, stanza), oldest first; with
+        ``prefix``, only those starting with it, filtered in SQLite (so asking
+        for the few stored ``<presence`` requests never loads the messages)."""
         self._require_user(username)
         rows = self._db.execute(
-            "SELECT id, stanza FROM offline_messages WHERE username = ? ORDER BY id",
-            (username,))
+            "SELECT id, stanza FROM offline_messages WHERE username = ? "
+            "AND substr(stanza, 1, ?) = ? ORDER BY id",
+            (username, len(prefix), prefix))
         return [(row[0], bytes(row[1])) for row in rows]
 
     def delete_offline(self, username: str, ids: Iterable[int]) -> int:
