@@ -39,12 +39,14 @@ class LiveServer:
         self.folder = folder
         self.ca = ca
         self.port = free_port()
+        self.link_port = free_port()
         self.users = dict(users)
         folder.mkdir(parents=True, exist_ok=True)
         self.ca_file = folder / "ca.pem"
         self.ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
         lines = [f'iim_server.domainname = "{DOMAIN}"',
                  f'iim_server.port = "127.0.0.1:{self.port}"',
+                 f'iim_mux.serverport = "127.0.0.1:{self.link_port}"',
                  f'iim_server.requiressl = "{str(requiressl).lower()}"',
                  'iim_server.database = "iim.db"',
                  'iim.log.iim_server.url = "server.log"',

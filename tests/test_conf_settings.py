@@ -1,6 +1,7 @@
 """Typed settings (DESIGN.md, "Parameters this system reads"): defaults, types,
 validation messages, path resolution and file checks."""
 
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -48,12 +49,15 @@ def test_an_empty_file_gives_every_default():
         keypasswordfile=None, requiressl=False, trust_all_cert=False, domainname="example.com",
         port=HostPort(None, 5269), useport=True, serverid=None, password=None,
         coserver_names=(), usemuxport=True, database=BASE / "iim.db", maxstanzasize=262144,
-        negotiation_timeout=30, stanza_timeout=60, max_unauthenticated=5000)
+        negotiation_timeout=30, stanza_timeout=60, max_unauthenticated=5000,
+        muxlink_allow=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")),
+        muxlink_secretfile=None)
     assert empty.mux == MuxSettings(
         listenport=HostPort(None, 5222), serverport=HostPort(None, 45222), numinstances=1,
         maxthreads=5, maxsessions=2000, stat_frequency=600, usessl=False, secconfigdir=None,
         keydbprefix="", certdbprefix="", secmodfile="secmod.db",
-        certnickname="Multiplexor-Cert", keystorepasswordfile=BASE / "sslpassword.conf")
+        certnickname="Multiplexor-Cert", keystorepasswordfile=BASE / "sslpassword.conf",
+        muxlink_secretfile=None)
     default_log = ComponentLog(Severity.INFO, None, 10 * 1024 * 1024, 10)
     assert (empty.log.server, empty.log.mux) == (default_log, default_log)
     assert (empty.coservers, empty.warnings, empty.path, empty.base_dir) == ((), (), None, BASE)
@@ -103,6 +107,8 @@ iim_server.maxstanzasize = 65536
 iim_server.negotiation_timeout = 10
 iim_server.stanza_timeout = 20
 iim_server.max_unauthenticated = 100
+iim_server.muxlink_allow = "10.0.0.0/8, 192.0.2.7"
+iim_server.muxlink_secretfile = "link.conf"
 iim_mux.listenport = "[::1]:5223"
 iim_mux.serverport = "127.0.0.1:45223"
 iim_mux.numinstances = 4
@@ -116,6 +122,7 @@ iim_mux.certdbprefix = "c-"
 iim_mux.secmodfile = "mods.db"
 iim_mux.certnickname = "Mux Cert"
 iim_mux.keystorepasswordfile = "nss/pw.conf"
+iim_mux.muxlink_secretfile = "mux-link.conf"
 iim.log.iim_server.severity = debug
 iim.log.iim_server.url = "file:///var/log/iim/xmppd%20main.log"
 iim.log.iim_server.maxlogfilesize = 512K
@@ -135,7 +142,9 @@ def test_every_server_parameter_is_typed():
         domainname="example.net", port=HostPort("0.0.0.0", 5270), useport=False,
         serverid="us", password="our-secret", coserver_names=("coserver1", "partner"),
         usemuxport=False, database=Path("/var/lib/iim/im.db"), maxstanzasize=65536,
-        negotiation_timeout=10, stanza_timeout=20, max_unauthenticated=100)
+        negotiation_timeout=10, stanza_timeout=20, max_unauthenticated=100,
+        muxlink_allow=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7")),
+        muxlink_secretfile=BASE / "link.conf")
 
 
 def test_every_coserver_parameter_is_typed():
@@ -154,7 +163,8 @@ def test_every_multiplexor_parameter_is_typed():
         listenport=HostPort("::1", 5223), serverport=HostPort("127.0.0.1", 45223),
         numinstances=4, maxthreads=8, maxsessions=10000, stat_frequency=10, usessl=True,
         secconfigdir=BASE / "nss", keydbprefix="k-", certdbprefix="c-", secmodfile="mods.db",
-        certnickname="Mux Cert", keystorepasswordfile=BASE / "nss/pw.conf")
+        certnickname="Mux Cert", keystorepasswordfile=BASE / "nss/pw.conf",
+        muxlink_secretfile=BASE / "mux-link.conf")
 
 
 def test_every_log_parameter_is_typed():
@@ -574,3 +584,10 @@ def test_listed_coserver_with_empty_host_is_an_error():
 def test_nss_directory_keeps_its_database_type_prefix(tmp_path, kind):
     config = from_text(f'iim_mux.secconfigdir = "{kind}nssdb"\n', base_dir=tmp_path)
     assert config.mux.secconfigdir == Path(f"{kind}{tmp_path / 'nssdb'}")
+
+
+def test_muxlink_allow_must_be_networks():
+    with pytest.raises(ConfigError) as err:
+        from_text('iim_server.muxlink_allow = "localhost"\n')
+    assert str(err.value) == ('iim.conf:1: iim_server.muxlink_allow: expected comma-separated '
+                              'addresses or networks, such as "127.0.0.0/8, ::1", got "localhost"')

@@ -75,7 +75,8 @@ def test_the_development_system_serves_its_users(tmp_path):
     conf = dev_setup(tmp_path / "dev")
     port = free_port()
     with conf.open("a") as out:                           # last one wins (with a warning)
-        out.write(f'iim_server.port = "127.0.0.1:{port}"\n')
+        out.write(f'iim_server.port = "127.0.0.1:{port}"\n'
+                  f'iim_mux.serverport = "127.0.0.1:{free_port()}"\n')
     users = dict(line.split() for line in (conf.parent / "dev-users.txt").read_text().splitlines())
     proc = subprocess.Popen([sys.executable, "-m", "iim.server", "-c", str(conf)],
                             stderr=subprocess.PIPE, text=True)

@@ -21,7 +21,7 @@ from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
     parse_listen, parse_log_url, parse_names, parse_nonempty, parse_path, parse_peer,
-    parse_severity, parse_size, parse_text_value, positive, split_nss_kind,
+    parse_networks, parse_severity, parse_size, parse_text_value, positive, split_nss_kind,
 )
 
 __all__ = [
@@ -68,6 +68,8 @@ SERVER_PARAMS = (
     _Param("negotiation_timeout", at_least(1, "expected a number of seconds, at least 1"), "30"),
     _Param("stanza_timeout", at_least(1, "expected a number of seconds, at least 1"), "60"),
     _Param("max_unauthenticated", positive, "5000"),
+    _Param("muxlink_allow", parse_networks, "127.0.0.0/8, ::1"),
+    _Param("muxlink_secretfile", optional(parse_path)),
 )
 
 MUX_PARAMS = (
@@ -84,6 +86,7 @@ MUX_PARAMS = (
     _Param("secmodfile", parse_nonempty, "secmod.db"),
     _Param("certnickname", parse_nonempty, "Multiplexor-Cert"),
     _Param("keystorepasswordfile", parse_path, "sslpassword.conf"),
+    _Param("muxlink_secretfile", optional(parse_path)),
 )
 
 COSERVER_PARAMS = (
@@ -156,6 +159,10 @@ class ServerSettings:
     """Seconds a started stanza may take to finish arriving (slow-drip defence)."""
     max_unauthenticated: int
     """Connections still negotiating, at most; more are refused at once."""
+    muxlink_allow: tuple
+    """Networks multiplexor links may come from (default: loopback only)."""
+    muxlink_secretfile: Path | None
+    """Password file with the secret multiplexor links must prove; None: none."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,8 @@ class MuxSettings:
     """Nickname of the certificate in the NSS database (case-sensitive)."""
     keystorepasswordfile: Path
     """File holding ``Internal (Software) Token:password`` for the NSS database."""
+    muxlink_secretfile: Path | None
+    """Password file with the secret proved to the server on each link; None: none."""
 
 
 @dataclass(frozen=True)

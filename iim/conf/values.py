@@ -233,6 +233,20 @@ def parse_severity(text: str) -> Severity:
     return Severity[name]
 
 
+def parse_networks(text: str) -> tuple:
+    """Comma-separated addresses or networks (``127.0.0.0/8, ::1, 10.1.2.3``)."""
+    import ipaddress
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        networks = tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+    except ValueError:
+        raise Invalid('expected comma-separated addresses or networks, such as '
+                      '"127.0.0.0/8, ::1"') from None
+    if not networks:
+        raise Invalid('expected at least one address or network, such as "127.0.0.0/8, ::1"')
+    return networks
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """A comma-separated list of names, lower-cased, without repeats."""
     names = [name.strip().lower() for name in text.split(",")]

@@ -23,6 +23,7 @@ from iim.xmpp.server_stream import ServerPolicy
 
 from .c2s import SessionContext
 from .listener import ClientProtocol
+from .muxlink import start_mux_listener
 from .router import Router
 from .storage import Storage, StorageError
 
@@ -59,6 +60,7 @@ class Server:
         self.listeners: list[asyncio.AbstractServer] = []
         self.storage: Storage | None = None
         self.ctx: SessionContext | None = None
+        self.mux_listener = None
 
     async def start(self) -> None:
         soft, _ = raise_nofile()
@@ -84,6 +86,8 @@ class Server:
             stanza_timeout=server.stanza_timeout)
         if server.useport:
             await self._listen(server.port)
+        if server.usemuxport:
+            await self._listen_for_mux()
         self.log.info("serving %s (open-files limit %d)", server.domainname, soft)
 
     def _warn_about_policy(self, tls_context) -> None:
@@ -113,6 +117,20 @@ class Server:
             self.log.info("listening for client and server streams on %s",
                           _address(sock.getsockname()))
 
+    async def _listen_for_mux(self) -> None:
+        server, where = self.config.server, self.config.mux.serverport
+        secret = None
+        if server.muxlink_secretfile is not None:
+            secret = read_password_file(server.muxlink_secretfile,
+                                        "iim_server.muxlink_secretfile").password.encode()
+        try:
+            self.mux_listener = await start_mux_listener(
+                self.ctx, where.host, where.port, allow=server.muxlink_allow, secret=secret,
+                max_unauthenticated=server.max_unauthenticated)
+        except OSError as exc:
+            raise StartupError(f"iim_mux.serverport: cannot listen on {where}: "
+                               f"{exc.strerror or exc}") from None
+
     @property
     def addresses(self) -> list[tuple]:
         return [s.getsockname() for listener in self.listeners for s in listener.sockets]
@@ -128,6 +146,8 @@ class Server:
     async def stop(self) -> None:
         for listener in self.listeners:
             listener.close()
+        if self.mux_listener is not None:
+            self.mux_listener.close()
         if self.ctx is not None:
             shutdown = StreamError(StreamErrorCondition.SYSTEM_SHUTDOWN)
             for session in list(self.ctx.sessions):

@@ -1,0 +1,465 @@
+"""The multiplexor link codec (docs/muxlink.md), shared by both ends. Sans-I/O.
+
+Theory of operation. One TCP connection from a multiplexor relay thread to
+the server carries many client sessions as frames: a 12-byte header (type,
+flags, reserved, session id, payload length; big-endian) and a payload of at
+most ``MAX_PAYLOAD`` bytes. This module turns frames into bytes
+(``encode_frame``) and bytes into frames (``FrameDecoder.feed``, which
+accepts any split of the byte stream), and encodes and decodes each payload.
+It knows nothing of sockets, clocks or sessions: the server end
+(iim.server.muxlink) and the relay keep the state.
+
+Everything the peer can get wrong raises ``LinkProtocolError`` carrying the
+``CloseReason`` to close the link with; ``ValueError`` means *we* misused the
+API (a value that cannot be encoded). The decoder checks a header as soon as
+its 12 bytes are in, so an absurd length closes the link before we buffer it.
+
+The link authentication (docs/muxlink.md "Link set-up") is a challenge and
+response over two fresh 32-byte nonces; the proofs are HMAC-SHA256 over a
+label and both nonces, so the shared secret never crosses the wire, and each
+side proves itself to the other.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+VERSION = 1
+MAGIC = b"IIMX"
+MAX_PAYLOAD = 65536
+NONCE_BYTES = 32
+PROOF_BYTES = 32
+DEFAULT_WINDOW = 65536
+MAX_SID = MAX_CREDIT = 2**32 - 1
+
+HEADER = struct.Struct("!BBHII")        # type, flags, reserved, session id, length
+HEADER_BYTES = HEADER.size              # 12
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0x01
+    CHALLENGE = 0x02
+    AUTH = 0x03
+    READY = 0x04
+    LINKCLOSE = 0x05
+    PING = 0x06
+    PONG = 0x07
+    OPEN = 0x10
+    DATA = 0x11
+    CLOSE = 0x12
+    WINDOW = 0x13
+
+    @property
+    def is_session(self) -> bool:
+        """Session frames carry a session id (1..2^32-1); link frames carry 0."""
+        return self >= FrameType.OPEN
+
+
+class CloseReason(enum.IntEnum):
+    NORMAL = 0
+    PROTOCOL = 1
+    AUTH = 2
+    VERSION = 3
+    SHUTDOWN = 4
+    OVERLOAD = 5
+    TIMEOUT = 6
+    TLS = 7
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class LinkProtocolError(Exception):
+    """The peer broke the link protocol; close the link with ``reason``."""
+
+    def __init__(self, message: str, reason: CloseReason = CloseReason.PROTOCOL) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# -- frames -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Frame:
+    type: FrameType
+    sid: int
+    payload: bytes = b""
+    flags: int = 0
+
+    def encode(self) -> bytes:
+        return encode_frame(self.type, self.sid, self.payload, self.flags)
+
+
+def encode_frame(type: FrameType | int, sid: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    """Header + payload. Checks only that the values fit the header (ValueError)."""
+    if not 0 <= type <= 0xFF or not 0 <= flags <= 0xFF:
+        raise ValueError(f"frame type {type!r} / flags {flags!r} do not fit a byte")
+    if not 0 <= sid <= MAX_SID:
+        raise ValueError(f"session id {sid} out of range")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(type, flags, 0, sid, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Bytes in, whole frames out, whatever the split. Poisoned after an error."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._header: tuple[FrameType, int, int] | None = None   # type, sid, length
+        self._error: LinkProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        frames = []
+        try:
+            while (frame := self._next()) is not None:
+                frames.append(frame)
+        except LinkProtocolError as exc:
+            self._error = exc
+            self._buffer.clear()
+            raise
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame waiting for the rest."""
+        return len(self._buffer)
+
+    def _next(self) -> Frame | None:
+        if self._header is None:
+            if len(self._buffer) < HEADER_BYTES:
+                return None
+            self._header = _check_header(*HEADER.unpack_from(self._buffer))
+            del self._buffer[:HEADER_BYTES]
+        ftype, sid, length = self._header
+        if len(self._buffer) < length:
+            return None
+        payload = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._header = None
+        return Frame(ftype, sid, payload)
+
+
+def _check_header(ftype: int, flags: int, reserved: int, sid: int,
+                  length: int) -> tuple[FrameType, int, int]:
+    try:
+        ftype = FrameType(ftype)
+    except ValueError:
+        raise LinkProtocolError(f"unknown frame type 0x{ftype:02x}") from None
+    if length > MAX_PAYLOAD:
+        raise LinkProtocolError(f"{ftype.name} frame of {length} bytes exceeds {MAX_PAYLOAD}")
+    if flags or reserved:
+        raise LinkProtocolError(f"{ftype.name} frame with flags 0x{flags:02x} / "
+                                f"reserved 0x{reserved:04x} (version 1 defines none)")
+    if ftype.is_session and sid == 0:
+        raise LinkProtocolError(f"{ftype.name} frame without a session id")
+    if not ftype.is_session and sid != 0:
+        raise LinkProtocolError(f"{ftype.name} frame with session id {sid} (a link frame)")
+    return ftype, sid, length
+
+
+# -- payload helpers --------------------------------------------------------------------
+
+class _Reader:
+    """Reads a payload front to back; any shortfall is the peer's error."""
+
+    def __init__(self, payload: bytes, what: str) -> None:
+        self.data, self.at, self.what = payload, 0, what
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise LinkProtocolError(f"{self.what} payload too short ({len(self.data)} bytes)")
+        chunk = self.data[self.at:self.at + n]
+        self.at += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def text(self, n: int) -> str:
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise LinkProtocolError(f"{self.what}: text is not UTF-8") from None
+
+    def end(self) -> None:
+        if self.at != len(self.data):
+            raise LinkProtocolError(f"{self.what} payload has {len(self.data) - self.at} "
+                                    "bytes too many")
+
+
+def _short_text(value: str, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"{what} longer than 255 bytes")
+    return bytes([len(raw)]) + raw
+
+
+# -- link set-up ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello:
+    """mux -> server: who is calling, and its nonce."""
+
+    instance: int
+    thread: int
+    nonce: bytes
+    version: int = VERSION
+
+    def encode(self) -> bytes:
+        _check_nonce(self.nonce)
+        return MAGIC + struct.pack("!HHH", self.version, self.instance, self.thread) + self.nonce
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Hello":
+        r = _Reader(payload, "HELLO")
+        if r.take(4) != MAGIC:
+            raise LinkProtocolError("HELLO without the IIMX magic: not a multiplexor")
+        version = r.u16()
+        if version != VERSION:
+            raise LinkProtocolError(f"link version {version} (this end speaks {VERSION})",
+                                    CloseReason.VERSION)
+        instance, thread, nonce = r.u16(), r.u16(), r.take(NONCE_BYTES)
+        r.end()
+        return cls(instance, thread, nonce, version)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """server -> mux: our nonce, and whether a shared secret is required."""
+
+    secret_required: bool
+    nonce: bytes
+    version: int = VERSION
+
+    def encode(self) -> bytes:
+        _check_nonce(self.nonce)
+        return struct.pack("!HB", self.version, int(self.secret_required)) + self.nonce
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Challenge":
+        r = _Reader(payload, "CHALLENGE")
+        version = r.u16()
+        if version != VERSION:
+            raise LinkProtocolError(f"link version {version} (this end speaks {VERSION})",
+                                    CloseReason.VERSION)
+        required = r.u8()
+        if required > 1:
+            raise LinkProtocolError(f"CHALLENGE secret-required {required} (0 or 1)")
+        nonce = r.take(NONCE_BYTES)
+        r.end()
+        return cls(bool(required), nonce, version)
+
+
+@dataclass(frozen=True)
+class Auth:
+    """mux -> server: the mux's proof, empty without a shared secret."""
+
+    proof: bytes = b""
+
+    def encode(self) -> bytes:
+        _check_proof(self.proof)
+        return self.proof
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Auth":
+        if len(payload) not in (0, PROOF_BYTES):
+            raise LinkProtocolError(f"AUTH payload of {len(payload)} bytes (0 or 32)")
+        return cls(bytes(payload))
+
+
+@dataclass(frozen=True)
+class Ready:
+    """server -> mux: the server's proof (empty without a secret) and the window."""
+
+    window: int = DEFAULT_WINDOW
+    proof: bytes = b""
+
+    def encode(self) -> bytes:
+        _check_proof(self.proof)
+        if not 1 <= self.window <= MAX_CREDIT:
+            raise ValueError(f"initial window {self.window} out of range")
+        return self.proof + self.window.to_bytes(4, "big")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Ready":
+        if len(payload) not in (4, PROOF_BYTES + 4):
+            raise LinkProtocolError(f"READY payload of {len(payload)} bytes (4 or 36)")
+        window = int.from_bytes(payload[-4:], "big")
+        if window == 0:
+            raise LinkProtocolError("READY with an initial window of 0")
+        return cls(window, bytes(payload[:-4]))
+
+
+def _check_nonce(nonce: bytes) -> None:
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
+
+
+def _check_proof(proof: bytes) -> None:
+    if len(proof) not in (0, PROOF_BYTES):
+        raise ValueError(f"a proof is {PROOF_BYTES} bytes (or empty), not {len(proof)}")
+
+
+def mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
+    """HMAC-SHA256(secret, "iim-muxlink-1 mux" || mux nonce || server nonce)."""
+    return _proof(b"iim-muxlink-1 mux", secret, mux_nonce, server_nonce)
+
+
+def server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
+    """HMAC-SHA256(secret, "iim-muxlink-1 server" || mux nonce || server nonce)."""
+    return _proof(b"iim-muxlink-1 server", secret, mux_nonce, server_nonce)
+
+
+def check_mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+                    proof: bytes) -> bool:
+    """Constant-time check of the proof a mux sent in AUTH."""
+    return hmac.compare_digest(mux_proof(secret, mux_nonce, server_nonce), proof)
+
+
+def check_server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+                       proof: bytes) -> bool:
+    """Constant-time check of the proof a server sent in READY."""
+    return hmac.compare_digest(server_proof(secret, mux_nonce, server_nonce), proof)
+
+
+def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
+    _check_nonce(mux_nonce)
+    _check_nonce(server_nonce)
+    return hmac.new(secret, label + mux_nonce + server_nonce, hashlib.sha256).digest()
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SessionOpen:
+    """OPEN: who the client is, where it connected, and TLS at the mux (legacy SSL)."""
+
+    client_address: str
+    client_port: int
+    local_port: int
+    legacy_tls: bool = False
+    tls_version: str = ""
+    cipher: str = ""
+
+    def encode(self) -> bytes:
+        address = ipaddress.ip_address(self.client_address)
+        if not self.legacy_tls and (self.tls_version or self.cipher):
+            raise ValueError("TLS version and cipher are for legacy-SSL sessions only")
+        return (bytes([address.version]) + address.packed.ljust(16, b"\0")
+                + struct.pack("!HHB", self.client_port, self.local_port, int(self.legacy_tls))
+                + _short_text(self.tls_version, "TLS version")
+                + _short_text(self.cipher, "cipher name"))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "SessionOpen":
+        r = _Reader(payload, "OPEN")
+        address = _address(r.u8(), r.take(16))
+        client_port, local_port, transport = r.u16(), r.u16(), r.u8()
+        if transport > 1:
+            raise LinkProtocolError(f"OPEN transport {transport} (0 plain, 1 legacy SSL)")
+        tls_version = r.text(r.u8())
+        cipher = r.text(r.u8())
+        r.end()
+        if not transport and (tls_version or cipher):
+            raise LinkProtocolError("OPEN of a plain session with TLS details")
+        return cls(str(address), client_port, local_port, bool(transport), tls_version, cipher)
+
+    @property
+    def peer(self) -> str:
+        """``mux:<client ip>:<port>`` (IPv6 in brackets), as sessions log it."""
+        host = f"[{self.client_address}]" if ":" in self.client_address else \
+            self.client_address
+        return f"mux:{host}:{self.client_port}"
+
+
+def _address(family: int, raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if family == 4:
+        if any(raw[4:]):
+            raise LinkProtocolError("OPEN: IPv4 address with bytes after the first 4")
+        return ipaddress.IPv4Address(raw[:4])
+    if family == 6:
+        return ipaddress.IPv6Address(raw)
+    raise LinkProtocolError(f"OPEN address family {family} (4 or 6)")
+
+
+@dataclass(frozen=True)
+class Close:
+    """LINKCLOSE and CLOSE: a reason code and a text for the log."""
+
+    reason: CloseReason = CloseReason.NORMAL
+    text: str = ""
+
+    def encode(self) -> bytes:
+        text = self.text.encode("utf-8")[:MAX_PAYLOAD - 1]
+        return bytes([self.reason]) + text.decode("utf-8", "ignore").encode("utf-8")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Close":
+        r = _Reader(payload, "CLOSE")
+        code = r.u8()
+        try:
+            reason = CloseReason(code)
+        except ValueError:
+            raise LinkProtocolError(f"unknown close reason {code}") from None
+        return cls(reason, r.text(len(payload) - 1))
+
+
+def encode_window(credit: int) -> bytes:
+    if not 0 <= credit <= MAX_CREDIT:
+        raise ValueError(f"window credit {credit} out of range")
+    return credit.to_bytes(4, "big")
+
+
+def decode_window(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise LinkProtocolError(f"WINDOW payload of {len(payload)} bytes (4)")
+    return int.from_bytes(payload, "big")
+
+
+def check_ping(payload: bytes) -> bytes:
+    """PING and PONG carry exactly 8 opaque bytes."""
+    if len(payload) != 8:
+        raise LinkProtocolError(f"PING/PONG payload of {len(payload)} bytes (8)")
+    return bytes(payload)
+
+
+def check_data(payload: bytes) -> bytes:
+    if not payload:
+        raise LinkProtocolError("empty DATA frame")
+    return payload
+
+
+def decode_payload(frame: Frame):
+    """The payload of ``frame`` as its type's value (DATA: the bytes)."""
+    decoder = _PAYLOADS[frame.type]
+    return decoder(frame.payload)
+
+
+_PAYLOADS = {
+    FrameType.HELLO: Hello.decode,
+    FrameType.CHALLENGE: Challenge.decode,
+    FrameType.AUTH: Auth.decode,
+    FrameType.READY: Ready.decode,
+    FrameType.LINKCLOSE: Close.decode,
+    FrameType.PING: check_ping,
+    FrameType.PONG: check_ping,
+    FrameType.OPEN: SessionOpen.decode,
+    FrameType.DATA: check_data,
+    FrameType.CLOSE: Close.decode,
+    FrameType.WINDOW: decode_window,
+}
