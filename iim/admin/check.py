@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iim import conf
 from iim.keys.errors import KeyMaterialError
-from iim.keys.keystore import load_keystore
+from iim.keys.keystore import load_server_material
 from iim.keys.material import KeyMaterial, is_self_signed, issued_by
 from iim.keys.passwords import read_password_file
 from iim.keys.trust import matches, presented_names
@@ -104,14 +104,8 @@ def _mux_findings(config, now):
 
 
 def _load_server(server):
-    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
-    key_password = None
-    if server.keypasswordfile is not None:
-        key_password = read_password_file(server.keypasswordfile,
-                                          "iim_server.keypasswordfile").password
-    material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
-                             key_password=key_password)
-    return material, [Finding(Level.WARNING, w) for w in pwfile.warnings]
+    material, warnings = load_server_material(server)
+    return material, [Finding(Level.WARNING, w) for w in warnings]
 
 
 def _load_mux(mux):

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from . import pkcs12
 from .errors import KeyMaterialError
 from .material import KeyMaterial, order_chain
+from .passwords import read_password_file
 
 JKS_MAGIC = b"\xfe\xed\xfe\xed"
 JCEKS_MAGIC = b"\xce\xce\xce\xce"
@@ -40,6 +41,20 @@ def load_keystore(path, password: str, *, alias: str | None = None,
     if data[:1] == b"\x30":
         return _from_pkcs12(data, password, alias, where)
     raise KeyMaterialError(f"{where}: not a JKS, JCEKS or PKCS#12 keystore")
+
+
+def load_server_material(server) -> tuple[KeyMaterial, tuple[str, ...]]:
+    """The server's key material from its settings (``iim_server.sslkeystore``,
+    ``keystorealias``, ``keystorepasswordfile``, ``keypasswordfile``), with
+    the password files' permission warnings."""
+    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
+    key_password = None
+    if server.keypasswordfile is not None:
+        key_password = read_password_file(server.keypasswordfile,
+                                          "iim_server.keypasswordfile").password
+    material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
+                             key_password=key_password)
+    return material, pwfile.warnings
 
 
 def keystore_kind(data: bytes) -> str:

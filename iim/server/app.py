@@ -14,7 +14,7 @@ import ssl
 
 from iim.conf import Config
 from iim.keys.context import server_context
-from iim.keys.keystore import load_keystore
+from iim.keys.keystore import load_server_material
 from iim.keys.passwords import read_password_file
 from iim.limits import raise_nofile
 from iim.xmpp.errors import StreamError, StreamErrorCondition
@@ -37,16 +37,10 @@ def load_tls_context(config: Config, log: logging.Logger | None = None) -> ssl.S
     server = config.server
     if server.sslkeystore is None:
         return None
-    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
-    for warning in pwfile.warnings:
+    material, warnings = load_server_material(server)
+    for warning in warnings:
         if log:
             log.warning("%s", warning)
-    key_password = None
-    if server.keypasswordfile is not None:
-        key_password = read_password_file(server.keypasswordfile,
-                                          "iim_server.keypasswordfile").password
-    material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
-                             key_password=key_password)
     if log:
         log.info("certificate %s from %s (alias %s)",
                  material.certificate.subject.rfc4514_string(), material.source, material.alias)
