@@ -1,15 +1,1477 @@
-# cython: language_level=3
-"""The multiplexor relay core.
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The multiplexor relay core: client sockets <-> one framed server link.
 
-This module knows nothing of XMPP: it moves bytes between client sockets and
-server links, and terminates TLS with OpenSSL when told to. The relay loop
-arrives with the multiplexor issue; today the module proves that the
-extension builds against the system OpenSSL and that a TLS 1.2-minimum
-server context can be made from C-level code.
+This module knows nothing of XMPP. It moves bytes between client sockets and
+one server link in the format of docs/muxlink.md, and terminates legacy SSL
+with OpenSSL when told to. Python builds the pieces (listening socket, an
+authenticated link, a TlsContext) and calls ``Relay.run()``, which releases
+the GIL for its whole life.
+
+Theory of operation
+===================
+
+One thread, one epoll instance, everything edge-triggered. Each fd is
+registered once (clients for EPOLLIN|EPOLLOUT|EPOLLRDHUP) and never modified:
+an edge only says "something changed", so readiness is *remembered* in
+session flags (F_READABLE, F_WRITABLE) and cleared only when a call returns
+EAGAIN (or OpenSSL says WANT_READ/WANT_WRITE). A session that has data to
+read but may not read it (no upstream credit, or the link output is over its
+high-water mark) keeps F_READABLE and simply is not queued; whatever unblocks
+it (a WINDOW frame, the link draining) queues it again. Nothing is lost,
+because nothing was consumed.
+
+A loop turn has two phases, so that no session is freed while epoll events
+still point at it:
+
+1. epoll_wait, then for each event only set flags and queue the session on
+   the run queue (no I/O, no frees).
+2. Read the link (parse every complete frame in the input buffer; DATA is
+   written straight to the client socket, and only what the socket refuses
+   is copied into the session's output buffer), accept new clients, service
+   the run queue (handshake, flush output, read input), run timers, and
+   finally flush the link output buffer with as few send() calls as the
+   kernel allows: every frame produced during the turn (DATA read from many
+   clients, WINDOW, OPEN, CLOSE) was appended to that one buffer.
+
+Client bytes are read directly into the link output buffer behind a
+reserved 12-byte header (no copy), at most the session's credit, at most
+64 KiB per session per turn (fairness: a busy session goes to the back of
+the queue).
+
+Flow control (docs/muxlink.md "Sessions"): upstream, a session may send
+only what the server granted; at zero credit its reading pauses. Downstream,
+the server may send only what we granted; we grant back (WINDOW) only bytes
+actually written to the client, half a window at a time. So a client that
+never reads holds at most one window in its output buffer (allocated only
+while bytes are pending, freed when drained) and the server stops sending
+to it; the other sessions on the link are not affected.
+
+Legacy SSL: an SSL object per client on the non-blocking fd; SSL_accept
+(SSL_do_handshake) is driven by the same events; OPEN is sent only once the
+handshake is complete, carrying version and cipher; a handshake that fails
+or outlives its deadline closes the client and nothing goes upstream. After
+that SSL_read_ex/SSL_write_ex replace recv/send (partial writes and moving
+buffers enabled, so the output buffer may grow between retries).
+
+Timers are two FIFO rings (handshaking, lingering) whose entries all get the
+same timeout, so each ring is sorted by deadline and only its head is
+checked; plus the link keepalive (PING after `keepalive` seconds without
+receiving anything, link closed when nothing answers within as long again).
 """
 
-from iim.includes cimport openssl
+import os
 
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdio cimport snprintf
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcmp, memcpy, memmove, strlen
+
+from iim.includes cimport epoll, openssl, posix
+from iim.includes.posix cimport ssize_t
+
+
+# --- wire format (docs/muxlink.md) -------------------------------------------
+
+cdef enum:
+    HEADER = 12
+    MAX_PAYLOAD = 65536
+    T_HELLO = 0x01
+    T_LINKCLOSE = 0x05
+    T_PING = 0x06
+    T_PONG = 0x07
+    T_OPEN = 0x10
+    T_DATA = 0x11
+    T_CLOSE = 0x12
+    T_WINDOW = 0x13
+    R_NORMAL = 0
+    R_PROTOCOL = 1
+    R_SHUTDOWN = 4
+    R_TIMEOUT = 6
+    NO_CLOSE = -1               # session_free: send nothing upstream
+
+# --- loop tuning and state ---------------------------------------------------
+
+cdef enum:
+    MAX_EVENTS = 256
+    ACCEPT_BUDGET = 128         # accepts per turn
+    READ_BUDGET = 65536         # client bytes read per session per turn
+    LINK_READ_BUDGET = 4194304  # link bytes read per turn
+    LINK_HIGH = 1048576         # link output: stop reading clients above this
+    LINK_LOW = 262144           # ... and resume below this
+    OUT_MIN = 4096              # first client output buffer
+    DRAIN_MS = 1000             # final flush of the link at stop
+    LINGER_MS = 2000            # then wait for the server to close its end
+    TAG_LISTEN = 1              # epoll data of the non-session fds
+    TAG_LINK = 2
+    TAG_WAKE = 3
+    S_HANDSHAKE = 1
+    S_OPEN = 2
+    S_CLOSING = 3               # the server closed it; flushing what is left
+    Q_NONE = 0
+    Q_RUN = 1
+    Q_LINKWAIT = 2
+    F_READABLE = 1
+    F_WRITABLE = 2
+    F_RDHUP = 4
+    F_ERROR = 8
+    F_READ_WANTS_WRITE = 16
+    RUNNING = -1
+
+# Why run() returned (Relay.run's value).
+cdef enum:
+    X_STOPPED = 0
+    X_LINK_LOST = 1
+    X_LINK_CLOSED = 2
+    X_PROTOCOL = 3
+    X_TIMEOUT = 4
+    X_NOMEM = 5
+    X_ERROR = 6
+    X_IDS = 7
+
+EXIT_STOPPED = X_STOPPED
+EXIT_LINK_LOST = X_LINK_LOST
+EXIT_LINK_CLOSED = X_LINK_CLOSED
+EXIT_PROTOCOL = X_PROTOCOL
+EXIT_TIMEOUT = X_TIMEOUT
+EXIT_NOMEM = X_NOMEM
+EXIT_ERROR = X_ERROR
+EXIT_IDS_USED_UP = X_IDS
+EXIT_NAMES = ("stopped", "link lost", "link closed by the server", "server broke the link protocol",
+              "link keepalive timeout", "out of memory", "event loop failure",
+              "session ids used up")
+
+#: CLOSE / LINKCLOSE reason codes, by value (docs/muxlink.md).
+REASON_NAMES = ("normal", "protocol", "auth", "version", "shutdown", "overload", "timeout", "tls")
+
+cdef const char *ALPN_XMPP = b"xmpp-client"
+
+
+# --- small helpers -----------------------------------------------------------
+
+cdef inline int64_t now_ms() noexcept nogil:
+    cdef posix.timespec ts
+    posix.clock_gettime(posix.CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef inline size_t smin(size_t a, size_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline void put_u16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = (v >> 8) & 0xff
+    p[1] = v & 0xff
+
+
+cdef inline void put_u32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = (v >> 24) & 0xff
+    p[1] = (v >> 16) & 0xff
+    p[2] = (v >> 8) & 0xff
+    p[3] = v & 0xff
+
+
+cdef inline uint32_t get_u32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void put_header(uint8_t *p, uint8_t ftype, uint32_t sid,
+                            uint32_t length) noexcept nogil:
+    p[0] = ftype
+    p[1] = 0
+    p[2] = 0
+    p[3] = 0
+    put_u32(p + 4, sid)
+    put_u32(p + 8, length)
+
+
+cdef int set_nonblocking(int fd) noexcept nogil:
+    cdef int flags = posix.fcntl(fd, posix.F_GETFL)
+    if flags < 0:
+        return -1
+    return posix.fcntl(fd, posix.F_SETFL, flags | posix.O_NONBLOCK)
+
+
+cdef void set_nodelay(int fd) noexcept nogil:
+    cdef int one = 1
+    posix.setsockopt(fd, posix.IPPROTO_TCP, posix.TCP_NODELAY, &one, sizeof(one))
+
+
+cdef void discard_input(int fd) noexcept nogil:
+    """Read and drop what a client sent but nobody will read, so that
+    close() sends FIN (not RST, which could destroy our last bytes)."""
+    cdef uint8_t scratch[4096]
+    cdef int i
+    for i in range(16):
+        if posix.recv(fd, scratch, sizeof(scratch), 0) <= 0:
+            return
+
+
+# --- buffers -----------------------------------------------------------------
+
+cdef int buf_reserve(Buf *b, size_t n, size_t hint) noexcept nogil:
+    """Room for `n` more bytes at b.tail; 0, or -1 without memory.
+
+    Growth doubles, but not beyond `hint` (0: no hint) unless the bytes
+    themselves need it: a client buffer stays within one window.
+    """
+    cdef size_t used = b.tail - b.head
+    cdef size_t cap
+    cdef uint8_t *data
+    if b.cap - b.tail >= n:
+        return 0
+    if b.head > 0:
+        memmove(b.data, b.data + b.head, used)
+        b.head = 0
+        b.tail = used
+        if b.cap - used >= n:
+            return 0
+    cap = b.cap * 2 if b.cap else OUT_MIN
+    if hint and cap > hint:
+        cap = hint
+    if cap < used + n:
+        cap = used + n
+    data = <uint8_t *>realloc(b.data, cap)
+    if data == NULL:
+        return -1
+    b.data = data
+    b.cap = cap
+    return 0
+
+
+cdef inline size_t buf_len(Buf *b) noexcept nogil:
+    return b.tail - b.head
+
+
+cdef inline void buf_consumed(Buf *b, size_t n) noexcept nogil:
+    b.head += n
+    if b.head == b.tail:
+        b.head = 0
+        b.tail = 0
+
+
+cdef void buf_free(Buf *b) noexcept nogil:
+    free(b.data)
+    b.data = NULL
+    b.head = 0
+    b.tail = 0
+    b.cap = 0
+
+
+# --- rings and queues --------------------------------------------------------
+
+cdef inline void ring_init(Ring *head) noexcept nogil:
+    head.prev = head
+    head.next = head
+    head.owner = NULL
+
+
+cdef inline void ring_push(Ring *head, Ring *node) noexcept nogil:
+    node.prev = head.prev
+    node.next = head
+    head.prev.next = node
+    head.prev = node
+
+
+cdef inline void ring_unlink(Ring *node) noexcept nogil:
+    if node.next != NULL:
+        node.prev.next = node.next
+        node.next.prev = node.prev
+        node.next = NULL
+        node.prev = NULL
+
+
+cdef inline bint ring_empty(Ring *head) noexcept nogil:
+    return head.next == head
+
+
+cdef inline Session *ring_first(Ring *head) noexcept nogil:
+    return head.next.owner
+
+
+cdef void dequeue(Core *c, Session *s) noexcept nogil:
+    if s.queued == Q_RUN:
+        c.runq_len -= 1
+    ring_unlink(&s.run_node)
+    s.queued = Q_NONE
+
+
+cdef void queue_run(Core *c, Session *s) noexcept nogil:
+    if s.queued == Q_RUN:
+        return
+    dequeue(c, s)
+    ring_push(&c.runq, &s.run_node)
+    s.queued = Q_RUN
+    c.runq_len += 1
+
+
+cdef void queue_linkwait(Core *c, Session *s) noexcept nogil:
+    dequeue(c, s)
+    ring_push(&c.linkwait, &s.run_node)
+    s.queued = Q_LINKWAIT
+
+
+# --- session ids -------------------------------------------------------------
+
+cdef inline Session *table_get(Core *c, uint32_t sid) noexcept nogil:
+    cdef Session *s = c.table[sid & c.mask]
+    if s != NULL and s.id == sid:
+        return s
+    return NULL
+
+
+cdef int table_add(Core *c, Session *s) noexcept nogil:
+    """Give `s` the next id; -1 when the link has used them all.
+
+    Ids only increase and are never reused on a link (docs/muxlink.md). An
+    id whose slot is still held by a long-lived session is skipped, so a
+    lookup is one array index; the table has at least twice the slots of
+    the session limit, so skips are rare.
+    """
+    cdef uint64_t sid = c.next_id
+    while sid <= 0xffffffffUL and c.table[sid & c.mask] != NULL:
+        sid += 1
+    if sid > 0xffffffffUL:
+        core_fail(c, X_IDS, 0, "session ids used up; a new link starts again from 1")
+        return -1
+    s.id = <uint32_t>sid
+    c.table[sid & c.mask] = s
+    c.next_id = sid + 1
+    return 0
+
+
+cdef inline void table_del(Core *c, Session *s) noexcept nogil:
+    if s.id and c.table[s.id & c.mask] == s:
+        c.table[s.id & c.mask] = NULL
+
+
+# --- failure of the whole relay ------------------------------------------------
+
+cdef void core_fail(Core *c, int code, int err, const char *what) noexcept nogil:
+    """Record why run() will return (the first reason wins)."""
+    cdef char text[160]
+    if c.exit != RUNNING:
+        return
+    c.exit = code
+    c.exit_errno = err
+    if err:
+        snprintf(c.detail, sizeof(c.detail), "%s: %s", what,
+                 posix.strerror_r(err, text, sizeof(text)))
+    else:
+        snprintf(c.detail, sizeof(c.detail), "%s", what)
+
+
+cdef uint8_t *frame_out(Core *c, uint8_t ftype, uint32_t sid, uint32_t length) noexcept nogil:
+    """Append a frame header to the link output; return where its payload goes."""
+    cdef uint8_t *p
+    if buf_reserve(&c.lout, HEADER + length, 0) < 0:
+        core_fail(c, X_NOMEM, 0, "no memory for the link output buffer")
+        return NULL
+    p = c.lout.data + c.lout.tail
+    put_header(p, ftype, sid, length)
+    c.lout.tail += HEADER + length
+    c.st.frames_out += 1
+    return p + HEADER
+
+
+cdef void link_close_frame(Core *c, uint8_t reason, const char *text) noexcept nogil:
+    cdef size_t n = strlen(text)
+    cdef uint8_t *p = frame_out(c, T_LINKCLOSE, 0, 1 + n)
+    if p != NULL:
+        p[0] = reason
+        memcpy(p + 1, text, n)
+
+
+cdef void protocol_error(Core *c, const char *what) noexcept nogil:
+    if c.exit != RUNNING:
+        return
+    link_close_frame(c, R_PROTOCOL, what)
+    core_fail(c, X_PROTOCOL, 0, what)
+
+
+# --- the session limit -------------------------------------------------------
+
+cdef inline bint limit_take(Core *c) noexcept nogil:
+    if posix.__atomic_add_fetch(c.limit_count, 1, posix.__ATOMIC_RELAXED) > c.limit_max:
+        posix.__atomic_sub_fetch(c.limit_count, 1, posix.__ATOMIC_RELAXED)
+        return False
+    return True
+
+
+cdef inline void limit_release(Core *c) noexcept nogil:
+    posix.__atomic_sub_fetch(c.limit_count, 1, posix.__ATOMIC_RELAXED)
+
+
+# --- client I/O ----------------------------------------------------------------
+# client_read / client_write return bytes moved (> 0), 0 at end of stream,
+# -1 when the socket (or TLS) must wait for readiness, -2 on error.
+
+cdef ssize_t client_read(Session *s, uint8_t *p, size_t n) noexcept nogil:
+    cdef ssize_t r
+    cdef size_t got = 0
+    cdef int err
+    if s.ssl == NULL:
+        while True:
+            r = posix.recv(s.fd, p, n, 0)
+            if r >= 0:
+                return r
+            if posix.errno == posix.EINTR:
+                continue
+            if posix.errno == posix.EAGAIN:
+                s.flags &= ~F_READABLE
+                return -1
+            return -2
+    if openssl.SSL_read_ex(s.ssl, p, n, &got) == 1:
+        return <ssize_t>got
+    err = openssl.SSL_get_error(s.ssl, 0)
+    if err == openssl.SSL_ERROR_WANT_READ:
+        s.flags &= ~F_READABLE
+        return -1
+    if err == openssl.SSL_ERROR_WANT_WRITE:
+        s.flags &= ~F_READABLE
+        s.flags |= F_READ_WANTS_WRITE
+        return -1
+    openssl.ERR_clear_error()
+    return 0 if err == openssl.SSL_ERROR_ZERO_RETURN else -2
+
+
+cdef ssize_t client_write(Session *s, const uint8_t *p, size_t n) noexcept nogil:
+    cdef ssize_t r
+    cdef size_t done = 0
+    cdef int err
+    if s.ssl == NULL:
+        while True:
+            r = posix.send(s.fd, p, n, posix.MSG_NOSIGNAL)
+            if r >= 0:
+                return r
+            if posix.errno == posix.EINTR:
+                continue
+            if posix.errno == posix.EAGAIN:
+                s.flags &= ~F_WRITABLE
+                return -1
+            return -2
+    if openssl.SSL_write_ex(s.ssl, p, n, &done) == 1:
+        return <ssize_t>done
+    err = openssl.SSL_get_error(s.ssl, 0)
+    if err == openssl.SSL_ERROR_WANT_WRITE:
+        s.flags &= ~F_WRITABLE
+        return -1
+    if err == openssl.SSL_ERROR_WANT_READ:
+        return -1               # retried at the session's next event
+    openssl.ERR_clear_error()
+    return -2
+
+
+# --- session life --------------------------------------------------------------
+
+cdef Session *session_new(Core *c, int fd, posix.sockaddr_storage *sa) noexcept nogil:
+    cdef Session *s = <Session *>calloc(1, sizeof(Session))
+    cdef epoll.epoll_event ev
+    cdef posix.sockaddr_in *sin
+    cdef posix.sockaddr_in6 *sin6
+    if s == NULL:
+        return NULL
+    s.fd = fd
+    s.flags = F_WRITABLE
+    s.all_node.owner = s
+    s.run_node.owner = s
+    s.timer_node.owner = s
+    if sa.ss_family == posix.AF_INET:
+        sin = <posix.sockaddr_in *>sa
+        s.family = 4
+        memcpy(s.addr, &sin.sin_addr.s_addr, 4)
+        s.port = posix.ntohs(sin.sin_port)
+    else:
+        sin6 = <posix.sockaddr_in6 *>sa
+        s.port = posix.ntohs(sin6.sin6_port)
+        if is_v4_mapped(sin6.sin6_addr.s6_addr):
+            s.family = 4
+            memcpy(s.addr, sin6.sin6_addr.s6_addr + 12, 4)
+        else:
+            s.family = 6
+            memcpy(s.addr, sin6.sin6_addr.s6_addr, 16)
+    ev.events = epoll.EPOLLIN | epoll.EPOLLOUT | epoll.EPOLLRDHUP | epoll.EPOLLET
+    ev.data.ptr = s
+    if epoll.epoll_ctl(c.ep, epoll.EPOLL_CTL_ADD, fd, &ev) < 0:
+        free(s)
+        return NULL
+    ring_push(&c.all, &s.all_node)
+    return s
+
+
+cdef inline bint is_v4_mapped(const uint8_t *a) noexcept nogil:
+    cdef int i
+    for i in range(10):
+        if a[i] != 0:
+            return False
+    return a[10] == 0xff and a[11] == 0xff
+
+
+cdef int session_open(Core *c, Session *s, uint8_t transport, const char *version,
+                      const char *cipher) noexcept nogil:
+    """Give `s` an id and send OPEN (docs/muxlink.md "Sessions"); -1: no id left."""
+    cdef size_t vlen = smin(strlen(version), 255) if version != NULL else 0
+    cdef size_t clen = smin(strlen(cipher), 255) if cipher != NULL else 0
+    cdef uint8_t *p
+    if table_add(c, s) < 0:
+        return -1
+    s.state = S_OPEN
+    s.credit = c.window
+    s.peer_credit = c.window
+    c.st.opened += 1
+    if transport:
+        c.st.sessions_tls += 1
+    else:
+        c.st.sessions_plain += 1
+    p = frame_out(c, T_OPEN, s.id, 24 + vlen + clen)
+    if p == NULL:
+        return 0
+    p[0] = s.family
+    memcpy(p + 1, s.addr, 16)
+    put_u16(p + 17, s.port)
+    put_u16(p + 19, c.local_port)
+    p[21] = transport
+    p[22] = <uint8_t>vlen
+    memcpy(p + 23, version, vlen)
+    p[23 + vlen] = <uint8_t>clen
+    memcpy(p + 24 + vlen, cipher, clen)
+    return 0
+
+
+cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify) noexcept nogil:
+    """Close the client and forget it; with `upstream_reason` >= 0 an open
+    session also sends CLOSE with that reason."""
+    cdef uint8_t *p
+    if s.state == S_OPEN or s.state == S_CLOSING:
+        if s.state == S_OPEN and upstream_reason >= 0 and c.exit == RUNNING:
+            p = frame_out(c, T_CLOSE, s.id, 1)
+            if p != NULL:
+                p[0] = <uint8_t>upstream_reason
+        table_del(c, s)
+        c.st.closed += 1
+        if s.ssl != NULL:
+            c.st.sessions_tls -= 1
+        else:
+            c.st.sessions_plain -= 1
+    elif s.state == S_HANDSHAKE:
+        c.st.handshaking -= 1
+    dequeue(c, s)
+    ring_unlink(&s.all_node)
+    ring_unlink(&s.timer_node)
+    if s.ssl != NULL:
+        if tls_notify and s.state != S_HANDSHAKE:
+            openssl.SSL_shutdown(s.ssl)          # close_notify, best effort
+        openssl.SSL_free(s.ssl)
+        openssl.ERR_clear_error()
+    discard_input(s.fd)
+    posix.close(s.fd)                            # also leaves the epoll set
+    c.st.buffered -= s.out.cap
+    buf_free(&s.out)
+    limit_release(c)
+    free(s)
+
+
+cdef void server_closed(Core *c, Session *s) noexcept nogil:
+    """CLOSE from the server: forget the id now, close once output drained."""
+    table_del(c, s)
+    if buf_len(&s.out) == 0:
+        session_free(c, s, NO_CLOSE, True)
+        return
+    s.state = S_CLOSING
+    dequeue(c, s)
+    s.deadline = c.now + c.linger_ms
+    ring_push(&c.lingering, &s.timer_node)
+
+
+# --- accepting -----------------------------------------------------------------
+
+cdef void accept_clients(Core *c) noexcept nogil:
+    cdef posix.sockaddr_storage sa
+    cdef posix.socklen_t salen
+    cdef int i, fd, err
+    cdef Session *s
+    for i in range(ACCEPT_BUDGET):
+        salen = sizeof(sa)
+        fd = posix.accept4(c.listen_fd, <posix.sockaddr *>&sa, &salen,
+                           posix.SOCK_NONBLOCK | posix.SOCK_CLOEXEC)
+        if fd < 0:
+            err = posix.errno
+            if err == posix.EINTR or err == posix.ECONNABORTED or err == posix.EPROTO:
+                continue
+            if (err == posix.EMFILE or err == posix.ENFILE) and refuse_with_spare(c):
+                continue
+            c.listen_ready = False
+            return
+        if not limit_take(c):
+            c.st.refused += 1                    # counted before the client can see it
+            posix.close(fd)
+            continue
+        s = session_new(c, fd, &sa)
+        if s == NULL:
+            c.st.refused += 1
+            posix.close(fd)
+            limit_release(c)
+            continue
+        set_nodelay(fd)
+        if c.tls_enabled:
+            start_tls(c, s)
+        elif session_open(c, s, 0, NULL, NULL) < 0:
+            session_free(c, s, NO_CLOSE, False)
+            return
+
+
+cdef bint refuse_with_spare(Core *c) noexcept nogil:
+    """Out of descriptors: give up the spare one to accept and close a
+    client (else it would sit in the backlog and the edge would never come
+    back). False when the spare is gone too."""
+    cdef int fd
+    if c.spare_fd < 0:
+        return False
+    posix.close(c.spare_fd)
+    fd = posix.accept4(c.listen_fd, NULL, NULL, posix.SOCK_CLOEXEC)
+    if fd >= 0:
+        c.st.refused += 1
+        posix.close(fd)
+    c.spare_fd = posix.open(b"/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
+    return fd >= 0
+
+
+cdef void start_tls(Core *c, Session *s) noexcept nogil:
+    posix.pthread_mutex_lock(&c.ctx_lock)
+    s.ssl = openssl.SSL_new(c.ctx)
+    posix.pthread_mutex_unlock(&c.ctx_lock)
+    s.state = S_HANDSHAKE
+    c.st.handshaking += 1
+    if s.ssl == NULL or openssl.SSL_set_fd(s.ssl, s.fd) != 1:
+        c.st.handshakes_failed += 1
+        session_free(c, s, NO_CLOSE, False)
+        return
+    openssl.SSL_set_accept_state(s.ssl)
+    s.deadline = c.now + c.handshake_ms
+    ring_push(&c.handshakes, &s.timer_node)
+
+
+cdef void handshake_step(Core *c, Session *s) noexcept nogil:
+    cdef int r = openssl.SSL_do_handshake(s.ssl)
+    cdef int err
+    if r == 1:
+        if session_open(c, s, 1, openssl.SSL_get_version(s.ssl), openssl.SSL_CIPHER_get_name(
+                openssl.SSL_get_current_cipher(s.ssl))) < 0:
+            session_free(c, s, NO_CLOSE, False)
+            return
+        ring_unlink(&s.timer_node)
+        c.st.handshaking -= 1
+        c.st.handshakes_ok += 1
+        s.flags |= F_READABLE        # records may follow the handshake at once
+        queue_run(c, s)
+        return
+    err = openssl.SSL_get_error(s.ssl, r)
+    if err == openssl.SSL_ERROR_WANT_READ:
+        s.flags &= ~F_READABLE
+    elif err == openssl.SSL_ERROR_WANT_WRITE:
+        s.flags &= ~F_WRITABLE
+    else:
+        openssl.ERR_clear_error()
+        c.st.handshakes_failed += 1
+        session_free(c, s, NO_CLOSE, False)
+
+
+# --- moving bytes ----------------------------------------------------------------
+
+cdef void pump_in(Core *c, Session *s) noexcept nogil:
+    """Client -> link: read straight into the link output buffer as DATA."""
+    cdef size_t budget = READ_BUDGET
+    cdef size_t want
+    cdef ssize_t n
+    cdef uint8_t *p
+    s.flags &= ~F_READ_WANTS_WRITE
+    while s.credit > 0:
+        if budget == 0:
+            queue_run(c, s)
+            return
+        if buf_len(&c.lout) >= LINK_HIGH:
+            queue_linkwait(c, s)
+            return
+        want = smin(smin(<size_t>s.credit, MAX_PAYLOAD), budget)
+        if buf_reserve(&c.lout, HEADER + want, 0) < 0:
+            core_fail(c, X_NOMEM, 0, "no memory for the link output buffer")
+            return
+        p = c.lout.data + c.lout.tail
+        n = client_read(s, p + HEADER, want)
+        if n == -1:
+            return
+        if n <= 0:
+            session_free(c, s, R_NORMAL, False)
+            return
+        put_header(p, T_DATA, s.id, <uint32_t>n)
+        c.lout.tail += HEADER + n
+        c.st.frames_out += 1
+        c.st.bytes_up += n
+        s.credit -= n
+        budget -= n
+        # A short plain read drained the socket: new data raises a new edge.
+        # Not so for a pending EOF reported in the same edge (F_RDHUP): read on.
+        if <size_t>n < want and s.ssl == NULL and not (s.flags & F_RDHUP):
+            s.flags &= ~F_READABLE
+            return
+
+
+cdef void granted(Core *c, Session *s, size_t n) noexcept nogil:
+    """`n` bytes reached the client: grant them back, half a window at a time."""
+    cdef uint8_t *p
+    if s.state != S_OPEN:
+        return
+    s.ungranted += n
+    if s.ungranted >= c.grant_threshold:
+        p = frame_out(c, T_WINDOW, s.id, 4)
+        if p != NULL:
+            put_u32(p, <uint32_t>s.ungranted)
+        s.peer_credit += s.ungranted
+        s.ungranted = 0
+
+
+cdef int flush_out(Core *c, Session *s) noexcept nogil:
+    """Write the session's pending output; -1 when the session is gone."""
+    cdef ssize_t n
+    while buf_len(&s.out) > 0:
+        n = client_write(s, s.out.data + s.out.head, buf_len(&s.out))
+        if n == -1:
+            return 0
+        if n <= 0:
+            session_free(c, s, R_NORMAL, False)
+            return -1
+        buf_consumed(&s.out, n)
+        granted(c, s, n)
+    c.st.buffered -= s.out.cap
+    buf_free(&s.out)
+    if s.state == S_CLOSING:
+        session_free(c, s, NO_CLOSE, True)
+        return -1
+    return 0
+
+
+cdef void deliver(Core *c, Session *s, const uint8_t *p, uint32_t n) noexcept nogil:
+    """Server DATA -> client: write it now; keep only what the socket refuses."""
+    cdef ssize_t w = 0
+    cdef size_t cap
+    if n > s.peer_credit:
+        protocol_error(c, "DATA beyond the granted window")
+        return
+    s.peer_credit -= n
+    c.st.bytes_down += n
+    if buf_len(&s.out) == 0 and s.flags & F_WRITABLE:
+        w = client_write(s, p, n)
+        if w == -2 or w == 0:
+            session_free(c, s, R_NORMAL, False)
+            return
+        if w < 0:
+            w = 0
+    if <uint32_t>w < n:
+        cap = s.out.cap
+        if buf_reserve(&s.out, n - w, c.window) < 0:
+            core_fail(c, X_NOMEM, 0, "no memory for a client output buffer")
+            return
+        c.st.buffered += s.out.cap - cap
+        memcpy(s.out.data + s.out.tail, p + w, n - w)
+        s.out.tail += n - w
+    if w > 0:
+        granted(c, s, w)
+
+
+cdef void service(Core *c, Session *s) noexcept nogil:
+    """Act on what the session's remembered readiness allows."""
+    if s.flags & F_ERROR:
+        if s.state == S_HANDSHAKE:
+            c.st.handshakes_failed += 1
+        session_free(c, s, R_NORMAL, False)
+        return
+    if s.state == S_HANDSHAKE:
+        handshake_step(c, s)
+        return
+    if buf_len(&s.out) > 0 and s.flags & F_WRITABLE:
+        if flush_out(c, s) < 0:
+            return
+    if s.state == S_OPEN and s.credit > 0 and (
+            s.flags & F_READABLE or (s.flags & F_READ_WANTS_WRITE and s.flags & F_WRITABLE)):
+        pump_in(c, s)
+
+
+cdef void session_event(Core *c, Session *s, uint32_t ev) noexcept nogil:
+    if ev & epoll.EPOLLERR:
+        s.flags |= F_ERROR
+    if ev & (epoll.EPOLLIN | epoll.EPOLLRDHUP | epoll.EPOLLHUP):
+        s.flags |= F_READABLE
+    if ev & (epoll.EPOLLRDHUP | epoll.EPOLLHUP):
+        s.flags |= F_RDHUP
+    if ev & (epoll.EPOLLOUT | epoll.EPOLLHUP):
+        s.flags |= F_WRITABLE
+    queue_run(c, s)
+
+
+cdef void run_queue(Core *c) noexcept nogil:
+    """Service the sessions queued when the turn began (requeued ones wait)."""
+    cdef int64_t n = c.runq_len
+    cdef Session *s
+    while n > 0 and c.runq_len > 0 and c.exit == RUNNING:
+        s = ring_first(&c.runq)
+        dequeue(c, s)
+        service(c, s)
+        n -= 1
+
+
+# --- the link ------------------------------------------------------------------
+
+cdef void link_frame(Core *c, uint8_t ftype, uint32_t sid, const uint8_t *p,
+                     uint32_t n) noexcept nogil:
+    """One frame from the server (its header already checked by parse_frames)."""
+    cdef Session *s
+    cdef uint8_t *q
+    c.st.frames_in += 1
+    c.last_rx = c.now
+    if ftype == T_DATA or ftype == T_WINDOW or ftype == T_CLOSE:
+        if sid >= c.next_id:
+            protocol_error(c, "frame for a session id never opened")
+            return
+        if (ftype == T_WINDOW and n != 4) or (ftype == T_CLOSE and n < 1) or (
+                ftype == T_DATA and n == 0):
+            protocol_error(c, "bad DATA, WINDOW or CLOSE payload length")
+            return
+        s = table_get(c, sid)
+        if s == NULL:
+            return    # we ended it and the server had not yet seen our CLOSE
+        if ftype == T_DATA:
+            deliver(c, s, p, n)
+        elif ftype == T_WINDOW:
+            if s.credit + get_u32(p) > 0xffffffffL:
+                protocol_error(c, "WINDOW raises the credit above 2^32-1")
+                return
+            s.credit += get_u32(p)
+            if s.flags & F_READABLE:
+                queue_run(c, s)
+        else:
+            server_closed(c, s)
+    elif ftype == T_PING:
+        if n != 8:
+            protocol_error(c, "PING payload is not 8 bytes")
+            return
+        q = frame_out(c, T_PONG, 0, 8)
+        if q != NULL:
+            memcpy(q, p, 8)
+    elif ftype == T_PONG:
+        if n != 8:
+            protocol_error(c, "PONG payload is not 8 bytes")
+        elif c.ping_sent and memcmp(p, c.ping_payload, 8) == 0:
+            c.ping_sent = 0
+    elif ftype == T_LINKCLOSE:
+        c.peer_reason = p[0] if n else -1
+        core_fail(c, X_LINK_CLOSED, 0, "")
+        snprintf(c.detail, sizeof(c.detail), "%.*s", <int>smin(n - 1 if n else 0, 200),
+                 <const char *>(p + 1))
+    else:
+        protocol_error(c, "unexpected frame type after set-up")
+
+
+cdef bint header_ok(Core *c, const uint8_t *h, uint32_t length) noexcept nogil:
+    """The checks a header gets as soon as its 12 bytes are in (docs/muxlink.md)."""
+    cdef uint8_t ftype = h[0]
+    cdef bint session_frame = ftype >= T_OPEN
+    if not (T_HELLO <= ftype <= T_PONG or T_OPEN <= ftype <= T_WINDOW):
+        protocol_error(c, "unknown frame type")
+    elif length > MAX_PAYLOAD:
+        protocol_error(c, "frame longer than 65536 bytes")
+    elif h[1] or h[2] or h[3]:
+        protocol_error(c, "non-zero flags or reserved bytes")
+    elif session_frame != (get_u32(h + 4) != 0):
+        protocol_error(c, "session id 0 on a session frame, or not 0 on a link frame")
+    else:
+        return True
+    return False
+
+
+cdef void parse_frames(Core *c) noexcept nogil:
+    cdef uint8_t *h
+    cdef uint32_t length
+    while c.exit == RUNNING and buf_len(&c.lin) >= HEADER:
+        h = c.lin.data + c.lin.head
+        length = get_u32(h + 8)
+        if not header_ok(c, h, length):
+            return
+        if buf_len(&c.lin) < HEADER + length:
+            return
+        link_frame(c, h[0], get_u32(h + 4), h + HEADER, length)
+        buf_consumed(&c.lin, HEADER + length)
+
+
+cdef void link_read(Core *c) noexcept nogil:
+    cdef size_t budget = LINK_READ_BUDGET
+    cdef ssize_t r
+    while budget > 0 and c.exit == RUNNING:
+        if buf_reserve(&c.lin, HEADER + MAX_PAYLOAD, 0) < 0:
+            core_fail(c, X_NOMEM, 0, "no memory for the link input buffer")
+            return
+        r = posix.recv(c.link_fd, c.lin.data + c.lin.tail, c.lin.cap - c.lin.tail, 0)
+        if r > 0:
+            c.lin.tail += r
+            c.st.link_reads += 1
+            budget -= smin(<size_t>r, budget)
+            parse_frames(c)
+        elif r == 0:
+            core_fail(c, X_LINK_LOST, 0, "the server closed the connection")
+        elif posix.errno == posix.EAGAIN:
+            c.link_readable = False
+            return
+        elif posix.errno != posix.EINTR:
+            core_fail(c, X_LINK_LOST, posix.errno, "reading the link")
+
+
+cdef void link_flush(Core *c) noexcept nogil:
+    cdef ssize_t r
+    cdef Session *s
+    while buf_len(&c.lout) > 0 and c.link_writable and c.exit == RUNNING:
+        r = posix.send(c.link_fd, c.lout.data + c.lout.head, buf_len(&c.lout), posix.MSG_NOSIGNAL)
+        if r > 0:
+            buf_consumed(&c.lout, r)
+            c.st.link_writes += 1
+        elif r < 0 and posix.errno == posix.EAGAIN:
+            c.link_writable = False
+        elif not (r < 0 and posix.errno == posix.EINTR):
+            core_fail(c, X_LINK_LOST, posix.errno, "writing the link")
+            return
+    if buf_len(&c.lout) < LINK_LOW:
+        while not ring_empty(&c.linkwait):
+            queue_run(c, ring_first(&c.linkwait))
+
+
+cdef void link_drain(Core *c, int64_t ms) noexcept nogil:
+    """At the end: send what is left (a LINKCLOSE at least), for up to `ms`."""
+    cdef int64_t deadline = now_ms() + ms
+    cdef int64_t left
+    cdef ssize_t r
+    cdef posix.pollfd pfd
+    pfd.fd = c.link_fd
+    pfd.events = posix.POLLOUT
+    while buf_len(&c.lout) > 0:
+        r = posix.send(c.link_fd, c.lout.data + c.lout.head, buf_len(&c.lout), posix.MSG_NOSIGNAL)
+        if r > 0:
+            buf_consumed(&c.lout, r)
+            continue
+        if r < 0 and posix.errno == posix.EINTR:
+            continue
+        left = deadline - now_ms()
+        if r >= 0 or posix.errno != posix.EAGAIN or left <= 0:
+            return
+        posix.poll(&pfd, 1, <int>left)
+
+
+cdef void link_linger(Core *c, int64_t ms) noexcept nogil:
+    """After our LINKCLOSE: read and discard until the server closes its end
+    (at most `ms`), so a TCP reset cannot destroy the LINKCLOSE unread."""
+    cdef int64_t deadline = now_ms() + ms
+    cdef int64_t left
+    cdef ssize_t r
+    cdef uint8_t scratch[4096]
+    cdef posix.pollfd pfd
+    pfd.fd = c.link_fd
+    pfd.events = posix.POLLIN
+    while True:
+        r = posix.recv(c.link_fd, scratch, sizeof(scratch), 0)
+        if r > 0 or (r < 0 and posix.errno == posix.EINTR):
+            continue
+        left = deadline - now_ms()
+        if r == 0 or posix.errno != posix.EAGAIN or left <= 0:
+            return
+        posix.poll(&pfd, 1, <int>left)
+
+
+# --- timers ----------------------------------------------------------------------
+
+cdef void run_timers(Core *c) noexcept nogil:
+    cdef Session *s
+    cdef uint8_t *p
+    while not ring_empty(&c.handshakes):
+        s = ring_first(&c.handshakes)
+        if s.deadline > c.now:
+            break
+        c.st.handshakes_failed += 1
+        session_free(c, s, NO_CLOSE, False)
+    while not ring_empty(&c.lingering):
+        s = ring_first(&c.lingering)
+        if s.deadline > c.now:
+            break
+        session_free(c, s, NO_CLOSE, False)
+    if c.keepalive_ms <= 0:
+        return
+    if c.ping_sent:
+        if c.now - c.ping_sent >= c.keepalive_ms:
+            link_close_frame(c, R_TIMEOUT, b"no answer to PING")
+            core_fail(c, X_TIMEOUT, 0, "no answer to PING")
+    elif c.now - c.last_rx >= c.keepalive_ms:
+        put_u32(c.ping_payload, <uint32_t>(c.now >> 32))
+        put_u32(c.ping_payload + 4, <uint32_t>c.now)
+        p = frame_out(c, T_PING, 0, 8)
+        if p != NULL:
+            memcpy(p, c.ping_payload, 8)
+        c.ping_sent = c.now
+
+
+cdef int next_timeout(Core *c) noexcept nogil:
+    """Milliseconds epoll may sleep: 0 while work is pending, else until the
+    earliest deadline (at most a minute)."""
+    cdef int64_t t = 60000
+    if c.link_readable or c.listen_ready or c.runq_len > 0:
+        return 0
+    if c.keepalive_ms > 0:
+        t = (c.ping_sent if c.ping_sent else c.last_rx) + c.keepalive_ms - c.now
+    if not ring_empty(&c.handshakes) and ring_first(&c.handshakes).deadline - c.now < t:
+        t = ring_first(&c.handshakes).deadline - c.now
+    if not ring_empty(&c.lingering) and ring_first(&c.lingering).deadline - c.now < t:
+        t = ring_first(&c.lingering).deadline - c.now
+    if t < 0:
+        return 0
+    return <int>(t if t < 60000 else 60000)
+
+
+# --- the loop ----------------------------------------------------------------------
+
+cdef void dispatch(Core *c, epoll.epoll_event *ev) noexcept nogil:
+    """Phase 1: remember readiness; no I/O, nothing freed."""
+    cdef uint64_t tag = ev.data.u64
+    cdef epoll.eventfd_t value
+    if tag == TAG_LINK:
+        if ev.events & (epoll.EPOLLIN | epoll.EPOLLRDHUP | epoll.EPOLLHUP | epoll.EPOLLERR):
+            c.link_readable = True
+        if ev.events & (epoll.EPOLLOUT | epoll.EPOLLHUP | epoll.EPOLLERR):
+            c.link_writable = True
+    elif tag == TAG_LISTEN:
+        c.listen_ready = True
+    elif tag == TAG_WAKE:
+        epoll.eventfd_read(c.wake_fd, &value)
+    else:
+        session_event(c, <Session *>ev.data.ptr, ev.events)
+
+
+cdef inline bint stopping(Core *c) noexcept nogil:
+    return posix.__atomic_load_n(&c.stop, posix.__ATOMIC_SEQ_CST) != 0
+
+
+cdef int core_run(Core *c) noexcept nogil:
+    cdef epoll.epoll_event events[MAX_EVENTS]
+    cdef int i, n
+    c.now = now_ms()
+    c.last_rx = c.now
+    while c.exit == RUNNING:
+        if stopping(c):
+            core_fail(c, X_STOPPED, 0, "stopped")
+            break
+        n = epoll.epoll_wait(c.ep, events, MAX_EVENTS, next_timeout(c))
+        c.now = now_ms()
+        if n < 0:
+            if posix.errno != posix.EINTR:
+                core_fail(c, X_ERROR, posix.errno, "epoll_wait")
+            continue
+        for i in range(n):
+            dispatch(c, &events[i])
+        if c.link_readable:
+            link_read(c)
+        if c.listen_ready and c.exit == RUNNING:
+            accept_clients(c)
+        run_queue(c)
+        if c.exit == RUNNING:
+            run_timers(c)
+        link_flush(c)
+    core_teardown(c)
+    return c.exit
+
+
+cdef void core_teardown(Core *c) noexcept nogil:
+    """Close every client; tell the server why when it can still hear it."""
+    while not ring_empty(&c.all):
+        session_free(c, ring_first(&c.all), NO_CLOSE, True)
+    if c.exit == X_STOPPED:
+        link_close_frame(c, R_SHUTDOWN, b"multiplexor stopping")
+    if c.exit == X_STOPPED or c.exit == X_PROTOCOL or c.exit == X_TIMEOUT:
+        link_drain(c, DRAIN_MS)
+        if buf_len(&c.lout) == 0:
+            link_linger(c, LINGER_MS)
+    if c.link_fd >= 0:
+        discard_input(c.link_fd)
+    close_fd(&c.link_fd)
+    close_fd(&c.ep)
+    close_fd(&c.spare_fd)
+    buf_free(&c.lin)
+    buf_free(&c.lout)
+
+
+cdef inline void close_fd(int *fd) noexcept nogil:
+    if fd[0] >= 0:
+        posix.close(fd[0])
+        fd[0] = -1
+
+
+# --- TLS context -------------------------------------------------------------------
+
+class TlsError(Exception):
+    """The key or certificate chain cannot be used (one line, OpenSSL's reason)."""
+
+
+cdef int no_password(char *buf, int size, int rwflag, void *userdata) noexcept nogil:
+    return 0    # the key arrives decrypted; never prompt on a terminal
+
+
+cdef int select_alpn(openssl.SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                     const unsigned char *inp, unsigned int inlen, void *arg) noexcept nogil:
+    """ALPN: choose "xmpp-client" (XEP-0368) when offered; otherwise none."""
+    cdef unsigned int i = 0
+    cdef unsigned int n
+    while i < inlen:
+        n = inp[i]
+        if i + 1 + n > inlen:
+            break
+        if n == 11 and memcmp(inp + i + 1, ALPN_XMPP, 11) == 0:
+            out[0] = inp + i + 1
+            outlen[0] = 11
+            return openssl.SSL_TLSEXT_ERR_OK
+        i += 1 + n
+    return openssl.SSL_TLSEXT_ERR_NOACK
+
+
+cdef str openssl_error(str what):
+    cdef char text[256]
+    cdef unsigned long code = openssl.ERR_get_error()
+    openssl.ERR_clear_error()
+    if code == 0:
+        return what
+    openssl.ERR_error_string_n(code, text, sizeof(text))
+    return f"{what}: {text.decode('ascii', 'replace')}"
+
+
+cdef class TlsContext:
+    """A TLS server context for legacy SSL, built from PEM held in memory.
+
+    ``key_pem`` is an unencrypted private key, ``chain_pem`` the certificate
+    followed by its intermediates; neither is written anywhere. TLS 1.2 is
+    the minimum, ALPN ``xmpp-client`` is selected when offered, session
+    resumption (cache and tickets) is on. ``ticket_keys`` (80 bytes) makes
+    tickets valid across every context built with the same keys (all
+    processes of one multiplexor); None: random keys for this context.
+    """
+
+    def __cinit__(self, bytes key_pem not None, bytes chain_pem not None, ticket_keys=None):
+        self.ctx = openssl.SSL_CTX_new(openssl.TLS_server_method())
+        if self.ctx == NULL:
+            raise TlsError(openssl_error("cannot create a TLS context"))
+        openssl.SSL_CTX_set_min_proto_version(self.ctx, openssl.TLS1_2_VERSION)
+        openssl.SSL_CTX_set_options(self.ctx, openssl.SSL_OP_NO_COMPRESSION
+                                    | openssl.SSL_OP_NO_RENEGOTIATION
+                                    | openssl.SSL_OP_CIPHER_SERVER_PREFERENCE)
+        openssl.SSL_CTX_set_mode(self.ctx, openssl.SSL_MODE_RELEASE_BUFFERS
+                                 | openssl.SSL_MODE_ENABLE_PARTIAL_WRITE
+                                 | openssl.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        openssl.SSL_CTX_set_session_cache_mode(self.ctx, openssl.SSL_SESS_CACHE_SERVER)
+        openssl.SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>b"iim-mux", 7)
+        openssl.SSL_CTX_set_alpn_select_cb(self.ctx, select_alpn, NULL)
+        if ticket_keys is not None:
+            self._ticket_keys(bytes(ticket_keys))
+        self._load_key(key_pem)
+        self._load_chain(chain_pem)
+        if openssl.SSL_CTX_check_private_key(self.ctx) != 1:
+            raise TlsError(openssl_error("the private key does not match the certificate"))
+
+    cdef _ticket_keys(self, bytes keys):
+        if len(keys) != 80 or openssl.SSL_CTX_set_tlsext_ticket_keys(
+                self.ctx, <char *>keys, 80) != 1:
+            raise TlsError("session ticket keys must be 80 bytes")
+
+    cdef _load_key(self, bytes pem):
+        cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
+        cdef openssl.EVP_PKEY *key
+        if bio == NULL:
+            raise TlsError(openssl_error("cannot read the private key"))
+        key = openssl.PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL)
+        openssl.BIO_free(bio)
+        if key == NULL:
+            raise TlsError(openssl_error("cannot read the private key (PEM)"))
+        try:
+            if openssl.SSL_CTX_use_PrivateKey(self.ctx, key) != 1:
+                raise TlsError(openssl_error("cannot use the private key"))
+        finally:
+            openssl.EVP_PKEY_free(key)
+
+    cdef _load_chain(self, bytes pem):
+        cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
+        cdef openssl.X509 *cert
+        cdef int count = 0
+        if bio == NULL:
+            raise TlsError(openssl_error("cannot read the certificate chain"))
+        try:
+            while True:
+                cert = openssl.PEM_read_bio_X509(bio, NULL, no_password, NULL)
+                if cert == NULL:
+                    break
+                count += 1
+                if count == 1:
+                    ok = openssl.SSL_CTX_use_certificate(self.ctx, cert) == 1
+                    openssl.X509_free(cert)
+                else:
+                    ok = openssl.SSL_CTX_add0_chain_cert(self.ctx, cert) == 1
+                    if not ok:
+                        openssl.X509_free(cert)
+                if not ok:
+                    raise TlsError(openssl_error(f"cannot use certificate {count} of the chain"))
+        finally:
+            openssl.BIO_free(bio)
+        openssl.ERR_clear_error()        # the end of the PEM data is reported as an error
+        if count == 0:
+            raise TlsError("the certificate chain holds no PEM certificate")
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            openssl.SSL_CTX_free(self.ctx)
+            self.ctx = NULL
+
+
+# --- the Python face ---------------------------------------------------------------
+
+cdef class SessionLimit:
+    """At most ``maximum`` clients at once, shared by the relays given it
+    (the relays of one process: ``iim_mux.maxsessions``)."""
+
+    def __cinit__(self, long maximum):
+        if maximum < 1:
+            raise ValueError("maximum must be at least 1")
+        self._maximum = maximum
+        self._count = 0
+
+    @property
+    def maximum(self):
+        return self._maximum
+
+    @property
+    def count(self):
+        """Clients held now by every relay sharing this limit."""
+        return posix.__atomic_load_n(&self._count, posix.__ATOMIC_RELAXED)
+
+
+cdef uint32_t table_size(long maximum):
+    cdef uint32_t size = 16
+    while size < 2 * <uint64_t>maximum and size < (<uint32_t>1 << 30):
+        size <<= 1
+    return size
+
+
+cdef class Relay:
+    """One relay: a listening socket, one authenticated server link, its clients.
+
+    ``Relay(listen_fd, link_fd, window, limit, tls=None, handshake_timeout=10.0,
+    instance=0, thread=0, keepalive=30.0, linger=30.0)``
+
+    * ``listen_fd`` - a listening TCP socket, borrowed (the caller closes it,
+      after run() returned). Made non-blocking.
+    * ``link_fd`` - the link, connected and past READY; the relay owns it
+      from here on (closed when run() returns, or when the relay is freed).
+    * ``window`` - the initial per-session window from READY.
+    * ``limit`` - a SessionLimit shared by the relays of a process, or an int.
+    * ``tls`` - a TlsContext: terminate legacy SSL; None: never touch TLS.
+    * ``handshake_timeout`` - seconds a client has to finish the handshake.
+    * ``keepalive`` - seconds without traffic before PING (0: never).
+    * ``linger`` - seconds a client closed by the server may take to read
+      what is still pending for it.
+
+    ``run()`` serves until the link is lost or ``stop()`` is called (from any
+    thread) and returns an EXIT_* code; ``exit_detail`` says more. It runs
+    once. ``stats()`` may be called from any thread at any time.
+    """
+
+    def __cinit__(self, int listen_fd, int link_fd, unsigned int window, limit,
+                  TlsContext tls=None, double handshake_timeout=10.0, int instance=0,
+                  int thread=0, double keepalive=30.0, double linger=30.0):
+        cdef Core *c = <Core *>calloc(1, sizeof(Core))
+        if c == NULL:
+            posix.close(link_fd)
+            raise MemoryError()
+        self.core = c
+        c.ep = c.wake_fd = c.spare_fd = -1
+        c.link_fd = link_fd
+        c.listen_fd = listen_fd
+        c.exit = RUNNING
+        c.peer_reason = -1
+        c.next_id = 1
+        posix.pthread_mutex_init(&c.ctx_lock, NULL)
+        ring_init(&c.all)
+        ring_init(&c.runq)
+        ring_init(&c.linkwait)
+        ring_init(&c.handshakes)
+        ring_init(&c.lingering)
+        if window == 0:
+            raise ValueError("window must be at least 1")
+        self.limit = limit if isinstance(limit, SessionLimit) else SessionLimit(limit)
+        self.instance = instance
+        self.thread = thread
+        c.window = window
+        c.grant_threshold = max(1, window // 2)
+        c.handshake_ms = <int64_t>(handshake_timeout * 1000)
+        c.keepalive_ms = <int64_t>(keepalive * 1000)
+        c.linger_ms = <int64_t>(linger * 1000)
+        c.limit_count = &self.limit._count
+        c.limit_max = self.limit._maximum
+        c.mask = table_size(self.limit._maximum) - 1
+        c.table = <Session **>calloc(c.mask + 1, sizeof(Session *))
+        if c.table == NULL:
+            raise MemoryError()
+        if tls is not None:
+            openssl.SSL_CTX_up_ref(tls.ctx)
+            c.ctx = tls.ctx
+            c.tls_enabled = True
+        self._open_fds()
+
+    cdef _open_fds(self):
+        cdef Core *c = self.core
+        cdef posix.sockaddr_storage sa
+        cdef posix.socklen_t salen = sizeof(sa)
+        c.ep = epoll.epoll_create1(epoll.EPOLL_CLOEXEC)
+        c.wake_fd = epoll.eventfd(0, epoll.EFD_NONBLOCK | epoll.EFD_CLOEXEC)
+        c.spare_fd = posix.open(b"/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
+        if c.ep < 0 or c.wake_fd < 0 or c.spare_fd < 0:
+            raise_errno("cannot create the relay's descriptors")
+        if set_nonblocking(c.listen_fd) < 0 or set_nonblocking(c.link_fd) < 0:
+            raise_errno("cannot make the sockets non-blocking")
+        if posix.getsockname(c.listen_fd, <posix.sockaddr *>&sa, &salen) < 0:
+            raise_errno("listen_fd is not a socket")
+        c.local_port = posix.ntohs((<posix.sockaddr_in *>&sa).sin_port)   # same offset in v6
+        set_nodelay(c.link_fd)
+        c.link_writable = True
+        add_fd(c.ep, c.listen_fd, epoll.EPOLLIN | epoll.EPOLLET, TAG_LISTEN)
+        add_fd(c.ep, c.link_fd, epoll.EPOLLIN | epoll.EPOLLOUT | epoll.EPOLLRDHUP | epoll.EPOLLET,
+               TAG_LINK)
+        add_fd(c.ep, c.wake_fd, epoll.EPOLLIN, TAG_WAKE)
+
+    def run(self):
+        """Serve until the link is lost or stop(); return an EXIT_* code."""
+        cdef int code
+        if self.started:
+            raise RuntimeError("a Relay runs once; make a new one for a new link")
+        self.started = True
+        with nogil:
+            code = core_run(self.core)
+        self.finished = True
+        return code
+
+    def stop(self):
+        """Make run() return soon (EXIT_STOPPED); callable from any thread, any time."""
+        posix.__atomic_store_n(&self.core.stop, 1, posix.__ATOMIC_SEQ_CST)
+        epoll.eventfd_write(self.core.wake_fd, 1)
+
+    def set_tls_context(self, TlsContext tls not None):
+        """Use ``tls`` for clients accepted from now on (certificate reload);
+        clients already connected keep the context they started with."""
+        cdef openssl.SSL_CTX *old
+        if not self.core.tls_enabled:
+            raise ValueError("this relay was made without legacy SSL")
+        openssl.SSL_CTX_up_ref(tls.ctx)
+        posix.pthread_mutex_lock(&self.core.ctx_lock)
+        old = self.core.ctx
+        self.core.ctx = tls.ctx
+        posix.pthread_mutex_unlock(&self.core.ctx_lock)
+        openssl.SSL_CTX_free(old)
+
+    @property
+    def local_port(self):
+        """The listening port clients connect to (sent in OPEN)."""
+        return self.core.local_port
+
+    @property
+    def exit_detail(self):
+        """Why run() returned, in words ("" while running)."""
+        cdef Core *c = self.core
+        if not self.finished:
+            return ""
+        text = c.detail.decode("utf-8", "replace")
+        if c.exit == X_LINK_CLOSED:
+            reason = (REASON_NAMES[c.peer_reason] if 0 <= c.peer_reason < len(REASON_NAMES)
+                      else f"reason {c.peer_reason}")
+            return f"the server closed the link ({reason})" + (f": {text}" if text else "")
+        return text
+
+    def stats(self):
+        """Counters (a snapshot; safe from any thread)."""
+        cdef Stats *st = &self.core.st
+        return {
+            "sessions_plain": st.sessions_plain, "sessions_tls": st.sessions_tls,
+            "handshaking": st.handshaking, "opened": st.opened, "closed": st.closed,
+            "refused": st.refused, "bytes_client_to_server": st.bytes_up,
+            "bytes_server_to_client": st.bytes_down, "handshakes_ok": st.handshakes_ok,
+            "handshakes_failed": st.handshakes_failed, "frames_in": st.frames_in,
+            "frames_out": st.frames_out, "link_reads": st.link_reads,
+            "link_writes": st.link_writes, "buffered": st.buffered,
+        }
+
+    def __dealloc__(self):
+        cdef Core *c = self.core
+        if c == NULL:
+            return
+        if not self.started or self.finished:
+            if not self.started and c.link_fd >= 0:
+                posix.close(c.link_fd)
+            close_fd(&c.ep)
+            close_fd(&c.spare_fd)
+            close_fd(&c.wake_fd)
+            if c.ctx != NULL:
+                openssl.SSL_CTX_free(c.ctx)
+            buf_free(&c.lin)
+            buf_free(&c.lout)
+            free(c.table)
+            posix.pthread_mutex_destroy(&c.ctx_lock)
+            free(c)
+        self.core = NULL
+
+
+cdef int add_fd(int ep, int fd, uint32_t events, uint64_t tag) except -1:
+    cdef epoll.epoll_event ev
+    ev.events = events
+    ev.data.u64 = tag
+    if epoll.epoll_ctl(ep, epoll.EPOLL_CTL_ADD, fd, &ev) < 0:
+        raise_errno("epoll_ctl")
+    return 0
+
+
+cdef int raise_errno(str what) except -1:
+    cdef int err = posix.errno
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def refuse_for(int listen_fd, int milliseconds):
+    """Accept and close every client arriving on ``listen_fd`` for up to
+    ``milliseconds`` (while the link is down); return how many were refused."""
+    cdef int n
+    with nogil:
+        n = refuse_clients(listen_fd, milliseconds)
+    return n
+
+
+cdef int refuse_clients(int fd, int ms) noexcept nogil:
+    cdef int64_t deadline = now_ms() + ms
+    cdef int64_t left
+    cdef int refused = 0
+    cdef int client
+    cdef posix.pollfd pfd
+    pfd.fd = fd
+    pfd.events = posix.POLLIN
+    while True:
+        left = deadline - now_ms()
+        if left <= 0:
+            return refused
+        if posix.poll(&pfd, 1, <int>left) <= 0:
+            continue
+        while True:
+            client = posix.accept4(fd, NULL, NULL, posix.SOCK_NONBLOCK | posix.SOCK_CLOEXEC)
+            if client < 0:
+                if posix.errno == posix.EMFILE or posix.errno == posix.ENFILE:
+                    return refused           # nothing to close them with; try again later
+                break
+            posix.close(client)
+            refused += 1
+
+
+# --- kept from the build check -------------------------------------------------------
 
 def openssl_version():
     """The version string of the OpenSSL this extension is linked with."""

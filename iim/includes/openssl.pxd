@@ -1,16 +1,92 @@
 # OpenSSL declarations used by the relay core, declared once (uvloop style).
 # Only what iim calls is declared; every function is callable without the GIL.
+# Several "functions" below are macros over SSL_CTX_ctrl in the headers
+# (SSL_CTX_set_mode, SSL_CTX_add0_chain_cert, ...); they are declared as the
+# functions they behave like.
+
+from libc.stdint cimport uint64_t
 
 cdef extern from "openssl/crypto.h" nogil:
     const char *OpenSSL_version(int t)
     unsigned long OpenSSL_version_num()
     int OPENSSL_VERSION
 
+cdef extern from "openssl/err.h" nogil:
+    unsigned long ERR_get_error()
+    void ERR_clear_error()
+    void ERR_error_string_n(unsigned long e, char *buf, size_t len)
+
+cdef extern from "openssl/bio.h" nogil:
+    ctypedef struct BIO
+    BIO *BIO_new_mem_buf(const void *buf, int len)
+    int BIO_free(BIO *bio)
+
+cdef extern from "openssl/evp.h" nogil:
+    ctypedef struct EVP_PKEY
+    void EVP_PKEY_free(EVP_PKEY *pkey)
+
+cdef extern from "openssl/x509.h" nogil:
+    ctypedef struct X509
+    void X509_free(X509 *cert)
+
+cdef extern from "openssl/pem.h" nogil:
+    ctypedef int pem_password_cb(char *buf, int size, int rwflag, void *userdata) noexcept
+    EVP_PKEY *PEM_read_bio_PrivateKey(BIO *bio, EVP_PKEY **out, pem_password_cb *cb, void *u)
+    X509 *PEM_read_bio_X509(BIO *bio, X509 **out, pem_password_cb *cb, void *u)
+
 cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct SSL_CTX
     ctypedef struct SSL_METHOD
+    ctypedef struct SSL
+    ctypedef struct SSL_CIPHER
+
     const SSL_METHOD *TLS_server_method()
     SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)
+    int SSL_CTX_up_ref(SSL_CTX *ctx)
     void SSL_CTX_free(SSL_CTX *ctx)
     int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
+    uint64_t SSL_CTX_set_options(SSL_CTX *ctx, uint64_t options)
+    long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
+    int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid_ctx,
+                                       unsigned int sid_ctx_len)
+    long SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, void *keys, long keylen)
+    int SSL_CTX_use_certificate(SSL_CTX *ctx, X509 *cert)
+    int SSL_CTX_use_PrivateKey(SSL_CTX *ctx, EVP_PKEY *pkey)
+    long SSL_CTX_add0_chain_cert(SSL_CTX *ctx, X509 *cert)
+    int SSL_CTX_check_private_key(const SSL_CTX *ctx)
+
+    ctypedef int (*SSL_CTX_alpn_select_cb_func)(
+        SSL *ssl, const unsigned char **out, unsigned char *outlen,
+        const unsigned char *inp, unsigned int inlen, void *arg) noexcept nogil
+    void SSL_CTX_set_alpn_select_cb(SSL_CTX *ctx, SSL_CTX_alpn_select_cb_func cb, void *arg)
+
+    SSL *SSL_new(SSL_CTX *ctx)
+    void SSL_free(SSL *ssl)
+    int SSL_set_fd(SSL *ssl, int fd)
+    void SSL_set_accept_state(SSL *ssl)
+    int SSL_do_handshake(SSL *ssl)
+    int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
+    int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
+    int SSL_shutdown(SSL *ssl)
+    int SSL_get_error(const SSL *ssl, int ret)
+    const char *SSL_get_version(const SSL *ssl)
+    const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
+    const char *SSL_CIPHER_get_name(const SSL_CIPHER *cipher)
+
     int TLS1_2_VERSION
+    int SSL_ERROR_NONE
+    int SSL_ERROR_SSL
+    int SSL_ERROR_WANT_READ
+    int SSL_ERROR_WANT_WRITE
+    int SSL_ERROR_SYSCALL
+    int SSL_ERROR_ZERO_RETURN
+    long SSL_MODE_ENABLE_PARTIAL_WRITE
+    long SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+    long SSL_MODE_RELEASE_BUFFERS
+    uint64_t SSL_OP_NO_COMPRESSION
+    uint64_t SSL_OP_NO_RENEGOTIATION
+    uint64_t SSL_OP_CIPHER_SERVER_PREFERENCE
+    long SSL_SESS_CACHE_SERVER
+    int SSL_TLSEXT_ERR_OK
+    int SSL_TLSEXT_ERR_NOACK

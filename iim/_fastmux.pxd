@@ -1,0 +1,129 @@
+# The relay core's C-level types (iim/_fastmux.pyx). Nothing here is a
+# Python object except the three cdef classes at the end, which only own C
+# state; the loop itself (core_run and everything it calls) sees structs.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+from iim.includes cimport openssl
+from iim.includes.posix cimport pthread_mutex_t
+
+
+cdef struct Buf:
+    # bytes [head, tail) of data[0:cap] are pending; empty buffers own no memory
+    uint8_t *data
+    size_t head
+    size_t tail
+    size_t cap
+
+
+cdef struct Session
+
+
+cdef struct Ring:
+    # an intrusive doubly-linked ring; a head has owner NULL, an unlinked node next NULL
+    Ring *prev
+    Ring *next
+    Session *owner
+
+
+cdef struct Session:
+    int fd
+    uint32_t id                 # 0 until OPEN was sent
+    uint8_t state               # S_HANDSHAKE, S_OPEN, S_CLOSING
+    uint8_t queued              # Q_NONE, Q_RUN, Q_LINKWAIT
+    uint16_t flags              # F_*: readiness remembered across edges
+    int64_t credit              # bytes we may still send upstream (server WINDOW)
+    int64_t peer_credit         # bytes the server may still send us
+    int64_t ungranted           # written to the client, not yet granted back
+    Buf out                     # server bytes not yet written to the client
+    openssl.SSL *ssl            # NULL for plain sessions
+    int64_t deadline            # handshake or closing-linger deadline (ms)
+    uint8_t family              # 4 or 6, for OPEN
+    uint8_t addr[16]
+    uint16_t port
+    Ring all_node               # every client of the relay
+    Ring run_node               # run queue or link-wait ring
+    Ring timer_node             # handshaking or lingering ring (each FIFO by deadline)
+
+
+cdef struct Stats:
+    int64_t sessions_plain
+    int64_t sessions_tls
+    int64_t handshaking
+    uint64_t opened
+    uint64_t closed
+    uint64_t refused
+    uint64_t bytes_up           # client -> server
+    uint64_t bytes_down         # server -> client
+    uint64_t handshakes_ok
+    uint64_t handshakes_failed
+    uint64_t frames_in
+    uint64_t frames_out
+    uint64_t link_reads
+    uint64_t link_writes
+    int64_t buffered            # bytes allocated for client output buffers
+
+
+cdef struct Core:
+    int ep
+    int listen_fd               # borrowed from Python
+    int link_fd                 # owned
+    int wake_fd
+    int spare_fd                # /dev/null, given up to refuse one client on EMFILE
+    uint16_t local_port
+    uint32_t window
+    int64_t grant_threshold
+    int64_t keepalive_ms
+    int64_t handshake_ms
+    int64_t linger_ms
+    int64_t now
+    int64_t last_rx
+    int64_t ping_sent           # 0: no PING outstanding
+    uint8_t ping_payload[8]
+    uint64_t next_id            # ids increase from 1 and are never reused on a link
+    Session **table             # session id & mask -> session
+    uint32_t mask
+    long *limit_count           # shared by the relays of a process (atomics)
+    long limit_max
+    bint tls_enabled
+    openssl.SSL_CTX *ctx        # for new clients; swapped under ctx_lock
+    pthread_mutex_t ctx_lock
+    Buf lin
+    Buf lout
+    bint link_readable
+    bint link_writable
+    bint listen_ready
+    long stop                   # set by stop() from any thread (atomics)
+    int exit
+    int exit_errno
+    int peer_reason             # LINKCLOSE reason from the server, or -1
+    char detail[256]
+    Ring all
+    Ring runq
+    int64_t runq_len
+    Ring linkwait
+    Ring handshakes
+    Ring lingering
+    Stats st
+
+
+cdef class SessionLimit:
+    cdef long _count
+    cdef long _maximum
+
+
+cdef class TlsContext:
+    cdef openssl.SSL_CTX *ctx
+    cdef _ticket_keys(self, bytes keys)
+    cdef _load_key(self, bytes pem)
+    cdef _load_chain(self, bytes pem)
+
+
+cdef class Relay:
+    cdef Core *core
+    cdef SessionLimit limit
+    cdef bint started
+    cdef bint finished
+    cdef readonly int instance
+    cdef readonly int thread
+    cdef _open_fds(self)

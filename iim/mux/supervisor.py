@@ -1,0 +1,172 @@
+"""The supervisor: ``iim_mux.numinstances`` worker processes, kept alive.
+
+Theory of operation. The supervisor holds no sockets and relays nothing. It
+starts each worker as ``python -m iim.mux -c CONF --worker K`` (a fresh
+interpreter: no state inherited from a forked parent) and watches them. A
+worker that dies for any reason is started again at once (and, while it
+keeps dying young, after a growing delay: 1 s doubling to 30 s). The
+other workers and their clients are untouched, and new clients keep being
+served meanwhile, because every worker listens on the same port with
+SO_REUSEPORT. A worker that fails
+on its very first start (a port in use, unreadable key material) stops the
+whole multiplexor: that does not mend itself by retrying.
+
+Signals: SIGTERM/SIGINT are passed to the workers, which stop relaying and
+exit; the supervisor then exits 0. SIGHUP is passed on (the workers reload
+the certificate).
+
+The workers share one set of TLS session ticket keys, made here and passed
+through a pipe, so a client resumes its TLS session whichever worker the
+kernel hands its next connection to, and across worker restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["EXIT_STARTUP", "Supervisor"]
+
+#: A worker's exit status when it could not start (worker.serve returns it).
+EXIT_STARTUP = 2
+#: Restart delays for a worker that keeps dying young.
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+#: A worker that lived this long is restarted at once when it dies.
+YOUNG = 10.0
+#: How long stopping workers get before SIGKILL.
+STOP_TIMEOUT = 15.0
+#: Session ticket keys (as iim.mux.tls.TICKET_KEY_BYTES; not imported from
+#: there, so the supervisor never loads the relay core).
+TICKET_KEY_BYTES = 80
+
+
+@dataclass
+class _Slot:
+    """Worker K: its current process and restart bookkeeping."""
+
+    instance: int
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    delay: float = 0.0
+    restart_at: float | None = None
+    ever_ran: bool = False
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, instances: int, log: logging.Logger) -> None:
+        self.config_path = Path(config_path).resolve()
+        self.slots = [_Slot(k) for k in range(instances)]
+        self.log = log
+        self._ticket_keys = secrets.token_bytes(TICKET_KEY_BYTES)
+        self._wake = threading.Event()
+        self._signals: set[int] = set()
+
+    def run(self) -> int:
+        """Start the workers, keep them alive until SIGTERM/SIGINT; the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        for slot in self.slots:
+            self._spawn(slot)
+        self.log.info("multiplexor supervisor (pid %d): %d worker(s) started", os.getpid(),
+                      len(self.slots))
+        status = self._watch()
+        self._stop_all()
+        return status
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._signals.add(signum)
+        self._wake.set()
+
+    def _watch(self) -> int:
+        while True:
+            self._wake.wait(0.1)
+            self._wake.clear()
+            if self._signals & {signal.SIGTERM, signal.SIGINT}:
+                return 0
+            if signal.SIGHUP in self._signals:
+                self._signals.discard(signal.SIGHUP)
+                self._forward(signal.SIGHUP)
+            for slot in self.slots:
+                if self._check(slot) == "fatal":
+                    return 1
+
+    def _check(self, slot: _Slot) -> str | None:
+        now = time.monotonic()
+        if slot.proc is None:
+            if slot.restart_at is not None and now >= slot.restart_at:
+                self._spawn(slot)
+            return None
+        status = slot.proc.poll()
+        if status is None:
+            return None
+        slot.proc = None
+        lived = now - slot.started
+        if status == EXIT_STARTUP and not slot.ever_ran:
+            self.log.critical("worker %d could not start (see above); stopping the multiplexor",
+                              slot.instance)
+            return "fatal"
+        slot.ever_ran = True
+        if lived >= YOUNG:
+            slot.delay = 0.0
+        wait = slot.delay
+        if lived < YOUNG:
+            slot.delay = min(max(slot.delay * 2, RESTART_FIRST), RESTART_MAX)
+        self.log.error("worker %d %s after %.1f s; restarting%s", slot.instance, _how(status),
+                       lived, f" in {wait:.0f} s" if wait else "")
+        slot.restart_at = now + wait
+        if not wait:
+            self._spawn(slot)
+        return None
+
+    def _spawn(self, slot: _Slot) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, self._ticket_keys)
+        finally:
+            os.close(write_end)
+        argv = [sys.executable, "-m", "iim.mux", "-c", str(self.config_path),
+                "--worker", str(slot.instance), "--ticket-key-fd", str(read_end)]
+        try:
+            slot.proc = subprocess.Popen(argv, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
+        slot.started = time.monotonic()
+        slot.restart_at = None
+        self.log.info("worker %d started (pid %d)", slot.instance, slot.proc.pid)
+
+    def _forward(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signum)
+
+    def _stop_all(self) -> None:
+        self._forward(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            try:
+                slot.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.error("worker %d did not stop within %.0f s; killing it",
+                               slot.instance, STOP_TIMEOUT)
+                slot.proc.kill()
+                slot.proc.wait()
+        self.log.info("multiplexor stopped")
+
+def _how(status: int) -> str:
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"

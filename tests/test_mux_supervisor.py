@@ -1,0 +1,154 @@
+"""``python -m iim.mux`` as an administrator runs it: real processes, real signals.
+
+The server end is tests/muxpeer.LinkPeer; clients connect to the shared
+SO_REUSEPORT port, and the peer tells which worker (HELLO instance) relays
+each of them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from muxpeer import LinkPeer, closed_by_peer, recv_exact, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_conf(tmp_path: Path, listen: int, server: int, **extra) -> Path:
+    lines = [f'iim_mux.listenport = "127.0.0.1:{listen}"',
+             f'iim_mux.serverport = "127.0.0.1:{server}"',
+             'iim_mux.maxthreads = "2"']
+    lines += [f'iim_mux.{k} = "{v}"' for k, v in extra.items()]
+    path = tmp_path / "iim.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(conf: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = conf.parent / "mux.stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(conf), *args],
+                            stderr=log.open("w"), cwd=conf.parent)
+    return proc, log
+
+
+def workers(supervisor: int) -> dict[int, int]:
+    """{instance: pid} of the supervisor's worker processes."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    found = {}
+    for pid in map(int, children):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"--worker" in argv:
+            found[int(argv[argv.index(b"--worker") + 1])] = pid
+    return found
+
+
+def instance_of(peer: LinkPeer, client: socket.socket) -> int:
+    port = client.getsockname()[1]
+
+    def find():
+        for link in peer.links:
+            if link.session_for_port(port) is not None:
+                return link.hello[0] + 1           # +1: instance 0 is falsy
+    return wait_until(find, what=f"the OPEN of client port {port}") - 1
+
+
+def echo(client: socket.socket, data: bytes) -> bytes:
+    client.sendall(data)
+    return recv_exact(client, len(data))
+
+
+@pytest.fixture
+def peer():
+    p = LinkPeer()
+    yield p
+    p.close()
+
+
+def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, peer):
+    port = free_port()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    big = hard // 2 + 100                           # more sessions than the limit allows
+    conf = write_conf(tmp_path, port, peer.port, maxsessions=big)
+    proc, log = start(conf, "--instances", "2")
+    try:
+        links = peer.wait_links(4, timeout=20)
+        assert sorted(ln.hello for ln in links) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        clients = {0: [], 1: []}
+        while min(len(v) for v in clients.values()) < 2:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            clients[instance_of(peer, c)].append(c)
+            assert len(clients[0]) + len(clients[1]) < 60, "SO_REUSEPORT never chose one worker"
+        pids = wait_until(lambda: len(workers(proc.pid)) == 2 and workers(proc.pid))
+        survivors = [ln for ln in links if ln.hello[0] == 1]
+
+        os.kill(pids[0], signal.SIGKILL)
+        for c in clients[0]:
+            assert closed_by_peer(c, 5)             # its clients lose their connection
+            c.close()
+        for c in clients[1]:
+            assert echo(c, b"untouched") == b"untouched"
+        assert not any(ln.ended.is_set() for ln in survivors)
+        wait_until(lambda: len([ln for ln in peer.live_links()
+                                if ln.hello[0] == 0 and ln not in links]) == 2,
+                   timeout=15, what="the restarted worker's links")
+        assert all(ln.ended.is_set() for ln in links if ln.hello[0] == 0)
+        new = wait_until(lambda: len(workers(proc.pid)) == 2 and workers(proc.pid))
+        assert new[1] == pids[1] and new[0] != pids[0]
+        served = set()
+        while served != {0, 1}:                     # both workers serve new clients
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                assert echo(c, b"new") == b"new"
+                served.add(instance_of(peer, c))
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for c in clients[1]:
+            assert closed_by_peer(c, 5)
+            c.close()
+        wait_until(lambda: all(ln.linkclose == (4, "multiplexor stopping")
+                               for ln in peer.links if ln.hello[0] == 1 or ln not in links))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert (f"iim_mux.maxsessions = {big} needs about {big * 2 + 100} open files; "
+            f"the hard limit here is {hard}") in text
+    assert "worker 0 was killed by SIGKILL" in text
+    assert "worker 1 stopped; final stats: sessions 0 (plain 0, TLS 0" in text
+    assert "Traceback" not in text
+    assert all(ln.errors == [] for ln in peer.links)
+
+
+def test_a_worker_that_cannot_start_stops_the_multiplexor(tmp_path, peer):
+    with socket.socket() as taken:                  # the port is held without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc, log = start(write_conf(tmp_path, port, peer.port))
+        assert proc.wait(20) == 1
+    text = log.read_text()
+    assert (f"iim_mux.listenport: cannot listen on 127.0.0.1:{port}: Address already in use"
+            in text)
+    assert "Traceback" not in text
+
+
+def test_bad_configuration_is_one_line_and_nothing_starts(tmp_path):
+    conf = tmp_path / "iim.conf"
+    conf.write_text('iim_mux.maxthreads = "lots"\n')
+    proc = subprocess.run([sys.executable, "-m", "iim.mux", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1
+    assert "iim_mux.maxthreads" in proc.stderr and "Traceback" not in proc.stderr
