@@ -24,8 +24,12 @@ class RawClient:
         self.ended: StreamEnded | None = None
         self.established = asyncio.Event()
 
-    async def connect(self, port: int) -> "RawClient":
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(self, port: int, *, outer_tls: ssl.SSLContext | None = None) -> "RawClient":
+        """Connect and log in; with ``outer_tls``, inside legacy SSL (TLS from the
+        first byte), where the stream still negotiates STARTTLS."""
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=outer_tls,
+            server_hostname=self.stream.jid.domain if outer_tls else None)
         self.stream.start()
         self._flush()
         self._reading = asyncio.ensure_future(self._read_loop())

@@ -162,12 +162,20 @@ class ClientSession:
         self.jid = jid
         self._timer.cancel()
         self.ctx.negotiating.discard(self)
-        tls = self.tls.info() if self.tls else None
-        security = f"{tls.version} {tls.cipher}" if tls else (
-            "TLS at the multiplexor" if self.stream.secure else "no TLS")
+        security = self.security()
         self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, jid, security)
         self._bound = True
         self.ctx.router.session_bound(self)
+
+    def security(self) -> str:
+        """How this session is protected, for logs and status."""
+        parts = []
+        if self.tls is not None and self.tls.handshake_done:
+            info = self.tls.info()
+            parts.append(f"{info.version} {info.cipher}")
+        if self.stream.transport_secure:
+            parts.append("TLS at the multiplexor")
+        return " inside ".join(parts) or "no TLS"
 
     def _ended(self, event: StreamEnded) -> None:
         if event.error is not None:

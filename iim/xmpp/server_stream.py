@@ -5,6 +5,11 @@ Negotiation order, each step announced in ``<stream:features/>``:
 1. STARTTLS (§5), when a certificate is configured; *required* under
    ``requiressl``, and then the features offer nothing else, and anything but
    ``<starttls/>`` is a ``<policy-violation/>`` stream error, unprocessed.
+   A session that arrived over legacy SSL at the multiplexor is protected as
+   far as the multiplexor only (that hop to us is plaintext): STARTTLS is
+   still offered, and clients do use it inside legacy SSL; ``requiressl``
+   still requires it, which is why the server warns when ``requiressl`` and
+   ``iim_mux.usessl`` are both on (legacy-SSL clients seldom ask).
 2. SASL (§6): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN only under TLS. A failed
    attempt may be retried; after ``max_auth_attempts`` the stream ends.
 3. Resource binding (§7), plus the legacy RFC 3921 session IQ, answered with
@@ -71,7 +76,7 @@ class ServerStream(Stream):
         self._failures = 0
         self._starts = 0
         self._mechanism = ""
-        self.secure = secure_transport
+        self.transport_secure = secure_transport   # legacy SSL ended at the multiplexor
         self.username: str | None = None
         self.jid: JID | None = None
         self.stream_id = ""
@@ -126,8 +131,14 @@ class ServerStream(Stream):
                 SubElement(starttls, q(TLS_NS, "required"))
                 return                      # nothing else until TLS (RFC 6120 §5.3.1)
         mechanisms = SubElement(features, q(SASL_NS, "mechanisms"))
-        for mechanism in sasl.offered_mechanisms(self.secure):
+        for mechanism in sasl.offered_mechanisms(self._protected):
             SubElement(mechanisms, q(SASL_NS, "mechanism")).text = mechanism.value
+
+    @property
+    def _protected(self) -> bool:
+        """TLS protects the client's bytes: ours (STARTTLS) or the
+        multiplexor's (legacy SSL). PLAIN needs one of them."""
+        return self.secure or self.transport_secure
 
     def _after_tls(self) -> None:
         self.phase = Phase.OPENING
@@ -168,7 +179,7 @@ class ServerStream(Stream):
         self._starts += 1
         if self._starts > 2 * self.policy.max_auth_attempts:   # restarts and aborts count too
             raise StreamError(Cond.POLICY_VIOLATION, "too many authentication attempts")
-        self._auth = self._authenticator(self.secure)
+        self._auth = self._authenticator(self._protected)
         self._mechanism = element.get("mechanism", "")
         try:
             initial = sasl.decode_payload(element.text or "")
