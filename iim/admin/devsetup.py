@@ -118,11 +118,14 @@ def connection_help(folder: Path) -> str:
                       for line in users if line)
     return (f"iim development system ({folder})\n"
             f"  XMPP domain    {DOMAIN}\n"
-            f"  server         127.0.0.1:5269, STARTTLS required\n"
+            f"  connect to     127.0.0.1:5222 (the multiplexor; STARTTLS required, TLS\n"
+            f"                 ends at the server) or 127.0.0.1:5269 (the server itself)\n"
             f"  users\n{shown}\n"
             f"  trust this CA  {folder / 'ca.pem'}\n"
             f"  try            openssl s_client -starttls xmpp -xmpphost {DOMAIN} "
-            f"-connect 127.0.0.1:5269 -CAfile {folder / 'ca.pem'}\n")
+            f"-connect 127.0.0.1:5222 -CAfile {folder / 'ca.pem'}\n"
+            f"  legacy SSL     set iim_mux.usessl = \"on\" in iim.conf: the multiplexor then\n"
+            f"                 speaks TLS from the first byte with the certificate in nssdb/\n")
 
 
 def _require_tools() -> None:
