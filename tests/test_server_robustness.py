@@ -21,7 +21,7 @@ TIMEOUTS = 'iim_server.negotiation_timeout = "4"\niim_server.stanza_timeout = "3
 def server(tmp_path_factory, ca):
     live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS,
                       users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2"),
-                             ("carol", "carol-pw-3")))
+                             ("carol", "carol-pw-3"), ("dave", "dave-pw-4")))
     live.add_users()
     live.start()
     yield live
@@ -233,38 +233,38 @@ def test_a_client_that_stops_reading_gets_everything_in_order_when_it_resumes(se
 
 
 def test_a_client_that_never_reads_is_closed_and_its_messages_wait_offline(server):
-    """bob/stuck never reads; carol floods him. Past the socket buffers and the
-    bounded backlog the session is closed; what it held goes to offline
-    storage, and what storage cannot hold returns to carol as an error."""
+    """dave/stuck never reads; carol (another process) floods him. Past the
+    socket buffers and the bounded backlog the session is closed; what it held
+    goes to offline storage, what storage cannot hold returns to carol as an
+    error, and alice and bob chat on throughout."""
+    import subprocess
+    import sys
+    from pathlib import Path
     from rawclient import RawClient
 
     async def scenario():
         async with Conversation(server) as chat:
-            bob = await RawClient(f"bob@{DOMAIN}/stuck", "bob-pw-2",
-                                  server.ca_file).connect(server.port)
-            bob.stop_reading()
-            carol = await Client(f"carol@{DOMAIN}", "carol-pw-3", server.ca_file).online(
-                server.port)
-            for n in range(6000):                       # ~12 MB: more than the kernel
-                carol.send_message(mto=f"bob@{DOMAIN}/stuck", mtype="chat",   # buffers, the
-                                   mbody=f"{n:04d} " + "y" * 2000)  # carrier and the backlog
-            deadline = asyncio.get_running_loop().time() + 30
+            dave = await RawClient(f"dave@{DOMAIN}/stuck", "dave-pw-4",
+                                   server.ca_file).connect(server.port)
+            dave.stop_reading()
+            carol = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__).parent / "flood.py"), str(server.port),
+                str(server.ca_file), f"carol@{DOMAIN}/flood", "carol-pw-3",
+                f"dave@{DOMAIN}/stuck", "6000", "2000", stdout=subprocess.PIPE)
+            flowing = 0
             while "closing: resource-constraint" not in server.log():
-                assert asyncio.get_running_loop().time() < deadline, "never closed"
-                await asyncio.sleep(0.2)
-            flowing = await chat.progress(1.0)
-            bounced = 0
-            while not carol.received.empty():
-                bounced += carol.received.get_nowait()["type"] == "error"
-            await bob.close()
-            await carol.offline()
-            later = await Client(f"bob@{DOMAIN}/again", "bob-pw-2",
+                flowing += await chat.progress(0.5)
+                assert carol.returncode is None or flowing, "never closed"
+            flowing_after = await chat.progress(1.0)
+            bounced = int((await asyncio.wait_for(carol.communicate(), 90))[0])
+            await dave.close()
+            later = await Client(f"dave@{DOMAIN}/again", "dave-pw-4",
                                  server.ca_file).online(server.port)
             first = await next_item(later.received)
             await later.offline()
-            return flowing, first, bounced
+            return flowing, flowing_after, first, bounced
 
-    flowing, first, bounced = run(scenario())
-    assert flowing > 0
+    flowing, flowing_after, first, bounced = run(scenario())
+    assert flowing > 0 and flowing_after > 0
     assert first["delay"]["stamp"] is not None          # it waited in offline storage
-    assert bounced > 0 and "a message bounced to its sender" in server.log()
+    assert bounced > 0 and "messages bounced to their senders" in server.log()

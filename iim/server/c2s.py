@@ -233,8 +233,9 @@ class ClientSession:
             self._send_stanza(self._backlog.popleft())
 
     def _return_backlog(self) -> None:
-        while self._backlog:
-            self.ctx.router.keep_for_later(self, self._backlog.popleft())
+        if self._backlog:
+            backlog, self._backlog = list(self._backlog), deque()
+            self.ctx.router.keep_all_for_later(self, backlog)
 
     # -- ending ---------------------------------------------------------------------
 

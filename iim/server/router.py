@@ -317,7 +317,7 @@ class Router:
         try:
             self.store_offline(bare, message)
         except StorageFull:
-            self.log.info("%s: offline storage full, message refused", bare)
+            self.log.debug("%s: offline storage full, message refused", bare)
             raise StanzaError(Cond.SERVICE_UNAVAILABLE) from None
 
     # -- iq (RFC 6120 §8.2.3, §10; RFC 6121 §8.5) -----------------------------------------
@@ -409,13 +409,17 @@ class Router:
 
     def store_offline(self, user: JID, stanza: Element) -> None:
         """Keep ``stanza`` for ``user``, stamped with a delay; raises ``StorageFull``."""
+        self.storage.store_offline(user.local, self._stamped(stanza))
+
+    def _stamped(self, stanza: Element) -> bytes:
+        """The stored form: XEP-0203 delay added (the first stamp is kept)."""
         stored = copy_stanza(stanza)
-        if stored.find(q(DELAY_NS, "delay")) is None:       # keep the first stamp
+        if stored.find(q(DELAY_NS, "delay")) is None:
             delay = Element(q(DELAY_NS, "delay"), {"from": self.domain,
                                                    "stamp": _stamp(self.clock())})
             delay.text = "Offline storage"
             stored.append(delay)
-        self.storage.store_offline(user.local, to_bytes(stored, ns=CLIENT_NS))
+        return to_bytes(stored, ns=CLIENT_NS)
 
     def stored(self, user: JID, tag: str | None = None) -> list[tuple[int, Element]]:
         """The user's stored stanzas (id, element), oldest first; only ``tag`` ones if given."""
@@ -461,20 +465,25 @@ class Router:
         goes back to offline storage for the next login; when storage is full,
         its sender gets it back as a <service-unavailable/> error. Nothing
         vanishes silently. True when kept."""
-        if stanza.tag != MESSAGE or session.jid is None:
-            return False
-        if stanza.get("type") in ("error", "groupchat", "headline") or not _worth_storing(stanza):
-            return False
-        try:
-            self.store_offline(session.jid.bare, stanza)
-        except StorageFull:
-            self.log.warning("%s: offline storage full, a message bounced to its sender",
-                             session.jid.bare)
-            reply = bounce(stanza, Cond.SERVICE_UNAVAILABLE)     # the sender learns of it
+        return self.keep_all_for_later(session, [stanza]) == 1
+
+    def keep_all_for_later(self, session: SessionHandle, stanzas: list[Element]) -> int:
+        """``keep_for_later`` for a whole backlog, in one storage transaction
+        (one disk sync, not one per message). Returns how many were kept."""
+        if session.jid is None:
+            return 0
+        keep = [s for s in stanzas if s.tag == MESSAGE and _worth_storing(s)
+                and s.get("type") not in ("error", "groupchat", "headline")]
+        kept = self.storage.store_offline_many(session.jid.local,
+                                               [self._stamped(s) for s in keep])
+        for refused in keep[kept:]:
+            reply = bounce(refused, Cond.SERVICE_UNAVAILABLE)     # the sender learns of it
             if reply is not None:
                 self._deliver_local(reply)
-            return False
-        return True
+        if len(keep) > kept:
+            self.log.warning("%s: offline storage full: %d messages bounced to their senders",
+                             session.jid.bare, len(keep) - kept)
+        return kept
 
 
 # -- helpers -------------------------------------------------------------------------------

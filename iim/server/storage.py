@@ -321,6 +321,19 @@ class Storage:
                 (username, bytes(stanza)))
             return cursor.lastrowid
 
+    def store_offline_many(self, username: str, stanzas: list[bytes]) -> int:
+        """Keep as many of ``stanzas`` as the limit allows, in order, in one
+        transaction (one disk sync for a whole backlog); return how many."""
+        with self._write():
+            self._require_user(username)
+            count = self._one("SELECT count(*) FROM offline_messages WHERE username = ?",
+                              username)[0]
+            room = max(0, self.offline_limit - count)
+            self._db.executemany(
+                "INSERT INTO offline_messages (username, stanza) VALUES (?, ?)",
+                [(username, bytes(stanza)) for stanza in stanzas[:room]])
+            return min(room, len(stanzas))
+
     def offline_messages(self, username: str, prefix: bytes = b"") -> list[tuple[int, bytes]]:
         """The user's stored stanzas as (id, stanza), oldest first; with
         ``prefix``, only those starting with it, filtered in SQLite (so asking
