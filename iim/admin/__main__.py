@@ -13,15 +13,16 @@ The configuration file is -c FILE, else $IIM_CONF, else ./iim.conf.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from iim import conf
 
 from .users import add_user_parser
 
 
 def _config_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("IIM_CONF") or "iim.conf")
+    return conf.config_path(value)
 
 
 def cmd_check(args) -> int:

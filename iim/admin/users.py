@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from pathlib import Path
 
@@ -166,7 +165,7 @@ def database_path(args) -> Path:
     """``--db``, else iim_server.database from iim.conf (default: iim.db beside it)."""
     if args.db:
         return Path(args.db)
-    config = Path(args.config or os.environ.get("IIM_CONF") or "iim.conf")
+    config = conf.config_path(args.config)
     try:
         return conf.load(config, check_files=False).server.database
     except conf.ConfigError as err:

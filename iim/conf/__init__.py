@@ -22,6 +22,7 @@ from .syntax import RawConfig, RawValue, lex, lex_bytes, parse_text
 from .values import HostPort, format_value
 
 __all__ = [
+    "config_path",
     "ComponentLog", "Config", "ConfigError", "CoserverSettings", "Diagnostic", "HostPort",
     "KNOWN_PARAMETERS", "LogSettings", "MuxSettings", "RawConfig", "RawValue",
     "ServerSettings", "Severity", "format_value", "from_text", "load", "parse_text",
@@ -68,3 +69,8 @@ def _read(source: str) -> bytes:
         raise ConfigError([Diagnostic(source, None, None,
                                       f"larger than {MAX_FILE_SIZE} bytes; not an iim.conf")])
     return data
+
+
+def config_path(option: str | None = None) -> Path:
+    """The iim.conf a command reads: ``-c FILE``, else $IIM_CONF, else ./iim.conf."""
+    return Path(option or os.environ.get("IIM_CONF") or "iim.conf")

@@ -28,7 +28,7 @@ FD_MARGIN = 100
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    path = Path(args.config or os.environ.get("IIM_CONF") or "iim.conf")
+    path = conf.config_path(args.config)
     try:
         config = conf.load(path)
     except conf.ConfigError as err:

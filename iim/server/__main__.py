@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
-from pathlib import Path
 
 from iim import conf
 from iim import log as iim_log
@@ -29,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="iim.conf (default: $IIM_CONF, else ./iim.conf)")
     args = parser.parse_args(argv)
-    path = Path(args.config or os.environ.get("IIM_CONF") or "iim.conf")
+    path = conf.config_path(args.config)
     try:
         config = conf.load(path)
     except conf.ConfigError as err:
