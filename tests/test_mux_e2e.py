@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from live import DOMAIN, Client, LiveServer, free_port, next_item
 from nsstools import NSSDatabase

@@ -6,7 +6,6 @@ test CA) and refuses to continue without TLS.
 
 import asyncio
 import subprocess
-import time
 
 import pytest
 

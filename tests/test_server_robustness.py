@@ -203,7 +203,6 @@ def _server_rss_kb(server) -> int:
 
 
 def test_a_client_that_stops_reading_gets_everything_in_order_when_it_resumes(server):
-    from xml.etree.ElementTree import Element, SubElement
     from rawclient import RawClient
 
     async def scenario():
