@@ -16,8 +16,9 @@ from iim.xmpp.jid import JID
 
 
 class RawClient:
-    def __init__(self, jid: str, password: str, ca_file) -> None:
-        self.stream = ClientStream(JID.parse(jid), password)
+    def __init__(self, jid: str, password: str, ca_file, *, tls=None) -> None:
+        self.stream = ClientStream(JID.parse(jid), password,
+                                   **({"tls": tls} if tls is not None else {}))
         self.ctx = ssl.create_default_context(cafile=str(ca_file))
         self.tls: TLSLayer | None = None
         self.stanzas: list = []

@@ -267,16 +267,17 @@ class ClientSession:
         self._watchdog.cancel()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
-        if write and self.tls is not None and self.tls.handshake_done:
-            try:
+        try:
+            if write and self.tls is not None and self.tls.handshake_done:
                 self.carrier.write(self.tls.close())
-            except TLSFailed:
-                pass
-        self.carrier.close()
-        self._return_backlog()
-        if self._bound:
-            self.ctx.router.session_ended(self)
-            self.ctx.log.info("c2s %s: logout %s", self.carrier.peer, self.jid)
+            self.carrier.close()
+        except (OSError, TLSFailed) as exc:     # the peer is gone already: carry on
+            self.ctx.log.debug("c2s %s: while closing: %s", self.carrier.peer, exc)
+        finally:                                # the bookkeeping happens whatever the socket did
+            self._return_backlog()
+            if self._bound:
+                self.ctx.router.session_ended(self)
+                self.ctx.log.info("c2s %s: logout %s", self.carrier.peer, self.jid)
 
     # -- timers --------------------------------------------------------------------
 

@@ -39,7 +39,11 @@ class SocketCarrier:
             self.transport.close()
             return
         self.lingering = True
-        self.transport.write_eof()
+        try:
+            self.transport.write_eof()
+        except OSError:                       # the peer already reset the connection
+            self.transport.abort()
+            return
         self.transport.resume_reading()       # read and discard what the peer still sends
         # abort(), not close(): close() would wait for a non-reading peer forever
         asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.abort)

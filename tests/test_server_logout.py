@@ -1,0 +1,39 @@
+"""A client that sends </stream:stream> and drops the connection at once is
+still logged out: its presence goes unavailable, its session is forgotten."""
+
+import asyncio
+
+import pytest
+
+from iim.xmpp.client_stream import TLSMode
+from live import DOMAIN, LiveServer
+from rawclient import RawClient
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ca):
+    live = LiveServer(tmp_path_factory.mktemp("logout"), ca, tls=False)
+    live.add_users()
+    live.start()
+    yield live
+    assert live.stop() == 0
+
+
+def test_close_right_after_the_closing_tag_still_logs_out(server):
+    count = 100
+
+    async def scenario():
+        clients = [await RawClient(f"alice@{DOMAIN}/quick{n}", "alice-pw-1", server.ca_file,
+                                   tls=TLSMode.OPTIONAL).connect(server.port)
+                   for n in range(count)]
+        for client in clients:                 # closing tag, then close at once (RFC 6120
+            client.stream.close()              # §4.4 asks clients to wait; many do not)
+            client._flush()
+            client._reading.cancel()
+            client.writer.close()
+        await asyncio.sleep(1.5)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    log = server.log()
+    missing = [n for n in range(count) if f"logout alice@localhost/quick{n}\n" not in log]
+    assert missing == []
