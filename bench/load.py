@@ -511,7 +511,7 @@ async def run(args, server: ServerProcess, ca) -> dict:
     result["ended_streams"] = list(traffic.ended_streams)
 
     result["not_closed_by_server"] = await log_out(clients, args.logout == "polite")
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(SETTLE_AFTER_LOGOUT)
     result["rss_after_logout_kb"] = server.rss_kb() if server.alive() else None
     result["cycles"] = [(result["rss_logged_in_kb"], result["rss_after_logout_kb"])]
     for _ in range(args.cycles - 1):                # log everybody in and out again
@@ -521,10 +521,15 @@ async def run(args, server: ServerProcess, ca) -> dict:
         await asyncio.sleep(1.0)
         logged_in = server.rss_kb()
         result["not_closed_by_server"] += await log_out(clients, args.logout == "polite")
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(SETTLE_AFTER_LOGOUT)
         result["cycles"].append((logged_in, server.rss_kb()))
     result["sessions_left"] = server.sessions_left()
     return result
+
+
+#: Seconds between the last logout and reading RSS: the server returns freed
+#: memory to the system within a few seconds of a burst of logouts.
+SETTLE_AFTER_LOGOUT = 5.0
 
 
 async def log_out(clients: list[BenchClient], polite: bool) -> int:
