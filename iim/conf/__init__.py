@@ -23,6 +23,7 @@ from .values import HostPort, format_value
 
 __all__ = [
     "config_path",
+    "load_for_command",
     "ComponentLog", "Config", "ConfigError", "CoserverSettings", "Diagnostic", "HostPort",
     "KNOWN_PARAMETERS", "LogSettings", "MuxSettings", "RawConfig", "RawValue",
     "ServerSettings", "Severity", "format_value", "from_text", "load", "parse_text",
@@ -74,3 +75,14 @@ def _read(source: str) -> bytes:
 def config_path(option: str | None = None) -> Path:
     """The iim.conf a command reads: ``-c FILE``, else $IIM_CONF, else ./iim.conf."""
     return Path(option or os.environ.get("IIM_CONF") or "iim.conf")
+
+
+def load_for_command(option: str | None = None) -> Config:
+    """What ``python -m iim.server`` / ``iim.mux`` start with: the
+    configuration, or its errors on standard error and exit status 1."""
+    import sys
+    try:
+        return load(config_path(option))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(1) from None

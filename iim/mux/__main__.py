@@ -27,12 +27,7 @@ FD_MARGIN = 100
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    path = conf.config_path(args.config)
-    try:
-        config = conf.load(path)
-    except conf.ConfigError as err:
-        print(err, file=sys.stderr)
-        return 1
+    config = conf.load_for_command(args.config)
     log = iim_log.setup("mux", config.log.mux)
     _, hard = raise_nofile()
     if args.worker is not None:
@@ -46,7 +41,7 @@ def main(argv=None) -> int:
         return 1
     from .supervisor import Supervisor
     instances = args.instances or config.mux.numinstances
-    return Supervisor(path, instances, log).run()
+    return Supervisor(conf.config_path(args.config), instances, log).run()
 
 
 def nofile_warning(maxsessions: int, hard_limit: int) -> str | None:

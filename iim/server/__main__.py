@@ -27,12 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="iim.conf (default: $IIM_CONF, else ./iim.conf)")
     args = parser.parse_args(argv)
-    path = conf.config_path(args.config)
-    try:
-        config = conf.load(path)
-    except conf.ConfigError as err:
-        print(err, file=sys.stderr)
-        return 1
+    config = conf.load_for_command(args.config)
     log = iim_log.setup("server", config.log.server)
     for warning in config.warnings:
         log.warning("%s", warning)
