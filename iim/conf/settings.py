@@ -104,6 +104,11 @@ LOG_PARAMS = (
     _Param("maxlogfiles", positive, "10"),
 )
 
+#: ``iim.*`` parameters of the instance as a whole (both processes and iim.admin).
+INSTANCE_PARAMS = (
+    _Param("instancevardir", parse_path, "."),
+)
+
 #: Section prefix -> its parameters.  Coservers live under "iim_server.<name>.".
 _SECTIONS = {
     "iim_server.": SERVER_PARAMS,
@@ -116,6 +121,7 @@ _SECTIONS = {
 KNOWN_PARAMETERS: tuple[str, ...] = tuple(
     [prefix + p.name for prefix, params in _SECTIONS.items() for p in params]
     + ["iim_server.coserverN." + p.name for p in COSERVER_PARAMS]
+    + ["iim." + p.name for p in INSTANCE_PARAMS]
 )
 
 
@@ -255,6 +261,9 @@ class Config:
     raw: RawConfig = field(repr=False)
     source: str = "iim.conf"
     """The file name used in diagnostics (the path as given)."""
+    instancevardir: Path | None = None
+    """``iim.instancevardir``: the runtime folder (pid files, control sockets,
+    captured standard error); default: the folder holding iim.conf."""
 
     def line_of(self, param: str) -> int | None:
         """The line that set `param`, or None when it has its default."""
@@ -330,6 +339,7 @@ def build(lexed: Lexed, source: str, path: Path | None, base_dir: Path,
     mux = MuxSettings(**reader.section("iim_mux.", MUX_PARAMS))
     coservers = _coservers(reader, server)
     log = LogSettings(_log(reader, "iim_server"), _log(reader, "iim_mux"))
+    instancevardir = reader.value("iim.instancevardir", INSTANCE_PARAMS[0])
     _check_legacy_ssl(reader, mux)
     _warn_unknown(reader, server)
     if check_files:
@@ -339,7 +349,7 @@ def build(lexed: Lexed, source: str, path: Path | None, base_dir: Path,
     if errors:
         raise ConfigError(errors, warnings)
     return Config(path, base_dir, server, mux, coservers, log, tuple(warnings),
-                  lexed.raw, source)
+                  lexed.raw, source, instancevardir)
 
 
 def _by_line(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
