@@ -177,6 +177,21 @@ class ClientSession:
             parts.append("TLS at the multiplexor")
         return " inside ".join(parts) or "no TLS"
 
+    @property
+    def transport_security(self) -> str:
+        """For status: ``none``, ``legacy-ssl`` (TLS from the first byte, ended at
+        the multiplexor), ``tls`` (STARTTLS with this server: end to end) or
+        ``both`` (STARTTLS inside legacy SSL)."""
+        starttls = self.tls is not None and self.tls.handshake_done
+        legacy = self.stream.transport_secure
+        return {(False, False): "none", (True, False): "legacy-ssl",
+                (False, True): "tls", (True, True): "both"}[(legacy, starttls)]
+
+    @property
+    def established(self) -> bool:
+        """Logged in and bound (no longer negotiating)."""
+        return self.jid is not None and not self.closed
+
     def _ended(self, event: StreamEnded) -> None:
         if event.error is not None:
             who = "peer sent" if event.sent_by_peer else "sent"
