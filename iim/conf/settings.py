@@ -21,7 +21,8 @@ from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
     parse_listen, parse_log_url, parse_names, parse_nonempty, parse_path, parse_peer,
-    parse_networks, parse_severity, parse_size, parse_text_value, positive, split_nss_kind,
+    parse_host_overrides, parse_nameservers, parse_networks, parse_severity, parse_size,
+    parse_text_value, positive, split_nss_kind,
 )
 
 __all__ = [
@@ -70,6 +71,11 @@ SERVER_PARAMS = (
     _Param("max_unauthenticated", positive, "5000"),
     _Param("muxlink_allow", parse_networks, "127.0.0.0/8, ::1"),
     _Param("muxlink_secretfile", optional(parse_path)),
+    _Param("s2s_hosts", parse_host_overrides, ""),
+    _Param("s2s_nameservers", parse_nameservers, ""),
+    _Param("dialback_secretfile", optional(parse_path)),
+    _Param("s2s_idle_timeout", at_least(10, "expected a number of seconds, at least 10"), "600"),
+    _Param("s2s_queue_limit", positive, "1000"),
 )
 
 MUX_PARAMS = (
@@ -169,6 +175,16 @@ class ServerSettings:
     """Networks multiplexor links may come from (default: loopback only)."""
     muxlink_secretfile: Path | None
     """Password file with the secret multiplexor links must prove; None: none."""
+    s2s_hosts: tuple = ()
+    """(domain, HostPort) pairs: where to reach a domain instead of DNS SRV."""
+    s2s_nameservers: tuple = ()
+    """HostPort DNS servers for SRV/A lookups; empty: the system's."""
+    dialback_secretfile: Path | None = None
+    """Password file with the dialback secret (XEP-0185); None: random per start."""
+    s2s_idle_timeout: int = 600
+    """Seconds an s2s stream may carry nothing before it is closed."""
+    s2s_queue_limit: int = 1000
+    """Stanzas waiting for one remote domain while its connection is set up."""
 
 
 @dataclass(frozen=True)

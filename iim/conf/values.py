@@ -247,6 +247,36 @@ def parse_networks(text: str) -> tuple:
     return networks
 
 
+def parse_host_overrides(text: str) -> tuple[tuple[str, HostPort], ...]:
+    """``domain=host[:port], ...``: where to reach a domain instead of DNS."""
+    expected = 'expected "domain=host[:port], ..." such as "example.org=10.0.0.5:5269"'
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        domain, equals, where = item.partition("=")
+        if not equals:
+            raise Invalid(expected)
+        try:
+            pairs.append((parse_domain(domain.strip()), parse_peer(where.strip())))
+        except Invalid:
+            raise Invalid(expected) from None
+    return tuple(pairs)
+
+
+def parse_nameservers(text: str) -> tuple[HostPort, ...]:
+    """DNS servers as ``address[:port], ...`` (port 53 unless given)."""
+    expected = "expected DNS server addresses, such as \"127.0.0.1:5353, [::1]\""
+    servers = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            host, port = _split_host_port(item, expected)
+            if host is None:
+                raise Invalid(expected)
+            servers.append(HostPort(host, 53 if port is None else _port(port, expected)))
+    return tuple(servers)
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     """A comma-separated list of names, lower-cased, without repeats."""
     names = [name.strip().lower() for name in text.split(",")]
