@@ -45,7 +45,9 @@ def load_tls_context(config: Config, log: logging.Logger | None = None) -> ssl.S
     if log:
         log.info("certificate %s from %s (alias %s)",
                  material.certificate.subject.rfc4514_string(), material.source, material.alias)
-    return server_context(material)
+    context = server_context(material)
+    context.iim_certificate = material.certificate      # for iim.admin status
+    return context
 
 
 class Server:
@@ -139,6 +141,20 @@ class Server:
                 self.ctx.tls_context
         except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the server
             self.log.error("certificate reload failed, keeping the old one: %s", exc)
+
+    # -- administration: iim.admin status / refresh (iim/server/control.py) --------------
+
+    def status(self) -> dict:
+        """Sessions by transport security, mux links, s2s peers, certificate (JSON-ready)."""
+        from .control import describe
+        return describe(self)
+
+    def refresh(self, new_config: Config) -> dict:
+        """Apply a re-read iim.conf and keystore to new connections without dropping
+        a session; which changed parameters need a restart. RefreshRefused (one
+        line, nothing changed) when it cannot be applied."""
+        from .control import apply_refresh
+        return apply_refresh(self, new_config)
 
     async def stop(self) -> None:
         if getattr(self, "_trimmer", None) is not None:
