@@ -6,6 +6,8 @@ Commands:
   dev-setup  write a development configuration (CA, keystore, NSS database,
              password file, iim.conf) into a folder
   user       add, change the password of, delete or list users
+  verify     connect as a client would and say whether the connection is
+             secure (TLS version, cipher, certificate chain, where TLS ends)
 
 The configuration file is -c FILE, else $IIM_CONF, else ./iim.conf.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from iim import conf
 
 from .users import add_user_parser
+from .verify import add_verify_parser
 
 
 def _config_path(value: str | None) -> Path:
@@ -76,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
                      help="print how to connect (users and their passwords, CA file)")
     dev.set_defaults(run=cmd_dev_setup)
     add_user_parser(commands)
+    add_verify_parser(commands)
     return top
 
 
