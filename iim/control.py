@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["ControlFailed", "ControlThread", "ControlUnavailable", "MAX_MESSAGE", "ask",
-           "bind", "decode", "encode", "peer_allowed"]
+           "bind", "certificate_info", "decode", "encode", "one_line", "peer_allowed"]
 
 MAX_MESSAGE = 1 << 20
 #: Seconds iim.admin waits for an answer (a refresh may re-read keystores).
@@ -209,3 +209,21 @@ class ControlThread(threading.Thread):
             pass
         self.sock.close()
         unlink(self.path)
+
+
+def certificate_info(cert) -> dict | None:
+    """What status shows of a certificate: names, serial (hex), validity (ISO 8601)."""
+    if cert is None:
+        return None
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": f"{cert.serial_number:x}",
+            "not_before": cert.not_valid_before_utc.isoformat(),
+            "not_after": cert.not_valid_after_utc.isoformat()}
+
+
+def one_line(err: Exception) -> str:
+    """A configuration error as one line: the first finding, and how many more."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"

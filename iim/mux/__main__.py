@@ -7,7 +7,13 @@ over iim_mux.maxthreads links. SIGTERM or SIGINT stops it (exit status 0);
 SIGHUP makes the workers reload the legacy-SSL certificate.
 
 The link's shared secret is read from the file named by
-$IIM_MUXLINK_SECRET_FILE (one line, the sslpassword.conf format), if set.
+iim_mux.muxlink_secretfile (one line, the sslpassword.conf format), if set.
+
+With --managed (what `python -m iim.admin start` runs) the supervisor also
+claims its runtime folder (iim.instancevardir): mux.pid, locked while it
+runs, and the control socket mux.sock on which iim.admin asks for status
+(workers, links, sessions, certificate), refresh (iim.conf and the NSS
+certificate re-read, connected clients untouched) and stop.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import os
 import sys
 
-from iim import conf
+from iim import conf, runtime
 from iim import log as iim_log
 from iim.keys.errors import KeyMaterialError
 from iim.limits import raise_nofile
@@ -39,9 +45,20 @@ def main(argv=None) -> int:
         log.warning("%s", line)
     if config.mux.usessl and not _key_material_ok(config, log):
         return 1
+    return _supervise(config, args, log)
+
+
+def _supervise(config, args, log) -> int:
     from .supervisor import Supervisor
     instances = args.instances or config.mux.numinstances
-    return Supervisor(conf.config_path(args.config), instances, log).run()
+    try:
+        with runtime.claimed(config, "mux", args.managed) as claim:
+            return Supervisor(conf.config_path(args.config), instances, log, config=config,
+                              runtime=claim).run()
+    except (runtime.AlreadyRunning, runtime.RuntimeFolderError) as err:
+        log.critical("%s", err)
+        print(err, file=sys.stderr)
+        return 1
 
 
 def nofile_warning(maxsessions: int, hard_limit: int) -> str | None:
@@ -72,7 +89,11 @@ def _worker(config, args, log) -> int:
     if args.ticket_key_fd is not None:
         with os.fdopen(args.ticket_key_fd, "rb") as pipe:
             ticket_keys = pipe.read()
-    return serve(config, args.worker, log, ticket_keys)
+    control = None
+    if args.control_fd is not None:
+        from .control import WorkerControl
+        control = WorkerControl(args.control_fd, config, args.worker, ticket_keys, log)
+    return serve(config, args.worker, log, ticket_keys, control)
 
 
 def _instances(text: str) -> int:
@@ -89,8 +110,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="iim.conf (default: $IIM_CONF, else ./iim.conf)")
     parser.add_argument("--instances", type=_instances, metavar="N",
                         help="worker processes (overrides iim_mux.numinstances)")
+    parser.add_argument("--managed", action="store_true",
+                        help="claim iim.instancevardir: write mux.pid and answer "
+                             "`python -m iim.admin status|refresh|stop` on mux.sock "
+                             "(iim.admin start passes it)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ticket-key-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     return parser
 
 

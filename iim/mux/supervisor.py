@@ -15,6 +15,11 @@ Signals: SIGTERM/SIGINT are passed to the workers, which stop relaying and
 exit; the supervisor then exits 0. SIGHUP is passed on (the workers reload
 the certificate).
 
+Control (iim/mux/control.py): each worker gets one end of a socketpair
+(``--control-fd``) on which the supervisor asks for its status and has it
+refresh; a managed supervisor (``--managed``) serves ``mux.sock`` in the
+runtime folder for ``iim.admin status|refresh|stop``.
+
 The workers share one set of TLS session ticket keys, made here and passed
 through a pipe, so a client resumes its TLS session whichever worker the
 kernel hands its next connection to, and across worker restarts.
@@ -26,12 +31,15 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from iim import conf
 
 __all__ = ["EXIT_STARTUP", "Supervisor"]
 
@@ -59,13 +67,19 @@ class _Slot:
     delay: float = 0.0
     restart_at: float | None = None
     ever_ran: bool = False
+    channel: socket.socket | None = None        # our end of its control socketpair
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, instances: int, log: logging.Logger) -> None:
+    def __init__(self, config_path: Path, instances: int, log: logging.Logger, *,
+                 config=None, runtime=None) -> None:
         self.config_path = Path(config_path).resolve()
         self.slots = [_Slot(k) for k in range(instances)]
         self.log = log
+        self.config = config if config is not None else conf.load(self.config_path)
+        self.runtime = runtime          # iim.runtime.Runtime when managed
+        self.control = None
         self._ticket_keys = secrets.token_bytes(TICKET_KEY_BYTES)
         self._wake = threading.Event()
         self._signals: set[int] = set()
@@ -74,13 +88,56 @@ class Supervisor:
         """Start the workers, keep them alive until SIGTERM/SIGINT; the exit status."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        self._start_control()
         for slot in self.slots:
             self._spawn(slot)
         self.log.info("multiplexor supervisor (pid %d): %d worker(s) started", os.getpid(),
                       len(self.slots))
         status = self._watch()
+        if self.control is not None:
+            self.control.close()
         self._stop_all()
         return status
+
+    # -- administration: iim.admin status / refresh / stop (iim/mux/control.py) ----------
+
+    def _start_control(self) -> None:
+        if self.runtime is None:
+            return
+        from iim.runtime import RuntimeFolderError
+        from .control import SupervisorControl
+        socket_path = self.runtime.paths.socket
+        try:
+            self.control = SupervisorControl(self, socket_path, self.runtime.pidfile.started)
+        except OSError as exc:
+            raise RuntimeFolderError(f"iim.instancevardir: cannot listen on {socket_path}: "
+                                     f"{exc.strerror or exc}") from None
+        self.control.start()
+
+    def ask(self, slot: _Slot, op: str) -> dict:
+        """Worker ``slot``'s answer to ``op`` over its channel (any thread)."""
+        from .control import ask_worker
+        with slot.lock:
+            proc, channel = slot.proc, slot.channel
+            if proc is None or channel is None or proc.poll() is not None:
+                return {"ok": False, "instance": slot.instance, "error": "restarting"}
+            answer = ask_worker(channel, op)
+        return {**answer, "instance": slot.instance, "pid": proc.pid}
+
+    def status(self) -> dict:
+        """Workers, links, sessions and certificate (JSON-ready)."""
+        from .control import supervisor_status
+        return supervisor_status(self)
+
+    def refresh(self) -> dict:
+        """Re-read iim.conf; the workers reload the certificate; what needs a restart."""
+        from .control import supervisor_refresh
+        return supervisor_refresh(self)
+
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (any thread)."""
+        self._signals.add(signal.SIGTERM)
+        self._wake.set()
 
     def _on_signal(self, signum, _frame) -> None:
         self._signals.add(signum)
@@ -133,12 +190,22 @@ class Supervisor:
             os.write(write_end, self._ticket_keys)
         finally:
             os.close(write_end)
+        ours, theirs = socket.socketpair()
         argv = [sys.executable, "-m", "iim.mux", "-c", str(self.config_path),
-                "--worker", str(slot.instance), "--ticket-key-fd", str(read_end)]
+                "--worker", str(slot.instance), "--ticket-key-fd", str(read_end),
+                "--control-fd", str(theirs.fileno())]
         try:
-            slot.proc = subprocess.Popen(argv, pass_fds=(read_end,))
+            proc = subprocess.Popen(argv, pass_fds=(read_end, theirs.fileno()))
+        except BaseException:
+            ours.close()
+            raise
         finally:
             os.close(read_end)
+            theirs.close()
+        with slot.lock:
+            if slot.channel is not None:
+                slot.channel.close()
+            slot.proc, slot.channel = proc, ours
         slot.started = time.monotonic()
         slot.restart_at = None
         self.log.info("worker %d started (pid %d)", slot.instance, slot.proc.pid)

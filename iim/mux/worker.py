@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -149,6 +150,7 @@ class RelayThread(threading.Thread):
         self.relay: _fastmux.Relay | None = None
         self.retired: Counter = Counter()       # counters of the relays that ended
         self.refused_while_down = 0
+        self.last_error: str | None = None     # why the link last failed (for status)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._setting_up: socket.socket | None = None
@@ -222,6 +224,7 @@ class RelayThread(threading.Thread):
         except muxlink.LinkError as exc:
             if not self._stopping.is_set():
                 log.warning("%s: %s", self.name_for_log, exc)
+                self.last_error = str(exc)
             return None
         finally:
             self._register(None)
@@ -310,21 +313,22 @@ class Worker:
         except KeyMaterialError as exc:
             raise StartupError(str(exc)) from None
 
-    def reload_certificate(self) -> bool:
-        """SIGHUP: a new TLS context for new clients; False (logged) on failure."""
+    def reload_certificate(self, why: str = "SIGHUP") -> bool:
+        """SIGHUP (or a refresh): a new TLS context for new clients; False (logged)
+        on failure."""
         if not self.settings.usessl:
-            self.log.info("SIGHUP: iim_mux.usessl is off; no certificate to reload")
+            self.log.info("%s: iim_mux.usessl is off; no certificate to reload", why)
             return False
         try:
             ctx = self._tls_loader()
         except KeyMaterialError as exc:
-            self.log.error("SIGHUP: certificate not reloaded, keeping the current one: %s", exc)
+            self.log.error("%s: certificate not reloaded, keeping the current one: %s", why, exc)
             return False
         self.tls_context = ctx
         for thread in self.threads:
             thread.set_tls_context(ctx)
-        self.log.info("SIGHUP: certificate reloaded; new clients get it, connected ones "
-                      "keep theirs")
+        self.log.info("%s: certificate reloaded; new clients get it, connected ones "
+                      "keep theirs", why)
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -372,8 +376,11 @@ def link_secret(config: Config) -> bytes | None:
 
 
 def serve(config: Config, instance: int, log: logging.Logger,
-          ticket_keys: bytes | None = None) -> int:
-    """The worker process: relay until SIGTERM/SIGINT; SIGHUP reloads the certificate."""
+          ticket_keys: bytes | None = None, control=None) -> int:
+    """The worker process: relay until SIGTERM/SIGINT; SIGHUP reloads the certificate.
+
+    ``control`` (iim.mux.control.WorkerControl), when given, supplies the
+    certificate loader and answers the supervisor once the worker runs."""
     wake, flags = threading.Event(), set()
 
     def on_signal(signum, _frame):
@@ -384,12 +391,15 @@ def serve(config: Config, instance: int, log: logging.Logger,
         signal.signal(signum, on_signal)
     try:
         settings = WorkerSettings.from_config(config, instance, link_secret(config))
-        worker = Worker(settings, log,
+        worker = Worker(settings, log, control.loader if control is not None else
                         lambda: _tls_loader(config, ticket_keys, log))
         worker.start()
     except StartupError as exc:
         log.critical("worker %d: %s", instance, exc)
+        print(exc, file=sys.stderr)         # the one line iim.admin start reports
         return 2
+    if control is not None:
+        control.attach(worker)
     log.info("worker %d (pid %d): %d relay threads on %s, server %s:%d%s", instance, os.getpid(),
              settings.threads, settings.listen, settings.server_host, settings.server_port,
              ", legacy SSL" if settings.usessl else "")

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from iim import conf, control
+from iim.control import certificate_info, one_line
 from iim.conf import Config, ConfigError
 from iim.conf.changes import changed, merge
 from iim.keys.errors import KeyMaterialError
@@ -114,16 +115,6 @@ def _s2s(server) -> dict:
         return {"s2s": [], "s2s_error": f"{type(exc).__name__}: {exc}"}
 
 
-def certificate_info(cert) -> dict | None:
-    """Subject, issuer, serial and validity of an x509 certificate (None: none)."""
-    if cert is None:
-        return None
-    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
-            "serial": f"{cert.serial_number:x}",
-            "not_before": cert.not_valid_before_utc.isoformat(),
-            "not_after": cert.not_valid_after_utc.isoformat()}
-
-
 def _address(sockname) -> str:
     host, port = sockname[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -139,7 +130,7 @@ def reread(server) -> Config:
     try:
         return conf.load(path)
     except ConfigError as err:
-        raise RefreshRefused(_one_line(err)) from None
+        raise RefreshRefused(one_line(err)) from None
 
 
 def apply_refresh(server, new: Config) -> dict:
@@ -193,11 +184,6 @@ def _log_refresh(log: logging.Logger, running: Config, applied, restart) -> None
     if "iim_server.trust_all_cert" in applied and running.server.trust_all_cert:
         log.warning("iim_server.trust_all_cert is true: every peer certificate is "
                     "accepted; use this for testing only")
-
-
-def _one_line(err: ConfigError) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more)"
 
 
 # -- the socket -------------------------------------------------------------------------
