@@ -63,7 +63,7 @@ from iim.xmpp.client_stream import ClientStream, TLSMode
 from iim.xmpp.errors import StreamErrorCondition
 from iim.xmpp.events import Authenticated, SessionEstablished, StartTLS, StreamEnded
 from iim.xmpp.jid import JID, InvalidJID
-from iim.xmpp.ns import SASL_NS, STREAMS_NS, TLS_NS, q
+from iim.xmpp.ns import SASL_NS, TLS_NS, q
 
 __all__ = ["EXIT_CANNOT_CHECK", "EXIT_NOT_SECURE", "EXIT_SECURE", "add_verify_parser",
            "cmd_verify"]
@@ -706,9 +706,9 @@ def password_from_file(path: Path) -> str:
         for warning in found.warnings:
             print(f"verify: warning: {warning}", file=sys.stderr)
         return found.password
-    _warn_if_shared(path)
     if not first:
         raise CannotCheck(f"--password-file: {path}: the file is empty")
+    _warn_if_shared(path)
     return _strip_line_end(text.split("\n", 1)[0])
 
 
