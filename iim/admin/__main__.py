@@ -6,6 +6,8 @@ Commands:
   dev-setup  write a development configuration (CA, keystore, NSS database,
              password file, iim.conf) into a folder
   user       add, change the password of, delete or list users
+  keys       make a CA, server keys and requests, sign them, write keystores
+             and NSS databases (no keytool or certutil needed)
   verify     connect as a client would and say whether the connection is
              secure (TLS version, cipher, certificate chain, where TLS ends)
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from iim import conf
 
+from .keytools import add_keys_parser
 from .users import add_user_parser
 from .verify import add_verify_parser
 
@@ -80,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     dev.set_defaults(run=cmd_dev_setup)
     add_user_parser(commands)
     add_verify_parser(commands)
+    add_keys_parser(commands)
     return top
 
 

@@ -43,6 +43,21 @@ the process, we refuse rather than search their databases.
 A password callback is also installed for logins NSS may start by itself;
 it returns the password once and NULL on a retry, so a wrong password can
 never loop.
+
+*Writing* (``write``, for ``iim.admin keys make-nssdb``) is the one place
+the database is opened read-write, and only to make a new one: NSS creates
+the cert/key databases under the given prefixes, ``PK11_InitPin`` sets the
+password of the fresh key database (a database whose password was already
+set is refused: stage "not-new"), and after logging in the key is imported
+from its clear PKCS#8 encoding, which exists only in this process's memory,
+as a permanent, private and sensitive token object labelled with the
+nickname. NSS gives the key the id of its public value (the RSA modulus,
+the EC point), so the certificate imported next under the same nickname is
+paired with it and lists as a user certificate ("u,u,u"). CA certificates
+follow with the trust ``certutil -t`` would give them ("C,," for the root,
+none for intermediates). The Python caller (``iim.keys.nsswrite``) checks
+beforehand that no database is there and removes the files NSS created if a
+step fails.
 """
 
 import threading
@@ -50,12 +65,18 @@ import threading
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from iim.includes.nss cimport *
+from iim.includes.nss_write cimport *
 
 _lock = threading.Lock()
 
 # Trust flags that certutil -t writes for "C" (trusted CA for servers) and
 # "T" (trusted CA for clients); "c" (valid CA) alone is not trust.
 TRUSTED_CA_FLAGS = CERTDB_TRUSTED_CA | CERTDB_TRUSTED_CLIENT_CA
+
+# Reading never writes (see above); writing creates what it cannot find.
+# Neither loads the built-in Mozilla roots.
+cdef PRUint32 READ_FLAGS = NSS_INIT_READONLY | NSS_INIT_NOROOTINIT | NSS_INIT_OPTIMIZESPACE
+cdef PRUint32 WRITE_FLAGS = NSS_INIT_NOROOTINIT | NSS_INIT_OPTIMIZESPACE
 
 NSS_InitializePRErrorTable()
 
@@ -64,7 +85,8 @@ class NSSError(Exception):
     """An NSS step failed.
 
     ``stage`` names the step ("in-use", "init", "login", "nickname", "key",
-    "export", "encode", "chain", "shutdown"), ``code`` is PORT_GetError() at
+    "export", "encode", "chain", "shutdown"; when writing also "not-new",
+    "password", "import-key", "import-cert", "trust"), ``code`` is PORT_GetError() at
     the time, ``name``/``text`` are NSS's own name and description of it.
     For "nickname", ``user_nicknames`` lists the certificates with keys.
     """
@@ -125,7 +147,7 @@ def read(bytes configdir, bytes certprefix, bytes keyprefix, bytes secmod,
     :class:`NSSError`. The database is closed again before returning.
     """
     with _lock:
-        context = _open(configdir, certprefix, keyprefix, secmod)
+        context = _open(configdir, certprefix, keyprefix, secmod, READ_FLAGS)
         try:
             contents = _read_open(nickname, password, transport_password, iterations)
         except BaseException:
@@ -146,13 +168,139 @@ cdef class _Context:
         return self
 
 
-cdef _Context _open(bytes configdir, bytes certprefix, bytes keyprefix, bytes secmod):
+def write(bytes configdir, bytes certprefix, bytes keyprefix, bytes secmod,
+          bytes password, bytes key_pkcs8, bytes public_value, bytes nickname,
+          tuple certificates):
+    """Create a database in ``configdir`` ("sql:DIR" or "dbm:DIR") and fill it.
+
+    ``password`` becomes the key database password. ``key_pkcs8`` (a clear
+    PKCS#8 PrivateKeyInfo, DER) is imported under ``nickname``;
+    ``public_value`` is its public value (RSA modulus or EC point), from
+    which NSS makes the key's id. ``certificates`` is ``((DER, nickname,
+    trust), ...)``, the key's certificate first; ``trust`` is a certutil
+    trust string such as b"C,," or None. Raises :class:`NSSError`.
+    """
+    with _lock:
+        context = _open(configdir, certprefix, keyprefix, secmod, WRITE_FLAGS)
+        try:
+            _write_open(password, key_pkcs8, public_value, nickname, certificates)
+        except BaseException:
+            _close(context, raise_busy=False)
+            raise
+        _close(context, raise_busy=True)
+
+
+cdef _write_open(bytes password, bytes key_pkcs8, bytes public_value, bytes nickname,
+                 tuple certificates):
+    cdef _Login login
+    login.password = password
+    cdef PK11SlotInfo *slot = PK11_GetInternalKeySlot()
+    if slot == NULL:
+        raise NSSError("init", PORT_GetError())
+    try:
+        _set_password(slot, password)
+        _log_in(slot, &login)
+        _import_key(slot, key_pkcs8, public_value, nickname, &login)
+        _import_user_certificate(slot, certificates[0][0], nickname, &login)
+        for der, cert_nickname, trust in certificates[1:]:
+            _import_certificate(slot, der, cert_nickname, trust)
+    finally:
+        PK11_Logout(slot)
+        PK11_FreeSlot(slot)
+
+
+cdef _set_password(PK11SlotInfo *slot, bytes password):
+    """The first password of a new key database (what certutil -N sets)."""
+    cdef SECStatus status
+    cdef const char *c_password = password
+    if not PK11_NeedUserInit(slot):
+        raise NSSError("not-new", 0)
+    with nogil:
+        status = PK11_InitPin(slot, NULL, c_password)
+    if status != SECSuccess:
+        raise NSSError("password", PORT_GetError())
+
+
+cdef _import_key(PK11SlotInfo *slot, bytes key_pkcs8, bytes public_value, bytes nickname,
+                 _Login *login):
+    cdef SECItem der = _item(key_pkcs8)
+    cdef SECItem label = _item(nickname)
+    cdef SECItem public = _item(public_value)
+    cdef SECKEYPrivateKey *key = NULL
+    cdef SECStatus status
+    with nogil:
+        status = PK11_ImportDERPrivateKeyInfoAndReturnKey(
+            slot, &der, &label, &public, PR_TRUE, PR_TRUE, KU_ALL, &key, login)
+    if status != SECSuccess:
+        raise NSSError("import-key", PORT_GetError())
+    SECKEY_DestroyPrivateKey(key)
+
+
+cdef _import_user_certificate(PK11SlotInfo *slot, bytes der, bytes nickname, _Login *login):
+    """The key's certificate, as pk12util imports it: the public key is
+    stored too (an sql database lists a certificate as a user certificate,
+    "u,u,u", only when it finds the public key without logging in), then
+    the certificate is tied to the key."""
+    cdef SECItem item = _item(der)
+    cdef char *c_nickname = nickname
+    cdef SECKEYPublicKey *public = NULL
+    cdef SECStatus status
+    cdef CERTCertificate *cert = CERT_NewTempCertificate(CERT_GetDefaultCertDB(), &item,
+                                                         NULL, PR_FALSE, PR_TRUE)
+    if cert == NULL:
+        raise NSSError("import-cert", PORT_GetError())
+    try:
+        public = CERT_ExtractPublicKey(cert)
+        if public == NULL:
+            raise NSSError("import-cert", PORT_GetError())
+        PK11_ImportPublicKey(slot, public, PR_TRUE)     # as pk12util: not fatal
+        with nogil:
+            status = PK11_ImportCertForKeyToSlot(slot, cert, c_nickname, PR_TRUE, login)
+        if status != SECSuccess:
+            raise NSSError("import-cert", PORT_GetError())
+    finally:
+        if public != NULL:
+            SECKEY_DestroyPublicKey(public)
+        CERT_DestroyCertificate(cert)
+
+
+cdef _import_certificate(PK11SlotInfo *slot, bytes der, bytes nickname, trust):
+    """certutil -A: a temporary certificate made permanent, then its trust."""
+    cdef SECItem item = _item(der)
+    cdef CERTCertTrust flags
+    cdef CERTCertificate *cert = CERT_NewTempCertificate(CERT_GetDefaultCertDB(), &item,
+                                                         NULL, PR_FALSE, PR_TRUE)
+    if cert == NULL:
+        raise NSSError("import-cert", PORT_GetError())
+    try:
+        if PK11_ImportCert(slot, cert, CK_INVALID_HANDLE, nickname, PR_FALSE) != SECSuccess:
+            raise NSSError("import-cert", PORT_GetError())
+        if trust is None:
+            return
+        if CERT_DecodeTrustString(&flags, <bytes>trust) != SECSuccess:
+            raise NSSError("trust", PORT_GetError())
+        if CERT_ChangeCertTrust(CERT_GetDefaultCertDB(), cert, &flags) != SECSuccess:
+            raise NSSError("trust", PORT_GetError())
+    finally:
+        CERT_DestroyCertificate(cert)
+
+
+cdef SECItem _item(bytes data):
+    """A SECItem over ``data``'s buffer (valid while ``data`` lives)."""
+    cdef SECItem item
+    item.type = siBuffer
+    item.data = <unsigned char *><char *>data
+    item.len = len(data)
+    return item
+
+
+cdef _Context _open(bytes configdir, bytes certprefix, bytes keyprefix, bytes secmod,
+                   PRUint32 flags):
     cdef NSSInitContext *context
     cdef const char *c_dir = configdir
     cdef const char *c_cert = certprefix
     cdef const char *c_key = keyprefix
     cdef const char *c_secmod = secmod
-    cdef PRUint32 flags = NSS_INIT_READONLY | NSS_INIT_NOROOTINIT | NSS_INIT_OPTIMIZESPACE
     if NSS_IsInitialized():
         raise NSSError("in-use", 0)
     with nogil:
