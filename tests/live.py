@@ -27,25 +27,28 @@ DOMAIN = "localhost"
 STOREPASS = "Live-Store-Pw-9"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class LiveServer:
     def __init__(self, folder: Path, ca, *, requiressl: bool = False, tls: bool = True,
-                 users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2")), extra: str = ""):
+                 users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2")), extra: str = "",
+                 domain: str = DOMAIN, host: str = "127.0.0.1", names=None):
         self.folder = folder
         self.ca = ca
-        self.port = free_port()
+        self.domain = domain
+        self.host = host
+        self.port = free_port(host)
         self.link_port = free_port()
         self.users = dict(users)
         folder.mkdir(parents=True, exist_ok=True)
         self.ca_file = folder / "ca.pem"
         self.ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
-        lines = [f'iim_server.domainname = "{DOMAIN}"',
-                 f'iim_server.port = "127.0.0.1:{self.port}"',
+        lines = [f'iim_server.domainname = "{domain}"',
+                 f'iim_server.port = "{host}:{self.port}"',
                  f'iim_mux.serverport = "127.0.0.1:{self.link_port}"',
                  f'iim_server.requiressl = "{str(requiressl).lower()}"',
                  'iim_server.database = "iim.db"',
@@ -53,7 +56,8 @@ class LiveServer:
                  'iim.log.iim_server.severity = "DEBUG"']
         if tls:
             if not (folder / "server.jks").exists():
-                make_store(folder / "server.jks", ca, [DOMAIN, "127.0.0.1"], storepass=STOREPASS)
+                make_store(folder / "server.jks", ca, names or [domain, "127.0.0.1"],
+                           storepass=STOREPASS)
             pw = folder / "sslpassword.conf"
             pw.write_text(f"Internal (Software) Token:{STOREPASS}\n")
             os.chmod(pw, 0o600)
@@ -74,7 +78,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.05)
@@ -144,8 +148,8 @@ class Client(slixmpp.ClientXMPP):
         self.send_presence()
         self.started.set()
 
-    async def online(self, port: int, timeout: float = 20) -> "Client":
-        self.connect("127.0.0.1", port)
+    async def online(self, port: int, timeout: float = 20, host: str = "127.0.0.1") -> "Client":
+        self.connect(host, port)
         done, _ = await asyncio.wait([asyncio.ensure_future(self.started.wait()),
                                       asyncio.ensure_future(self.failed.wait())],
                                      timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

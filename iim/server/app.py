@@ -23,6 +23,7 @@ from iim.xmpp.jid import InvalidJID, prepare_domainpart
 from iim.xmpp.server_stream import ServerPolicy
 
 from .c2s import SessionContext
+from .federation import Federation
 from .listener import ClientProtocol
 from .muxlink import start_mux_listener
 from .router import Router
@@ -47,6 +48,7 @@ def load_tls_context(config: Config, log: logging.Logger | None = None) -> ssl.S
                  material.certificate.subject.rfc4514_string(), material.source, material.alias)
     context = server_context(material)
     context.iim_certificate = material.certificate      # for iim.admin status
+    context.iim_material = material                     # for the federation's contexts
     return context
 
 
@@ -58,6 +60,7 @@ class Server:
         self.storage: Storage | None = None
         self.ctx: SessionContext | None = None
         self.mux_listener = None
+        self.federation: Federation | None = None
 
     async def start(self) -> None:
         soft, _ = raise_nofile()
@@ -82,6 +85,10 @@ class Server:
             negotiation_timeout=server.negotiation_timeout,
             stanza_timeout=server.stanza_timeout)
         if server.useport:
+            self.federation = Federation(self.config, self.ctx.router,
+                                         getattr(tls_context, "iim_material", None), self.log,
+                                         negotiating=self.ctx.negotiating)
+            self.ctx.router.federation = self.federation
             await self._listen(server.port)
         if server.usemuxport:
             await self._listen_for_mux()
@@ -106,7 +113,7 @@ class Server:
         limit = self.config.server.max_unauthenticated
         try:
             listener = await loop.create_server(
-                lambda: ClientProtocol(self.ctx, limit), where.host, where.port,
+                lambda: ClientProtocol(self.ctx, limit, self.federation), where.host, where.port,
                 reuse_address=True, backlog=1024)
         except OSError as exc:
             raise StartupError(f"iim_server.port: cannot listen on {where}: "
@@ -139,6 +146,8 @@ class Server:
         try:
             self.ctx.tls_context = load_tls_context(self.config, self.log) or \
                 self.ctx.tls_context
+            if self.federation is not None:
+                self.federation.use_material(getattr(self.ctx.tls_context, "iim_material", None))
         except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the server
             self.log.error("certificate reload failed, keeping the old one: %s", exc)
 
@@ -168,6 +177,8 @@ class Server:
             for session in list(self.ctx.sessions):
                 session.close(shutdown)
             self.ctx.router.shutdown()
+        if self.federation is not None:
+            self.federation.close()
         for listener in self.listeners:
             await listener.wait_closed()
         await self._drain_connections(timeout=5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from iim.xmpp.errors import StreamError, StreamErrorCondition
+from iim.xmpp.xml import CLIENT_NS, SERVER_NS, StreamOpened, StreamParser
 
 from .c2s import HIGH_WATER, ClientSession, SessionContext
 
@@ -53,42 +54,121 @@ class SocketCarrier:
 
 
 class ClientProtocol(asyncio.Protocol):
-    """One accepted TCP connection on the client/server port."""
+    """One accepted TCP connection on ``iim_server.port``.
 
-    def __init__(self, ctx: SessionContext, max_unauthenticated: int) -> None:
+    The port takes client streams (``jabber:client``: gateways that connect
+    directly) and server streams (``jabber:server``: federation). Until the
+    stream header has arrived, bytes are held and parsed by a throw-away
+    parser (``HeaderSniffer``); then they all go, unchanged, to a
+    ``ClientSession`` or to the federation's ``IncomingServerSession``, which
+    parse the header again and answer it. Anything that is not a usable
+    header (garbage, a TLS ClientHello, an oversized header) goes to a
+    ``ClientSession``, whose parser answers with the right stream error.
+    """
+
+    def __init__(self, ctx: SessionContext, max_unauthenticated: int,
+                 federation=None) -> None:
         self.ctx = ctx
         self.max_unauthenticated = max_unauthenticated
-        self.session: ClientSession | None = None
+        self.federation = federation
+        self.session = None
+        self._sniffer: HeaderSniffer | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
         self.ctx.connections.add(self)
         self.transport = transport
-        carrier = SocketCarrier(transport)
-        self.session = ClientSession(self.ctx, carrier)
-        if len(self.ctx.negotiating) > self.max_unauthenticated:
+        self.carrier = SocketCarrier(transport)
+        if len(self.ctx.negotiating) >= self.max_unauthenticated:
+            self.session = ClientSession(self.ctx, self.carrier)
             self.ctx.log.warning("c2s %s: refused: %d connections still negotiating",
-                                 carrier.peer, len(self.ctx.negotiating) - 1)
+                                 self.carrier.peer, len(self.ctx.negotiating) - 1)
             self.session.close(StreamError(StreamErrorCondition.RESOURCE_CONSTRAINT,
                                            "too many connections negotiating"))
+        elif self.federation is None:
+            self.session = ClientSession(self.ctx, self.carrier)
+        else:
+            self._sniffer = HeaderSniffer()
+            self._timer = asyncio.get_running_loop().call_later(
+                self.ctx.negotiation_timeout, self._no_header)
+            self.ctx.negotiating.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.session is None:
+            namespace = self._sniffer.feed(data)
+            if namespace is None:
+                return
+            self._choose(namespace)
+            data = self._sniffer.take()
         self.session.data_received(data)      # a closed session ignores it (lingering)
+
+    def _choose(self, namespace: str) -> None:
+        self._timer.cancel()
+        self.ctx.negotiating.discard(self)
+        if namespace == SERVER_NS:
+            self.session = self.federation.accept(self.carrier)
+        else:
+            self.session = ClientSession(self.ctx, self.carrier)
+
+    def _no_header(self) -> None:
+        """Nothing that parses as a header within the negotiation timeout."""
+        if self.session is None:
+            self._choose(CLIENT_NS)
+            self.session.data_received(self._sniffer.take())
+            if not self.session.closed:
+                self.session.close(StreamError(StreamErrorCondition.CONNECTION_TIMEOUT,
+                                               "no stream header"))
 
     def eof_received(self) -> bool:
         return False                          # close our side too
 
     def pause_writing(self) -> None:
-        """The client is not reading: stop reading its requests too (so no
+        """The peer is not reading: stop reading its requests too (so no
         request/reply pattern can queue unbounded replies) and hold stanzas."""
         self.transport.pause_reading()
-        self.session.pause_writing()
+        if self.session is not None and hasattr(self.session, "pause_writing"):
+            self.session.pause_writing()
 
     def resume_writing(self) -> None:
         self.transport.resume_reading()
-        self.session.resume_writing()
+        if self.session is not None and hasattr(self.session, "resume_writing"):
+            self.session.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
         if self.session is not None:
             self.session.connection_lost()
+        else:
+            self._timer.cancel()
+            self.ctx.negotiating.discard(self)
+
+
+class HeaderSniffer:
+    """Which content namespace does the stream header declare? (RFC 6120 §4.8.2)"""
+
+    LIMIT = 8192
+
+    def __init__(self) -> None:
+        self._parser = StreamParser(content_namespaces=(CLIENT_NS, SERVER_NS))
+        self._held = bytearray()
+        self._failed = False
+
+    def feed(self, data: bytes) -> str | None:
+        """The namespace once known (CLIENT_NS for anything unusable), else None."""
+        self._held += data
+        if self._failed:
+            return CLIENT_NS
+        try:
+            for event in self._parser.feed(data):
+                if isinstance(event, StreamOpened):
+                    return event.ns
+        except StreamError:
+            self._failed = True
+            return CLIENT_NS
+        if len(self._held) > self.LIMIT:
+            return CLIENT_NS
+        return None
+
+    def take(self) -> bytes:
+        held, self._held = bytes(self._held), bytearray()
+        return held

@@ -289,6 +289,20 @@ class Presence:
             for resource in self._available_resources(contact):
                 session.deliver(_addressed(resource.last, session.jid))
 
+    def answer_remote_probe(self, user: JID, prober: JID) -> None:
+        """§4.3.2: a probe from another domain. A subscriber gets the user's
+        current presence (unavailable when offline); anyone else gets
+        ``unsubscribed`` and learns nothing of the user's presence."""
+        if not self.state(user, prober.bare).has_from:
+            self._send(Element(PRESENCE, {"from": str(user), "type": "unsubscribed"}),
+                       prober.bare)
+            return
+        resources = self._available_resources(user)
+        for resource in resources:
+            self._send(resource.last, prober)
+        if not resources:
+            self._send(Element(PRESENCE, {"from": str(user), "type": "unavailable"}), prober)
+
     # -- subscriptions (§3, Appendix A) -----------------------------------------------
 
     def _outbound_subscription(self, session: "SessionHandle", stanza: Element,

@@ -34,8 +34,9 @@ Dispatch, by element and address:
   bare JID: answered on the user's behalf (RFC 6121 §8.5.2.1.3); a full JID:
   forwarded to that session, else ``<service-unavailable/>``. Results and
   errors nobody waits for are dropped.
-- another domain: ``route_remote``, the one place where federation will plug
-  in; until then it answers ``<remote-server-not-found/>``.
+- another domain: ``route_remote``, which hands the stanza to the federation
+  (``iim.server.federation``); stanzas from other domains come in through
+  ``stanza_from_remote`` (``iim.server.inbound``).
 
 Errors go back through ``bounce``, which never answers a stanza of type
 ``error`` (RFC 6120 §8.3.1: no error loops). A ``StanzaError`` raised by any
@@ -57,6 +58,7 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 from xml.etree.ElementTree import Element
 
+from iim.server.inbound import RemoteStanzas
 from iim.server.presence import Presence, copy_stanza
 from iim.server.roster import Roster
 from iim.server.services import IqType, Services
@@ -161,6 +163,8 @@ class Router:
                                  user, item))
         self.presence = Presence(self, self.roster, log=self.log)
         self.services = Services(self.domain)
+        self.federation = None          # iim.server.federation.Federation, when listening
+        self.remote = RemoteStanzas(self)
         self._handlers = {MESSAGE: self._message, PRESENCE: self.presence.from_client,
                           IQ: self._iq}
 
@@ -386,14 +390,25 @@ class Router:
                 session.deliver(stanza)
 
     def route_remote(self, stanza: Element) -> None:
-        """Send ``stanza`` to another domain. Federation plugs in here.
+        """Send ``stanza`` to another domain (``iim.server.federation``).
 
-        Until it does, the sender gets ``<remote-server-not-found/>`` (RFC 6120
-        §8.3.3.13).
+        Without federation (``iim_server.useport`` off), the sender gets
+        ``<remote-server-not-found/>`` (RFC 6120 §8.3.3.13).
         """
-        reply = bounce(stanza, Cond.REMOTE_SERVER_NOT_FOUND)
+        if self.federation is not None:
+            self.federation.send(stanza)
+        else:
+            self.bounce_to_local(stanza, Cond.REMOTE_SERVER_NOT_FOUND)
+
+    def bounce_to_local(self, stanza: Element, condition: StanzaErrorCondition) -> None:
+        """An error for a stanza that could not leave, to its local sender."""
+        reply = bounce(stanza, condition)
         if reply is not None:
             self._deliver_local(reply)
+
+    def stanza_from_remote(self, stanza: Element) -> None:
+        """A stanza another server sent us (``iim.server.inbound``)."""
+        self.remote.handle(stanza)
 
     def _deliver_local(self, stanza: Element) -> None:
         """An error the server generated, to the local entity that caused it."""

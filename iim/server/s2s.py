@@ -1,0 +1,418 @@
+"""Server-to-server connections: the asyncio side of ``iim.xmpp.s2s``.
+
+Theory of operation
+-------------------
+``IncomingServerSession`` serves a stream another server opened to our
+``iim_server.port`` (the listener hands it over once the stream header says
+``jabber:server``); ``OutgoingServerSession`` opens one to a remote domain.
+Both move bytes between a carrier and the sans-I/O stream, run TLS over memory
+BIOs (``iim.server.tls``) after STARTTLS, and report to the ``Federation``
+(``iim.server.federation``), which owns routing, queues and dialback checks.
+
+The certificate is judged here, right after the TLS handshake, with
+``iim.keys.trust.verify_peer`` for the peer's domain (DESIGN.md "TLS
+policy"): with ``trust_all_cert = false`` a certificate that fails is a
+refusal, logged with its one reason (expired, self-signed, unknown CA, name
+mismatch, ...); with ``trust_all_cert = true`` it is accepted and its summary
+logged. Either way SASL EXTERNAL is offered (incoming) only for a certificate
+that really verifies: ``trust_all_cert`` never lets a self-signed certificate
+*authenticate* a domain; such peers authenticate with dialback, whose check
+does not depend on the certificate.
+
+Timers: negotiation must finish within ``negotiation_timeout``
+(``<connection-timeout/>``); an authenticated stream that carries nothing for
+``s2s_idle_timeout`` is closed cleanly and opened again when needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+from xml.etree.ElementTree import Element
+
+from cryptography import x509
+
+from iim.keys.trust import Verdict, certificate_summary, verify_peer
+from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
+from iim.xmpp.events import StanzaReceived, StartTLS, StreamEnded
+from iim.xmpp.s2s import (
+    CoserverVerified, DialbackVerifyAnswered, DialbackVerifyNeeded, IncomingServerStream,
+    OutgoingServerStream, PeerAuthenticated, ReadyForDialback,
+)
+from iim.xmpp.stream import Phase
+
+from .c2s import _printable
+from .tls import TLSFailed, TLSLayer
+
+if TYPE_CHECKING:
+    from .federation import Federation
+
+Cond = StreamErrorCondition
+
+
+class _ServerLink:
+    """What both directions share: TLS, byte pumping, timers, ending."""
+
+    direction = ""
+
+    def __init__(self, fed: "Federation", carrier, stream) -> None:
+        self.fed = fed
+        self.carrier = carrier
+        self.stream = stream
+        self.tls: TLSLayer | None = None
+        self.chain: list[x509.Certificate] = []
+        self.closed = False
+        self.last_used = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(fed.negotiation_timeout, self._negotiation_expired)
+        self._idle = loop.call_later(fed.idle_timeout, self._check_idle)
+
+    @property
+    def peer(self) -> str:
+        return self.carrier.peer if self.carrier is not None else "?"
+
+    def log(self, level: str, message: str, *args) -> None:
+        getattr(self.fed.log, level)(f"s2s {self.direction} %s: {message}", self.name, *args)
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    # -- bytes in -------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            plain = self._decrypt(data) if self.tls is not None else data
+        except TLSFailed as exc:
+            self.log("warning", "TLS failed: %s", exc)
+            if exc.alert:
+                self.carrier.write(exc.alert)
+            self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
+            return
+        if plain and not self.closed:
+            self._feed(plain)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        was_done = self.tls.handshake_done
+        plain, out = self.tls.receive(data)
+        if out:
+            self.carrier.write(out)
+        if self.tls.handshake_done and not was_done:
+            self._tls_up()
+        return plain
+
+    def _tls_up(self) -> None:
+        info = self.tls.info()
+        self.chain = [x509.load_der_x509_certificate(der) for der in info.peer_chain]
+        self.log("info", "TLS established %s %s (%s)", info.version, info.cipher, self.peer)
+        if self._certificate_refused():
+            return
+        self.stream.tls_established()
+        self._flush()
+
+    def _feed(self, data: bytes) -> None:
+        events = self.stream.receive_data(data)
+        self._flush()
+        for event in events:
+            if not self.closed:
+                self._handle(event)
+
+    # -- certificates -------------------------------------------------------------
+
+    def verdict(self, domain: str) -> Verdict:
+        return verify_peer(self.chain, self.fed.anchors, domain)
+
+    def judge(self, domain: str) -> bool:
+        """Apply the trust policy to the certificate for ``domain``: False when
+        the peer is refused (already closed, the reason logged)."""
+        verdict = self.verdict(domain)
+        if verdict.ok:
+            return True
+        if self.fed.trust_all_cert:
+            self.log("warning", "certificate for %s accepted by iim_server.trust_all_cert "
+                     "although %s: %s", domain, verdict, certificate_summary(self.chain[0]))
+            return True
+        self.log("warning", "certificate refused for %s: %s", domain, verdict)
+        self.close(StreamError(Cond.NOT_AUTHORIZED, f"certificate not trusted: "
+                                                     f"{verdict.failure.value}"))
+        return False
+
+    def _certificate_refused(self) -> bool:
+        raise NotImplementedError
+
+    # -- bytes out --------------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self.stream.data_to_send()
+        if not out or self.carrier is None:
+            return
+        if self.tls is not None and self.tls.handshake_done:
+            try:
+                out = self.tls.send(out)
+            except TLSFailed as exc:
+                self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
+                return
+        self.carrier.write(out)
+
+    def _start_tls(self, context, **kw) -> None:
+        self.tls = TLSLayer(context, **kw)
+
+    # -- ending -----------------------------------------------------------------
+
+    def close(self, error: StreamError | None = None) -> None:
+        if self.closed:
+            return
+        if self.tls is not None and not self.tls.handshake_done:
+            self.stream.close(None)
+            self.stream.data_to_send()
+        else:
+            self.stream.close(error)
+            self._flush()
+        reason = error.condition if error is not None else None
+        self._finish(reason, str(error) if error is not None else "closed", write=True)
+
+    def connection_lost(self) -> None:
+        if not self.closed:
+            self._finish(Cond.REMOTE_CONNECTION_FAILED, "connection lost", write=False)
+
+    def _finish(self, condition, reason: str, write: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._timer.cancel()
+        self._idle.cancel()
+        try:
+            if self.carrier is not None:
+                if write and self.tls is not None and self.tls.handshake_done:
+                    self.carrier.write(self.tls.close())
+                self.carrier.close()
+        except (OSError, TLSFailed):
+            pass
+        finally:
+            self._ended(condition, reason)
+
+    def _ended(self, condition, reason: str) -> None:
+        raise NotImplementedError
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        if event.error is not None:
+            who = "peer sent" if event.sent_by_peer else "sent"
+            self.log("info", "stream error (%s): %s", who, _printable(str(event.error)))
+            self._finish(event.error.condition, str(event.error))
+        else:
+            self._finish(None, "closed by the peer" if event.sent_by_peer else "closed")
+
+    # -- timers -------------------------------------------------------------------
+
+    def _negotiation_expired(self) -> None:
+        if not self.closed:
+            self.log("info", "negotiation not finished in %ss", self.fed.negotiation_timeout)
+            self.close(StreamError(Cond.CONNECTION_TIMEOUT, "negotiation took too long"))
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            return
+        quiet = time.monotonic() - self.last_used
+        if quiet >= self.fed.idle_timeout:
+            self.log("info", "idle for %.0fs, closing", quiet)
+            self.close()
+            return
+        self._idle = asyncio.get_running_loop().call_later(
+            self.fed.idle_timeout - quiet + 0.05, self._check_idle)
+
+    def _negotiated(self) -> None:
+        self._timer.cancel()
+
+    def describe(self) -> dict:
+        info = self.tls.info() if self.tls is not None and self.tls.handshake_done else None
+        return {"domain": self.name, "direction": self.direction,
+                "tls": f"{info.version} {info.cipher}" if info else None,
+                "auth": self.auth_method, "state": self.state}
+
+
+class IncomingServerSession(_ServerLink):
+    """A stream from another server on ``iim_server.port``."""
+
+    direction = "in"
+
+    def __init__(self, fed: "Federation", carrier) -> None:
+        super().__init__(fed, carrier, IncomingServerStream(fed.policy))
+        self.stream.certificate_ok = self._certificate_ok
+        fed.incoming_opened(self)
+
+    @property
+    def name(self) -> str:
+        domains = ",".join(self.stream.authenticated) or self.stream.peer_from or "?"
+        return f"{domains} ({self.peer})" if not self.stream.authenticated else domains
+
+    @property
+    def auth_method(self) -> str | None:
+        return ",".join(sorted(set(self.stream.authenticated.values()))) or None
+
+    @property
+    def state(self) -> str:
+        return "authenticated" if self.stream.authenticated else "negotiating"
+
+    def _certificate_ok(self, domain: str) -> bool:
+        return bool(self.chain) and self.verdict(domain).ok
+
+    def _certificate_refused(self) -> bool:
+        if not self.chain:
+            return False
+        if self.fed.trust_all_cert:
+            self.log("info", "peer certificate: %s", certificate_summary(self.chain[0]))
+        claimed = self.stream.peer_from
+        return claimed is not None and not self.judge(claimed)
+
+    def _handle(self, event) -> None:
+        if isinstance(event, StanzaReceived):
+            self.last_used = time.monotonic()
+            self.fed.stanza_received(self, event.stanza)
+        elif isinstance(event, StartTLS):
+            self._start_tls(self.fed.server_tls, server_side=True)
+        elif isinstance(event, DialbackVerifyNeeded):
+            if self.chain and not self.judge(event.originating):
+                return
+            self.fed.verify_dialback(self, event)
+        elif isinstance(event, PeerAuthenticated):
+            self._authenticated(event)
+        elif isinstance(event, CoserverVerified):
+            self.log("info", "coserver %s proved its serverid", event.serverid)
+        elif isinstance(event, StreamEnded):
+            self._on_stream_ended(event)
+
+    def _authenticated(self, event: PeerAuthenticated) -> None:
+        tls = f"{self.tls.info().version}" if self.tls and self.tls.handshake_done else "no TLS"
+        self.log("info", "%s authenticated with %s (%s)", event.domain, event.method, tls)
+        self._negotiated()
+        self.fed.incoming_authenticated(self, event.domain)
+
+    def dialback_verified(self, originating: str, valid: bool | None, condition=None) -> None:
+        if self.closed:
+            return
+        if valid is False:
+            self.log("warning", "dialback key for %s is not valid", originating)
+        events = self.stream.dialback_verified(originating, valid, condition)
+        self._flush()
+        for event in events:
+            self._handle(event)
+
+    def _ended(self, condition, reason: str) -> None:
+        self.fed.incoming_closed(self)
+
+
+class OutgoingServerSession(_ServerLink):
+    """Our stream to ``remote``: stanzas wait in ``queue`` until it is ready."""
+
+    direction = "out"
+
+    def __init__(self, fed: "Federation", remote: str, tls_required_by: str | None) -> None:
+        stream = OutgoingServerStream(fed.policy, remote, tls_required_by=tls_required_by,
+                                      use_external=fed.client_tls is not None)
+        super().__init__(fed, None, stream)
+        self.remote = stream.remote
+        self.queue: deque[Element] = deque()
+        self.verifies: list[tuple[str, str, str]] = []     # (originating, stream id, key)
+        self.target = None
+
+    @property
+    def name(self) -> str:
+        return self.remote
+
+    @property
+    def auth_method(self) -> str | None:
+        return self.stream.method if self.stream.phase is Phase.ESTABLISHED else None
+
+    @property
+    def state(self) -> str:
+        if self.closed:
+            return "closed"
+        if self.carrier is None:
+            return "connecting"
+        return "established" if self.stream.phase is Phase.ESTABLISHED else "negotiating"
+
+    @property
+    def established(self) -> bool:
+        return not self.closed and self.stream.phase is Phase.ESTABLISHED
+
+    def connected(self, carrier, target) -> None:
+        self.carrier, self.target = carrier, target
+        self.log("info", "connected to %s (%s)", target, target.source)
+        self.stream.start()
+        self._flush()
+
+    def _certificate_refused(self) -> bool:
+        if self.fed.trust_all_cert and self.chain:
+            self.log("info", "peer certificate: %s", certificate_summary(self.chain[0]))
+        return not self.judge(self.remote)
+
+    def send(self, stanza: Element) -> None:
+        self.last_used = time.monotonic()
+        if self.established and not self.queue:
+            self._write(stanza)
+        else:
+            self.queue.append(stanza)
+
+    def _write(self, stanza: Element) -> None:
+        try:
+            self.stream.send_stanza(stanza)
+        except LocalProtocolError as exc:
+            self.log("warning", "stanza not sent: %s", exc)
+            return
+        self._flush()
+
+    def request_verify(self, originating: str, stream_id: str, key: str) -> None:
+        if self.stream.ready_for_dialback and not self.closed:
+            self.stream.request_verify(originating, stream_id, key)
+            self._flush()
+        else:
+            self.verifies.append((originating, stream_id, key))
+
+    def _handle(self, event) -> None:
+        if isinstance(event, StartTLS):
+            self._start_tls(self.fed.client_tls, server_side=False,
+                            server_hostname=_sni(self.remote))
+            self.carrier.write(self.tls.start())
+        elif isinstance(event, ReadyForDialback):
+            for request in self.verifies:
+                self.stream.request_verify(*request)
+            self.verifies.clear()
+            self._flush()
+        elif isinstance(event, DialbackVerifyAnswered):
+            self.fed.dialback_answered(self, event)
+        elif isinstance(event, PeerAuthenticated):
+            tls = f"{self.tls.info().version}" if self.tls and self.tls.handshake_done \
+                else "no TLS"
+            self.log("info", "authenticated with %s (%s)", event.method, tls)
+        elif isinstance(event, CoserverVerified):
+            self.log("info", "coserver %s proved its serverid", event.serverid)
+        elif isinstance(event, StreamEnded):
+            self._on_stream_ended(event)
+        if self.established and not self.closed:
+            self._ready()
+
+    def _ready(self) -> None:
+        self._negotiated()
+        while self.queue and self.established:
+            self._write(self.queue.popleft())
+
+    def connect_failed(self, condition, reason: str) -> None:
+        self.log("warning", "cannot connect: %s", reason)
+        self._finish(condition, reason, write=False)
+
+    def _ended(self, condition, reason: str) -> None:
+        self.fed.outgoing_closed(self, condition, reason)
+
+
+def _sni(domain: str) -> str | None:
+    """Server name indication only for DNS names (RFC 6066 §3: not IP literals)."""
+    try:
+        ipaddress.ip_address(domain.strip("[]"))
+        return None
+    except ValueError:
+        return domain

@@ -1,0 +1,39 @@
+"""Two (or more) real iim servers federating on loopback, for end-to-end tests.
+
+Each server has its own domain and loopback address (a.example on 127.0.0.1,
+b.example on 127.0.0.2, ...) and a keystore made by the real keytool from one
+test CA; ``iim_server.s2s_hosts`` tells each where the others listen, as a
+split-horizon deployment would, since the test domains are not in DNS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from live import LiveServer
+
+
+def federated(tmp: Path, ca, specs: dict, common: str = "") -> dict[str, LiveServer]:
+    """``specs``: domain -> dict(host=..., extra=..., **LiveServer kwargs)."""
+    servers = {}
+    for domain, spec in specs.items():
+        spec = dict(spec)
+        extra = spec.pop("extra", "")
+        servers[domain] = LiveServer(tmp / domain, ca, domain=domain, extra=common + extra,
+                                     **spec)
+    for domain, server in servers.items():
+        hosts = ", ".join(f"{d}={s.host}:{s.port}" for d, s in servers.items() if d != domain)
+        with server.conf.open("a") as conf:
+            conf.write(f'\niim_server.s2s_hosts = "{hosts}"\n')
+    return servers
+
+
+def start_all(servers: dict) -> None:
+    for server in servers.values():
+        server.add_users()
+        server.start()
+
+
+def stop_all(servers: dict) -> None:
+    for server in servers.values():
+        server.stop()
