@@ -1,6 +1,11 @@
 """python -m iim.admin COMMAND [options]
 
 Commands:
+  start      start the server and the multiplexor as daemons (ready when it returns)
+  stop       stop them cleanly (clients get their stream closed)
+  refresh    apply a changed iim.conf and renewed certificates without dropping sessions
+  status     what runs: sessions by transport security, links, peers, certificates
+  version    versions of iim, Python, OpenSSL and NSS
   check      read iim.conf, open every keystore and NSS database it names and
              report one line per finding; exit 0 when the configuration is usable
   dev-setup  write a development configuration (CA, keystore, NSS database,
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from iim import conf
 
+from .daemon import add_daemon_parsers
 from .keytools import add_keys_parser
 from .users import add_user_parser
 from .verify import add_verify_parser
@@ -84,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     add_user_parser(commands)
     add_verify_parser(commands)
     add_keys_parser(commands)
+    add_daemon_parsers(commands)
     return top
 
 
