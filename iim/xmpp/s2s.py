@@ -479,6 +479,11 @@ class OutgoingServerStream(_ServerStreamBase):
         if not self.secure and starttls is not None and self.policy.tls_offered:
             self._out += f"<starttls xmlns='{TLS_NS}'/>".encode()
             return []
+        if not self.secure and starttls is not None and \
+                starttls.find(q(TLS_NS, "required")) is not None:
+            return self._give_up(StreamError(
+                Cond.POLICY_VIOLATION, "the peer requires STARTTLS and this server has no "
+                                       "certificate (iim_server.sslkeystore)"))
         if not self.secure and self.tls_required_by:
             return self._give_up(StreamError(
                 Cond.POLICY_VIOLATION,
