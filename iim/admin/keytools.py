@@ -37,7 +37,21 @@ from iim.keys.errors import KeyMaterialError
 from iim.keys.keyfiles import Output
 from iim.keys.material import order_chain
 
-GENERATED_LENGTH = 32          # characters of a --generate'd password (192 bits)
+KEYS_DESCRIPTION = """\
+Make the keys and certificates of an iim deployment without keytool or certutil:
+
+  password-file  write a password file (mode 600) in iim's format
+  build-ca       create a CA: encrypted key + self-signed root certificate
+  gen-req        make a server key (encrypted) + certificate request
+  sign-req       the CA signs a request -> server certificate
+  make-keystore  key + signed reply + CA root -> PKCS#12 or JKS keystore (server)
+  make-nssdb     key + signed reply + CA root -> NSS database (multiplexor)
+
+Private keys are written only encrypted; passwords come from password files
+("Internal (Software) Token:PASSWORD"), never from the command line. No output
+file is replaced without --force. "keys ACTION --help" describes each action;
+docs/keys.md walks through them.
+"""
 
 
 class KeysError(Exception):
@@ -52,7 +66,7 @@ def add_keys_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``keys ACTION`` on ``python -m iim.admin``'s subparsers."""
     keys = subparsers.add_parser(
         "keys", help="make a CA, keys, requests, certificates, keystores, NSS databases",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=KEYS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     _password_file_parser(actions)
     _build_ca_parser(actions)
@@ -75,7 +89,7 @@ def _action(actions, name, run, summary, description, example):
 
 def _force(parser, what="the output files") -> None:
     parser.add_argument("--force", action="store_true",
-                        help=f"replace {what} if they exist (default: refuse)")
+                        help=f"replace {what} when already there (default: refuse)")
 
 
 def _key_options(parser) -> None:
