@@ -711,3 +711,22 @@ def test_every_action_has_a_description_every_option_help_and_an_example():
             assert option.help, (name, option.dest)
         text = action.format_help()
         assert all(o in text for a in action._actions for o in a.option_strings), name
+
+
+def test_a_failed_nss_import_leaves_nothing_behind(tmp_path, ca):
+    """Below the command line (which checks key and certificate first): when
+    NSS refuses a step, the files and the folder it made are removed."""
+    from iim.keys import nsswrite
+    from iim.keys.errors import KeyMaterialError
+    issued, stranger = ca.issue(DOMAIN), pki.new_key()
+    target = nsswrite.Target(tmp_path / "db")
+    with pytest.raises(KeyMaterialError, match="no private key for the certificate"):
+        nsswrite.create(target, key=stranger, chain=[issued.cert], anchors=[(ca.cert, "CA")],
+                        password="db-password")
+    assert not target.directory.exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine\n")
+    with pytest.raises(KeyMaterialError):
+        nsswrite.create(nsswrite.Target(tmp_path / "kept"), key=stranger,
+                        chain=[issued.cert], anchors=[(ca.cert, "CA")], password="db-password")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]

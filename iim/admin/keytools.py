@@ -451,8 +451,9 @@ def _make_keystore(args) -> None:
         data = pkcs12write.build(key, chain, named, alias=args.alias,
                                  password=store_pw.password)
     keyfiles.write_files([Output(args.out, data, keyfiles.PRIVATE)], force=args.force)
-    trusted = ", ".join(f'"{a}"' for a in ca_aliases)
-    print(f'wrote {args.storetype} keystore {args.out}: private-key entry "{args.alias}" '
+    shown = str.lower if args.storetype == "JKS" else str      # JKS aliases are lower case
+    trusted = ", ".join(f'"{shown(a)}"' for a in ca_aliases)
+    print(f'wrote {args.storetype} keystore {args.out}: private-key entry "{shown(args.alias)}" '
           f"(chain of {len(chain)}), trusted-certificate entry {trusted}")
 
 

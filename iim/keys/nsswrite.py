@@ -29,6 +29,9 @@ from .material import KeyMaterial
 FILES = {"sql": ("cert9.db", "key4.db"), "dbm": ("cert8.db", "key3.db")}
 CA_TRUST = b"C,,"            # trusted CA for TLS servers (certutil -t "C,,")
 DEFAULT_NICKNAME = "Multiplexor-Cert"
+# PK11_ImportCertForKeyToSlot's error when no key in the token matches the
+# certificate (libssl's error table, which this extension does not load).
+SSL_ERROR_NO_CERTIFICATE = -12285
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def create(target: Target, *, key, chain, anchors, nickname: str = DEFAULT_NICKN
     """
     from . import _nss                      # the extension loads only when needed
     _check_names(target, nickname, [n for _, n in anchors], password)
+    made_folder = not target.directory.exists()
     _prepare(target)
     before = set(os.listdir(target.directory))
     try:
@@ -69,10 +73,13 @@ def create(target: Target, *, key, chain, anchors, nickname: str = DEFAULT_NICKN
                    os.fsencode(target.keydbprefix), os.fsencode(target.secmodfile),
                    password.encode(), _pkcs8(key), _public_value(key), nickname.encode(),
                    _certificates(chain, anchors, nickname))
+        return _read_back(target, nickname, password)
     except _nss.NSSError as exc:
-        _remove_new(target.directory, before)
+        _undo(target.directory, before, made_folder)
         raise KeyMaterialError(_explain(exc, target)) from None
-    return _read_back(target, nickname, password)
+    except KeyMaterialError as exc:
+        _undo(target.directory, before, made_folder)
+        raise KeyMaterialError(f"the database written cannot be read back: {exc}") from None
 
 
 def _check_names(target: Target, nickname: str, ca_nicknames, password: str) -> None:
@@ -161,10 +168,16 @@ def _der(cert) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _remove_new(directory: Path, before: set) -> None:
+def _undo(directory: Path, before: set, made_folder: bool) -> None:
+    """Remove the files this call created (and the folder, if it made it)."""
     for name in set(os.listdir(directory)) - before:
         try:
             os.unlink(directory / name)
+        except OSError:
+            pass
+    if made_folder:
+        try:
+            directory.rmdir()
         except OSError:
             pass
 
@@ -172,6 +185,8 @@ def _remove_new(directory: Path, before: set) -> None:
 def _explain(exc, target: Target) -> str:
     where = f"NSS database {target.directory}"
     nss = f"{exc.name} ({exc.text})"
+    if exc.stage == "import-cert" and exc.code == SSL_ERROR_NO_CERTIFICATE:
+        return f"{where}: NSS found no private key for the certificate (they do not match)"
     return {
         "in-use": f"{where}: NSS is already initialised by other code in this process",
         "init": f"{where}: NSS cannot create it: {nss}",
