@@ -5,8 +5,9 @@ Sun's own scheme (a SHA-1 keystream), weaker than PKCS#12's PBES2: prefer
 PKCS#12 unless a Java program that only reads JKS needs the file.
 
 keytool lower-cases JKS aliases and pyjks does the same, so two aliases that
-differ only in case would name one entry; that is refused. The key entry may have its own password (keytool's
-``-keypass``); iim's reader then needs ``iim_server.keypasswordfile``.
+differ only in case would name one entry; that is refused. The key entry may
+have its own password (keytool's ``-keypass``); iim's reader then needs
+``iim_server.keypasswordfile``.
 """
 
 from __future__ import annotations
