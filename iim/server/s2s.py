@@ -200,7 +200,10 @@ class _ServerLink:
         raise NotImplementedError
 
     def _on_stream_ended(self, event: StreamEnded) -> None:
-        if event.error is not None:
+        if event.error is not None and not event.sent_by_peer and self.direction == "out":
+            self.log("warning", "abandoned: %s", _printable(str(event.error)))
+            self._finish(event.error.condition, str(event.error))
+        elif event.error is not None:
             who = "peer sent" if event.sent_by_peer else "sent"
             self.log("info", "stream error (%s): %s", who, _printable(str(event.error)))
             self._finish(event.error.condition, str(event.error))
