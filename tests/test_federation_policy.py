@@ -37,7 +37,7 @@ async def online(server, user):
     client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
     if "sslkeystore" not in server.conf.read_text():
         client.enable_plaintext = True          # a server without TLS (the peer under test)
-        client["feature_mechanisms"].unencrypted_scram = True
+        client.plugin["feature_mechanisms"].unencrypted_scram = True
     return await client.online(server.port, host=server.host)
 
 
