@@ -34,7 +34,7 @@ FD_MARGIN = 100
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     config = conf.load_for_command(args.config)
-    log = iim_log.setup("mux", config.log.mux)
+    log = iim_log.setup("mux", config.log.mux, pipe_fd=args.log_fd)
     _, hard = raise_nofile()
     if args.worker is not None:
         return _worker(config, args, log)
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ticket-key-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log-fd", type=int, help=argparse.SUPPRESS)   # iim/log.py
     return parser
 
 

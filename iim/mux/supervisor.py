@@ -23,6 +23,10 @@ runtime folder for ``iim.admin status|refresh|stop``.
 The workers share one set of TLS session ticket keys, made here and passed
 through a pipe, so a client resumes its TLS session whichever worker the
 kernel hands its next connection to, and across worker restarts.
+
+Logging (iim/log.py): a worker never opens the log file; its records come
+here through a pipe of its own (``--log-fd``), so this process alone writes
+and rotates the file.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iim import conf
+from iim import log as iim_log
 
 __all__ = ["EXIT_STARTUP", "Supervisor"]
 
@@ -191,16 +196,18 @@ class Supervisor:
         finally:
             os.close(write_end)
         ours, theirs = socket.socketpair()
+        log_fd = iim_log.forward_worker_log(f"worker {slot.instance}")   # one file writer
         argv = [sys.executable, "-m", "iim.mux", "-c", str(self.config_path),
                 "--worker", str(slot.instance), "--ticket-key-fd", str(read_end),
-                "--control-fd", str(theirs.fileno())]
+                "--control-fd", str(theirs.fileno()), "--log-fd", str(log_fd)]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(read_end, theirs.fileno()))
+            proc = subprocess.Popen(argv, pass_fds=(read_end, theirs.fileno(), log_fd))
         except BaseException:
             ours.close()
             raise
         finally:
             os.close(read_end)
+            os.close(log_fd)
             theirs.close()
         with slot.lock:
             if slot.channel is not None:
@@ -228,6 +235,7 @@ class Supervisor:
                                slot.instance, STOP_TIMEOUT)
                 slot.proc.kill()
                 slot.proc.wait()
+        iim_log.drain_worker_logs()          # the workers' last lines come first
         self.log.info("multiplexor stopped")
 
 def _how(status: int) -> str:
