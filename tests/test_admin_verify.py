@@ -80,6 +80,11 @@ def nss_leaf(dev: DevSystem) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def _logins(system: DevSystem, user: str) -> int:
+    """How many times the server logged ``user`` in, by its own log."""
+    return (system.folder / "server.log").read_text().count(f": login {user} (")
+
+
 def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
@@ -112,8 +117,10 @@ def spare(tmp_path):
 
 
 def test_starttls_through_the_multiplexor_is_secure_and_ends_at_the_server(dev):
+    logins_before = _logins(dev, "alice")
     result = verify(dev.conf, "--user", ALICE, password=dev.users["alice"])
     assert result.returncode == 0, result.stdout + result.stderr
+    assert _logins(dev, "alice") == logins_before + 1
     report = rows(result.stdout)
     assert report["lock"][0].startswith("secure: TLSv1.")
     assert "end to end to the server" in report["lock"][0]
@@ -189,7 +196,29 @@ def test_a_server_without_keystore_is_not_secure(spare):
     assert report["lock"] == ["NOT secure: no TLS offered: the server's features have no "
                               "STARTTLS (iim_server.sslkeystore not set?)"]
     assert "TLS" not in report and report["login"] == [f"{ALICE}: not attempted"]
-    assert f"login {'alice'}" not in (spare.folder / "server.log").read_text()
+    assert _logins(spare, "alice") == 0
+
+
+def test_legacy_ssl_before_a_server_without_tls_is_secure_only_to_the_multiplexor(spare):
+    insecure = {"iim_server.sslkeystore": "", "iim_server.requiressl": "false"}
+    spare.start_server(spare.variant("insecure.conf", insecure))
+    legacy = spare.variant("legacy.conf", {**insecure, "iim_mux.usessl": "on"})
+    spare.start_mux(legacy)
+    # No keystore, so no trusted entries from it: the system store alone does not
+    # know the development CA, and the check stops there ...
+    default = verify(legacy, "--user", ALICE, password=spare.users["alice"])
+    assert default.returncode == 1 and "unknown CA" in rows(default.stdout)["lock"][0]
+    # ... while with the CA given, the multiplexor's certificate verifies.
+    cafile = ("--cafile", str(spare.folder / "ca.pem"))
+    result = verify(legacy, "--user", ALICE, *cafile, password=spare.users["alice"])
+    assert result.returncode == 0, result.stdout
+    report = rows(result.stdout)
+    assert report["inside"] == ["the server offers no STARTTLS inside legacy SSL"]
+    asked = verify(legacy, "--user", ALICE, "--inner-starttls", *cafile,
+                   password=spare.users["alice"])
+    assert asked.returncode == 1
+    assert rows(asked.stdout)["lock"] == ["NOT secure: STARTTLS inside legacy SSL: not offered "
+                                          "by the server (--inner-starttls)"]
 
 
 def test_wrong_password_fails_without_showing_it(dev):
@@ -230,13 +259,15 @@ def test_without_user_everything_up_to_the_login_is_checked(dev):
 def test_a_ca_not_trusted_ends_the_check_before_any_credential(dev, ca, tmp_path):
     cafile = tmp_path / "other-ca.pem"
     cafile.write_bytes(ca.cert_pem())
+    logins_before = _logins(dev, "alice")
     result = verify(dev.conf, "--user", ALICE, "--cafile", str(cafile),
                     password=dev.users["alice"])
+    assert _logins(dev, "alice") == logins_before       # the right password, never sent
     assert result.returncode == 1
     report = rows(result.stdout)
     assert report["lock"][0].startswith("NOT secure: STARTTLS: the certificate is not trusted: "
                                         "unknown CA")
-    assert report["lock"][0].endswith("(nothing was sent to it)")
+    assert report["lock"][0].endswith("(no credential was sent)")
     assert report["trust"][0].startswith(f"NOT verified for localhost against {cafile}")
     assert report["login"] == [f"{ALICE}: not attempted"]
 

@@ -319,6 +319,9 @@ class Checker:
             self.report.problems.append(
                 f"no answer from {self.report.target.where} within {self.timeout:g} s "
                 f"({self.probe.phase.value})")
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.report.problems.append(f"TLS failed after the handshake (OpenSSL: {reason})")
         except OSError as exc:
             self.report.problems.append(
                 f"connection to {self.report.target.where} lost ({self.probe.phase.value}): "
@@ -326,6 +329,10 @@ class Checker:
         finally:
             sock.close()
         self.report.offers = self.probe.offers
+        if self.probe.inner_starttls and self.report.target.legacy_ssl and self.report.offers \
+                and not self.report.offers[0].starttls:
+            self.report.problems.append("STARTTLS inside legacy SSL: not offered by the server "
+                                        "(--inner-starttls)")
         return self.report
 
     def _converse(self, transport) -> None:
@@ -373,7 +380,7 @@ class Checker:
             raise _Stop
         if not verdict.ok:
             self.report.problems.append(f"{kind}: the certificate is not trusted: {verdict} "
-                                        f"(nothing was sent to it)")
+                                        f"(no credential was sent)")
             raise _Stop
         return tls
 
@@ -878,7 +885,7 @@ example:
 
   Not secure (exit status 1), the reason on the lock line, e.g.:
   lock         NOT secure: no TLS offered: the server's features have no STARTTLS (iim_server.sslkeystore not set?)
-  lock         NOT secure: STARTTLS: the certificate is not trusted: unknown CA: issuer CN=Other CA is not trusted (nothing was sent to it)
+  lock         NOT secure: STARTTLS: the certificate is not trusted: unknown CA: issuer CN=Other CA is not trusted (no credential was sent)
   lock         NOT secure: login failed: wrong password for alice@example.com
 
 exit status:
