@@ -13,8 +13,10 @@ from pathlib import Path
 from live import LiveServer
 
 
-def federated(tmp: Path, ca, specs: dict, common: str = "") -> dict[str, LiveServer]:
-    """``specs``: domain -> dict(host=..., extra=..., **LiveServer kwargs)."""
+def federated(tmp: Path, ca, specs: dict, common: str = "",
+              more_hosts: str = "") -> dict[str, LiveServer]:
+    """``specs``: domain -> dict(host=..., extra=..., **LiveServer kwargs);
+    ``more_hosts``: further ``domain=host:port`` entries for every server."""
     servers = {}
     for domain, spec in specs.items():
         spec = dict(spec)
@@ -22,7 +24,8 @@ def federated(tmp: Path, ca, specs: dict, common: str = "") -> dict[str, LiveSer
         servers[domain] = LiveServer(tmp / domain, ca, domain=domain, extra=common + extra,
                                      **spec)
     for domain, server in servers.items():
-        hosts = ", ".join(f"{d}={s.host}:{s.port}" for d, s in servers.items() if d != domain)
+        hosts = ", ".join([f"{d}={s.host}:{s.port}" for d, s in servers.items() if d != domain]
+                          + ([more_hosts] if more_hosts else []))
         with server.conf.open("a") as conf:
             conf.write(f'\niim_server.s2s_hosts = "{hosts}"\n')
     return servers

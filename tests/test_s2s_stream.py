@@ -307,3 +307,27 @@ def test_starttls_is_refused_once_authenticated():
     assert "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" in sent(w.inc)
     assert any(isinstance(e, StreamEnded) for e in events)
     assert not any(isinstance(e, StartTLS) for e in events)
+
+
+def test_verify_requests_wait_while_sasl_runs():
+    """Bytes after <success/> belong to the old stream (RFC 6120 §6.4.6): a
+    <db:verify/> sent during SASL would be lost with them, so none is sent."""
+    peer_header = HEADER.format(to=A, frm=B).replace("version=", "id='S{n}' version=")
+    tls = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    external = ("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL"
+                "</mechanism></mechanisms>")
+    out = OutgoingServerStream(policy(A, tls_offered=True), B, use_external=True)
+    out.start()
+    out.data_to_send()
+    feed(out, peer_header.format(n=1) + f"<stream:features>{tls}</stream:features>")
+    assert tls in sent(out)
+    assert feed(out, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>") == [StartTLS()]
+    out.tls_established()
+    out.data_to_send()
+    feed(out, peer_header.format(n=2) + f"<stream:features>{external}</stream:features>")
+    assert "mechanism='EXTERNAL'" in sent(out)
+    assert not out.ready_for_dialback
+    feed(out, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    events = feed(out, peer_header.format(n=3) + "<stream:features/>")
+    assert out.ready_for_dialback and out.phase is Phase.ESTABLISHED
+    assert PeerAuthenticated(B, "SASL EXTERNAL") in events

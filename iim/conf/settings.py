@@ -74,7 +74,7 @@ SERVER_PARAMS = (
     _Param("s2s_hosts", parse_host_overrides, ""),
     _Param("s2s_nameservers", parse_nameservers, ""),
     _Param("dialback_secretfile", optional(parse_path)),
-    _Param("s2s_idle_timeout", at_least(10, "expected a number of seconds, at least 10"), "600"),
+    _Param("s2s_idle_timeout", at_least(1, "expected a number of seconds, at least 1"), "600"),
     _Param("s2s_queue_limit", positive, "1000"),
 )
 

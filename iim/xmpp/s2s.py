@@ -472,7 +472,8 @@ class OutgoingServerStream(_ServerStreamBase):
 
     def _on_features(self, features: Element) -> list[Event]:
         if self._sasl_done:
-            return self._authenticated("SASL EXTERNAL")
+            self.ready_for_dialback = True
+            return [ReadyForDialback()] + self._authenticated("SASL EXTERNAL")
         if self.method is not None:
             return []
         starttls = features.find(q(TLS_NS, "starttls"))
@@ -488,14 +489,15 @@ class OutgoingServerStream(_ServerStreamBase):
             return self._give_up(StreamError(
                 Cond.POLICY_VIOLATION,
                 f"the peer offers no STARTTLS and {self.tls_required_by} is true"))
-        self.ready_for_dialback = True
         self._dialback_offered = features.find(q(db.DIALBACK_FEATURE_NS, "dialback")) is not None
         mechanisms = {m.text for m in features.iter(q(SASL_NS, "mechanism"))}
         if self.secure and self.use_external and EXTERNAL in mechanisms:
+            # nothing else until SASL ends: bytes after <success/> belong to the old stream
             auth = Element(q(SASL_NS, "auth"), {"mechanism": EXTERNAL})
             auth.text = encode_payload(self.domain.encode("utf-8"))
             self._send(auth)
-            return [ReadyForDialback()]
+            return []
+        self.ready_for_dialback = True
         return [ReadyForDialback()] + self._start_dialback()
 
     def _on_proceed(self, element: Element) -> list[Event]:
@@ -514,7 +516,8 @@ class OutgoingServerStream(_ServerStreamBase):
 
     def _on_sasl_failure(self, element: Element) -> list[Event]:
         self._external_failed = True
-        return self._start_dialback()                          # XEP-0178 §3: fall back
+        self.ready_for_dialback = True
+        return [ReadyForDialback()] + self._start_dialback()   # XEP-0178 §3: fall back
 
     # -- dialback, originating side ------------------------------------------------------
 
