@@ -274,11 +274,14 @@ _PEM_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?-----END [A-Z0-9
 #: SASL payloads (RFC 6120 §6.4): the element stays, its text goes.
 _SASL_PAYLOAD = re.compile(r"(<(?:[\w.-]+:)?(?:auth|response|challenge|success)\b[^<>]*>)"
                            r"([^<]+)(?=</)")
-#: A password-file line (sslpassword.conf): everything after the token name.
-_TOKEN_LINE = re.compile(r"((?:Internal \(Software\) Token|NSS Certificate DB)\s*:).+")
+#: A password-file line (sslpassword.conf): everything after the token name,
+#: unless it is the placeholder PASSWORD that messages show as the format.
+_TOKEN_LINE = re.compile(r"((?:Internal \(Software\) Token|NSS Certificate DB)\s*:)"
+                         r"(?!PASSWORD\b).+")
 _KEY_VALUE = re.compile(
     r"""\b(password|passwd|passphrase|pwd|secret|storepass|keypass|api[_-]?key|token)\b
         (["']?\s*[:=]\s*)
+        (?!(?-i:PASSWORD)\b)                    # the placeholder of a format, not a value
         ("[^"]*"|'[^']*'|[^\s,;&"'<>]+)""", re.IGNORECASE | re.VERBOSE)
 _HTTP_CREDENTIALS = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]{8,}", re.IGNORECASE)
 #: SCRAM's client proof and server signature (RFC 5802 §7).

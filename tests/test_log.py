@@ -161,6 +161,7 @@ SCRAM_FINAL = "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0
     (f"payload {PLAIN_BLOB} from the client", PLAIN_BLOB),
     (f"client-final {SCRAM_FINAL}", "v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="),
     ("password=Tr0ub4dor&3 next", "Tr0ub4dor"),
+    ("login password=password", "=password"),
     ('{"password": "correct horse battery"}', "correct horse battery"),
     ("iim_server.password = secret4i-zed", "secret4i-zed"),
     ("line: Internal (Software) Token:pa ss:word", "pa ss:word"),
@@ -185,6 +186,8 @@ def test_redact_masks_what_looks_like_a_secret(line, secret):
     "/var/opt/iim/default/log/xmppd.log rotated; alice@example.com/Laptop-1 logged in",
     "mux link from 127.0.0.1:51968 (instance 0, thread 0) up (shared secret proved)",
     "c2s mux:127.0.0.1:40000: login alice (SCRAM-SHA-256)",
+    'sslpassword.conf: no such file; create it with one line "Internal (Software) '
+    'Token:PASSWORD" (chmod 600)',
 ])
 def test_redact_leaves_ordinary_lines_alone(line):
     assert iim_log.redact(line) == line
