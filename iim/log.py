@@ -269,8 +269,8 @@ class Redactor(logging.Filter):
         return True
 
 
-_PEM_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
-                      re.DOTALL)
+_PEM_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?"
+                      r"-----END [A-Z0-9 ]*PRIVATE KEY-----", re.DOTALL)
 #: SASL payloads (RFC 6120 §6.4): the element stays, its text goes.
 _SASL_PAYLOAD = re.compile(r"(<(?:[\w.-]+:)?(?:auth|response|challenge|success)\b[^<>]*>)"
                            r"([^<]+)(?=</)")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from devsystem import DevSystem, run_admin, wait_for_port
+from devsystem import DevSystem, run_admin
 from iim import conf
 from iim import log as iim_log
 from live import free_port
@@ -151,13 +151,13 @@ def test_rotation_in_process_keeps_the_configured_number(tmp_path, iim_logger):
 
 PLAIN_BLOB = base64.b64encode(b"\0alice\0s3cret-Pw").decode()
 SCRAM_FINAL = "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+SCRAM_BLOB = base64.b64encode(SCRAM_FINAL.encode()).decode()
 
 
 @pytest.mark.parametrize("line, secret", [
     (f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{PLAIN_BLOB}</auth>",
      PLAIN_BLOB),
-    (f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(SCRAM_FINAL.encode()).decode()}</response>",
-     base64.b64encode(SCRAM_FINAL.encode()).decode()),
+    (f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{SCRAM_BLOB}</response>", SCRAM_BLOB),
     (f"payload {PLAIN_BLOB} from the client", PLAIN_BLOB),
     (f"client-final {SCRAM_FINAL}", "v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="),
     ("password=Tr0ub4dor&3 next", "Tr0ub4dor"),
@@ -377,7 +377,8 @@ def _secret_system(dev: DevSystem, scratch: Path) -> list[str]:
     dev.variant("legacy.conf", {**common, "iim_mux.usessl": "on",
                                 "iim_mux.listenport": f"127.0.0.1:{free_port()}",
                                 "iim.log.iim_mux.url": "mux-legacy.log"})
-    bad_store, bad_nss = f"BadStore-{secrets.token_urlsafe(9)}", f"BadNss-{secrets.token_urlsafe(9)}"
+    bad_store = f"BadStore-{secrets.token_urlsafe(9)}"
+    bad_nss = f"BadNss-{secrets.token_urlsafe(9)}"
     _private(dev.folder / "bad-sslpassword.conf", f"Internal (Software) Token:{bad_store}\n")
     _private(dev.folder / "bad-nsspassword.conf", f"NSS Certificate DB:{bad_nss}\n")
     dev.variant("bad-server.conf", {**common,

@@ -605,12 +605,7 @@ def render(report: Report, ends: list[str]) -> list[str]:
     out = [_row("lock", lock_line(report)),
            _row("connection", f"{target.where}, {target.what}, {how}")]
     for hop in report.hops:
-        out.append(_row("TLS", f"{hop.kind}: {hop.version}, cipher {hop.cipher} ({hop.bits} bits)"))
-        for i, cert in enumerate(hop.chain):
-            out.append(_row("certificate" if i == 0 else "", f"[{i}] {certificate_summary(cert)}"))
-        out.append(_row("trust", f"{'verified' if hop.verdict.ok else 'NOT verified'} for "
-                                 f"{report.domain} against {report.anchors_text}"
-                                 + ("" if hop.verdict.ok else f": {hop.verdict}")))
+        out += _hop_rows(hop, report)
     for line in ends:
         out.append(_row("TLS ends", line))
     inside = _inside_line(report)
@@ -620,6 +615,16 @@ def render(report: Report, ends: list[str]) -> list[str]:
     for note in report.notes:
         out.append(_row("note", note))
     return out
+
+
+def _hop_rows(hop: Hop, report: Report) -> list[str]:
+    rows = [_row("TLS", f"{hop.kind}: {hop.version}, cipher {hop.cipher} ({hop.bits} bits)")]
+    for i, cert in enumerate(hop.chain):
+        rows.append(_row("certificate" if i == 0 else "", f"[{i}] {certificate_summary(cert)}"))
+    verdict = "verified" if hop.verdict.ok else "NOT verified"
+    why = "" if hop.verdict.ok else f": {hop.verdict}"
+    rows.append(_row("trust", f"{verdict} for {report.domain} against {report.anchors_text}{why}"))
+    return rows
 
 
 def lock_line(report: Report) -> str:
@@ -668,7 +673,7 @@ def _login_line(report: Report) -> str:
 
 
 def _row(label: str, text: str) -> str:
-    return f"{label:<12} {text}" if label else f"{'':<12} {text}"
+    return f"{label:<12} {text}"
 
 
 # ---------------------------------------------------------------------------
@@ -875,13 +880,13 @@ EPILOG = """\
 example:
   $ python -m iim.admin verify -c /etc/iim/iim.conf --user alice@example.com
   Password for alice@example.com:
-  lock         secure: TLSv1.3 to the server, certificate verified for example.com, logged in as alice@example.com/verify-3f2a
+  lock         secure: TLSv1.3 end to end to the server, certificate verified for example.com, logged in as alice@example.com/iim-3f2a9c
   connection   127.0.0.1:5222, the multiplexor (iim_mux.listenport), STARTTLS
   TLS          STARTTLS: TLSv1.3, cipher TLS_AES_256_GCM_SHA384 (256 bits)
   certificate  [0] subject=CN=im.example.com; issuer=CN=Example CA; SANs=example.com; valid 2026-01-01T00:00:00Z to 2027-01-01T00:00:00Z; sha256=3A:...
   trust        verified for example.com against the system store (146 CAs) + 1 trusted entry of iim_server.sslkeystore
   TLS ends     STARTTLS: ends at the server (the multiplexor relays STARTTLS untouched: TLS runs end to end); its certificate is the server's (iim_server.sslkeystore)
-  login        alice@example.com with SCRAM-SHA-256: ok, bound alice@example.com/verify-3f2a
+  login        alice@example.com with SCRAM-SHA-256: ok, bound alice@example.com/iim-3f2a9c
 
   Not secure (exit status 1), the reason on the lock line, e.g.:
   lock         NOT secure: no TLS offered: the server's features have no STARTTLS (iim_server.sslkeystore not set?)
