@@ -63,8 +63,9 @@ __all__ = ["Component", "Instance", "MUX", "SERVER", "start", "stop"]
 DEFAULT_TIMEOUT = 30.0
 POLL = 0.1
 
-#: A log line as iim.log writes it: "2026-11-26T20:00:00.123Z INFO iim.server: ..."
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z (\w+) [\w.]+: (.*)$")
+#: A log line as iim.log writes it: "2026-11-26T20:00:00.123Z INFO iim.server[42]: ..."
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z (?P<level>\w+) "
+                       r"[\w.]+(?:\[\d+\])?: (?P<message>.*)$")
 
 
 class AdminError(Exception):
@@ -270,8 +271,8 @@ def error_line(stderr_file: Path) -> str | None:
     bare = [line for line in lines if not _LOG_LINE.match(line)]
     if bare:
         return bare[-1]
-    severe = [m.group(3) for m in map(_LOG_LINE.match, lines)
-              if m and m.group(2) in ("CRITICAL", "FATAL", "ERROR")]
+    severe = [m["message"] for m in map(_LOG_LINE.match, lines)
+              if m and m["level"] in ("CRITICAL", "FATAL", "ERROR")]
     return severe[-1] if severe else None
 
 
@@ -312,8 +313,9 @@ def _ask_to_stop(paths: RuntimePaths, pid: int | None) -> str:
 
 
 def _wait_gone(paths: RuntimePaths, pid: int | None, timeout: float) -> bool:
+    """Until the process has ended (it drops its pid file's lock a moment before)."""
     deadline = time.monotonic() + timeout
-    while runtime.probe(paths.pidfile).state == "running" and process_alive(pid):
+    while process_alive(pid) or runtime.probe(paths.pidfile).state == "running":
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL)
