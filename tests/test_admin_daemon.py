@@ -690,3 +690,44 @@ def test_version_names_the_package_python_openssl_and_nss():
     assert lines[2] == f"{ssl.OPENSSL_VERSION} (Python's ssl module: the server)"
     assert lines[3].startswith("OpenSSL 3.") and "iim._fastmux" in lines[3]
     assert lines[4].startswith(f"NSS {nss}")
+
+
+# -- federation peers in status ----------------------------------------------------------------------
+
+def test_status_lists_s2s_peers_with_their_tls_state(tmp_path, ca):
+    from fedlive import federated
+    servers = federated(tmp_path, ca, {"a.example": {"host": "127.0.0.1"},
+                                       "b.example": {"host": "127.0.0.2"}})
+    for server in servers.values():
+        server.add_users()
+        assert admin("start", "server", "-c", str(server.conf)).returncode == 0
+    a, b = servers["a.example"], servers["b.example"]
+    try:
+        async def chat():
+            alice = await Client("alice@a.example", a.users["alice"], a.ca_file).online(
+                a.port, host=a.host)
+            bob = await Client("bob@b.example", b.users["bob"], b.ca_file).online(
+                b.port, host=b.host)
+            alice.send_message(mto="bob@b.example", mbody="across", mtype="chat")
+            got = await next_item(bob.received, 20)
+            human = await asyncio.to_thread(admin, "status", "server", "-c", str(a.conf))
+            report = json.loads((await asyncio.to_thread(
+                admin, "status", "server", "--json", "-c", str(a.conf))).stdout)
+            await alice.offline()
+            await bob.offline()
+            return got["body"], human, report
+
+        body, human, report = run(chat())
+    finally:
+        for server in servers.values():
+            admin("stop", "server", "-c", str(server.conf))
+
+    assert body == "across"
+    peers = report["server"]["status"]["s2s"]
+    out = [p for p in peers if p["direction"] == "out"]
+    assert [p["domain"] for p in out] == ["b.example"]
+    assert out[0]["tls"].startswith("TLSv1.3 ") and out[0]["state"] == "established"
+    assert "external" in out[0]["auth"].lower()     # XEP-0178: the CA-issued certificate
+    assert re.search(rf"^    b\.example out: TLS TLSv1\.3 \S+, authenticated by "
+                     rf"{re.escape(out[0]['auth'])}, established$", human.stdout,
+                     re.MULTILINE), human.stdout

@@ -174,6 +174,24 @@ def _swap(server, running: Config, tls_context, policy) -> None:
     ctx.stanza_timeout = running.server.stanza_timeout
     server.config = running
     logging.getLogger("iim").setLevel(running.log.server.severity.logging_level)
+    _refresh_federation(server, running, tls_context)
+
+
+def _refresh_federation(server, running: Config, tls_context) -> None:
+    """New s2s connections: the renewed certificate and the new TLS policy
+    (requiressl, trust_all_cert, stanza size); established ones keep theirs."""
+    federation = getattr(server, "federation", None)
+    if federation is None:
+        return
+    material = getattr(tls_context, "iim_material", None)
+    hook = getattr(federation, "refresh", None)
+    if hook is not None:                     # the federation's own, when it has one
+        hook(running, material)
+        return
+    federation.use_material(material)
+    federation.config = running
+    federation.trust_all_cert = running.server.trust_all_cert
+    federation.policy = federation._policy(running, material is not None)
 
 
 def _log_refresh(log: logging.Logger, running: Config, applied, restart) -> None:
