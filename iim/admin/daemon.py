@@ -451,13 +451,15 @@ its one-line error, and the running components keep their settings.""",
         examples="""\
 examples:
   python -m iim.admin refresh -c /etc/iim/iim.conf
-      server: refreshed; certificate CN=im.example.com serial 5f1e... expires 2027-03-01
+      server: refreshed; certificate CN=im.example.com; serial 5f1e07; expires
+              2027-03-01 12:00 UTC (in 94 days)
+      server: iim_server.requiressl: applied
       server: iim_server.port: changed in iim.conf; needs a restart of the server
       multiplexor: refreshed
 """,
         ok="every component asked for applied the new configuration",
-        failed="iim.conf has errors, a component refused (the reason is printed), or a "
-               "component that should run is not running"),
+        failed="iim.conf has errors, a component refused (the reason is printed),\n"
+               "     or a component that should run is not running"),
     "status": dict(
         summary="show what runs, its sessions, links, peers and certificates",
         description="""\
@@ -471,14 +473,15 @@ NSS certificate. --json prints the same as one JSON object.""",
         examples="""\
 examples:
   python -m iim.admin status -c /etc/iim/iim.conf
-  python -m iim.admin status server --json | jq .sessions
+  python -m iim.admin status server --json | jq .server.status.sessions
 """,
         ok="every component asked for (or used by this instance) is running",
         failed="a component that should run is not running, or does not answer"),
 }
 
 
-def _command(subparsers, name: str, run) -> argparse.ArgumentParser:
+def _command(subparsers, name: str, run,
+             default: str = "every component this instance uses") -> argparse.ArgumentParser:
     text = HELP[name]
     epilog = text["examples"] + "\n" + EXIT_STATUS.format(**text) + "\n" + COMMON_FILES
     parser = subparsers.add_parser(name, help=text["summary"], description=text["description"],
@@ -486,8 +489,7 @@ def _command(subparsers, name: str, run) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("component", nargs="?", choices=("server", "multiplexor", "mux"),
                         metavar="COMPONENT",
-                        help="server or multiplexor (mux); default: every component "
-                             "this instance uses")
+                        help=f"server or multiplexor (mux); default: {default}")
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="iim.conf (default: $IIM_CONF, else ./iim.conf)")
     parser.set_defaults(run=run)
@@ -497,14 +499,15 @@ def _command(subparsers, name: str, run) -> argparse.ArgumentParser:
 def add_daemon_parsers(subparsers) -> None:
     """Register start, stop, refresh, status and version on iim.admin's subparsers."""
     from . import status as status_commands
-    for name, run in (("start", cmd_start), ("stop", cmd_stop)):
-        parser = _command(subparsers, name, run)
+    for name, run, default in (("start", cmd_start, "every component this instance uses"),
+                               ("stop", cmd_stop, "both")):
+        parser = _command(subparsers, name, run, default)
         parser.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT,
                             metavar="SECONDS",
                             help=f"how long to wait for each component "
                                  f"(default: {DEFAULT_TIMEOUT:g})")
-    _command(subparsers, "refresh", status_commands.cmd_refresh)
-    status = _command(subparsers, "status", status_commands.cmd_status)
+    _command(subparsers, "refresh", status_commands.cmd_refresh, "every running component")
+    status = _command(subparsers, "status", status_commands.cmd_status, "both")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     version = subparsers.add_parser(
         "version", help="print the versions of iim, Python, OpenSSL and NSS",
