@@ -731,3 +731,32 @@ def test_status_lists_s2s_peers_with_their_tls_state(tmp_path, ca):
     assert re.search(rf"^    b\.example out: TLS TLSv1\.3 \S+, authenticated by "
                      rf"{re.escape(out[0]['auth'])}, established$", human.stdout,
                      re.MULTILINE), human.stdout
+
+
+# -- dev-setup and the runtime files in its folder -------------------------------------------------
+
+def test_dev_setup_force_refuses_while_the_instance_runs_and_cleans_up_after_it(tmp_path):
+    folder = tmp_path / "dev"
+    assert admin("dev-setup", "--dir", str(folder)).returncode == 0
+    conf = folder / "iim.conf"
+    text = conf.read_text()
+    for port in ("5269", "45222", "5222"):      # free ports; the log stays on stderr
+        text = text.replace(f'127.0.0.1:{port}"', f'127.0.0.1:{free_port()}"')
+    conf.write_text(text)
+    assert admin("start", "-c", str(conf)).returncode == 0
+    try:
+        pid = int((folder / "server.pid").read_text())
+        refused = admin("dev-setup", "--dir", str(folder), "--force")
+    finally:
+        stopped = admin("stop", "-c", str(conf))
+    leftovers = sorted(p.name for p in folder.glob("*.stderr"))
+    redone = admin("dev-setup", "--dir", str(folder), "--force")
+
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"dev-setup: the server of {folder} is running (pid "
+                                      f"{pid}); stop it first: python -m iim.admin stop -c "
+                                      f"{conf}")
+    assert stopped.returncode == 0
+    assert leftovers == ["mux.stderr", "server.stderr"]
+    assert redone.returncode == 0, redone.stderr
+    assert not list(folder.glob("*.stderr"))

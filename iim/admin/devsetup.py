@@ -44,8 +44,11 @@ class DevSetupError(Exception):
 MARKER = ".iim-dev-setup"
 USERS_FILE = "dev-users.txt"
 DEV_USERS = ("alice", "bob")
+#: What iim.admin start leaves in the folder (iim.instancevardir defaults to it).
+RUNTIME_FILES = tuple(f"{stem}.{kind}" for stem in ("server", "mux")
+                      for kind in ("pid", "sock", "stderr"))
 WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", "nssdb", MARKER,
-           USERS_FILE, "iim.db", "iim.db-wal", "iim.db-shm")
+           USERS_FILE, "iim.db", "iim.db-wal", "iim.db-shm") + RUNTIME_FILES
 
 
 def dev_setup(folder: Path, *, force: bool = False) -> Path:
@@ -72,6 +75,7 @@ def _prepare(folder: Path) -> None:
     if not folder.exists():
         folder.mkdir(parents=True, mode=0o700)
         return
+    _refuse_while_running(folder)
     entries = {p.name for p in folder.iterdir()}
     foreign = sorted(entries - set(WRITTEN))
     if entries and (MARKER not in entries or foreign):
@@ -81,6 +85,17 @@ def _prepare(folder: Path) -> None:
     for name in entries:
         path = folder / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _refuse_while_running(folder: Path) -> None:
+    """Starting over under a running server or multiplexor would pull its files away."""
+    from iim.runtime import NAMES, probe
+    for stem, name in NAMES.items():
+        found = probe(folder / f"{stem}.pid")
+        if found.state == "running":
+            raise DevSetupError(f"dev-setup: the {name} of {folder} is running (pid "
+                                f"{found.pid}); stop it first: python -m iim.admin stop "
+                                f"-c {folder / 'iim.conf'}")
 
 
 def _write_all(folder: Path) -> None:
