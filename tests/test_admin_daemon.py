@@ -20,6 +20,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,8 @@ def test_status_counts_sessions_by_transport_security(running):
             inst.mux_port, outer_tls=ssl.create_default_context(cafile=str(inst.bundle)))
         human = await admin_async(inst, "status")
         as_json = json.loads((await admin_async(inst, "status", "--json")).stdout)
+        as_json["presented"] = await asyncio.to_thread(legacy_certificate, inst.mux_port,
+                                                       inst.bundle)
         for client in (plain, double):
             await client.close()
         for client in (direct, legacy):
@@ -264,6 +267,7 @@ def test_status_counts_sessions_by_transport_security(running):
     assert mux["sessions"]["legacy-ssl"] == 2 and mux["sessions"]["plain"] == 0
     assert sum(link["sessions"] for link in server["mux_links"]) == 2
     assert server["certificate"]["serial"] == serial(inst.server_cert)
+    assert mux["certificate"]["serial"] == serial(report["presented"])     # the NSS one
     assert server["s2s"] == []
     assert human.returncode == 0
     lines = human.stdout.splitlines()
@@ -285,6 +289,16 @@ def test_status_of_a_stopped_instance_fails_and_says_why(instance):
 
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == ["server: not running", "multiplexor: not running"]
+
+
+def test_a_missing_iim_conf_is_one_line_for_every_command(tmp_path):
+    missing = tmp_path / "nowhere" / "iim.conf"
+    for command in ("start", "stop", "refresh", "status"):
+        proc = admin(command, "-c", str(missing))
+        assert proc.returncode == 1, command
+        assert proc.stderr.splitlines()[0] == (f"{missing}: cannot read: No such file or "
+                                               "directory"), command
+        assert "Traceback" not in proc.stderr
 
 
 def test_a_multiplexor_the_instance_does_not_use_is_not_required(instance):
@@ -454,9 +468,11 @@ def test_refresh_applies_live_parameters_and_names_those_that_need_a_restart(run
         inst.set(**{"iim_server.port": f"127.0.0.1:{new_port}",
                     "iim_server.requiressl": "true",
                     "iim_server.stanza_timeout": "45",
+                    "iim.log.iim_server.severity": "DEBUG",
                     "iim_mux.maxsessions": "100"})
         refreshed = await admin_async(inst, "refresh")
         offered_after = await asyncio.to_thread(stream_features, inst.server_port)
+        await asyncio.to_thread(legacy_certificate, inst.mux_port, inst.bundle)
         pong = await ping(before)
         await before.close()
         return refreshed, offered_before, offered_after, pong
@@ -465,13 +481,19 @@ def test_refresh_applies_live_parameters_and_names_those_that_need_a_restart(run
 
     assert refreshed.returncode == 0, refreshed.stderr
     lines = refreshed.stdout.splitlines()
-    assert lines[1:4] == ["server: iim_server.requiressl: applied",
+    assert lines[1:5] == ["server: iim_server.requiressl: applied",
                           "server: iim_server.stanza_timeout: applied",
+                          "server: iim.log.iim_server.severity: applied",
                           "server: iim_server.port: changed in iim.conf; needs a restart of "
                           "the server"]
-    assert lines[4].startswith("multiplexor: refreshed")
-    assert lines[5:] == ["multiplexor: iim_mux.maxsessions: changed in iim.conf; needs a "
+    assert lines[5].startswith("multiplexor: refreshed")
+    assert lines[6:] == ["multiplexor: iim_mux.maxsessions: changed in iim.conf; needs a "
                          "restart of the multiplexor"]
+    log = (inst.folder / "server.log").read_text()
+    before, after = log.split("refresh: iim.conf and the certificates re-read")
+    assert " DEBUG " not in before
+    wait_for(lambda: " DEBUG " in (inst.folder / "server.log").read_text(),
+             "a DEBUG line once the severity is DEBUG")
     assert "<starttls" in offered_before and "<required" not in offered_before
     assert re.search(r"<starttls[^>]*><required\s*/></starttls>", offered_after)  # new ones
     assert pong.get("type") == "result"         # the plaintext session from before is kept
@@ -480,6 +502,13 @@ def test_refresh_applies_live_parameters_and_names_those_that_need_a_restart(run
     assert status["requiressl"] is True
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", new_port), timeout=2).close()
+
+
+def wait_for(predicate, what: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
 
 
 def stream_features(port: int) -> str:
