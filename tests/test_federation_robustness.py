@@ -79,12 +79,20 @@ async def online(server, user):
     return await client.online(server.port, host=server.host)
 
 
+async def chat_message(client, timeout=20):
+    """The next chat message (bounced errors, which slixmpp also reports as messages, skipped)."""
+    while True:
+        message = await next_item(client.received, timeout)
+        if message["type"] != "error":
+            return message
+
+
 async def exchange(alice, bob, text):
     alice.send_message(mto=f"bob@{B}", mbody=text, mtype="chat")
-    got = await next_item(bob.received, 20)
+    got = await chat_message(bob)
     assert got["body"] == text
     bob.send_message(mto=f"alice@{A}", mbody=text + " (back)", mtype="chat")
-    assert (await next_item(alice.received, 20))["body"] == text + " (back)"
+    assert (await chat_message(alice))["body"] == text + " (back)"
 
 
 def run(found, scenario):
@@ -224,3 +232,40 @@ def test_an_idle_stream_closes_and_is_opened_again_on_demand(tmp_path, ca):
 
     run(found, scenario)
     assert found[A].log().count(f"s2s out {B}: connected to") == 2
+
+
+async def sink_server(port: int):
+    """A peer that authenticates anyone (answers every dialback key 'valid',
+    as a careless server might) and then never reads again."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"'1.0'>")                   # our stream header
+        writer.write(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber."
+                     b"org/streams' xmlns:db='jabber:server:dialback' id='sink1' version='1.0' "
+                     b"from='sink.example'><stream:features><dialback xmlns='urn:xmpp:features:"
+                     b"dialback'/></stream:features>")
+        await reader.readuntil(b"</db:result>")
+        writer.write(b"<db:result from='sink.example' to='a.example' type='valid'/>")
+        await asyncio.sleep(3600)                           # never reads again
+    return await asyncio.start_server(handle, "127.0.0.1", port)
+
+
+def test_a_peer_that_never_reads_holds_a_bounded_queue_and_the_rest_carries_on(tmp_path, ca):
+    port = free_port()
+    found = pair(tmp_path, ca, a_extra='iim_server.s2s_queue_limit = "100"\n',
+                 more_hosts=f"sink.example=127.0.0.1:{port}")
+
+    async def scenario(found):
+        sink = await sink_server(port)
+        alice, bob = await online(found[A], "alice"), await online(found[B], "bob")
+        body = "x" * 2000
+        for _ in range(600):                                 # 1.2 MB for a peer that reads none
+            alice.send_message(mto="nobody@sink.example", mbody=body, mtype="chat")
+        error = await next_item(alice.errors, 30)
+        assert error["error"]["condition"] == "resource-constraint"
+        await exchange(alice, bob, "still here")
+        sink.close()
+        await alice.offline()
+        await bob.offline()
+
+    run(found, scenario)
+    assert "s2s out sink.example: authenticated with dialback" in found[A].log()

@@ -39,6 +39,7 @@ from iim.xmpp.errors import StanzaErrorCondition, StreamError, StreamErrorCondit
 from iim.xmpp.jid import JID, InvalidJID
 from iim.xmpp.s2s import CoserverPair, DialbackVerifyAnswered, DialbackVerifyNeeded, S2SPolicy
 
+from .c2s import HIGH_WATER
 from .listener import SocketCarrier
 from .resolve import NoService, Resolver, Target
 from .s2s import IncomingServerSession, OutgoingServerSession
@@ -118,7 +119,7 @@ class Federation:
             self.router.bounce_to_local(stanza, StanzaErrorCondition.JID_MALFORMED)
             return
         session = self._session_for(domain)
-        if not session.established and len(session.queue) >= self.queue_limit:
+        if len(session.queue) >= self.queue_limit:
             self.router.bounce_to_local(stanza, StanzaErrorCondition.RESOURCE_CONSTRAINT)
             return
         session.send(stanza)
@@ -234,6 +235,7 @@ class _OutgoingProtocol(asyncio.Protocol):
         if self.session.closed:
             transport.abort()
             return
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
         self.session.connected(SocketCarrier(transport), self.target)
 
     def data_received(self, data: bytes) -> None:
@@ -241,6 +243,9 @@ class _OutgoingProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
+
+    def resume_writing(self) -> None:
+        self.session.resume_writing()
 
     def connection_lost(self, exc) -> None:
         self.session.connection_lost()

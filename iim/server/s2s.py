@@ -44,7 +44,7 @@ from iim.xmpp.s2s import (
 )
 from iim.xmpp.stream import Phase
 
-from .c2s import _printable
+from .c2s import HIGH_WATER, _printable
 from .tls import TLSFailed, TLSLayer
 
 if TYPE_CHECKING:
@@ -355,11 +355,21 @@ class OutgoingServerSession(_ServerLink):
         return not self.judge(self.remote)
 
     def send(self, stanza: Element) -> None:
+        """Write now, or queue: while negotiating, and while the peer does not
+        read (more than HIGH_WATER bytes unsent), stanzas wait in ``queue``,
+        which the federation keeps below ``s2s_queue_limit``."""
         self.last_used = time.monotonic()
-        if self.established and not self.queue:
+        if self.established and not self.queue and self._writable():
             self._write(stanza)
         else:
             self.queue.append(stanza)
+
+    def _writable(self) -> bool:
+        return self.carrier is not None and self.carrier.pending() <= HIGH_WATER
+
+    def resume_writing(self) -> None:
+        if self.established:
+            self._ready()
 
     def _write(self, stanza: Element) -> None:
         try:
@@ -401,7 +411,7 @@ class OutgoingServerSession(_ServerLink):
 
     def _ready(self) -> None:
         self._negotiated()
-        while self.queue and self.established:
+        while self.queue and self.established and self._writable():
             self._write(self.queue.popleft())
 
     def connect_failed(self, condition, reason: str) -> None:
