@@ -53,6 +53,13 @@ async def chat_and_subscribe(servers):
         bob.send_message(mto=got["from"], mbody="hello back", mtype="chat")
         back = await next_item(alice.received, 20)
         assert (back["from"].bare, back["body"]) == (f"bob@{B}", "hello back")
+        # alice comes back: her server probes b.example (RFC 6121 §4.3), bob's answers
+        await alice.offline()
+        alice = await online(servers[A], "alice")
+        seen = await next_item(alice.presences, 20)
+        while seen["from"].bare != f"bob@{B}":
+            seen = await next_item(alice.presences, 20)
+        assert seen["type"] == "available"
     finally:
         await alice.offline()
         await bob.offline()
