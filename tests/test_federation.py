@@ -72,3 +72,25 @@ def test_users_on_two_servers_subscribe_and_chat_over_tls_with_sasl_external(pai
     assert f"s2s out {B}: authenticated with SASL EXTERNAL (TLSv1.3)" in log_a
     assert f"s2s in {A}: {A} authenticated with SASL EXTERNAL (TLSv1.3)" in log_b
     assert f"s2s in {B}: {B} authenticated with SASL EXTERNAL (TLSv1.3)" in log_a
+
+
+def test_a_domain_is_found_through_its_srv_record(tmp_path, ca):
+    from dnsfake import FakeDNS
+    servers = federated(tmp_path, ca, {A: {"host": "127.0.0.1"}, B: {"host": "127.0.0.2"}})
+    dns = FakeDNS({(f"_xmpp-server._tcp.{B}", "SRV"): [f"0 5 {servers[B].port} xmpp.{B}."],
+                   (f"xmpp.{B}", "A"): [servers[B].host]})
+    with servers[A].conf.open("a") as conf:         # a.example finds b.example in DNS only
+        conf.write(f'iim_server.s2s_hosts = ""\niim_server.s2s_nameservers = "127.0.0.1:{dns.port}"\n')
+    start_all(servers)
+    try:
+        async def scenario():
+            alice, bob = await online(servers[A], "alice"), await online(servers[B], "bob")
+            alice.send_message(mto=f"bob@{B}", mbody="found you", mtype="chat")
+            assert (await next_item(bob.received, 20))["body"] == "found you"
+            await alice.offline()
+            await bob.offline()
+        asyncio.run(scenario())
+    finally:
+        stop_all(servers)
+        dns.close()
+    assert f"s2s out {B}: connected to xmpp.{B}:{servers[B].port} (SRV)" in servers[A].log()

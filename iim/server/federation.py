@@ -142,17 +142,21 @@ class Federation:
             return
         loop, failures = asyncio.get_running_loop(), []
         for target in targets:
-            if session.closed:
-                return
-            try:
-                await asyncio.wait_for(loop.create_connection(
-                    lambda t=target: _OutgoingProtocol(session, t), target.host, target.port),
-                    CONNECT_TIMEOUT)
-                return
-            except asyncio.TimeoutError:
-                failures.append(f"{target}: timed out")
-            except OSError as exc:
-                failures.append(f"{target}: {exc.strerror or exc}")
+            addresses = await self.resolver.addresses(target)
+            if not addresses:
+                failures.append(f"{target}: no address")
+            for address in addresses:
+                if session.closed:
+                    return
+                try:
+                    await asyncio.wait_for(loop.create_connection(
+                        lambda t=target: _OutgoingProtocol(session, t), address, target.port),
+                        CONNECT_TIMEOUT)
+                    return
+                except asyncio.TimeoutError:
+                    failures.append(f"{target}: timed out")
+                except OSError as exc:
+                    failures.append(f"{target}: {exc.strerror or exc}")
         timed_out = failures and all(f.endswith("timed out") for f in failures)
         session.connect_failed(StreamErrorCondition.CONNECTION_TIMEOUT if timed_out else None,
                                "; ".join(failures) or "no address")

@@ -14,6 +14,7 @@ standard library does not.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class Target:
 class Resolver:
     def __init__(self, overrides: dict[str, Target], nameservers=()) -> None:
         self.overrides = overrides
+        self.custom_dns = bool(nameservers)
         self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
             self._dns.nameservers = [ns.host for ns in nameservers]
@@ -59,6 +61,23 @@ class Resolver:
             raise NoService(f"{domain} publishes no XMPP server service (SRV target '.')")
         return [Target(host.rstrip("."), port, "SRV") for _, port, host in _srv_order(records)]
 
+    async def addresses(self, target: Target) -> list[str]:
+        """The addresses to try for ``target``: looked up with
+        ``iim_server.s2s_nameservers`` when they are set (A, then AAAA), so that
+        one DNS view serves SRV and addresses; else left to the system's
+        resolver (getaddrinfo, /etc/hosts included) by returning the name."""
+        if not self.custom_dns or _is_ip(target.host):
+            return [target.host]
+        found = []
+        for kind in ("A", "AAAA"):
+            try:
+                answer = await self._dns.resolve(target.host, kind)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers,
+                    dns.exception.Timeout):
+                continue
+            found += [record.to_text() for record in answer]
+        return found
+
     async def _srv(self, domain: str):
         try:
             answer = await self._dns.resolve(f"_xmpp-server._tcp.{domain}", "SRV")
@@ -66,6 +85,14 @@ class Resolver:
                 dns.exception.Timeout, dns.resolver.NoResolverConfiguration):
             return None
         return [((r.priority, r.weight), r.port, r.target.to_text()) for r in answer] or None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _srv_order(records):
