@@ -175,7 +175,11 @@ def start(instance: Instance, component: Component, timeout: float) -> bool:
     except runtime.RuntimeFolderError as exc:
         err(f"{component}: {exc}")
         return False
-    proc = _spawn(instance, component, paths)
+    try:
+        proc = _spawn(instance, component, paths)
+    except OSError as exc:
+        err(f"{component}: not started: {exc.filename or paths.stderr}: {exc.strerror or exc}")
+        return False
     problem = _wait_ready(proc, component, paths, timeout)
     if problem:
         err(f"{component}: not started: {problem}")

@@ -248,7 +248,11 @@ class ControlServer:
         problem = control.bad_request(request)
         if problem:
             return {"ok": False, "error": problem}, None
-        return getattr(self, "_" + request["op"])()
+        try:
+            return getattr(self, "_" + request["op"])()
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave iim.admin waiting
+            self.server.log.exception("control: %s failed", request["op"])
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}"}, None
 
     def _status(self):
         return {"ok": True, **self.server.status(), "started": self.started}, None
