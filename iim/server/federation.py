@@ -26,6 +26,7 @@ session to the domain the key claims, so no peer can vouch for another.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import ssl
@@ -71,6 +72,21 @@ class Federation:
         self._tasks: set[asyncio.Task] = set()
 
     # -- configuration ---------------------------------------------------------------
+
+    def refresh(self, config: Config, material: KeyMaterial | None) -> None:
+        """``iim.admin refresh``: new s2s streams use the new certificate and
+        policy; established ones keep what they negotiated. The dialback secret
+        is kept unless it comes from a file (keys handed out a moment ago must
+        still verify)."""
+        server = config.server
+        self.use_material(material)
+        self.config, self.trust_all_cert = config, server.trust_all_cert
+        self.negotiation_timeout = server.negotiation_timeout
+        self.idle_timeout, self.queue_limit = server.s2s_idle_timeout, server.s2s_queue_limit
+        secret = self.policy.dialback_secret if server.dialback_secretfile is None else None
+        policy = self._policy(config, material is not None or self.server_tls is not None)
+        self.policy = policy if secret is None else dataclasses.replace(
+            policy, dialback_secret=secret)
 
     def use_material(self, material: KeyMaterial | None) -> None:
         """New key material (certificate refresh): new s2s handshakes use it."""
