@@ -112,6 +112,16 @@ def test_add_from_a_password_file(admin, db, tmp_path):
     assert logs_in(db, "alice", PASSWORD)
 
 
+def test_add_from_a_password_file_in_iims_token_form(admin, db, tmp_path):
+    """What ``iim.admin keys password-file`` writes, as every iim command reads it."""
+    secret = tmp_path / "alice.pw"
+    secret.write_text(f"Internal (Software) Token:{PASSWORD}\n")
+    code, _, err = admin("add", "alice", "--db", str(db), "--password-file", str(secret))
+    assert (code, err) == (0, [])
+    assert logs_in(db, "alice", PASSWORD)
+    assert not logs_in(db, "alice", f"Internal (Software) Token:{PASSWORD}")
+
+
 def test_missing_password_file(admin, db, tmp_path):
     code, _, err = admin("add", "alice", "--db", str(db), "--password-file",
                          str(tmp_path / "nope"))

@@ -21,11 +21,14 @@ import sys
 from pathlib import Path
 
 from iim import conf
+from iim.keys.passwords import TOKEN_NAMES
 from iim.server.storage import NoSuchUser, Storage, StorageError, UserExists
 from iim.xmpp.jid import InvalidJID, prepare_localpart
 
 PASSWORD_SOURCES = (
-    "The password is the first line of --password-file FILE; without it, it is "
+    "The password is the first line of --password-file FILE (after the token "
+    "name when the file has iim's form 'Internal (Software) Token:PASSWORD'); "
+    "without it, it is "
     "asked twice when stdin is a terminal, and otherwise read as one line from "
     "stdin (echo ... | iim.admin user add alice). It is never taken from the "
     "command line: every local user can read a process's arguments (ps, "
@@ -206,7 +209,15 @@ def _first_line(path: Path) -> str:
                                f"{err.strerror or err}") from None
     except UnicodeDecodeError:
         raise UserCommandError(f"{path}: the password file is not UTF-8") from None
-    return _strip_line_end(text.split("\n", 1)[0])
+    return _without_token(_strip_line_end(text.split("\n", 1)[0]))
+
+
+def _without_token(line: str) -> str:
+    """A file in iim's password-file form (``iim.admin keys password-file``
+    writes ``Internal (Software) Token:PASSWORD``) gives the part after the
+    token name, as every other iim command reads it."""
+    token, colon, rest = line.partition(":")
+    return rest if colon and token.strip() in TOKEN_NAMES else line
 
 
 def _prompt_twice(username: str) -> str:
