@@ -39,7 +39,7 @@ from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
 
-from .tls import TLSFailed, TLSLayer
+from .tls import TLSFailed, TLSLayer, TLSPump
 
 Cond = StreamErrorCondition
 HIGH_WATER = 256 * 1024
@@ -72,7 +72,7 @@ class SessionContext:
     connections: set = field(default_factory=set)   # transports not yet lost (shutdown)
 
 
-class ClientSession:
+class ClientSession(TLSPump):
     """One client stream; implements the router's SessionHandle."""
 
     def __init__(self, ctx: SessionContext, carrier: Carrier, *,
@@ -101,28 +101,9 @@ class ClientSession:
 
     # -- bytes in -------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            plain = self._decrypt(data) if self.tls is not None else data
-        except TLSFailed as exc:
-            self.ctx.log.info("c2s %s: TLS failed: %s", self.carrier.peer, exc)
-            if exc.alert:
-                self.carrier.write(exc.alert)
-            self._finish(write=False)
-            return
-        if plain:
-            self._feed(plain)
-
-    def _decrypt(self, data: bytes) -> bytes:
-        was_done = self.tls.handshake_done
-        plain, out = self.tls.receive(data)
-        if out:
-            self.carrier.write(out)
-        if self.tls.handshake_done and not was_done:
-            self._tls_up()
-        return plain
+    def _tls_failed(self, exc: TLSFailed) -> None:
+        self.ctx.log.info("c2s %s: TLS failed: %s", self.carrier.peer, exc)
+        self._finish(write=False)
 
     def _tls_up(self) -> None:
         info = self.tls.info()

@@ -45,7 +45,7 @@ from iim.xmpp.s2s import (
 from iim.xmpp.stream import Phase
 
 from .c2s import HIGH_WATER, _printable
-from .tls import TLSFailed, TLSLayer
+from .tls import TLSFailed, TLSLayer, TLSPump
 
 if TYPE_CHECKING:
     from .federation import Federation
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 Cond = StreamErrorCondition
 
 
-class _ServerLink:
+class _ServerLink(TLSPump):
     """What both directions share: TLS, byte pumping, timers, ending."""
 
     direction = ""
@@ -83,28 +83,9 @@ class _ServerLink:
 
     # -- bytes in -------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            plain = self._decrypt(data) if self.tls is not None else data
-        except TLSFailed as exc:
-            self.log("warning", "TLS failed: %s", exc)
-            if exc.alert:
-                self.carrier.write(exc.alert)
-            self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
-            return
-        if plain and not self.closed:
-            self._feed(plain)
-
-    def _decrypt(self, data: bytes) -> bytes:
-        was_done = self.tls.handshake_done
-        plain, out = self.tls.receive(data)
-        if out:
-            self.carrier.write(out)
-        if self.tls.handshake_done and not was_done:
-            self._tls_up()
-        return plain
+    def _tls_failed(self, exc: TLSFailed) -> None:
+        self.log("warning", "TLS failed: %s", exc)
+        self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
 
     def _tls_up(self) -> None:
         info = self.tls.info()

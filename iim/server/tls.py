@@ -134,3 +134,36 @@ class TLSLayer:
 def _reason(exc: ssl.SSLError) -> str:
     """OpenSSL's reason code, e.g. ``WRONG_VERSION_NUMBER``: short and secret-free."""
     return getattr(exc, "reason", None) or type(exc).__name__
+
+
+class TLSPump:
+    """Bytes from a carrier into a session's stream, through its TLSLayer once
+    STARTTLS started (mixed into the c2s and s2s sessions).
+
+    The session provides ``carrier``, ``tls`` (None before STARTTLS),
+    ``closed``, ``_feed(plaintext)``, ``_tls_up()`` (the handshake just
+    finished) and ``_tls_failed(exc)`` (end the session; the alert, when
+    OpenSSL made one, has been written already).
+    """
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            plain = self._decrypt(data) if self.tls is not None else data
+        except TLSFailed as exc:
+            if exc.alert:
+                self.carrier.write(exc.alert)
+            self._tls_failed(exc)
+            return
+        if plain and not self.closed:
+            self._feed(plain)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        was_done = self.tls.handshake_done
+        plain, out = self.tls.receive(data)
+        if out:
+            self.carrier.write(out)
+        if self.tls.handshake_done and not was_done:
+            self._tls_up()
+        return plain

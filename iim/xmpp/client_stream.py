@@ -14,7 +14,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from . import sasl
 from .errors import StreamError, StreamErrorCondition
-from .events import Authenticated, Event, SessionEstablished, StanzaReceived, StartTLS
+from .events import Authenticated, Event, SessionEstablished, StanzaReceived
 from .jid import JID, InvalidJID
 from .ns import BIND_NS, CLIENT_NS, SASL_NS, STREAMS_NS, TLS_NS, q
 from .stream import Phase, Stream
@@ -91,11 +91,6 @@ class ClientStream(Stream):
         if self.authenticated:
             return self._request_bind(features)
         return self._authenticate(features)
-
-    def _on_proceed(self, element: Element) -> list[Event]:
-        self.phase = Phase.TLS_PENDING
-        self._cut = True
-        return [StartTLS()]
 
     # -- SASL ---------------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 from .errors import STANZA_ERRORS_NS, STREAM_ERRORS_NS, STREAMS_NS  # noqa: F401
 from .sasl import SASL_NS  # noqa: F401
+from .stream import TLS_NS  # noqa: F401 - RFC 6120 §5
 from .xml import CLIENT_NS, SERVER_NS  # noqa: F401
 
-TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"                 # RFC 6120 §5
 BIND_NS = "urn:ietf:params:xml:ns:xmpp-bind"               # RFC 6120 §7
 SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"         # RFC 3921 §3 (legacy, optional)
 LIMITS_NS = "urn:xmpp:stream-limits:0"                     # XEP-0478

@@ -49,7 +49,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from . import dialback as db
 from .errors import StanzaErrorCondition, StreamError, StreamErrorCondition
-from .events import Event, StanzaReceived, StartTLS
+from .events import Event, StanzaReceived
 from .jid import JID, InvalidJID, prepare_domainpart
 from .ns import CLIENT_NS, SASL_NS, SERVER_NS, STREAMS_NS, TLS_NS, q
 from .sasl import decode_payload, encode_payload
@@ -282,14 +282,8 @@ class IncomingServerStream(_ServerStreamBase):
         raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE)
 
     def _starttls(self) -> list[Event]:
-        if not self.policy.tls_offered or self.secure or self.authenticated or \
-                self.phase is not Phase.NEGOTIATING:
-            self._out += f"<failure xmlns='{TLS_NS}'/>".encode()
-            return self.close()                                  # RFC 6120 §5.4.2.2
-        self._out += f"<proceed xmlns='{TLS_NS}'/>".encode()
-        self.phase = Phase.TLS_PENDING
-        self._cut = True
-        return [StartTLS()]
+        return self._answer_starttls(self.policy.tls_offered and not self.secure and
+                                     not self.authenticated and self.phase is Phase.NEGOTIATING)
 
     # -- SASL EXTERNAL (XEP-0178 §3) ----------------------------------------------------
 
@@ -499,11 +493,6 @@ class OutgoingServerStream(_ServerStreamBase):
             return []
         self.ready_for_dialback = True
         return [ReadyForDialback()] + self._start_dialback()
-
-    def _on_proceed(self, element: Element) -> list[Event]:
-        self.phase = Phase.TLS_PENDING
-        self._cut = True
-        return [StartTLS()]
 
     # -- SASL EXTERNAL ----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from xml.etree.ElementTree import Element, SubElement
 from . import sasl
 from .errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
 from .events import (
-    Authenticated, Event, SessionEstablished, StanzaReceived, StartTLS,
+    Authenticated, Event, SessionEstablished, StanzaReceived,
 )
 from .jid import JID, InvalidJID, prepare_domainpart, prepare_resourcepart
 from .ns import BIND_NS, CLIENT_NS, LIMITS_NS, SASL_NS, SESSION_NS, STREAMS_NS, TLS_NS, q
@@ -165,13 +165,8 @@ class ServerStream(Stream):
         return handler(element)
 
     def _starttls(self) -> list[Event]:
-        if not self.policy.tls_offered or self.secure or self.phase is not Phase.NEGOTIATING:
-            self._out += f"<failure xmlns='{TLS_NS}'/>".encode()
-            return self.close()                          # RFC 6120 §5.4.2.2
-        self._out += f"<proceed xmlns='{TLS_NS}'/>".encode()
-        self.phase = Phase.TLS_PENDING
-        self._cut = True
-        return [StartTLS()]
+        return self._answer_starttls(self.policy.tls_offered and not self.secure
+                                     and self.phase is Phase.NEGOTIATING)
 
     # -- SASL (RFC 6120 §6.4) ----------------------------------------------------
 

@@ -21,7 +21,7 @@ import enum
 from xml.etree.ElementTree import Element
 
 from .errors import STREAMS_NS, LocalProtocolError, StreamError
-from .events import Event, StreamEnded
+from .events import Event, StartTLS, StreamEnded
 from .xml import (
     CLIENT_NS, DEFAULT_MAX_STANZA_BYTES, STREAM_CLOSE, ElementReceived, StreamClosed,
     StreamOpened, StreamParser, to_bytes,
@@ -114,6 +114,22 @@ class Stream:
 
     # -- for the roles ----------------------------------------------------------
 
+    def _answer_starttls(self, allowed: bool) -> list[Event]:
+        """The receiving entity's answer to ``<starttls/>`` (RFC 6120 §5.4.2)."""
+        if not allowed:
+            self._out += f"<failure xmlns='{TLS_NS}'/>".encode()
+            return self.close()                                   # §5.4.2.2
+        self._out += f"<proceed xmlns='{TLS_NS}'/>".encode()
+        self.phase = Phase.TLS_PENDING
+        self._cut = True
+        return [StartTLS()]
+
+    def _on_proceed(self, element: Element) -> list[Event]:
+        """The initiating entity's side: TLS starts with the next bytes (§5.4.2.3)."""
+        self.phase = Phase.TLS_PENDING
+        self._cut = True
+        return [StartTLS()]
+
     def _dispatch(self, item) -> list[Event]:
         if isinstance(item, StreamOpened):
             return self._on_header(item)
@@ -173,3 +189,4 @@ class Stream:
 
 
 STREAM_ERROR = f"{{{STREAMS_NS}}}error"
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"                 # RFC 6120 §5
