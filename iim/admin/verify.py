@@ -58,6 +58,7 @@ from iim import conf
 from iim.keys.errors import KeyMaterialError
 from iim.keys.passwords import TOKEN_NAMES, read_password_file
 from iim.keys.trust import Verdict, certificate_summary, verify_peer
+from iim.server.tls import peer_chain
 from iim.xmpp import sasl
 from iim.xmpp.client_stream import ClientStream, TLSMode
 from iim.xmpp.errors import StreamErrorCondition
@@ -157,18 +158,8 @@ class TLSTransport:
         return name, bits
 
     def peer_chain(self) -> tuple[x509.Certificate, ...]:
-        """The chain the peer sent, leaf first. Python 3.13 names the call on
-        SSLObject; 3.11 has it on the private ``_sslobj``; else the leaf only."""
-        leaf = self._tls.getpeercert(binary_form=True)
-        if not leaf:
-            return ()
-        owner = self._tls if hasattr(self._tls, "get_unverified_chain") else \
-            getattr(self._tls, "_sslobj", None)
-        getter = getattr(owner, "get_unverified_chain", None)
-        sent = (getter() if getter else None) or [leaf]
-        ders = [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
-                for c in sent]
-        return tuple(x509.load_der_x509_certificate(der) for der in ders)
+        """The chain the peer sent, leaf first."""
+        return tuple(x509.load_der_x509_certificate(der) for der in peer_chain(self._tls))
 
     def _flush(self) -> None:
         self.lower.send(self._out.read())

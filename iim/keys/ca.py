@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import idna
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -158,17 +157,6 @@ def check_ca(ca_key, ca_cert, now: dt.datetime | None = None) -> None:
 
 def same_key(key, cert) -> bool:
     return key.public_key() == cert.public_key()
-
-
-def signed_by(cert, issuer) -> bool:
-    """``cert`` names ``issuer`` as its issuer and carries its signature."""
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
 
 
 def general_names(names) -> list[x509.GeneralName]:

@@ -90,20 +90,7 @@ class TLSLayer:
                        self._peer_chain())
 
     def _peer_chain(self) -> tuple[bytes, ...]:
-        """The chain the peer sent, leaf first. Python 3.13 has
-        ``get_unverified_chain`` on SSLObject; 3.11 has it on the private
-        ``_sslobj`` only, so fall back to the leaf when neither exists."""
-        leaf = self._tls.getpeercert(binary_form=True)
-        if not leaf:
-            return ()
-        owner = self._tls if hasattr(self._tls, "get_unverified_chain") else \
-            getattr(self._tls, "_sslobj", None)
-        getter = getattr(owner, "get_unverified_chain", None)
-        chain = getter() if getter else None
-        if not chain:
-            return (leaf,)
-        return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
-                     for c in chain)
+        return peer_chain(self._tls)
 
     def _step_handshake(self) -> None:
         try:
@@ -129,6 +116,22 @@ class TLSLayer:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def peer_chain(tls: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The chain the peer sent (DER, leaf first). Python 3.13 has
+    ``get_unverified_chain`` on SSLObject; 3.11 has it on the private
+    ``_sslobj`` only, so fall back to the leaf when neither exists."""
+    leaf = tls.getpeercert(binary_form=True)
+    if not leaf:
+        return ()
+    owner = tls if hasattr(tls, "get_unverified_chain") else getattr(tls, "_sslobj", None)
+    getter = getattr(owner, "get_unverified_chain", None)
+    chain = getter() if getter else None
+    if not chain:
+        return (leaf,)
+    return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)
+                 for c in chain)
 
 
 def _reason(exc: ssl.SSLError) -> str:
