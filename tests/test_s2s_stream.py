@@ -159,6 +159,77 @@ def test_the_answer_to_our_verify_request_is_reported():
     assert events == [DialbackVerifyAnswered(B, "XYZ", True)]
 
 
+def waiting_for_our_key():
+    """a.example sent b.example its key (Step 1) and waits for the verdict."""
+    out = OutgoingServerStream(policy(A), B)
+    out.start()
+    out.data_to_send()
+    feed(out, HEADER.format(to=A, frm=B).replace("version=", "id='S1' version=") +
+         "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>"
+         "</stream:features>")
+    assert f"<db:result from='{A}' to='{B}'>" in sent(out)
+    return out
+
+
+@pytest.mark.parametrize("answer, bounce", [
+    # XEP-0220 §2.1.1: 'invalid' -> internal-server-error; 'error' -> remote-server-timeout
+    (f"<db:result from='{B}' to='{A}' type='invalid'/>", "internal-server-error"),
+    (f"<db:result from='{B}' to='{A}' type='error'><error type='cancel'><item-not-found "
+     f"xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+     "remote-server-timeout"),
+])
+def test_a_refused_key_sends_the_waiting_stanzas_back_with_the_xep_condition(answer, bounce):
+    out = waiting_for_our_key()
+    events = feed(out, answer)
+    assert ended(events).error.condition is Cond.NOT_AUTHORIZED
+    assert out.bounce_condition.value == bounce
+    assert sent(out) == "</stream:stream>"           # no stream error: the peer did no wrong
+
+
+@pytest.mark.parametrize("answer", [
+    f"<db:result from='c.example' to='{A}' type='valid'/>",     # another sender domain
+    f"<db:result from='{B}' to='c.example' type='valid'/>",     # another target domain
+])
+def test_an_answer_for_another_domain_pair_is_dropped_as_unsolicited(answer):
+    """XEP-0220 §2.1.1, §3.1: only the answer to our own request counts."""
+    out = waiting_for_our_key()
+    assert feed(out, answer) == []
+    assert out.phase is not Phase.ESTABLISHED and out.method == "dialback-pending"
+    events = feed(out, f"<db:result from='{B}' to='{A}' type='valid'/>")
+    assert PeerAuthenticated(B, "dialback") in events
+
+
+def test_an_error_from_the_authoritative_server_is_no_verdict_on_the_key():
+    """Step 3 answered type='error' is reported as unknown (valid None), and the
+    initiating server hears <remote-server-not-found/> (XEP-0220 §2.4), not
+    'invalid', which would brand it a spoofer and close its stream."""
+    w = wire(policy(A), policy(B))
+    w.out.request_verify(B, "XYZ", "somekey")
+    w.out.data_to_send()
+    events = feed(w.out, f"<db:verify from='{B}' to='{A}' id='XYZ' type='error'><error "
+                         f"type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:"
+                         f"xmpp-stanzas'/></error></db:verify>")
+    assert events == [DialbackVerifyAnswered(B, "XYZ", None)]
+    assert feed(w.out, f"<db:verify from='{B}' to='c.example' id='XYZ' type='valid'/>") == []
+    assert w.inc.dialback_verified(A, None) == []
+    answer = sent(w.inc)
+    assert f"<db:result from='{B}' to='{A}' type='error'>" in answer
+    assert "<remote-server-not-found" in answer and w.inc.phase is not Phase.CLOSED
+
+
+def test_an_invalid_key_for_a_second_domain_gets_forbidden_and_the_stream_stays():
+    """'invalid' would oblige us to close a stream that carries a verified
+    domain already (§2.2.1); the dialback error <forbidden/> refuses the
+    second domain alone (§2.1.2)."""
+    w = established_by_dialback()
+    feed(w.inc, f"<db:result from='c.example' to='{B}'>key</db:result>")
+    events = w.inc.dialback_verified("c.example", False)
+    answer = sent(w.inc)
+    assert "type='error'" in answer and "<forbidden" in answer and "invalid" not in answer
+    assert not any(isinstance(e, StreamEnded) for e in events)
+    assert w.inc.authenticated == {A: "dialback"}
+
+
 # -- requiressl (DESIGN.md "TLS policy") -------------------------------------------------------
 
 @pytest.mark.parametrize("nonza", [

@@ -183,11 +183,12 @@ class Federation:
         error = StanzaErrorCondition.REMOTE_SERVER_TIMEOUT \
             if condition is StreamErrorCondition.CONNECTION_TIMEOUT \
             else StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND
+        bounce = session.stream.bounce_condition or error      # XEP-0220 §2.1.1
         if session.queue:
             session.log("info", "%d waiting stanzas bounce with %s: %s", len(session.queue),
-                        error.value, reason)
+                        bounce.value, reason)
         while session.queue:
-            self.router.bounce_to_local(session.queue.popleft(), error)
+            self.router.bounce_to_local(session.queue.popleft(), bounce)
         for (domain, stream_id), incoming in list(self._waiting.items()):
             if domain == session.remote:
                 del self._waiting[(domain, stream_id)]

@@ -281,6 +281,10 @@ class IncomingServerSession(_ServerLink):
             return
         if valid is False:
             self.log("warning", "dialback key for %s is not valid", originating)
+        elif valid is None:
+            self.log("info", "dialback key for %s could not be checked (%s)", originating,
+                     condition.value if condition is not None else
+                     "the authoritative server answered with an error")
         events = self.stream.dialback_verified(originating, valid, condition)
         self._flush()
         for event in events:

@@ -124,11 +124,12 @@ class DialbackVerifyNeeded:
 @dataclass(frozen=True)
 class DialbackVerifyAnswered:
     """The authoritative server ``originating`` answered our ``<db:verify/>``
-    for the incoming stream ``stream_id``."""
+    for the incoming stream ``stream_id``: ``valid`` is None when it answered
+    with a dialback error (XEP-0220 §2.4) rather than valid or invalid."""
 
     originating: str
     stream_id: str
-    valid: bool
+    valid: bool | None
 
 
 @dataclass(frozen=True)
@@ -352,11 +353,14 @@ class IncomingServerStream(_ServerStreamBase):
             self._send(db.answer(request, db.DialbackType.ERROR,
                                  condition or StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND))
             return []
+        if self.authenticated:
+            # 'invalid' obliges us to close the stream (XEP-0220 §2.2.1), which would
+            # drop the domains already verified on it: <forbidden/> instead (§2.1.2)
+            self._send(db.answer(request, db.DialbackType.ERROR, StanzaErrorCondition.FORBIDDEN))
+            return []
         self._send(db.answer(request, db.DialbackType.INVALID))
-        if not self.authenticated:
-            return self.close(StreamError(Cond.NOT_AUTHORIZED,
-                                          f"dialback key for {originating} is not valid"))
-        return []
+        return self.close(StreamError(Cond.NOT_AUTHORIZED,
+                                      f"dialback key for {originating} is not valid"))
 
     # -- coserver proof ----------------------------------------------------------------
 
@@ -420,6 +424,9 @@ class OutgoingServerStream(_ServerStreamBase):
         self._external_failed = False
         self._dialback_offered = False
         self._awaiting_proof = False
+        self.bounce_condition: StanzaErrorCondition | None = None
+        """Set when the peer refused our dialback key: the stanza error the
+        stanzas waiting for this stream go back with (XEP-0220 §2.1.1)."""
         pair = policy.coserver_pairs.get(self.remote)
         self.coserver = pair if pair is not None and policy.own_pair is not None else None
 
@@ -521,11 +528,24 @@ class OutgoingServerStream(_ServerStreamBase):
         return []
 
     def _on_result_answer(self, element: Element) -> list[Event]:
+        """The receiving server's verdict on our key (XEP-0220 §2.1.1).
+
+        It counts only as the answer to the one request this stream made (the
+        same domain pair, still waiting); anything else is an unsolicited
+        answer (§3.1) and is dropped. 'invalid' sends the waiting stanzas back
+        with <internal-server-error/>, 'error' with <remote-server-timeout/>."""
+        if self.method != "dialback-pending" or _domain(element.get("from")) != self.remote \
+                or _domain(element.get("to")) != self.domain:
+            return []
         kind = db.answer_type(element)
-        if kind is db.DialbackType.VALID and self.method == "dialback-pending":
+        if kind is db.DialbackType.VALID:
             return self._authenticated("dialback")
-        reason = "refused our dialback key" if kind is db.DialbackType.INVALID else \
-            f"could not check our dialback key ({_error_condition(element)})"
+        if kind is db.DialbackType.INVALID:
+            self.bounce_condition = StanzaErrorCondition.INTERNAL_SERVER_ERROR
+            reason = "refused our dialback key"
+        else:
+            self.bounce_condition = StanzaErrorCondition.REMOTE_SERVER_TIMEOUT
+            reason = f"could not check our dialback key ({_error_condition(element)})"
         return self._give_up(StreamError(Cond.NOT_AUTHORIZED, f"the peer {reason}"))
 
     def request_verify(self, originating: str, stream_id: str, key: str) -> None:
@@ -537,9 +557,13 @@ class OutgoingServerStream(_ServerStreamBase):
         if element.get("type") is None:                        # the peer asks us
             self._answer_verify(element)
             return []
+        if _domain(element.get("to")) != self.domain:
+            return []                       # not an answer to a request of ours (§2.1.2)
         originating = _domain(element.get("from")) or ""
-        return [DialbackVerifyAnswered(originating, element.get("id") or "",
-                                       db.answer_type(element) is db.DialbackType.VALID)]
+        kind = db.answer_type(element)
+        valid = None if kind not in (db.DialbackType.VALID, db.DialbackType.INVALID) \
+            else kind is db.DialbackType.VALID
+        return [DialbackVerifyAnswered(originating, element.get("id") or "", valid)]
 
     # -- authenticated: coserver proof, then stanzas ---------------------------------------
 
