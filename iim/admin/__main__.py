@@ -64,7 +64,8 @@ def cmd_dev_setup(args) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m iim.admin", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                  help="one of the commands above; COMMAND --help for its manual")
     check = commands.add_parser(
         "check", help="check iim.conf, keystores and NSS databases",
         description="Read the configuration, open every keystore and NSS database it names "
@@ -91,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     add_verify_parser(commands)
     add_keys_parser(commands)
     add_daemon_parsers(commands)
+    # The description lists the commands in the order an operator meets them;
+    # argparse would list them a second time, unordered, under "positional arguments".
+    commands._choices_actions.clear()
     return top
 
 
