@@ -4,32 +4,38 @@ Theory of operation
 -------------------
 The test domains (``iim.example``, ``prosody.example``) are in no public DNS,
 and the machine's resolver points at a nameserver nobody answers. Rather than
-bending either server (IP-literal domains, host overrides, a Lua plug-in), the
-test runs the one thing a real deployment has and a loopback test lacks: an
-authoritative DNS server for the test zone. ``TestZone`` answers, over UDP on a
-free loopback port, the ``_xmpp-server._tcp`` SRV records of both domains and
-the A records of their targets (NXDOMAIN for any other name, an empty answer
-for AAAA), so each server finds the other exactly as in production (RFC 6120
-§3.2.1) and every lookup is answered at once, never left to time out:
+bending either server, the test runs the one thing a real deployment has and a
+loopback test lacks: an authoritative DNS server for the test zone.
+``TestZone`` answers, over UDP on a free loopback port, the ``_xmpp-server._tcp``
+SRV records of both domains and the A records of their targets (NXDOMAIN for
+any other name, an empty answer for AAAA), so each server finds the other
+exactly as in production (RFC 6120 §3.2.1), and every lookup is answered at
+once, none left to time out:
 
-* Prosody resolves with libunbound (lua-unbound, which Debian's package
-  pulls in): its ``unbound`` option is given ``forward = "127.0.0.1@port"``,
-  ``resolvconf = false`` (never ask /etc/resolv.conf's nameserver) and
+* Prosody resolves with libunbound (lua-unbound, a dependency of Debian's
+  package): its ``unbound`` option gets ``forward = "127.0.0.1@port"``,
+  ``resolvconf = false`` (never /etc/resolv.conf's nameserver) and
   ``hoststxt = false`` (never /etc/hosts).
-* iim is given ``iim_server.s2s_nameservers = "127.0.0.1:port"``.
+* iim gets ``iim_server.s2s_nameservers = "127.0.0.1:port"``.
 
+The alternatives were weaker: Prosody 0.12 does connect to an IP-literal domain
+without DNS, but then checks the peer certificate for that literal as a
+dNSName or common name (no iPAddress SAN), which no real deployment looks
+like; and 0.12 has no per-domain address override short of a Lua module.
 Because SRV records carry the port, neither server needs 5269: both listen on
 free ports of their own loopback address (Prosody 127.0.0.3, iim 127.0.0.4).
 
 ``ProsodyServer`` writes a complete configuration of its own into the test's
 folder (nothing under /etc/prosody or /var/lib/prosody is read or written),
 creates users with the real ``prosodyctl register`` and runs ``prosody -F``
-(foreground) as a child process. Its certificate is a PEM chain from the test
-CA; its private key never touches the disk: it sits in a memfd the child
-inherits and Prosody reads as ``/proc/self/fd/N``. ``cafile`` is the CA Prosody
-trusts for peers (the test CA, or another one to make iim's certificate
-unverifiable). The tests run as root, so ``run_as_root`` is set (Prosody
-refuses root otherwise).
+(foreground: 0.12's replacement for ``daemonize = false``, which it still
+reads but calls deprecated) as a child process, ready once both its ports
+accept. Its certificate is a PEM chain from the test CA; its private key never
+touches the disk: it sits in a memfd the child inherits and Prosody reads as
+``/proc/self/fd/N``. ``cafile`` is the CA Prosody trusts for peers (the test
+CA, or another one to make iim's certificate unverifiable). The tests run as
+root, so ``run_as_root`` is set: Prosody refuses root otherwise, and
+prosodyctl would switch to the ``prosody`` user, who cannot write here.
 """
 
 from __future__ import annotations
@@ -153,6 +159,8 @@ class ProsodyServer:
                  users=(("bob", "bob-pw-prosody-2"),), options: dict | None = None):
         self.folder, self.domain, self.host = folder, domain, host
         self.c2s_port, self.s2s_port = free_port(host), free_port(host)
+        while self.s2s_port == self.c2s_port:
+            self.s2s_port = free_port(host)
         self.users = dict(users)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)

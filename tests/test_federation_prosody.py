@@ -110,21 +110,20 @@ class Federation:
         return other
 
     def __enter__(self) -> "Federation":
-        self.prosody.add_users()
-        self.iim.add_users()
-        started = [self.prosody.start()]
         try:
-            for server in [self.iim, *self.others]:
-                started.append(server.start())
+            self.prosody.add_users()
+            self.iim.add_users()
+            for server in (self.prosody, self.iim, *self.others):
+                server.start()
         except BaseException:
-            for server in started:
-                server.stop()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stop every server (those never started too: that frees Prosody's key memfd)."""
         try:
-            for server in [self.iim, *self.others]:
+            for server in (self.iim, *self.others):
                 server.stop()
         finally:
             self.prosody.stop()
@@ -181,10 +180,14 @@ async def subscribe_and_chat(fed: Federation) -> None:
 
 
 def run(fed: Federation) -> tuple[str, str]:
-    """Run the scenario; return (iim's log, Prosody's log)."""
+    """Run the scenario; return (iim's log, Prosody's log), in which neither
+    server logged an error."""
     with fed:
         asyncio.run(subscribe_and_chat(fed))
-    return fed.iim.log(), fed.prosody.log()
+    iim_log, prosody_log = fed.iim.log(), fed.prosody.log()
+    assert re.findall(r"^.*\terror\t.*$", prosody_log, re.M) == []
+    assert " ERROR " not in iim_log
+    return iim_log, prosody_log
 
 
 def prosody_received(log: str, element: str, **attributes) -> bool:
