@@ -181,7 +181,7 @@ class _ServerStreamBase(Stream):
 
     def _header(self, to: str | None, stream_id: str | None) -> None:
         self._out += stream_header(from_=self.domain, to=to, id=stream_id, ns=SERVER_NS,
-                                   prefixes=db.DB_PREFIXES)
+                                   prefixes=db.DB_PREFIXES, lang="en")
         self._header_sent = True
 
     def _answer_verify(self, request: Element) -> None:
