@@ -238,7 +238,8 @@ async def sink_server(port: int):
     """A peer that authenticates anyone (answers every dialback key 'valid',
     as a careless server might) and then never reads again."""
     async def handle(reader, writer):
-        await reader.readuntil(b"'1.0'>")                   # our stream header
+        await reader.readuntil(b"<stream:stream")           # our stream header ...
+        await reader.readuntil(b">")                        # ... to its end
         writer.write(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber."
                      b"org/streams' xmlns:db='jabber:server:dialback' id='sink1' version='1.0' "
                      b"from='sink.example'><stream:features><dialback xmlns='urn:xmpp:features:"

@@ -126,10 +126,12 @@ def test_ten_mib_stanza_is_refused_early(server):
                     writer.write(b"A" * 65536)
                     await writer.drain()
                     progress["sent"] += 65536
+                    await asyncio.sleep(0)             # let the reader see an answer
 
             sender = asyncio.ensure_future(send())
-            answer = await read_until_closed(reader)
-            sent_when_refused = progress["sent"]
+            first = await asyncio.wait_for(reader.read(65536), 15)
+            sent_when_refused = progress["sent"]       # when the refusal arrived, not the close
+            answer = first + await read_until_closed(reader)
             sender.cancel()
             writer.close()
             return answer, sent_when_refused, await chat.progress(0.5)
