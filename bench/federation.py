@@ -745,6 +745,8 @@ def summarize(setup: Setup, rounds: list[dict], messages: int, pings: int) -> di
         "cpu_receiver": med(rounds, lambda r: r["usage"][receiver]),
         "cpu_client": med(rounds, lambda r: r["usage"]["client"]),
         "cpu_other": med(rounds, lambda r: r["usage"]["other"]),
+        "busy_cores": med(rounds, lambda r: sum(v for k, v in r["usage"].items()
+                                                 if k != "wall") / r["usage"]["wall"]),
         "ping_cpu_servers": med(rounds, lambda r: r["ping_usage"][sender] + (
             r["ping_usage"][receiver] if receiver != sender else 0)),
         "ping_cpu_client": med(rounds, lambda r: r["ping_usage"]["client"]),
@@ -768,34 +770,50 @@ def report(args, setups: list[Setup], outcome: dict, servers: dict, facts: dict)
     rounds = len(next(iter(outcome["results"].values()), []))
     print(f"\nMedians of {rounds} rounds; M = {args.messages} messages per round, window "
           f"{args.window}, K = {args.senders} senders / receivers, {args.pings} pings per round.")
-    print("CPU columns: CPU seconds in the throughput phase (per round, median) of the sending "
-          "server, the receiving server (local: the same one, counted once), the load generator, "
-          "and other (machine busy time charged to none of them).\n")
+    print("Server CPU per message: the server's CPU seconds in the throughput phase / M "
+          "(utime + stime, /proc/PID/stat, 10 ms ticks).\n")
     _main_table(setups, summary)
+    _cpu_table(setups, summary)
     _ratio_table(setups, summary)
     _ping_cpu_table(setups, summary, args.pings)
     return summary
 
 
 def _main_table(setups: list[Setup], summary: dict) -> None:
-    print("| setup | msg/s | rounds | ping RTT p50 / p99 ms | latency under load p50 / p99 ms "
-          "| CPU-s send srv / recv srv / load gen / other / wall | server µs per msg send / recv "
-          "| delivered/errors |")
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    print("| setup | msg/s | rounds (msg/s) | ping RTT p50 / p99 ms | latency under load "
+          "p50 / p99 ms | server CPU µs per msg, send / recv | delivered |")
+    print("|---|---:|---|---:|---:|---:|---|")
     for setup in setups:
         s = summary.get(setup.key)
         if s is None:
             continue
-        local = setup.sender == setup.receiver
-        receiver = "=" if local else f"{s['cpu_receiver']:.2f}"
-        cpu = (f"{s['cpu_sender']:.2f} / {receiver} / {s['cpu_client']:.2f} / "
-               f"{s['cpu_other']:.2f} / {s['wall']:.2f}")
-        per_msg = (f"{s['us_sender']:.0f} (both)" if local
+        per_msg = (f"{s['us_sender']:.0f} (one server)" if setup.sender == setup.receiver
                    else f"{s['us_sender']:.0f} / {s['us_receiver']:.0f}")
         print(f"| {setup.title} | {s['rate']:,.0f} | {' / '.join(f'{r:,.0f}' for r in s['rates'])}"
               f" | {s['rtt_p50']:.2f} / {s['rtt_p99']:.2f} | {s['load_p50']:.0f} / "
-              f"{s['load_p99']:.0f} | {cpu} | {per_msg} | {', '.join(s['delivered'])}"
-              f"{'' if s['complete'] else ' INCOMPLETE'} |")
+              f"{s['load_p99']:.0f} | {per_msg} | {_delivered(s)} |")
+
+
+def _delivered(s: dict) -> str:
+    counts = s["delivered"]
+    if s["complete"] and len(set(counts)) == 1 and counts[0].endswith("/0"):
+        return "all, every round (0 errors)"
+    return ", ".join(counts) + ("" if s["complete"] else " INCOMPLETE")
+
+
+def _cpu_table(setups: list[Setup], summary: dict) -> None:
+    print("\nThroughput phase, CPU seconds per round (median): who limited the rate. "
+          "\"busy cores\" = all busy CPU time of the machine / wall time (2 = saturated).\n")
+    print("| setup | sending server | receiving server | load generator | other | wall s "
+          "| busy cores |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for setup in setups:
+        s = summary.get(setup.key)
+        if s is None:
+            continue
+        receiver = "(same)" if setup.sender == setup.receiver else f"{s['cpu_receiver']:.2f}"
+        print(f"| {setup.title} | {s['cpu_sender']:.2f} | {receiver} | {s['cpu_client']:.2f} | "
+              f"{s['cpu_other']:.2f} | {s['wall']:.2f} | {s['busy_cores']:.2f} |")
 
 
 def _ratio_table(setups: list[Setup], summary: dict) -> None:
