@@ -357,8 +357,8 @@ def prosody_version() -> str:
 # The clients
 
 
-class LoginFailed(Exception):
-    pass
+class RunFailed(Exception):
+    """A login, a ping or the warm-up failed: the run cannot measure what it set out to."""
 
 
 @dataclass
@@ -394,9 +394,9 @@ class Traffic:
         condition = next((child.tag.rpartition("}")[2] for error in stanza
                           if error.tag.endswith("error") for child in error), "?")
         self.errors.append(f"{stanza.get('id')} from {stanza.get('from')}: {condition}")
-        future = self.pongs.pop(stanza.get("id", ""), None)
+        future = self.pongs.pop("q" + stanza.get("id", "")[1:], None)   # a bounced ping
         if future is not None and not future.done():
-            future.set_exception(LoginFailed(f"ping bounced: {self.errors[-1]}"))
+            future.set_exception(RunFailed(f"ping bounced: {self.errors[-1]}"))
         self._step()
 
     def _step(self) -> None:
@@ -435,7 +435,7 @@ class User(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         if not self.ready.done():
-            self.ready.set_exception(LoginFailed(f"{self.jid}: connection lost ({exc})"))
+            self.ready.set_exception(RunFailed(f"{self.jid}: connection lost ({exc})"))
         if not self.gone.done():
             self.gone.set_result(None)
 
@@ -478,7 +478,7 @@ class User(asyncio.Protocol):
         elif isinstance(event, StreamEnded):
             self._flush()
             if not self.ready.done():
-                self.ready.set_exception(LoginFailed(f"{self.jid}: {event.error}"))
+                self.ready.set_exception(RunFailed(f"{self.jid}: {event.error}"))
             else:
                 self.traffic.ended.append(f"{self.jid}: {event.error}")
             self.transport.close()
@@ -507,7 +507,7 @@ class User(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         if not self.ready.done():
-            self.ready.set_exception(LoginFailed(why))
+            self.ready.set_exception(RunFailed(why))
         self.transport.close()
 
     # -- what the phases call
@@ -568,7 +568,10 @@ async def log_in(sites: dict, servers: dict, tls_context, traffic: Traffic,
             _, user = await loop.create_connection(
                 lambda: User(jid, password, tls_context, traffic), *servers[key].c2s)
             users[key, name] = user
-            await asyncio.wait_for(user.ready, timeout)
+            try:
+                await asyncio.wait_for(user.ready, timeout)
+            except asyncio.TimeoutError:
+                raise RunFailed(f"{jid}: not logged in after {timeout} s") from None
 
     jobs = [one(key, name, password) for key, server in servers.items()
             for name, password in server.users.items()]
@@ -576,7 +579,7 @@ async def log_in(sites: dict, servers: dict, tls_context, traffic: Traffic,
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
         shown = "; ".join(f"{type(e).__name__}: {e}" for e in failures[:3])
-        raise LoginFailed(f"{len(failures)} of {len(jobs)} logins failed ({shown})")
+        raise RunFailed(f"{len(failures)} of {len(jobs)} logins failed ({shown})")
     return users
 
 
@@ -596,7 +599,10 @@ async def pings(setup: Setup, users: dict, traffic: Traffic, count: int, k: int,
         traffic.pongs[f"q{n}"] = pong
         start = time.perf_counter()
         sender.send(full_jid(receiver_site, f"r{n % k:03d}"), f"p{n}", "ping")
-        times.append(await asyncio.wait_for(pong, timeout) - start)
+        try:
+            times.append(await asyncio.wait_for(pong, timeout) - start)
+        except asyncio.TimeoutError:
+            raise RunFailed(f"{setup.title}: ping {n} unanswered after {timeout:.0f} s") from None
     return times
 
 
@@ -669,7 +675,7 @@ async def warm_up(setups: list[Setup], users: dict, traffic: Traffic, args) -> N
         count = min(args.messages, 1000)
         _, complete = await burst(setup, users, traffic, args, count, random.Random(0))
         if not complete or traffic.errors:
-            raise LoginFailed(f"warm-up of {setup.title}: {traffic.received} of {count} "
+            raise RunFailed(f"warm-up of {setup.title}: {traffic.received} of {count} "
                               f"delivered; errors: {traffic.errors[:3]}")
 
 
@@ -956,7 +962,7 @@ def main(argv=None) -> int:
             flush=True)
         outcome = asyncio.run(run(args, setups, servers, ca.root_cert))
         ok = True
-    except LoginFailed as exc:
+    except RunFailed as exc:
         print(f"RUN FAILED: {exc}", file=sys.stderr)
     except KeyboardInterrupt as exc:
         print(f"interrupted ({str(exc) or 'Ctrl-C'}): stopping the servers", file=sys.stderr)
