@@ -1,3 +1,5 @@
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -29,11 +31,38 @@ def pytest_sessionfinish(session, exitstatus):
     found = leaks(base)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.ensure_newline()
+        reporter.write("\n")
         reporter.write_line(f"secret sweep: {len(passwords_written(base))} passwords from the "
                             f"run's password files looked for in its logs: "
                             f"{'no leak' if not found else f'{len(found)} leaks'}")
         for line in found:
             reporter.write_line(f"LEAK {line}")
-    if found:
+    leftovers = leftover_processes(str(base))
+    if reporter is not None:
+        reporter.write_line(f"process sweep: {len(leftovers)} process(es) of this run still "
+                            f"running")
+        for pid, cmdline in leftovers:
+            reporter.write_line(f"LEFT RUNNING {pid}: {cmdline} (killed now)")
+    for pid, _ in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if found or leftovers:
         session.exitstatus = 1
+
+
+def leftover_processes(marker: str) -> list[tuple[int, str]]:
+    """Processes whose command line names a file of this run's temporary folder
+    (a server or multiplexor a test started and did not stop)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append((int(entry.name), cmdline.strip()))
+    return found
