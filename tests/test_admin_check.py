@@ -123,3 +123,37 @@ def test_trust_all_cert_is_warned(tmp_path, ca):
     assert code == 0
     assert ("WARNING: iim_server.trust_all_cert is true: every peer certificate is accepted "
             "and logged; use this for testing only") in lines
+
+
+COSERVER = ('iim_server.coservers = "coserver1"\n'
+            'iim_server.coserver1.host = "im.example.org"\n'
+            'iim_server.coserver1.domain = "example.org"\n')
+
+
+@pytest.mark.parametrize("extra, warning", [
+    ('iim_server.coserver1.serverid = "org-im"\niim_server.coserver1.password = "Pair-Pw-12"\n',
+     "WARNING: iim_server.coserver1: example.org must prove its serverid/password, but "
+     "iim_server.serverid/password are not set: it will refuse this server's streams"),
+    ('iim_server.coserver1.serverid = "org-im"\n',
+     "WARNING: iim_server.coserver1.serverid and iim_server.coserver1.password go together: "
+     "with one alone example.org is not asked for a coserver proof"),
+    ('iim_server.serverid = "com-im"\n',
+     "WARNING: iim_server.serverid and iim_server.password go together: with one alone this "
+     "server proves nothing to its coservers"),
+])
+def test_coserver_pairs_that_cannot_work_are_warned(tmp_path, ca, extra, warning):
+    conf, _ = jks_conf(tmp_path, ca, extra=COSERVER + extra)
+    code, lines = run_check(conf)
+    assert code == 0
+    assert warning in lines
+    assert "Pair-Pw-12" not in "\n".join(lines)
+
+
+def test_mirrored_coserver_pairs_are_not_warned(tmp_path, ca):
+    pairs = ('iim_server.serverid = "com-im"\niim_server.password = "Own-Pw-1234"\n'
+             'iim_server.coserver1.serverid = "org-im"\n'
+             'iim_server.coserver1.password = "Pair-Pw-12"\n')
+    conf, _ = jks_conf(tmp_path, ca, extra=COSERVER + pairs)
+    code, lines = run_check(conf)
+    assert code == 0
+    assert not [line for line in lines if line.startswith(("WARNING", "ERROR"))]

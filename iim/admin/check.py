@@ -48,8 +48,34 @@ def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
     findings = [Finding(Level.WARNING, str(w)) for w in config.warnings]
     findings.append(Finding(Level.OK, f"{path}: configuration read"))
     findings += _server_findings(config, now)
+    findings += _federation_findings(config)
     findings += _mux_findings(config, now)
     return findings
+
+
+def _federation_findings(config) -> list[Finding]:
+    """Coserver pairs (DESIGN.md: mirrored serverid/password) that cannot work."""
+    server, found = config.server, []
+    own = bool(server.serverid and server.password)
+    if bool(server.serverid) != bool(server.password):
+        found.append(Finding(Level.WARNING, "iim_server.serverid and iim_server.password go "
+                             "together: with one alone this server proves nothing to its "
+                             "coservers"))
+    for coserver in config.coservers:
+        where = f"iim_server.{coserver.name}"
+        if bool(coserver.serverid) != bool(coserver.password):
+            found.append(Finding(Level.WARNING, f"{where}.serverid and {where}.password go "
+                                 f"together: with one alone {coserver.domain} is not asked "
+                                 "for a coserver proof"))
+        elif coserver.serverid and not own:
+            found.append(Finding(Level.WARNING, f"{where}: {coserver.domain} must prove its "
+                                 "serverid/password, but iim_server.serverid/password are not "
+                                 "set: it will refuse this server's streams"))
+        if not server.useport:
+            found.append(Finding(Level.WARNING, f"{where}: iim_server.useport is false: no "
+                                 "server-to-server streams, so coservers cannot reach us"))
+            break
+    return found
 
 
 def usable(findings) -> bool:
