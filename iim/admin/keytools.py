@@ -20,6 +20,7 @@ Errors a user can cause are one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import secrets
 import sys
@@ -83,7 +84,7 @@ def _action(actions, name, run, summary, description, example):
         description=textwrap.dedent(description).strip(),
         epilog="example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=functools.partial(_guarded, action=run))
     return parser
 
 
@@ -102,7 +103,7 @@ def _key_options(parser) -> None:
 
 def _password_file_parser(actions) -> None:
     parser = _action(
-        actions, "password-file", cmd_password_file, "write a password file (mode 600)",
+        actions, "password-file", _password_file, "write a password file (mode 600)",
         """
         Write FILE with one line "Internal (Software) Token:PASSWORD", the format
         iim reads for iim_server.keystorepasswordfile and iim_mux.keystorepasswordfile
@@ -127,7 +128,7 @@ def _password_file_parser(actions) -> None:
 
 def _build_ca_parser(actions) -> None:
     parser = _action(
-        actions, "build-ca", cmd_build_ca, "create a CA: key and self-signed root",
+        actions, "build-ca", _build_ca, "create a CA: key and self-signed root",
         """
         Create a certificate authority for your servers: a new key, written
         encrypted to --key under the password of --password-file, and a
@@ -157,7 +158,7 @@ def _build_ca_parser(actions) -> None:
 
 def _gen_req_parser(actions) -> None:
     parser = _action(
-        actions, "gen-req", cmd_gen_req, "make a server key and a certificate request",
+        actions, "gen-req", _gen_req, "make a server key and a certificate request",
         """
         Generate a key for a server (or multiplexor) of DOMAIN, write it
         encrypted to --key under the password of --password-file, and write a
@@ -189,7 +190,7 @@ def _gen_req_parser(actions) -> None:
 
 def _sign_req_parser(actions) -> None:
     parser = _action(
-        actions, "sign-req", cmd_sign_req, "sign a certificate request with the CA",
+        actions, "sign-req", _sign_req, "sign a certificate request with the CA",
         """
         Sign the certificate request CSR (made by gen-req, keytool -certreq or
         certutil -R; PEM or DER) with the CA and write the server certificate
@@ -238,7 +239,7 @@ def _store_inputs(parser) -> None:
 
 def _make_keystore_parser(actions) -> None:
     parser = _action(
-        actions, "make-keystore", cmd_make_keystore,
+        actions, "make-keystore", _make_keystore,
         "put key, signed reply and CA root into a PKCS#12 or JKS keystore",
         """
         Write the server's keystore (iim_server.sslkeystore): a private-key
@@ -279,7 +280,7 @@ def _make_keystore_parser(actions) -> None:
 
 def _make_nssdb_parser(actions) -> None:
     parser = _action(
-        actions, "make-nssdb", cmd_make_nssdb,
+        actions, "make-nssdb", _make_nssdb,
         "put key, signed reply and CA root into a new NSS database (multiplexor)",
         """
         Create the multiplexor's NSS database (iim_mux.secconfigdir) in DIR
@@ -322,31 +323,7 @@ def _make_nssdb_parser(actions) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The commands: each returns the exit status
-
-
-def cmd_password_file(args) -> int:
-    return _guarded(args, _password_file)
-
-
-def cmd_build_ca(args) -> int:
-    return _guarded(args, _build_ca)
-
-
-def cmd_gen_req(args) -> int:
-    return _guarded(args, _gen_req)
-
-
-def cmd_sign_req(args) -> int:
-    return _guarded(args, _sign_req)
-
-
-def cmd_make_keystore(args) -> int:
-    return _guarded(args, _make_keystore)
-
-
-def cmd_make_nssdb(args) -> int:
-    return _guarded(args, _make_nssdb)
+# The commands: each runs through _guarded, which turns a user's error into one line
 
 
 def _guarded(args, action) -> int:
