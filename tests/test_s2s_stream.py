@@ -402,3 +402,22 @@ def test_verify_requests_wait_while_sasl_runs():
     events = feed(out, peer_header.format(n=3) + "<stream:features/>")
     assert out.ready_for_dialback and out.phase is Phase.ESTABLISHED
     assert PeerAuthenticated(B, "SASL EXTERNAL") in events
+
+
+def test_nobody_authenticates_as_this_server_itself():
+    """A stream claiming our own domain would make us ask ourselves (dialback)
+    or let a copy of our certificate speak for our users (EXTERNAL)."""
+    inc = IncomingServerStream(policy(B, tls_offered=True))
+    inc.certificate_ok = lambda d: True
+    feed(inc, HEADER.format(to=B, frm=B))
+    inc.data_to_send()
+    events = feed(inc, f"<db:result from='{B}' to='{B}'>k</db:result>")
+    assert events == [] and "<forbidden" in sent(inc)
+    feed(inc, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    inc.data_to_send()
+    inc.tls_established()
+    feed(inc, HEADER.format(to=B, frm=B))
+    inc.data_to_send()
+    feed(inc, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    assert "<invalid-authzid/>" in sent(inc)
+    assert inc.authenticated == {}

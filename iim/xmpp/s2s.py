@@ -298,7 +298,8 @@ class IncomingServerStream(_ServerStreamBase):
         except (ValueError, UnicodeDecodeError):
             return self._sasl_failure("incorrect-encoding")
         claimed = _domain(authzid) if authzid else self.peer_from
-        if claimed is None or (authzid and self.peer_from and claimed != self.peer_from):
+        if claimed is None or claimed == self.domain or \
+                (authzid and self.peer_from and claimed != self.peer_from):
             return self._sasl_failure("invalid-authzid")
         if not self.certificate_ok(claimed):
             return self._sasl_failure("not-authorized")
@@ -327,6 +328,9 @@ class IncomingServerStream(_ServerStreamBase):
         if originating is None or not (element.text or "").strip():
             self._send(db.answer(element, db.DialbackType.ERROR,
                                  StanzaErrorCondition.BAD_REQUEST))
+            return []
+        if originating == self.domain:          # we would ask ourselves: nobody else may be us
+            self._send(db.answer(element, db.DialbackType.ERROR, StanzaErrorCondition.FORBIDDEN))
             return []
         if self.policy.requires_tls(originating) and not self.secure:
             raise StreamError(Cond.POLICY_VIOLATION, f"TLS is required for {originating}")
