@@ -425,8 +425,6 @@ class OutgoingServerStream(_ServerStreamBase):
         self.method: str | None = None
         self.ready_for_dialback = False
         self._sasl_done = False
-        self._external_failed = False
-        self._dialback_offered = False
         self._awaiting_proof = False
         self.bounce_condition: StanzaErrorCondition | None = None
         """Set when the peer refused our dialback key: the stanza error the
@@ -494,7 +492,6 @@ class OutgoingServerStream(_ServerStreamBase):
             return self._give_up(StreamError(
                 Cond.POLICY_VIOLATION,
                 f"the peer offers no STARTTLS and {self.tls_required_by} is true"))
-        self._dialback_offered = features.find(q(db.DIALBACK_FEATURE_NS, "dialback")) is not None
         mechanisms = {m.text for m in features.iter(q(SASL_NS, "mechanism"))}
         if self.secure and self.use_external and EXTERNAL in mechanisms:
             # nothing else until SASL ends: bytes after <success/> belong to the old stream
@@ -515,7 +512,6 @@ class OutgoingServerStream(_ServerStreamBase):
         return []
 
     def _on_sasl_failure(self, element: Element) -> list[Event]:
-        self._external_failed = True
         self.ready_for_dialback = True
         return [ReadyForDialback()] + self._start_dialback()   # XEP-0178 §3: fall back
 
