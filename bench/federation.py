@@ -336,6 +336,22 @@ class ProsodyProcess(ProsodyServer):
                 re.findall(r"Accepting SASL EXTERNAL identity from (\S+)", self.log())}
 
 
+class Zone(TestZone):
+    """The test DNS zone, closable whether or not its thread was ever started."""
+
+    running = False
+
+    def start(self) -> "Zone":
+        self.running = True
+        return super().start()
+
+    def close(self) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self._server.server_close()
+
+
 def _free_port(host: str) -> int:
     import socket
     with socket.socket() as s:
@@ -715,8 +731,11 @@ def progress_line(number: int, setup: Setup, result: dict) -> str:
 
 
 def _transport(users: dict) -> str:
-    infos = {f"{u.tls.info().version} {u.tls.info().cipher}" for u in users.values() if u.tls}
-    return ", ".join(sorted(infos)) or "none"
+    """The TLS versions, ciphers and SASL mechanisms the users' streams ended up with."""
+    seen = {f"{u.tls.info().version} {u.tls.info().cipher}, "
+            f"{u.stream.mechanism.value if u.stream.mechanism else '?'}"
+            if u.tls else "no TLS" for u in users.values()}
+    return "; ".join(sorted(seen))
 
 
 async def log_out(users) -> None:
@@ -766,7 +785,7 @@ def summarize(setup: Setup, rounds: list[dict], messages: int, pings: int) -> di
     return s
 
 
-def report(args, setups: list[Setup], outcome: dict, servers: dict, facts: dict) -> dict:
+def report(args, setups: list[Setup], outcome: dict, facts: dict) -> dict:
     summary = {setup.key: summarize(setup, outcome["results"][setup.key], args.messages,
                                     args.pings)
                for setup in setups if outcome["results"][setup.key]}
@@ -774,7 +793,7 @@ def report(args, setups: list[Setup], outcome: dict, servers: dict, facts: dict)
     for label, value in facts.items():
         print(f"{label:<18} {value}")
     rounds = len(next(iter(outcome["results"].values()), []))
-    print(f"\nMedians of {rounds} rounds; M = {args.messages} messages per round, window "
+    print(f"\nMedians of {rounds} round{'' if rounds == 1 else 's'}; M = {args.messages} messages per round, window "
           f"{args.window}, K = {args.senders} senders / receivers, {args.pings} pings per round.")
     print("Server CPU per message: the server's CPU seconds in the throughput phase / M "
           "(utime + stime, /proc/PID/stat, 10 ms ticks).\n")
@@ -836,7 +855,8 @@ def _ratio_table(setups: list[Setup], summary: dict) -> None:
     for setup, s, a in rows:
         print(f"| {setup.title} / {titles[setup.anchor]} | {s['rate'] / a['rate']:.2f} | "
               f"{s['rtt_p50'] / a['rtt_p50']:.2f} | {s['rtt_p99'] / a['rtt_p99']:.2f} | "
-              f"{s['us_sender'] / a['us_sender']:.2f} | {s['us_receiver'] / a['us_receiver']:.2f} |")
+              f"{s['us_sender'] / a['us_sender']:.2f} | "
+              f"{s['us_receiver'] / a['us_receiver']:.2f} |")
 
 
 def _ping_cpu_table(setups: list[Setup], summary: dict, pings: int) -> None:
@@ -906,7 +926,8 @@ def parse_args(argv):
 def check_tools() -> None:
     for tool, hint in ((PROSODY, "apt-get install prosody (./dev installs it)"),
                        (PROSODYCTL, "apt-get install prosody"),
-                       (shutil.which("keytool") or "keytool", "apt-get install openjdk-17-jre-headless")):
+                       (shutil.which("keytool") or "keytool",
+                        "apt-get install openjdk-17-jre-headless")):
         if not Path(tool).exists():
             raise SystemExit(f"{tool} not found: {hint}")
 
@@ -923,45 +944,77 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+def prepare_servers(servers: dict, setups: list[Setup], folder: Path, zone: TestZone,
+                    senders: int):
+    """Configure the servers the setups need and create their users; returns the
+    CA certificate. ``servers`` (site key -> server) is filled as they are made,
+    so that the caller can clean up whatever exists if a later one fails."""
+    keys = sorted({key for s in setups for key in (s.sender, s.receiver)}, key=list(SITES).index)
+    ca = pki.CA.root("iim federation bench CA")
+    cafile = folder / "ca.pem"
+    cafile.write_bytes(ca_pem(ca))
+    users = user_names(senders)
+    for key in keys:
+        site = SITES[key]
+        servers[key] = (IimServer(site, folder / site.domain, ca, zone, users)
+                        if site.kind == "iim" else
+                        ProsodyProcess(site, folder / site.domain, ca, cafile, zone, users))
+    for server in servers.values():
+        server.add_users()
+    return ca.root_cert
+
+
+def launch(servers: dict) -> None:
+    """Start every server, then wait until each is ready (30 s in all)."""
+    for server in servers.values():
+        server.start()
+    deadline = time.monotonic() + 30
+    for server in servers.values():
+        server.wait_ready(deadline)
+
+
+def describe(args, outcome: dict, servers: dict, setups: list[Setup], codes: dict,
+             problems: dict, revision: str, load_before: float, seconds: float) -> dict:
+    """The lines above the tables: what ran, on what, and how it went."""
+    now = _revision()
+    skipped = outcome["skipped_rounds"]
+    return {
+        "command": " ".join([Path(sys.executable).name, "bench/federation.py", *args.argv]),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python "
+                   f"{platform.python_version()}, {ssl.OPENSSL_VERSION}",
+        "busy before start": f"{load_before:.2f} of {os.cpu_count()} cores (2 s, others' "
+                             f"work on this machine)",
+        "iim source": revision + ("" if now == revision else
+                                  f", then {now} at the end: code changed during the run"),
+        "Prosody": f"{prosody_version()} (Debian package), epoll backend, log level info",
+        "load generator": "one Python process (this one), asyncio, iim's ClientStream + TLSLayer",
+        "c2s transport": outcome["transport"],
+        "s2s links": "; ".join(check_links(setups, servers)),
+        "servers' exit": ", ".join(f"{SITES[k].domain} {c}" for k, c in codes.items()),
+        "WARNING+ lines": ", ".join(f"{d} {len(p)}" for d, p in problems.items()),
+        "run time": f"{seconds:.0f} s" + (f" ({skipped} round(s) skipped: --budget)"
+                                          if skipped else ""),
+    }
+
+
 def main(argv=None) -> int:
     args, setups = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     check_tools()
     signal.signal(signal.SIGTERM, _on_sigterm)
     raise_nofile()
-    revision = _revision()
-    command = " ".join([Path(sys.executable).name, "bench/federation.py", *sys.argv[1:]]) \
-        if argv is None else " ".join(["python", "bench/federation.py", *argv])
-    load_before = busy_cores()
+    revision, load_before = _revision(), busy_cores()
     folder = Path(tempfile.mkdtemp(prefix="iim-fed-bench-"))
-    keys = sorted({key for s in setups for key in (s.sender, s.receiver)},
-                  key=list(SITES).index)
-    zone, servers, outcome, ok, interrupted = TestZone(), {}, None, False, False
-    zone_started = False
+    zone, servers, outcome, interrupted = Zone(), {}, None, False
     started = time.monotonic()
     try:
-        ca = pki.CA.root("iim federation bench CA")
-        cafile = folder / "ca.pem"
-        cafile.write_bytes(ca_pem(ca))
-        users = user_names(args.senders)
-        for key in keys:
-            site = SITES[key]
-            servers[key] = (IimServer(site, folder / site.domain, ca, zone, users)
-                            if site.kind == "iim" else
-                            ProsodyProcess(site, folder / site.domain, ca, cafile, zone, users))
-        for server in servers.values():
-            server.add_users()
-        for server in servers.values():
-            server.start()
-        deadline = time.monotonic() + 30
-        for server in servers.values():
-            server.wait_ready(deadline)
+        ca_cert = prepare_servers(servers, setups, folder, zone, args.senders)
+        launch(servers)
         zone.start()            # its thread only after the forks (preexec_fn and threads)
-        zone_started = True
         print(f"servers up in {folder} ({time.monotonic() - started:.1f} s): " + ", ".join(
             f"{SITES[k].kind} {SITES[k].domain} pid {s.pid}" for k, s in servers.items()),
             flush=True)
-        outcome = asyncio.run(run(args, setups, servers, ca.root_cert))
-        ok = True
+        outcome = asyncio.run(run(args, setups, servers, ca_cert))
     except RunFailed as exc:
         print(f"RUN FAILED: {exc}", file=sys.stderr)
     except KeyboardInterrupt as exc:
@@ -969,36 +1022,20 @@ def main(argv=None) -> int:
         interrupted = True
     finally:
         codes = stop_all(servers)
-        zone.stop() if zone_started else zone._server.server_close()
+        zone.close()
     problems = {SITES[k].domain: s.problems() for k, s in servers.items()}
     if interrupted and not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
         return 130
-    if not ok:
+    if outcome is None:
         for domain, lines in problems.items():
             for line in lines[:10]:
                 print(f"  {domain}: {line}", file=sys.stderr)
         print(f"folder kept: {folder}", file=sys.stderr)
         return 1
-    facts = {
-        "command": command,
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python "
-                   f"{platform.python_version()}, {ssl.OPENSSL_VERSION}",
-        "busy before start": f"{load_before:.2f} of {os.cpu_count()} cores (2 s, others' "
-                             f"work on this machine)",
-        "iim source": revision + ("" if _revision() == revision else
-                                  f", then {_revision()} at the end: code changed during the run"),
-        "Prosody": f"{prosody_version()} (Debian package), epoll backend, log level info",
-        "load generator": "one Python process (this one), asyncio, iim's ClientStream + TLSLayer",
-        "c2s transport": outcome["transport"] + ", SCRAM-SHA-256",
-        "s2s links": "; ".join(check_links(setups, servers)),
-        "servers' exit": ", ".join(f"{SITES[k].domain} {c}" for k, c in codes.items()),
-        "WARNING+ lines": ", ".join(f"{d} {len(p)}" for d, p in problems.items()),
-        "run time": f"{time.monotonic() - started:.0f} s"
-                    + (f" ({outcome['skipped_rounds']} round(s) skipped: --budget)"
-                       if outcome["skipped_rounds"] else ""),
-    }
-    summary = report(args, setups, outcome, servers, facts)
+    facts = describe(args, outcome, servers, setups, codes, problems, revision, load_before,
+                     time.monotonic() - started)
+    summary = report(args, setups, outcome, facts)
     for domain, lines in problems.items():
         for line in lines[:10]:
             print(f"  log {domain}: {line}")
