@@ -82,7 +82,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.etree.ElementTree import Element, SubElement
+from xml.etree.ElementTree import Element
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))      # pki, keytool, prosodylive, live
@@ -92,23 +92,14 @@ from keytool import make_store                       # noqa: E402
 from load import _revision, machine_busy_seconds, same_iim_env   # noqa: E402
 from prosodylive import PROSODY, PROSODYCTL, ProsodyServer, TestZone, ca_pem   # noqa: E402
 
+from benchclient import BODY, BenchUser            # noqa: E402
 from iim.keys.context import client_context          # noqa: E402
 from iim.limits import raise_nofile                  # noqa: E402
 from iim.server.storage import Storage               # noqa: E402
-from iim.server.tls import TLSFailed, TLSLayer       # noqa: E402
-from iim.xmpp.client_stream import ClientStream, TLSMode   # noqa: E402
-from iim.xmpp.errors import XML_NS                   # noqa: E402
-from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, StreamEnded  # noqa: E402
 from iim.xmpp.jid import JID                         # noqa: E402
-from iim.xmpp.ns import CLIENT_NS, ROSTER_NS, q      # noqa: E402
-from iim.xmpp.stream import Phase                    # noqa: E402
 
 RESOURCE = "bench"
 STOREPASS = "Fed-Bench-Store-7"
-MESSAGE = q(CLIENT_NS, "message")
-IQ = q(CLIENT_NS, "iq")
-CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
-BODY = "Art thou not Romeo, and a Montague? Neither, maid, if either thee dislike."
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 
@@ -421,92 +412,16 @@ class Traffic:
             self.done.set()
 
 
-class User(asyncio.Protocol):
-    """One logged-in user: socket <-> TLSLayer <-> ClientStream, and what to do
-    with the messages it gets (count them, answer pings, time pongs)."""
+class User(BenchUser):
+    """One logged-in user (bench/benchclient.py) and what it does with the messages
+    it gets: count them, answer pings, time pongs."""
+
+    failure = RunFailed
 
     def __init__(self, jid: JID, password: str, tls_context: ssl.SSLContext,
                  traffic: Traffic) -> None:
-        self.jid = jid
-        self.stream = ClientStream(jid, password, tls=TLSMode.REQUIRED)
-        self.tls_context, self.tls, self.traffic = tls_context, None, traffic
-        loop = asyncio.get_running_loop()
-        self.ready, self.gone = loop.create_future(), loop.create_future()
-        self.transport: asyncio.Transport | None = None
-
-    # -- bytes in and out
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.stream.start()
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        if self.tls is not None:
-            data = self._decrypt(data)
-        if data:
-            for event in self.stream.receive_data(data):
-                self._handle(event)
-        self._flush()
-
-    def connection_lost(self, exc) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(RunFailed(f"{self.jid}: connection lost ({exc})"))
-        if not self.gone.done():
-            self.gone.set_result(None)
-
-    def _decrypt(self, data: bytes) -> bytes:
-        try:
-            plain, out = self.tls.receive(data)
-        except TLSFailed as exc:
-            self._fail(f"TLS: {exc}")
-            return b""
-        if out:
-            self.transport.write(out)
-        if self.tls.handshake_done and self.stream.phase is Phase.TLS_PENDING:
-            self.stream.tls_established()
-        return plain
-
-    def _flush(self) -> None:
-        if self.tls is not None and not self.tls.handshake_done:
-            return
-        out = self.stream.data_to_send()
-        if out and self.tls is not None:
-            out = self.tls.send(out)
-        if out and not self.transport.is_closing():
-            self.transport.write(out)
-
-    # -- stream events
-
-    def _handle(self, event) -> None:
-        if isinstance(event, StartTLS):
-            self._flush()
-            self.tls = TLSLayer(self.tls_context, server_side=False,
-                                server_hostname=self.jid.domain)
-            self.transport.write(self.tls.start())
-        elif isinstance(event, SessionEstablished):
-            self.stream.send_stanza(Element(q(CLIENT_NS, "presence")))
-            iq = Element(IQ, {"type": "get", "id": "roster-1"})
-            SubElement(iq, q(ROSTER_NS, "query"))
-            self.stream.send_stanza(iq)
-        elif isinstance(event, StanzaReceived):
-            self._stanza(event.stanza)
-        elif isinstance(event, StreamEnded):
-            self._flush()
-            if not self.ready.done():
-                self.ready.set_exception(RunFailed(f"{self.jid}: {event.error}"))
-            else:
-                self.traffic.ended.append(f"{self.jid}: {event.error}")
-            self.transport.close()
-
-    def _stanza(self, stanza: Element) -> None:
-        if stanza.tag == MESSAGE:
-            self._message(stanza)
-        elif stanza.tag == IQ and stanza.get("id") == "roster-1" and not self.ready.done():
-            if stanza.get("type") == "result":
-                self.ready.set_result(None)
-            else:
-                self._fail(f"{self.jid}: roster get failed")
+        super().__init__(jid, password, tls_context)
+        self.traffic = traffic
 
     def _message(self, stanza: Element) -> None:
         ident = stanza.get("id", "")
@@ -521,31 +436,11 @@ class User(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_result(time.perf_counter())
 
-    def _fail(self, why: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(RunFailed(why))
-        self.transport.close()
-
-    # -- what the phases call
+    def _ended_after_login(self, why: str) -> None:
+        self.traffic.ended.append(why)
 
     def send(self, to: str, ident: str, body: str = BODY) -> None:
-        message = Element(MESSAGE, {"id": ident, "to": to, "type": "chat",
-                                    f"{{{XML_NS}}}lang": "en"})
-        SubElement(message, q(CLIENT_NS, "body")).text = body
-        SubElement(message, q(CHATSTATES_NS, "active"))
-        self.stream.send_stanza(message)
-        self._flush()
-
-    def logout(self) -> None:
-        if not self.transport.is_closing():
-            self.stream.close()
-            self._flush()
-
-    def hang_up(self) -> None:
-        if not self.transport.is_closing():
-            if self.tls is not None and self.tls.handshake_done:
-                self.transport.write(self.tls.close())
-            self.transport.close()
+        self.send_chat(to, ident, body)
 
 
 # ---------------------------------------------------------------------------

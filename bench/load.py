@@ -59,7 +59,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.etree.ElementTree import Element, SubElement
+from xml.etree.ElementTree import Element
 
 from cryptography import x509
 
@@ -68,21 +68,13 @@ import iim
 from iim.keys.context import client_context
 from iim.limits import raise_nofile
 from iim.server.storage import Storage
-from iim.server.tls import TLSFailed, TLSLayer
-from iim.xmpp.client_stream import ClientStream, TLSMode
-from iim.xmpp.errors import XML_NS
-from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, StreamEnded
 from iim.xmpp.jid import JID
-from iim.xmpp.ns import CLIENT_NS, ROSTER_NS, q
-from iim.xmpp.stream import Phase
+
+from benchclient import BenchUser   # noqa: E402 - beside this script
 
 DOMAIN = "localhost"
 RESOURCE = "bench"
 TARGET_KB_PER_USER = 65
-MESSAGE = q(CLIENT_NS, "message")
-IQ = q(CLIENT_NS, "iq")
-CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
-BODY = "Art thou not Romeo, and a Montague? Neither, maid, if either thee dislike."
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -256,125 +248,32 @@ class Traffic:
             self.done.set()
 
 
-class BenchClient(asyncio.Protocol):
-    """One user: moves bytes between a socket, TLSLayer and ClientStream."""
+class BenchClient(BenchUser):
+    """One user u<index> (bench/benchclient.py); its messages count in ``traffic``."""
+
+    failure = LoginFailed
 
     def __init__(self, index: int, tls_context, traffic: Traffic) -> None:
-        jid = JID.parse(f"{username(index)}@{DOMAIN}/{RESOURCE}")
-        mode = TLSMode.REQUIRED if tls_context is not None else TLSMode.OPTIONAL
-        self.stream = ClientStream(jid, password(index), tls=mode)
-        self.tls_context = tls_context
-        self.tls: TLSLayer | None = None
+        super().__init__(JID.parse(f"{username(index)}@{DOMAIN}/{RESOURCE}"), password(index),
+                         tls_context)
         self.traffic = traffic
-        self.ready = asyncio.get_running_loop().create_future()
-        self.gone = asyncio.get_running_loop().create_future()    # connection_lost
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.stream.start()
-        self._flush()
+    def _message(self, stanza: Element) -> None:
+        self.traffic.message(stanza)
 
-    def data_received(self, data: bytes) -> None:
-        if self.tls is not None:
-            data = self._decrypt(data)
-        if data:
-            for event in self.stream.receive_data(data):
-                self._handle(event)
-        self._flush()
-
-    def connection_lost(self, exc) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(LoginFailed(f"connection lost: {exc}"))
-        if not self.gone.done():
-            self.gone.set_result(None)
-
-    def _decrypt(self, data: bytes) -> bytes:
-        try:
-            plain, out = self.tls.receive(data)
-        except TLSFailed as exc:
-            self._fail(f"TLS: {exc}")
-            return b""
-        if out:
-            self.transport.write(out)
-        if self.tls.handshake_done and self.stream.phase is Phase.TLS_PENDING:
-            self.stream.tls_established()
-        return plain
-
-    def _flush(self) -> None:
-        if self.tls is not None and not self.tls.handshake_done:
-            return                                  # queued until the handshake is over
-        out = self.stream.data_to_send()
-        if out and self.tls is not None:
-            out = self.tls.send(out)
-        if out and not self.transport.is_closing():
-            self.transport.write(out)
-
-    def _handle(self, event) -> None:
-        if isinstance(event, StartTLS):
-            self._flush()                           # anything still due in the clear
-            self.tls = TLSLayer(self.tls_context, server_side=False, server_hostname=DOMAIN)
-            self.transport.write(self.tls.start())
-        elif isinstance(event, SessionEstablished):
-            self._after_bind()
-        elif isinstance(event, StanzaReceived):
-            self._stanza(event.stanza)
-        elif isinstance(event, StreamEnded):
-            self._ended(event)
-
-    def _after_bind(self) -> None:
-        self.stream.send_stanza(Element(q(CLIENT_NS, "presence")))
-        iq = Element(IQ, {"type": "get", "id": "roster-1"})
-        SubElement(iq, q(ROSTER_NS, "query"))
-        self.stream.send_stanza(iq)
-
-    def _stanza(self, stanza: Element) -> None:
-        if stanza.tag == MESSAGE:
-            self.traffic.message(stanza)
-        elif stanza.tag == IQ and stanza.get("id") == "roster-1" and not self.ready.done():
-            if stanza.get("type") == "result":
-                self.ready.set_result(time.perf_counter())
-            else:
-                self._fail("roster get failed")
-
-    def _ended(self, event: StreamEnded) -> None:
-        self._flush()
-        if not self.ready.done():
-            self.ready.set_exception(LoginFailed(str(event.error)))
-        else:
-            self.traffic.ended_streams.append(f"{self.stream.jid}: {event.error}")
-        self.transport.close()
-
-    def _fail(self, why: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(LoginFailed(why))
-        self.transport.close()
+    def _ended_after_login(self, why: str) -> None:
+        self.traffic.ended_streams.append(why)
 
     def send_chat(self, to: str, seq: int) -> None:
-        message = Element(MESSAGE, {"id": f"m{seq}", "to": to, "type": "chat",
-                                    f"{{{XML_NS}}}lang": "en"})
-        SubElement(message, q(CLIENT_NS, "body")).text = BODY
-        SubElement(message, q(CHATSTATES_NS, "active"))
         self.traffic.sent_at[seq] = time.perf_counter()
-        self.stream.send_stanza(message)
-        self._flush()
+        super().send_chat(to, f"m{seq}")
 
     def logout(self, polite: bool) -> None:
         """Send our closing tag. ``polite``: then wait for the server to close
         (RFC 6120 §4.4: SHOULD); else close the connection at once."""
-        if self.transport.is_closing():
-            return
-        self.stream.close()
-        self._flush()
+        super().logout()
         if not polite:
             self.hang_up()
-
-    def hang_up(self) -> None:
-        if self.transport.is_closing():
-            return
-        if self.tls is not None and self.tls.handshake_done:
-            self.transport.write(self.tls.close())
-        self.transport.close()
 
 
 # ---------------------------------------------------------------------------
