@@ -166,7 +166,24 @@ def _die_with_parent() -> None:
 # The servers
 
 
-class IimServer:
+class ChildServer:
+    """What the bench needs of every server it started (``self.proc``)."""
+
+    signalled = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def terminate(self) -> None:
+        """SIGTERM, once: one arriving after the server's event loop closed would
+        kill it with the default action before it exits 0."""
+        if self.proc is not None and self.proc.poll() is None and not self.signalled:
+            self.signalled = True
+            self.proc.send_signal(signal.SIGTERM)
+
+
+class IimServer(ChildServer):
     """``python -m iim.server`` for one Site, in its own folder, log severity INFO."""
 
     def __init__(self, site: Site, folder: Path, ca, zone: TestZone, users) -> None:
@@ -213,16 +230,6 @@ class IimServer:
             time.sleep(0.05)
         raise SystemExit(f"iim {self.site.domain} did not start in time")
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def terminate(self) -> None:
-        """SIGTERM, once: one arriving after the server's event loop closed would
-        kill it with the default action before it exits 0."""
-        if self.proc is not None and self.proc.poll() is None and not self.signalled:
-            self.signalled = True
-            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -251,7 +258,7 @@ class IimServer:
                                re.M))
 
 
-class ProsodyProcess(ProsodyServer):
+class ProsodyProcess(ChildServer, ProsodyServer):
     """tests/prosodylive's ProsodyServer, tuned for measuring rather than for debugging:
     log level info (its debug log writes every stanza), no mod_dialback,
     ``s2s_secure_auth``, SCRAM-SHA-256 user keys; started in its own session."""
@@ -291,14 +298,6 @@ class ProsodyProcess(ProsodyServer):
             time.sleep(0.05)
         raise SystemExit(f"prosody {self.domain} did not start in time")
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None and not self.signalled:
-            self.signalled = True
-            self.proc.terminate()
 
     def stop(self) -> int | None:
         """SIGTERM (once), wait; the key's memfd is closed either way."""
