@@ -20,7 +20,6 @@ Errors a user can cause are one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
-import functools
 import getpass
 import secrets
 import sys
@@ -37,6 +36,8 @@ from iim.keys import keyfiles
 from iim.keys.errors import KeyMaterialError
 from iim.keys.keyfiles import Output
 from iim.keys.material import order_chain
+
+from .guard import guarded
 
 KEYS_DESCRIPTION = """\
 Make the keys and certificates of an iim deployment without keytool or certutil:
@@ -84,7 +85,7 @@ def _action(actions, name, run, summary, description, example):
         description=textwrap.dedent(description).strip(),
         epilog="example:\n" + textwrap.indent(textwrap.dedent(example).strip(), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(run=functools.partial(_guarded, action=run))
+    parser.set_defaults(run=guarded("keys", (KeyMaterialError, KeysError))(run))
     return parser
 
 
@@ -323,20 +324,7 @@ def _make_nssdb_parser(actions) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The commands: each runs through _guarded, which turns a user's error into one line
-
-
-def _guarded(args, action) -> int:
-    """Run ``action``; an error a user can cause becomes one line on stderr."""
-    try:
-        action(args)
-    except (KeyMaterialError, KeysError) as err:
-        print(f"keys {args.action}: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"keys {args.action}: interrupted", file=sys.stderr)
-        return 1
-    return 0
+# The commands: each runs guarded (iim/admin/guard.py): a user's error is one line
 
 
 def _password_file(args) -> None:

@@ -25,6 +25,8 @@ from iim.keys.passwords import TOKEN_NAMES
 from iim.server.storage import NoSuchUser, Storage, StorageError, UserExists
 from iim.xmpp.jid import InvalidJID, prepare_localpart
 
+from .guard import guarded
+
 PASSWORD_SOURCES = (
     "The password is the first line of --password-file FILE (after the token "
     "name when the file has iim's form 'Internal (Software) Token:PASSWORD'); "
@@ -39,6 +41,10 @@ class UserCommandError(Exception):
     """One line for stderr: what went wrong and, when it helps, what to do."""
 
 
+def _guard(action):
+    return guarded("user", (StorageError, UserCommandError))(action)
+
+
 def add_user_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``user add|passwd|delete|list`` on ``python -m iim.admin``'s subparsers."""
     user = subparsers.add_parser(
@@ -48,18 +54,18 @@ def add_user_parser(subparsers) -> argparse.ArgumentParser:
                     "The database is --db PATH, else iim_server.database of iim.conf.")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = _common_options()
-    _add_action(actions, common, "add", cmd_user_add, with_password=True,
+    _add_action(actions, common, "add", _guard(_add), with_password=True,
                 summary="create an account",
                 description="Create the account USER (creates the database if needed). "
                             + PASSWORD_SOURCES)
-    _add_action(actions, common, "passwd", cmd_user_passwd, with_password=True,
+    _add_action(actions, common, "passwd", _guard(_passwd), with_password=True,
                 summary="set a new password",
                 description="Replace USER's password (new salts too). " + PASSWORD_SOURCES)
-    _add_action(actions, common, "delete", cmd_user_delete, summary="delete an account",
+    _add_action(actions, common, "delete", _guard(_delete), summary="delete an account",
                 description="Delete the account USER with its roster and offline messages.")
     listing = actions.add_parser("list", parents=[common], help="list the accounts",
                                  description="Print every username, one per line, sorted.")
-    listing.set_defaults(run=cmd_user_list)
+    listing.set_defaults(run=_guard(_list))
     return user
 
 
@@ -98,35 +104,6 @@ class _RefusePassword(argparse.Action):
 
 # ---------------------------------------------------------------------------
 # The commands: each returns the exit status
-
-
-def cmd_user_add(args) -> int:
-    return _guarded(args, _add)
-
-
-def cmd_user_passwd(args) -> int:
-    return _guarded(args, _passwd)
-
-
-def cmd_user_delete(args) -> int:
-    return _guarded(args, _delete)
-
-
-def cmd_user_list(args) -> int:
-    return _guarded(args, _list)
-
-
-def _guarded(args, action) -> int:
-    """Run ``action``; an error a user can cause becomes one line on stderr."""
-    try:
-        action(args)
-    except (StorageError, UserCommandError) as err:
-        print(f"user {args.action}: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"user {args.action}: interrupted", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _add(args) -> None:
