@@ -182,6 +182,23 @@ class ChildServer:
             self.signalled = True
             self.proc.send_signal(signal.SIGTERM)
 
+    def stop(self) -> int | None:
+        """SIGTERM (once) and wait; the exit status, None if never started."""
+        try:
+            if self.proc is None:
+                return None
+            self.terminate()
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            self._after_stop()
+
+    def _after_stop(self) -> None:
+        """What a server leaves behind besides its process."""
+
 
 class IimServer(ChildServer):
     """``python -m iim.server`` for one Site, in its own folder, log severity INFO."""
@@ -230,16 +247,6 @@ class IimServer(ChildServer):
             time.sleep(0.05)
         raise SystemExit(f"iim {self.site.domain} did not start in time")
 
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        self.terminate()
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
 
     def log(self) -> str:
         path = self.folder / "server.log"
@@ -299,21 +306,11 @@ class ProsodyProcess(ChildServer, ProsodyServer):
         raise SystemExit(f"prosody {self.domain} did not start in time")
 
 
-    def stop(self) -> int | None:
-        """SIGTERM (once), wait; the key's memfd is closed either way."""
-        try:
-            if self.proc is None:
-                return None
-            self.terminate()
-            try:
-                return self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        finally:
-            if self._key_fd is not None:
-                os.close(self._key_fd)
-                self._key_fd = None
+    def _after_stop(self) -> None:
+        """The key's memfd is closed whether or not the server ever started."""
+        if self._key_fd is not None:
+            os.close(self._key_fd)
+            self._key_fd = None
 
     def problems(self) -> list[str]:
         """warn/error lines, less the "Received SIGTERM" of our own stop."""
