@@ -7,6 +7,7 @@ as a trusted entry, import the signed reply.
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,3 +68,91 @@ def make_store(store: Path, ca, names, *, alias="Server", storetype="JKS", store
 
 def list_aliases(store: Path, storepass="storepw") -> str:
     return keytool("-list", "-keystore", str(store), "-storepass", storepass)
+
+
+class KeytoolCA:
+    """A certificate authority made and run by the real keytool, as the JDK's
+    keytool documentation makes one: ``keytool -genkeypair -ext bc:c`` (by
+    default basicConstraints alone, no keyUsage), requests signed with
+    ``keytool -gencert``.
+
+    It has the face of ``pki.CA`` that ``make_store`` and ``live.LiveServer``
+    use (``cert``, ``parents``, ``root_cert``, ``sign_csr``), so a server's
+    keystore can come from it unchanged. ``exts`` are keytool ``-ext`` values
+    for the CA's own certificate (``"ku:c=keyCertSign"``, ``"bc:c=ca:true,pathlen:0"``...).
+    """
+
+    PASS = "ca-store-pw"
+
+    def __init__(self, store: Path, cert: x509.Certificate, parents=()):
+        self.store, self.cert, self.parents = store, cert, tuple(parents)
+
+    @classmethod
+    def root(cls, folder: Path, cn: str = "iim keytool CA", exts=("bc:c",)) -> "KeytoolCA":
+        store = cls._new_store(folder, cn, exts)
+        return cls(store, cls._export(store))
+
+    def intermediate(self, folder: Path, cn: str = "iim keytool intermediate CA",
+                     exts=("bc:c",)) -> "KeytoolCA":
+        """A CA whose certificate this one signs, with ``exts`` asked for by the signer."""
+        store = self._new_store(folder, cn, ())
+        csr = store.with_suffix(".csr")
+        keytool("-certreq", *self._common(store), "-alias", "ca", "-file", str(csr))
+        cert = self._gencert(csr, exts)
+        reply = store.with_suffix(".reply.pem")
+        reply.write_bytes(b"".join(_pem(c) for c in (cert, self.cert) + self.parents))
+        keytool("-importcert", *self._common(store), "-alias", "ca", "-file", str(reply),
+                "-noprompt")
+        return KeytoolCA(store, cert, (self.cert,) + self.parents)
+
+    def sign_csr(self, csr: x509.CertificateSigningRequest, *names: str,
+                 exts=()) -> x509.Certificate:
+        """``keytool -gencert`` for ``names`` (DNS names or IP literals) as subjectAltNames."""
+        path = self.store.with_name(f"req-{len(list(self.store.parent.glob('req-*')))}.csr")
+        path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+        sans = ",".join(f"ip:{n}" if _is_ip(n) else f"dns:{n}" for n in names)
+        return self._gencert(path, ((f"san={sans}",) if sans else ()) + tuple(exts))
+
+    @property
+    def root_cert(self) -> x509.Certificate:
+        return self.parents[-1] if self.parents else self.cert
+
+    def cert_pem(self) -> bytes:
+        return _pem(self.root_cert)
+
+    @classmethod
+    def _new_store(cls, folder: Path, cn: str, exts) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        store = folder / f"{cn.replace(' ', '-')}.p12"
+        keytool("-genkeypair", *cls._common(store), "-alias", "ca", "-keyalg", "RSA",
+                "-keysize", "2048", "-dname", f"CN={cn}, O=iim tests", "-validity", "30",
+                *_ext_args(exts))
+        return store
+
+    def _gencert(self, csr: Path, exts) -> x509.Certificate:
+        out = csr.with_suffix(".crt.pem")
+        keytool("-gencert", *self._common(self.store), "-alias", "ca", "-infile", str(csr),
+                "-outfile", str(out), "-rfc", "-validity", "30", *_ext_args(exts))
+        return x509.load_pem_x509_certificate(out.read_bytes())
+
+    @classmethod
+    def _common(cls, store: Path) -> list[str]:
+        return ["-keystore", str(store), "-storetype", "PKCS12", "-storepass", cls.PASS,
+                "-keypass", cls.PASS]
+
+    @classmethod
+    def _export(cls, store: Path) -> x509.Certificate:
+        pem = keytool("-exportcert", *cls._common(store), "-alias", "ca", "-rfc")
+        return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _ext_args(exts) -> list[str]:
+    return [arg for ext in exts for arg in ("-ext", ext)]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -5,8 +5,24 @@
 valid, self-signed, unknown CA, name mismatch, wrong purpose). The checks run
 from the cheapest, most specific cause to the general one, so the reason
 logged is the one to fix first; a chain that passes them all is then run
-through cryptography's RFC 5280 path validator (basic constraints, key usage,
-signatures), whose refusal is reported as ``INVALID_CHAIN``.
+through cryptography's RFC 5280 path validator, whose refusal is reported as
+``INVALID_CHAIN``.
+
+Path validation is RFC 5280 §6.1 as the TLS stacks of our peers apply it
+(OpenSSL under Prosody, ejabberd and slixmpp; Java's PKIX), not the stricter
+CA/Browser Forum profile cryptography's verifier defaults to. The one place
+they differ in practice is keyUsage on CA certificates: the web profile
+demands it, RFC 5280 §6.1.4 (n) checks keyCertSign only *when keyUsage is
+present*, and the JDK's keytool makes CAs with basicConstraints alone
+(``keytool -genkeypair -ext bc:c``). So the CA extension policy below is the
+web one with keyUsage optional (keyCertSign still required when it is there).
+What matters is kept strictly: every issuer, the trust anchor included, must
+be a CA by basicConstraints (a v1 certificate has none and is refused); pathLen
+is honoured; every signature verifies; every certificate on the path is in
+its validity period; the leaf names the domain (RFC 6125/7590) and, when it
+has an EKU, allows serverAuth. ``_issuers`` checks the CA rules first, one
+certificate at a time, so a refusal names the certificate and the cause
+("CA certificate CN=X: not a CA (basicConstraints CA:FALSE)").
 
 Names follow RFC 6125 as profiled for XMPP by RFC 7590: a DNS-ID in the
 subjectAltName (a ``*.`` wildcard stands for one left-most label), or an
@@ -67,7 +83,7 @@ def verify_peer(chain, anchors, domain: str, *, now: dt.datetime | None = None) 
         return Verdict(TrustFailure.NAME_MISMATCH, f"{domain!r} is not a valid domain name")
     leaf, anchors = chain[0], list(anchors)
     path, anchored = build_path(leaf, chain[1:], anchors)
-    for check in (_dates, _self_signed, _anchored, _name, _purpose):
+    for check in (_dates, _self_signed, _anchored, _name, _purpose, _issuers):
         verdict = check(leaf, path, anchored, reference, now)
         if not verdict.ok:
             return verdict
@@ -75,19 +91,24 @@ def verify_peer(chain, anchors, domain: str, *, now: dt.datetime | None = None) 
 
 
 def build_path(leaf, sent, anchors):
-    """(certificates from the leaf up, whether the last one is vouched for by an anchor).
+    """(certificates from the leaf up, the anchor that vouches for the last one).
 
+    The anchor is the last certificate itself when it is trusted as it is,
+    the trusted certificate that issued it otherwise, None when there is none.
     Only certificates on the path count: an unrelated, expired certificate
     the peer also sent (an old cross-sign, say) changes nothing.
     """
     path, pool = [leaf], list(sent)
     while True:
         cert = path[-1]
-        if cert in anchors or any(issued_by(cert, a) for a in anchors):
-            return path, True
+        if cert in anchors:
+            return path, cert
+        anchor = next((a for a in anchors if issued_by(cert, a)), None)
+        if anchor is not None:
+            return path, anchor
         parent = next((c for c in pool if issued_by(cert, c)), None)
         if parent is None:
-            return path, False
+            return path, None
         pool.remove(parent)
         path.append(parent)
 
@@ -107,7 +128,7 @@ def reference_identity(domain: str):
 
 
 def _dates(leaf, path, anchored, reference, now) -> Verdict:
-    for cert in path:
+    for cert in [leaf] + _issuer_path(path, anchored):
         who = "certificate" if cert is leaf else f"issuer {_cn(cert)}"
         if now > cert.not_valid_after_utc:
             return Verdict(TrustFailure.EXPIRED,
@@ -119,13 +140,13 @@ def _dates(leaf, path, anchored, reference, now) -> Verdict:
 
 
 def _self_signed(leaf, path, anchored, reference, now) -> Verdict:
-    if is_self_signed(leaf) and not anchored:
+    if is_self_signed(leaf) and anchored is None:
         return Verdict(TrustFailure.SELF_SIGNED, f"issuer {_cn(leaf)} is the certificate itself")
     return Verdict()
 
 
 def _anchored(leaf, path, anchored, reference, now) -> Verdict:
-    if anchored:
+    if anchored is not None:
         return Verdict()
     return Verdict(TrustFailure.UNKNOWN_CA,
                    f"issuer {_name_text(path[-1].issuer)} is not trusted")
@@ -148,17 +169,90 @@ def _purpose(leaf, path, anchored, reference, now) -> Verdict:
     return Verdict(TrustFailure.WRONG_PURPOSE)
 
 
+def _issuers(leaf, path, anchored, reference, now) -> Verdict:
+    """RFC 5280 §6.1.4 for each issuer on the path, nearest first, ending with
+    the trust anchor: a CA by basicConstraints, keyCertSign when keyUsage is
+    present, pathLen not exceeded, and its signature on the certificate below."""
+    below = leaf
+    for depth, issuer in enumerate(_issuer_path(path, anchored)):
+        problem = (_not_a_ca(issuer) or _path_too_long(issuer, depth)
+                   or _bad_signature(below, issuer))
+        if problem:
+            return Verdict(TrustFailure.INVALID_CHAIN, problem)
+        below = issuer
+    return Verdict()
+
+
+def _issuer_path(path, anchored):
+    """The certificates above the leaf: the rest of ``path`` and, when the top
+    of the path is vouched for rather than itself an anchor, the anchor."""
+    vouching = [anchored] if anchored is not None and anchored is not path[-1] else []
+    return list(path[1:]) + vouching
+
+
+def _not_a_ca(cert) -> str:
+    who = f"CA certificate {_cn(cert)}"
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return f"{who}: not a CA (no basicConstraints; reissue it with CA:TRUE)"
+    if not constraints.ca:
+        return f"{who}: not a CA (basicConstraints CA:FALSE)"
+    usage = _key_usage(cert)
+    if usage is not None and not usage.key_cert_sign:
+        return (f"{who}: may not sign certificates "
+                f"(keyUsage present without keyCertSign)")
+    return ""
+
+
+def _path_too_long(cert, cas_below: int) -> str:
+    """``cas_below``: CA certificates between ``cert`` and the leaf."""
+    limit = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    if limit is None or cas_below <= limit:
+        return ""
+    return (f"CA certificate {_cn(cert)}: pathLen {limit} allows {limit} CA(s) below it, "
+            f"the chain has {cas_below}")
+
+
+def _bad_signature(cert, issuer) -> str:
+    if issued_by(cert, issuer):
+        return ""
+    return (f"certificate {_cn(cert)}: its signature does not verify with the key of "
+            f"CA certificate {_cn(issuer)}")
+
+
+def _key_usage(cert):
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _ca_key_usage(policy, cert, usage) -> None:
+    """RFC 5280 §6.1.4 (n): keyCertSign is checked when keyUsage is present."""
+    if usage is not None and not usage.key_cert_sign:
+        raise ValueError("keyUsage present without keyCertSign")
+
+
+_CA_POLICY = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+    x509.KeyUsage, verification.Criticality.AGNOSTIC, _ca_key_usage)
+
+
 def _rfc5280(leaf, chain, anchors, reference, now) -> Verdict:
     try:
         subject = (x509.DNSName(reference) if isinstance(reference, str)
                    else x509.IPAddress(reference))
         verifier = (verification.PolicyBuilder().store(verification.Store(anchors)).time(now)
+                    .extension_policies(
+                        ca_policy=_CA_POLICY,
+                        ee_policy=verification.ExtensionPolicy.webpki_defaults_ee())
                     .build_server_verifier(subject))
         verifier.verify(leaf, list(chain[1:]))
-    except verification.VerificationError as exc:
-        return Verdict(TrustFailure.INVALID_CHAIN, str(exc).splitlines()[0][:160])
-    except ValueError as exc:          # a name or store the validator will not take
-        return Verdict(TrustFailure.INVALID_CHAIN, str(exc).splitlines()[0][:160])
+    except (verification.VerificationError, ValueError) as exc:
+        # ValueError: a name or store the validator will not take.
+        reason = str(exc).splitlines()[0][:160]
+        return Verdict(TrustFailure.INVALID_CHAIN,
+                       f"certificate {_cn(leaf)}: RFC 5280 path validation refused it ({reason})")
     return Verdict()
 
 
