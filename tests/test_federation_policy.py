@@ -89,7 +89,7 @@ def test_global_requiressl_refuses_a_peer_without_tls_both_ways(tmp_path, ca):
     log_b, log_a = found[B].log(), found[A].log()
     assert (f"s2s out {A}: abandoned: policy-violation: the peer offers no STARTTLS and "
             f"iim_server.requiressl is true") in log_b
-    assert (f"s2s out {B}: abandoned: policy-violation: the peer requires STARTTLS and this "
+    assert (f"s2s out {B}: abandoned: unsupported-feature: the peer requires STARTTLS and this "
             f"server has no certificate") in log_a
     assert "authenticated with" not in log_b
 
@@ -111,7 +111,7 @@ def test_a_coserver_requiressl_refuses_that_peer_without_tls(tmp_path, ca):
     log_b, log_a = found[B].log(), found[A].log()
     assert (f"s2s out {A}: abandoned: policy-violation: the peer offers no STARTTLS and "
             f"iim_server.coserver1.requiressl is true") in log_b
-    assert (f"s2s out {B}: abandoned: policy-violation: the peer requires STARTTLS and this "
+    assert (f"s2s out {B}: abandoned: unsupported-feature: the peer requires STARTTLS and this "
             f"server has no certificate") in log_a
     assert "authenticated with" not in log_a + log_b
 

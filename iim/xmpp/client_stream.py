@@ -54,6 +54,10 @@ class ClientStream(Stream):
         self.phase = Phase.OPENING
         self.start()
 
+    def _ensure_header(self) -> None:
+        if not self._header_sent:
+            self.start()
+
     def _on_header(self, header: StreamOpened) -> list[Event]:
         if header.ns != CLIENT_NS:
             raise StreamError(Cond.INVALID_NAMESPACE)

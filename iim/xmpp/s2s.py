@@ -230,8 +230,11 @@ class IncomingServerStream(_ServerStreamBase):
         return []
 
     def _ensure_header(self) -> None:
+        """Our response header for a stream the peer has not opened yet (the
+        first, or the one after TLS or SASL): a new id, as for any stream."""
         if not self._header_sent:
-            self._header(to=None, stream_id=self.stream_id or secrets.token_urlsafe(12))
+            self.stream_id = secrets.token_urlsafe(12)
+            self._header(to=self.peer_from, stream_id=self.stream_id)
 
     def _features(self) -> Element:
         features = Element(q(STREAMS_NS, "features"))
@@ -485,11 +488,11 @@ class OutgoingServerStream(_ServerStreamBase):
             return []
         if not self.secure and starttls is not None and \
                 starttls.find(q(TLS_NS, "required")) is not None:
-            return self._give_up(StreamError(
-                Cond.POLICY_VIOLATION, "the peer requires STARTTLS and this server has no "
-                                       "certificate (iim_server.sslkeystore)"))
+            return self.close(StreamError(              # RFC 6120 §4.9.3.22
+                Cond.UNSUPPORTED_FEATURE, "the peer requires STARTTLS and this server has no "
+                                          "certificate (iim_server.sslkeystore)"))
         if not self.secure and self.tls_required_by:
-            return self._give_up(StreamError(
+            return self.close(StreamError(
                 Cond.POLICY_VIOLATION,
                 f"the peer offers no STARTTLS and {self.tls_required_by} is true"))
         mechanisms = {m.text for m in features.iter(q(SASL_NS, "mechanism"))}

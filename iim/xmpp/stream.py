@@ -13,6 +13,22 @@ success the peer must wait for our answer before it opens a new stream. In
 both cases whatever else the same read carried was parsed as part of the old
 stream and is dropped here, unprocessed (RFC 6120 §5.4.3.3, §6.4.6: this is
 what makes STARTTLS command injection impossible).
+
+Which stream an error goes on (RFC 6120 §4.9.1): a stream error is a child
+of our stream element, so whatever we write before it on the current stream
+must include our header. The current stream is the one since the last
+restart, and there are two restarts: SASL success (§6.4.6) and ``<proceed/>``
+(§5.4.3.3: the old stream is discarded there, never closed, and whatever
+follows the TLS handshake belongs to a new one). Both reset ``_header_sent``
+at the moment they happen, not when the adapter reports TLS up: an adapter
+that refuses the peer's certificate as the handshake ends closes the stream
+while it is still ``TLS_PENDING``, and that error goes on the new stream.
+``close`` therefore opens the current stream first when our header is not on
+it yet (``_ensure_header``, one per role): the receiving entity sends its
+response header before the error even when the peer has not opened the new
+stream (§4.9.1.2), and the initiating entity sends the initial header it owes
+after TLS (§5.4.3.3) and then the error, so that the peer learns why instead
+of failing to parse ``<stream:error>`` with an undeclared prefix.
 """
 
 from __future__ import annotations
@@ -92,7 +108,6 @@ class Stream:
         if self.phase is not Phase.TLS_PENDING:
             raise LocalProtocolError(f"tls_established() while {self.phase.value}")
         self.secure = True
-        self._restart()
         self._after_tls()
 
     def send_stanza(self, stanza: Element) -> None:
@@ -120,14 +135,16 @@ class Stream:
             self._out += f"<failure xmlns='{TLS_NS}'/>".encode()
             return self.close()                                   # §5.4.2.2
         self._out += f"<proceed xmlns='{TLS_NS}'/>".encode()
-        self.phase = Phase.TLS_PENDING
-        self._cut = True
-        return [StartTLS()]
+        return self._await_tls()
 
     def _on_proceed(self, element: Element) -> list[Event]:
         """The initiating entity's side: TLS starts with the next bytes (§5.4.2.3)."""
+        return self._await_tls()
+
+    def _await_tls(self) -> list[Event]:
+        """``<proceed/>`` ends the stream: the next one starts under TLS."""
+        self._restart()
         self.phase = Phase.TLS_PENDING
-        self._cut = True
         return [StartTLS()]
 
     def _dispatch(self, item) -> list[Event]:
@@ -176,7 +193,9 @@ class Stream:
         return self.close(exc)
 
     def _ensure_header(self) -> None:
-        """An error before our header still needs one (RFC 6120 §4.9.1.2)."""
+        """Send our header for the current stream unless it is there already:
+        an error before it still needs one (RFC 6120 §4.9.1.2)."""
+        raise NotImplementedError
 
     def _on_header(self, header: StreamOpened) -> list[Event]:
         raise NotImplementedError
