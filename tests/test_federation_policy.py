@@ -155,6 +155,8 @@ def test_trust_all_cert_false_refuses_a_bad_peer_certificate_with_its_reason(tmp
     assert f"s2s out {A}: certificate refused for {A}: {kind}" in log_b
     assert f"s2s out {A}: authenticated" not in log_b
     assert "BEGIN CERTIFICATE" not in log_b
+    # B's first bytes under TLS are a whole stream (RFC 6120 §4.9.1.2): A reads the reason
+    assert "stream error (peer sent): not-authorized: certificate not trusted" in found[A].log()
 
 
 def test_trust_all_cert_true_accepts_a_self_signed_peer_logs_it_and_uses_dialback(tmp_path, ca):
