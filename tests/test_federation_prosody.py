@@ -8,7 +8,9 @@ Every scenario has them subscribe to each other's presence and chat both ways;
 what changes is how the servers authenticate:
 
 * both trust each other's certificate: TLS both ways, SASL EXTERNAL both ways
-  (XEP-0178), even with Prosody's ``s2s_secure_auth = true``;
+  (XEP-0178), even with Prosody's ``s2s_secure_auth = true``; the same with
+  both certificates from a CA made by the real keytool with ``-ext bc:c``
+  alone (no keyUsage);
 * Prosody cannot verify iim's certificate (another CA in its ``cafile``,
   ``s2s_secure_auth = false``): iim authenticates with dialback over TLS
   (XEP-0220), Prosody, whose certificate iim trusts, with EXTERNAL;
@@ -35,9 +37,11 @@ import re
 import shutil
 
 import pytest
+from cryptography import x509
 
 import pki
-from keytool import make_store
+from ejabberdlive import keytool_issued
+from keytool import KeytoolCA, make_store
 from live import STOREPASS, Client, LiveServer, next_item
 from prosodylive import ProsodyServer, TestZone, ca_pem
 
@@ -64,6 +68,12 @@ def iim_keystore(tmp_path_factory, ca):
     return store
 
 
+@pytest.fixture(scope="module")
+def keytool_ca(tmp_path_factory):
+    """A CA made by the real keytool with ``-ext bc:c`` alone: basicConstraints, no keyUsage."""
+    return KeytoolCA.root(tmp_path_factory.mktemp("keytool-ca"), "iim-prosody keytool CA")
+
+
 @pytest.fixture
 def zone():
     zone = TestZone().start()
@@ -74,11 +84,13 @@ def zone():
 class Federation:
     """iim.example (iim) and prosody.example (Prosody), found through ``zone``.
 
-    ``prosody_ca`` signs Prosody's certificate, ``prosody_trusts`` is the CA
-    in Prosody's ``cafile``; both are the test CA unless a test says otherwise."""
+    ``prosody_ca`` signs Prosody's certificate (``prosody_cert``, unless given),
+    ``prosody_trusts`` is the CA in Prosody's ``cafile``; both are the test CA
+    unless a test says otherwise."""
 
     def __init__(self, tmp_path, ca, zone, keystore, *, iim_tls=True, iim_extra="",
-                 prosody_ca=None, prosody_trusts=None, prosody_options=None):
+                 prosody_ca=None, prosody_trusts=None, prosody_options=None,
+                 prosody_cert=None):
         folder = tmp_path / IIM
         folder.mkdir()
         if iim_tls:
@@ -94,7 +106,8 @@ class Federation:
         cafile.write_bytes(ca_pem(prosody_trusts or ca))
         self.bob_trusts = tmp_path / "bob-trusts.pem"
         self.bob_trusts.write_bytes(ca_pem(prosody_ca))
-        self.prosody = ProsodyServer(tmp_path / PROSODY_DOMAIN, prosody_ca.issue(PROSODY_DOMAIN),
+        self.prosody = ProsodyServer(tmp_path / PROSODY_DOMAIN,
+                                     prosody_cert or prosody_ca.issue(PROSODY_DOMAIN),
                                      cafile, zone, domain=PROSODY_DOMAIN,
                                      options=prosody_options)
 
@@ -222,6 +235,28 @@ def test_both_certificates_trusted_tls_and_sasl_external_both_ways(tmp_path, ca,
     assert "Forbidding insecure connection" not in prosody_log
     assert "authenticated with dialback" not in iim_log
     assert "sent dialback key" not in prosody_log
+
+
+def test_a_keytool_bc_only_ca_for_both_servers_tls_and_sasl_external_both_ways(
+        tmp_path, keytool_ca, zone):
+    """Both certificates from a CA made as keytool's documentation makes one
+    (``-ext bc:c``, no keyUsage), which OpenSSL (Prosody) and iim both accept."""
+    assert x509.KeyUsage not in [type(e.value) for e in keytool_ca.cert.extensions]
+    store = tmp_path / "keytool-keystore" / "server.jks"
+    store.parent.mkdir()
+    make_store(store, keytool_ca, [IIM], storepass=STOREPASS,
+               exts=("eku=serverAuth,clientAuth",))
+    fed = Federation(tmp_path, keytool_ca, zone, store, prosody_ca=keytool_ca,
+                     prosody_cert=keytool_issued(keytool_ca, PROSODY_DOMAIN),
+                     prosody_options={"s2s_secure_auth": True})
+    iim_log, prosody_log = run(fed)
+    assert f"s2s out {PROSODY_DOMAIN}: authenticated with SASL EXTERNAL (TLSv1.3)" in iim_log
+    assert f"Accepting SASL EXTERNAL identity from {IIM}" in prosody_log
+    assert f"s2s in {PROSODY_DOMAIN}: {PROSODY_DOMAIN} authenticated with SASL EXTERNAL " \
+           f"(TLSv1.3)" in iim_log
+    assert f"SASL EXTERNAL with {IIM} succeeded" in prosody_log
+    assert "authenticated with dialback" not in iim_log
+    assert "Forbidding insecure connection" not in prosody_log
 
 
 # -- dialback where a certificate cannot be verified -----------------------------------------
