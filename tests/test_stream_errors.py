@@ -159,6 +159,14 @@ def c2s_after_sasl() -> ServerStream:
     return srv
 
 
+def test_c2s_too_many_failed_logins_end_a_whole_stream():
+    srv = ServerStream(ServerPolicy(DOMAIN), authenticator, secure_transport=True)
+    wrong = PLAIN.replace(base64.b64encode(b"\0juliet\0r0m30myr0m30"),
+                          base64.b64encode(b"\0juliet\0wrong"))
+    srv.receive_data(C2S_HEADER + wrong * 3)
+    ends_with_error(srv.data_to_send(), Cond.POLICY_VIOLATION)
+
+
 def test_c2s_closed_after_sasl_before_the_client_opens_the_new_stream():
     srv = c2s_after_sasl()
     srv.close(StreamError(Cond.SYSTEM_SHUTDOWN))
@@ -233,10 +241,14 @@ def test_s2s_incoming_closed_after_tls_before_the_peer_opens_the_new_stream():
     ends_with_error(inc.data_to_send(), Cond.CONNECTION_TIMEOUT)
 
 
-def test_s2s_incoming_an_error_on_the_stream_after_tls():
+@pytest.mark.parametrize("data,condition", [
+    (STANZA.format(frm=A), Cond.NOT_AUTHORIZED),
+    (f"<auth xmlns='{SASL}' mechanism='PLAIN'>=</auth>" * 3, Cond.POLICY_VIOLATION),
+])
+def test_s2s_incoming_an_error_on_the_stream_after_tls(data, condition):
     inc = s2s_incoming_after_tls()
-    feed(inc, header_to_b() + STANZA.format(frm=A))
-    ends_with_error(inc.data_to_send(), Cond.NOT_AUTHORIZED)
+    feed(inc, header_to_b() + data)
+    ends_with_error(inc.data_to_send(), condition)
 
 
 def s2s_incoming_after_sasl() -> IncomingServerStream:
@@ -252,10 +264,17 @@ def test_s2s_incoming_closed_after_sasl_before_the_peer_opens_the_new_stream():
     ends_with_error(inc.data_to_send(), Cond.SYSTEM_SHUTDOWN)
 
 
-def test_s2s_incoming_an_error_on_the_stream_after_sasl():
+@pytest.mark.parametrize("data,condition", [
+    (STANZA.format(frm="c.example"), Cond.INVALID_FROM),
+    (f"<message from='x@{A}' to='y@c.example'/>", Cond.HOST_UNKNOWN),
+    (EXTERNAL, Cond.POLICY_VIOLATION),
+    ("<proof xmlns='urn:xmpp:iim:coserver:0' from='a.example' serverid='x'>p</proof>",
+     Cond.NOT_AUTHORIZED),
+])
+def test_s2s_incoming_an_error_on_the_stream_after_sasl(data, condition):
     inc = s2s_incoming_after_sasl()
-    feed(inc, header_to_b() + STANZA.format(frm="c.example"))
-    ends_with_error(inc.data_to_send(), Cond.INVALID_FROM)
+    feed(inc, header_to_b() + data)
+    ends_with_error(inc.data_to_send(), condition)
 
 
 # -- s2s, the initiating entity (OutgoingServerStream) ----------------------------------------------
