@@ -53,6 +53,24 @@ or outlives its deadline closes the client and nothing goes upstream. After
 that SSL_read_ex/SSL_write_ex replace recv/send (partial writes and moving
 buffers enabled, so the output buffer may grow between retries).
 
+Writes to a client, and what drives the remainder. With partial writes one
+SSL_write_ex moves at most one record (16 KiB of plaintext) and returns
+success although the socket would take more; a plain send() may also move
+part of a buffer. Neither is a refusal, so no EPOLLOUT edge will follow it:
+under edge triggering, an edge comes only after the socket said EAGAIN
+(OpenSSL: WANT_WRITE). Hence the rule both writers (deliver() for DATA as it
+arrives, flush_out() for the session's output buffer) keep: write in a loop
+until everything is written or the socket refuses. Output left in the
+buffer therefore always has an edge coming (F_WRITABLE clear), and that edge
+queues the session, whose service() flushes it. A refused TLS record stays
+pending inside OpenSSL; the retry passes the same bytes again, from the
+output buffer (at a new address: moving buffers) and possibly followed by
+more, which partial-write mode allows. Credit goes back (WINDOW) only for
+bytes a write call reported as done. A session the server closes keeps its
+place on the run queue, so an edge taken in the same turn still flushes it.
+The rare SSL_write that wants to read (WANT_READ) is retried at the next
+event of the session, which a read that found nothing guarantees.
+
 Timers are two FIFO rings (handshaking, lingering) whose entries all get the
 same timeout, so each ring is sorted by deadline and only its head is
 checked; plus the link keepalive (PING after `keepalive` seconds without
@@ -427,7 +445,7 @@ cdef ssize_t client_read(Session *s, uint8_t *p, size_t n) noexcept nogil:
         s.flags &= ~F_READABLE
         return -1
     if err == openssl.SSL_ERROR_WANT_WRITE:
-        s.flags &= ~F_READABLE
+        s.flags &= ~(F_READABLE | F_WRITABLE)    # the socket refused what SSL_read wrote
         s.flags |= F_READ_WANTS_WRITE
         return -1
     openssl.ERR_clear_error()
@@ -577,7 +595,10 @@ cdef void server_closed(Core *c, Session *s) noexcept nogil:
         session_free(c, s, NO_CLOSE, True)
         return
     s.state = S_CLOSING
-    dequeue(c, s)
+    # Stay queued: an EPOLLOUT edge taken earlier in this turn is the only
+    # one coming, and service() is what flushes the rest.
+    if s.flags & F_WRITABLE:
+        queue_run(c, s)
     s.deadline = c.now + c.linger_ms
     ring_push(&c.lingering, &s.timer_node)
 
@@ -752,19 +773,24 @@ cdef int flush_out(Core *c, Session *s) noexcept nogil:
 cdef void deliver(Core *c, Session *s, const uint8_t *p, uint32_t n) noexcept nogil:
     """Server DATA -> client: write it now; keep only what the socket refuses."""
     cdef ssize_t w = 0
+    cdef ssize_t r
     cdef size_t cap
     if n > s.peer_credit:
         protocol_error(c, "DATA beyond the granted window")
         return
     s.peer_credit -= n
     c.st.bytes_down += n
-    if buf_len(&s.out) == 0 and s.flags & F_WRITABLE:
-        w = client_write(s, p, n)
-        if w == -2 or w == 0:
-            session_free(c, s, R_NORMAL, False)
-            return
-        if w < 0:
-            w = 0
+    if buf_len(&s.out) == 0:
+        # Write until done or refused: one SSL_write moves one record, and
+        # only a refusal brings the edge that would resume the rest.
+        while <uint32_t>w < n and s.flags & F_WRITABLE:
+            r = client_write(s, p + w, n - w)
+            if r == -1:
+                break
+            if r <= 0:
+                session_free(c, s, R_NORMAL, False)
+                return
+            w += r
     if <uint32_t>w < n:
         cap = s.out.cap
         if buf_reserve(&s.out, n - w, c.window) < 0:

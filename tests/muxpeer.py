@@ -88,6 +88,8 @@ class PeerLink:
         self.received: dict[int, bytearray] = defaultdict(bytearray)
         self.closed: dict[int, int] = {}              # sid -> reason
         self.credit: dict[int, int] = {}              # what we may still send
+        self.granted: Counter = Counter()             # WINDOW credit the mux returned
+        self.sent: Counter = Counter()                # DATA bytes we sent
         self.pending: dict[int, bytearray] = defaultdict(bytearray)
         self.hold: set[int] = set()                   # sids we grant nothing to
         self.withheld: Counter = Counter()
@@ -251,6 +253,7 @@ class PeerLink:
             self._data(sid, payload, grants)
         elif ftype == WINDOW:
             self.credit[sid] = self.credit.get(sid, 0) + struct.unpack("!I", payload)[0]
+            self.granted[sid] += struct.unpack("!I", payload)[0]
             self._pump(sid)
         elif ftype == CLOSE:
             self.closed[sid] = payload[0]
@@ -286,6 +289,7 @@ class PeerLink:
             out += frame(DATA, sid, bytes(pending[at:min(at + MAX_PAYLOAD, n)]))
         del pending[:n]
         self.credit[sid] -= n
+        self.sent[sid] += n
         if out:
             self._send(bytes(out))
 
