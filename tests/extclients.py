@@ -53,6 +53,15 @@ class Endpoint:
     host: str = "127.0.0.1"
 
 
+def child_env(scratch: Path, **extra: str) -> dict[str, str]:
+    """The environment of a client: no proxy (go-xmpp and GLib both honour
+    HTTP_PROXY and friends; these tests stay on loopback), HOME in the test's
+    folder, no Python settings of the virtual environment."""
+    env = {key: value for key, value in os.environ.items()
+           if "proxy" not in key.lower() and not key.startswith("PYTHON")}
+    return {**env, "HOME": str(scratch), **extra}
+
+
 @dataclass
 class Finished:
     returncode: int | None      # None: it was stopped
@@ -141,8 +150,7 @@ class GoSendxmpp:
     def _env(self, endpoint: Endpoint, scratch: Path) -> dict[str, str]:
         no_dir = scratch / "go-no-roots"
         no_dir.mkdir(exist_ok=True)
-        return {**os.environ, "SSL_CERT_FILE": str(endpoint.cafile), "SSL_CERT_DIR": str(no_dir),
-                "HOME": str(scratch)}
+        return child_env(scratch, SSL_CERT_FILE=str(endpoint.cafile), SSL_CERT_DIR=str(no_dir))
 
     async def send(self, account: Account, endpoint: Endpoint, to: str, body_file: Path,
                    scratch: Path) -> Child:
@@ -201,8 +209,7 @@ class Nbxmpp:
 
     @staticmethod
     def _env(scratch: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        return {**env, "HOME": str(scratch), "GIO_USE_VFS": "local"}
+        return child_env(scratch, GIO_USE_VFS="local", GSETTINGS_BACKEND="memory")
 
     async def send(self, account: Account, endpoint: Endpoint, to: str, body_file: Path,
                    scratch: Path) -> Child:
