@@ -16,10 +16,11 @@ The other end is bob, a slixmpp client on the STARTTLS multiplexor (so only
 the client under test crosses the mode being tested). A message of more than
 40 KB (UTF-8, with markup characters, tabs and newlines) goes each way and is
 compared byte for byte; the server's log says which way TLS was carried.
-(Until the multiplexor delivers legacy-SSL writes over one TLS record without
-waiting for the client, issue 10 part 3, go-sendxmpp, which sends nothing
-while it listens, never gets bob's message there; nbxmpp gets it late, when
-its own whitespace keepalive, 5 s after its last read, wakes the session.)
+(Before the multiplexor delivered legacy-SSL writes over one TLS record
+without waiting for the client, issue 10 part 3, go-sendxmpp, which sends
+nothing while it listens, never got bob's message there and its test failed;
+nbxmpp got it late, once its own whitespace keepalive, 5 s after its last
+read, woke the session.)
 Each client also trusts only another CA once: it must refuse the certificate
 and never log in.
 """
