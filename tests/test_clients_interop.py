@@ -105,9 +105,10 @@ def payload(seed: str, size: int = 48_000) -> bytes:
     rng = random.Random(seed)
     pieces = ["plain words", "<b>not markup</b>", "&amp; &lt; ]]> <!-- -->", "'quoted' \"too\"",
               "tab\there", "é ü ß", "漢字かな", "😀🚀", "\n", "\n\n"]
-    out = ["begin"]
-    while len("".join(out).encode()) < size:
+    out, length = ["begin"], 0
+    while length < size:
         out.append(rng.choice(pieces) + str(rng.randrange(10_000)))
+        length += len(out[-1].encode("utf-8"))
     return ("".join(out) + "end").encode("utf-8")
 
 
