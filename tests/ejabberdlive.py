@@ -19,8 +19,12 @@ ejabberd``, and everything else its own:
   can still be reached for debugging: ``erl -sname dbg@localhost -hidden
   -remsh <node> -setcookie <cookie> -start_epmd false -erl_epmd_port P
   -dist_listen false`` (both are in the stdout file);
-* the process starts in a session of its own, and ``stop`` ends the whole
-  process group (beam, erl_child_setup, inet_gethost) whatever happened.
+* the node starts in a session of its own; ``stop`` sends SIGTERM (Erlang
+  stops cleanly), kills it if it has not exited in time, and kills whatever is
+  left in its process group. Its helpers ``erl_child_setup`` and
+  ``inet_gethost`` run in sessions of their own and exit when the node's end of
+  their pipes closes, however it ends. The node's command line names the
+  test's folder, so the run's process sweep (tests/conftest.py) would find it.
 
 Users are registered by an ``-eval`` that runs once ``-s ejabberd`` has
 returned (the application is started), which then prints ``READY``: the
@@ -69,7 +73,6 @@ from pki import Issued, new_key
 
 ERL = shutil.which("erl") or "/usr/bin/erl"
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
-ERL_LIBS = "/usr/lib/x86_64-linux-gnu"      # as /usr/sbin/ejabberdctl sets it
 READY = "READY"
 
 
@@ -82,6 +85,15 @@ class VirtualHost:
     cafile: Path
     users: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+
+
+def erl_libs() -> str:
+    """Where Debian's ejabberd keeps its Erlang applications: ``ERL_LIBS`` as
+    ``ejabberdctl`` sets it (``/usr/lib/<multiarch triplet>``)."""
+    found = re.search(r"^ERL_LIBS='?([^'\n]+)'?$", Path(EJABBERDCTL).read_text(), re.M)
+    if found is None:
+        raise AssertionError(f"no ERL_LIBS line in {EJABBERDCTL}")
+    return found.group(1)
 
 
 def keytool_issued(ca, *names: str, exts=("eku=serverAuth,clientAuth",)) -> Issued:
@@ -182,7 +194,7 @@ class EjabberdServer:
 
     def environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ERL", "EJABBERD"))}
-        env.update(HOME=str(self.folder), ERL_LIBS=ERL_LIBS, ERL_INETRC=str(self.inetrc),
+        env.update(HOME=str(self.folder), ERL_LIBS=erl_libs(), ERL_INETRC=str(self.inetrc),
                    EJABBERD_CONFIG_PATH=str(self.config), EJABBERD_LOG_PATH=str(self.log_file),
                    ERL_CRASH_DUMP=str(self.folder / "erl_crash.dump"),
                    ERL_CRASH_DUMP_BYTES="0", ERL_MAX_PORTS="32000")
