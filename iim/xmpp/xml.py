@@ -23,12 +23,42 @@ condition the RFC names:
   ``restricted-xml``. The DOCTYPE is refused as soon as expat sees its start, so
   "billion laughs" fails before one entity is declared, let alone expanded;
   parameter entities are never parsed and no external entity is ever fetched.
-- an unbound prefix or a misuse of ``xml``/``xmlns``: ``bad-namespace-prefix``.
+- an unbound prefix, the ``xml`` prefix bound to another name, the ``xmlns``
+  prefix declared or used on an element, a prefix undeclared (``xmlns:p=''``,
+  which XML 1.0 has no use for): ``bad-namespace-prefix`` (§4.9.3.2).
+- the xml or xmlns namespace *name* bound where it must not be (as the default
+  namespace, or to a prefix other than ``xml``): ``not-well-formed``. It breaks
+  Namespaces in XML §3, the rule of §4.9.3.13, and no prefix is at fault.
 - a root that is not ``{http://etherx.jabber.org/streams}stream``, or a
   content namespace other than the ones we serve: ``invalid-namespace``.
 - an encoding other than UTF-8 (declared, BOM-sniffed, or bytes that are not
   UTF-8): ``unsupported-encoding`` (RFC 6120 §11.6).
 - anything else expat rejects: ``not-well-formed``.
+
+Namespaces (Namespaces in XML 1.0 §3; RFC 6120 §4.8.3, §11.2). A stanza goes
+in on one stream and out on others, so anything the parser accepts must be
+written back as XML that every namespace-aware parser accepts, with the same
+meaning: one badly written stanza ends the *recipient's* stream.
+
+- Input: expat checks namespace well-formedness as it parses (the conditions
+  above). The ``xml`` prefix is bound by definition, so ``<xml:x/>`` and
+  ``xml:lang`` are legal and accepted, and so is the redundant
+  ``xmlns:xml='http://www.w3.org/XML/1998/namespace'``. Prefixes are not kept:
+  the tree holds ``{namespace}local`` names only. An element in no namespace
+  (under ``xmlns=''``) is tagged ``{}local``, because to the serializer a bare
+  ``local`` means "in the parent's namespace"; attributes without a prefix are
+  in no namespace and stay bare, as in ElementTree.
+- Output: every name is written from its namespace, never from the input's
+  prefixes. An element in the current default namespace is written bare; in a
+  namespace declared on our stream header (``stream``, and ``prefixes``) with
+  that prefix; in the xml namespace as ``xml:local``, never declared; in any
+  other namespace (``''`` for none) with a new ``xmlns='...'``, which then
+  holds for its children. An attribute in no namespace is bare; in the xml
+  namespace ``xml:local``; in a header namespace with its prefix; otherwise
+  with a prefix ``nsN`` declared on that element, chosen not to shadow a header
+  prefix. Nothing can be written in the xmlns namespace, nor an attribute
+  named ``xmlns``: ``LocalProtocolError``. The common case, stanzas in the
+  content namespace with plain attributes, takes none of these branches.
 
 Resource limits (RFC 6120 §13.12: a peer may not exhaust our memory). All give
 ``policy-violation``:
@@ -97,6 +127,7 @@ CLIENT_NS = "jabber:client"
 SERVER_NS = "jabber:server"
 STREAM_TAG = "{%s}stream" % STREAMS_NS
 XML_LANG = "{%s}lang" % XML_NS
+XMLNS_NS = "http://www.w3.org/2000/xmlns/"  # Namespaces in XML §3: bound to 'xmlns' only
 STREAM_CLOSE = b"</stream:stream>"
 
 DEFAULT_MAX_STANZA_BYTES = 262144
@@ -317,7 +348,7 @@ class StreamParser:
         if depth == 1:
             self._builder = TreeBuilder()
             self._mark = self._expat.CurrentByteIndex
-        self._builder.start(_qname(name), self._attributes(attrs) if attrs else attrs)
+        self._builder.start(_tag(name), self._attributes(attrs) if attrs else attrs)
         self._depth = depth + 1
 
     def _on_end(self, name: str) -> None:
@@ -325,7 +356,7 @@ class StreamParser:
         if depth == 0:
             self._events.append(StreamClosed())
             raise _StreamEnded
-        self._builder.end(_qname(name))
+        self._builder.end(_tag(name))
         if depth == 1:
             self._finish_element()
 
@@ -340,7 +371,7 @@ class StreamParser:
     # -- building -------------------------------------------------------------
 
     def _open_stream(self, name: str, attrs: dict) -> None:
-        _check_root(_qname(name), self._root_namespaces, self.content_namespaces)
+        _check_root(_tag(name), self._root_namespaces, self.content_namespaces)
         attrs = self._attributes(attrs)
         self._expat.StartNamespaceDeclHandler = None  # only the root's are needed
         self._depth = 1
@@ -420,10 +451,12 @@ def _check_root(tag: str, namespaces: dict, content_namespaces: frozenset) -> No
 
 
 _QNAMES: dict[str, str] = {}
+_TAGS: dict[str, str] = {}
 
 
 def _qname(name: str) -> str:
-    """Expat's ``ns}local`` to ElementTree's ``{ns}local`` (cached, bounded)."""
+    """An attribute name from expat's ``ns}local`` to ElementTree's ``{ns}local``
+    (cached, bounded); ``local``, in no namespace, stays as it is."""
     try:
         return _QNAMES[name]
     except KeyError:
@@ -432,6 +465,20 @@ def _qname(name: str) -> str:
     if len(_QNAMES) < 4096:
         _QNAMES[name] = qname
     return qname
+
+
+def _tag(name: str) -> str:
+    """An element name as ``_qname``, except that ``local`` (in no namespace,
+    under ``xmlns=''``) becomes ``{}local``: to the serializer a bare tag means
+    "in the parent's namespace" (see "Namespaces" above)."""
+    try:
+        return _TAGS[name]
+    except KeyError:
+        pass
+    tag = "{" + name if "}" in name else "{}" + name
+    if len(_TAGS) < 4096:
+        _TAGS[name] = tag
+    return tag
 
 
 def _refuse(what: str):
@@ -472,8 +519,9 @@ _EXPAT_CONDITIONS = {
         "XML_ERROR_UNDECLARING_PREFIX",
         "XML_ERROR_RESERVED_PREFIX_XML",
         "XML_ERROR_RESERVED_PREFIX_XMLNS",
-        "XML_ERROR_RESERVED_NAMESPACE_URI",
     ),
+    # The xml or xmlns namespace name bound as the default or to another prefix.
+    **_expat_codes(Condition.NOT_WELL_FORMED, "XML_ERROR_RESERVED_NAMESPACE_URI"),
     **_expat_codes(
         Condition.RESTRICTED_XML,
         "XML_ERROR_MISPLACED_XML_PI",  # a second <?xml?> declaration
@@ -537,12 +585,14 @@ def stream_header(
 
     ``to``/``from_`` may be JIDs or strings. ``prefixes`` maps extra namespaces
     to the prefixes declared on the header, e.g. ``{"jabber:server:dialback":
-    "db"}`` (XEP-0220); pass the same mapping to ``to_bytes``.
+    "db"}`` (XEP-0220); pass the same mapping to ``to_bytes``. They may not
+    touch the reserved prefixes and namespaces, nor the stream's own.
     """
     parts = ["<?xml version='1.0'?>" if xml_declaration else ""]
     parts.append(f"<stream:stream xmlns='{_escape_attr(ns)}' xmlns:stream='{STREAMS_NS}'")
     for uri, prefix in (prefixes or {}).items():
-        parts.append(f" xmlns:{_check_name(prefix)}='{_escape_attr(uri)}'")
+        _check_header_prefix(uri, prefix)
+        parts.append(f" xmlns:{prefix}='{_escape_attr(uri)}'")
     attributes = (("to", to), ("from", from_), ("id", id), ("version", version), ("xml:lang", lang))
     for name, value in attributes:
         if value is not None:
@@ -561,10 +611,13 @@ def to_bytes(
     where they start; namespaces in ``prefixes`` (declared on our stream header)
     are written with their prefix, and so is the stream namespace
     (``<stream:features/>``, ``<stream:error/>``). An unqualified tag inherits its parent's
-    namespace, so ``Element("message")`` is a jabber:client message.
+    namespace, so ``Element("message")`` is a jabber:client message; ``{}tag``
+    is in no namespace. The xml namespace is written with its own prefix
+    (``<xml:x/>``), never declared (see "Namespaces" above).
 
     Raises ``LocalProtocolError`` for what XMPP cannot carry: comments,
-    processing instructions, invalid names, characters XML 1.0 forbids.
+    processing instructions, invalid names, characters XML 1.0 forbids, names
+    in the xmlns namespace, an attribute named ``xmlns``.
     """
     out: list[str] = []
     _write(out, element, ns, {**_STREAM_PREFIX, **prefixes} if prefixes else _STREAM_PREFIX)
@@ -572,6 +625,15 @@ def to_bytes(
 
 
 _STREAM_PREFIX = {STREAMS_NS: "stream"}  # declared by every header stream_header() writes
+_RESERVED_PREFIXES = ("xml", "xmlns", "stream")
+_RESERVED_NAMESPACES = (XML_NS, XMLNS_NS, STREAMS_NS, "")
+
+
+def _check_header_prefix(uri: str, prefix: str) -> None:
+    """Namespaces in XML §3: ``xml``/``xmlns`` and their names are bound by
+    definition; 'stream' is already declared; a prefix cannot be bound to ''."""
+    if _check_name(prefix) in _RESERVED_PREFIXES or uri in _RESERVED_NAMESPACES:
+        raise LocalProtocolError(f"cannot declare prefix {prefix!r} for namespace {uri!r}")
 
 
 def _write(out: list[str], element: Element, default_ns: str, prefixes: Mapping[str, str]) -> None:
@@ -608,31 +670,52 @@ def _element_name(
         return f"{prefix}:{local}", "", default_ns
     if uri == default_ns:
         return local, "", default_ns
+    if uri == XML_NS:  # bound by definition; may not be the default namespace
+        return f"xml:{local}", "", default_ns
+    if uri == XMLNS_NS:
+        raise LocalProtocolError(f"element {local!r} in the xmlns namespace cannot be sent")
     return local, f" xmlns='{_escape_attr(uri)}'", uri
 
 
 def _write_attributes(
     out: list[str], attrib: Mapping[str, str], prefixes: Mapping[str, str]
 ) -> None:
-    generated = 0
+    declared: dict[str, str] = {}  # namespace -> prefix declared on this element
     for key, value in attrib.items():
         uri, local = _split(key)
-        if uri is None:
+        if not uri:  # None or '': no namespace
+            if local == "xmlns" or (uri == "" and local in attrib):
+                raise LocalProtocolError(f"attribute {key!r} cannot be sent")
             name = local
         elif uri == XML_NS:
             name = f"xml:{local}"
         elif uri in prefixes:
             name = f"{prefixes[uri]}:{local}"
         else:  # a namespaced attribute needs a prefix of its own
-            generated += 1
-            name = f"ns{generated}:{local}"
-            out.append(f" xmlns:ns{generated}='{_escape_attr(uri)}'")
+            name = f"{_attribute_prefix(out, uri, declared, prefixes)}:{local}"
         out.append(f" {name}='{_escape_attr(value)}'")
+
+
+def _attribute_prefix(
+    out: list[str], uri: str, declared: dict[str, str], prefixes: Mapping[str, str]
+) -> str:
+    """The prefix for ``uri`` on this element: ``nsN``, declared here once, never
+    one of the header's (that would move the element or another attribute)."""
+    prefix = declared.get(uri)
+    if prefix is None:
+        if uri == XMLNS_NS:
+            raise LocalProtocolError("attributes in the xmlns namespace cannot be sent")
+        number, taken = len(declared) + 1, (*prefixes.values(), *declared.values())
+        while f"ns{number}" in taken:
+            number += 1
+        prefix = declared[uri] = f"ns{number}"
+        out.append(f" xmlns:{prefix}='{_escape_attr(uri)}'")
+    return prefix
 
 
 def _split(name: str) -> tuple[str | None, str]:
     if name[:1] == "{":
-        uri, _, local = name[1:].partition("}")
+        uri, _, local = name[1:].rpartition("}")  # as ElementTree: a local name has no '}'
         return uri, _check_name(local)
     return None, _check_name(name)
 
