@@ -23,7 +23,8 @@ ejabberd``, and everything else its own:
   stops cleanly), kills it if it has not exited in time, and kills whatever is
   left in its process group. Its helpers ``erl_child_setup`` and
   ``inet_gethost`` run in sessions of their own and exit when the node's end of
-  their pipes closes, however it ends. The node's command line names the
+  their pipes closes, however it ends. Should the test run itself be killed,
+  the node gets SIGTERM (``PR_SET_PDEATHSIG``); its command line names the
   test's folder, so the run's process sweep (tests/conftest.py) would find it.
 
 Users are registered by an ``-eval`` that runs once ``-s ejabberd`` has
@@ -53,6 +54,7 @@ The configuration is written as JSON, which ejabberd's YAML parser reads.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -74,6 +76,7 @@ from pki import Issued, new_key
 ERL = shutil.which("erl") or "/usr/bin/erl"
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
 READY = "READY"
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -210,7 +213,8 @@ class EjabberdServer:
             out.flush()
             self.proc = subprocess.Popen(self.command(), cwd=self.spool, env=self.environment(),
                                          stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -257,6 +261,12 @@ class EjabberdServer:
         return (f"\n--- ejabberd stdout ({self.out_file}) ---\n{self.output()[-2000:]}"
                 f"\n--- ejabberd log ({self.log_file}), last {entries} entries above debug "
                 f"---\n{''.join(found[-entries:])}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the test run dies, even by SIGKILL
+    (survives the exec of erl, erlexec and beam: none is set-uid)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(host: str, port: int) -> bool:
