@@ -132,17 +132,80 @@ def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, pee
     assert all(ln.errors == [] for ln in peer.links)
 
 
-def test_a_worker_that_cannot_start_stops_the_multiplexor(tmp_path, peer):
-    with socket.socket() as taken:                  # the port is held without SO_REUSEPORT
+def refusal(proc: subprocess.Popen, log: Path) -> str:
+    """The one line of a multiplexor that refused to start (exit status 1)."""
+    try:
+        status = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()                                 # it started: the test fails, nothing is left
+        proc.wait()
+        raise AssertionError("the multiplexor started instead of refusing") from None
+    assert status == 1
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines and "Traceback" not in text
+    assert all("iim_mux.listenport: cannot listen on" in ln for ln in lines), lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "SO_REUSEPORT"])
+def test_a_port_another_program_listens_on_stops_the_multiplexor(tmp_path, peer, reuseport):
+    with socket.socket() as taken:
+        if reuseport:                               # it would share the port with our workers
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         proc, log = start(write_conf(tmp_path, port, peer.port))
-        assert proc.wait(20) == 1
-    text = log.read_text()
-    assert (f"iim_mux.listenport: cannot listen on 127.0.0.1:{port}: Address already in use"
-            in text)
-    assert "Traceback" not in text
+        line = refusal(proc, log)
+    assert (f"iim_mux.listenport: cannot listen on 127.0.0.1:{port}: Address already in use "
+            f"by pid {os.getpid()} (") in line      # this test process holds it
+    assert peer.links == []                         # no worker ever started
+
+
+def test_a_second_multiplexor_on_the_port_refuses_and_the_first_serves_everyone(tmp_path):
+    first_peer, second_peer = LinkPeer(), LinkPeer()
+    port = free_port()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first, _ = start(write_conf(tmp_path / "first", port, first_peer.port), "--instances", "2")
+    second = None
+    try:
+        first_peer.wait_links(4, timeout=20)
+        second, log = start(write_conf(tmp_path / "second", port, second_peer.port),
+                            "--instances", "2")
+        line = refusal(second, log)
+        assert (f"iim_mux.listenport: cannot listen on 127.0.0.1:{port}: another multiplexor "
+                f"already serves it, pid {first.pid} (") in line
+        assert second_peer.links == []
+        # Every client still reaches the first multiplexor, and all its workers accept.
+        served, clients = set(), []
+        while served != {0, 1} or len(clients) < 8:
+            assert len(clients) < 60, "SO_REUSEPORT never chose one worker"
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            clients.append(c)
+            assert echo(c, b"which one?") == b"which one?"
+            served.add(instance_of(first_peer, c))
+        assert second_peer.links == []
+        # Stopped (its clients' connections left in TIME_WAIT), the port is free again.
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+        for c in clients:
+            c.close()
+        second, _ = start(write_conf(tmp_path / "second", port, second_peer.port))
+        second_peer.wait_links(2, timeout=20)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            assert echo(c, b"now this one") == b"now this one"
+            instance_of(second_peer, c)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        first_peer.close()
+        second_peer.close()
 
 
 def test_bad_configuration_is_one_line_and_nothing_starts(tmp_path):

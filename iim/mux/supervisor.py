@@ -1,10 +1,14 @@
 """The supervisor: ``iim_mux.numinstances`` worker processes, kept alive.
 
-Theory of operation. The supervisor holds no sockets and relays nothing. It
-starts each worker as ``python -m iim.mux -c CONF --worker K`` (a fresh
-interpreter: no state inherited from a forked parent) and watches them. A
-worker that dies for any reason is started again at once (and, while it
-keeps dying young, after a growing delay: 1 s doubling to 30 s). The
+Theory of operation. The supervisor relays nothing and holds no listening
+socket; before the first worker starts, ``python -m iim.mux`` claims the
+port for the multiplexor's whole life (iim/mux/port.py): a second
+multiplexor, or any other program listening there, stops it with one line
+instead of silently sharing the port with it. It starts each worker as
+``python -m iim.mux -c CONF --worker K`` (a fresh interpreter: no state
+inherited from a forked parent) and watches them. A worker that dies for
+any reason is started again at once (and, while it keeps dying young, after
+a growing delay: 1 s doubling to 30 s), without a new claim. The
 other workers and their clients are untouched, and new clients keep being
 served meanwhile, because every worker listens on the same port with
 SO_REUSEPORT. A worker that fails

@@ -2,8 +2,9 @@
 
 Theory of operation. Each relay thread owns one listening socket (all of
 them bound to ``iim_mux.listenport`` with SO_REUSEPORT, in this process and
-in the other instances, so the kernel spreads new clients over them) and one
-link to the server at a time. Its life is a loop:
+in the other instances, so the kernel spreads new clients over them; the
+supervisor made sure first that nobody else listens there, iim/mux/port.py)
+and one link to the server at a time. Its life is a loop:
 
     connect + set up the link (iim.mux.link)  ->  Relay(...).run()  ->  link lost
         ^                                                                  |
@@ -40,6 +41,7 @@ from iim.keys.errors import KeyMaterialError
 
 from . import link as muxlink
 from . import tls as muxtls
+from .port import bind_address
 
 __all__ = ["Backoff", "RelayThread", "Worker", "WorkerSettings", "StartupError",
            "open_listener", "stats_line"]
@@ -116,14 +118,7 @@ class Backoff:
 def open_listener(where: HostPort) -> socket.socket:
     """A non-blocking listening socket with SO_REUSEPORT; a host of None
     means every address (IPv6 and IPv4 when the host has IPv6)."""
-    if where.host is None:
-        dual = socket.has_dualstack_ipv6()
-        family, address = (socket.AF_INET6, ("::", where.port)) if dual else \
-            (socket.AF_INET, ("0.0.0.0", where.port))
-    else:
-        info = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM,
-                                  flags=socket.AI_PASSIVE)[0]
-        family, address, dual = info[0], info[4], False
+    family, address, dual = bind_address(where)      # as the supervisor's claim probed it
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
