@@ -67,11 +67,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
 from live import free_port
-from pki import Issued, new_key
 
 ERL = shutil.which("erl") or "/usr/bin/erl"
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
@@ -97,18 +93,6 @@ def erl_libs() -> str:
     if found is None:
         raise AssertionError(f"no ERL_LIBS line in {EJABBERDCTL}")
     return found.group(1)
-
-
-def keytool_issued(ca, *names: str, exts=("eku=serverAuth,clientAuth",)) -> Issued:
-    """A certificate for a server configured with PEM files (ejabberd, Prosody) from
-    a ``keytool.KeytoolCA``: key and request made as with openssl, the certificate
-    signed by ``keytool -gencert``, with ``names`` as subjectAltNames."""
-    key = new_key()
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name.from_rfc4514_string(f"O=iim tests,CN={names[0]}"))
-           .sign(key, hashes.SHA256()))
-    cert = ca.sign_csr(csr, *names, exts=exts)
-    return Issued(key, cert, (cert,) + ((ca.cert,) + ca.parents[:-1] if ca.parents else ()))
 
 
 def erlang_binary(text: str) -> str:

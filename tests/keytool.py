@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 KEYTOOL = shutil.which("keytool") or "/usr/bin/keytool"
@@ -118,6 +118,19 @@ class KeytoolCA:
         path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
         sans = ",".join(f"ip:{n}" if _is_ip(n) else f"dns:{n}" for n in names)
         return self._gencert(path, ((f"san={sans}",) if sans else ()) + tuple(exts))
+
+    def issue(self, *names: str, exts=("eku=serverAuth,clientAuth",)):
+        """A ``pki.Issued`` for a server configured with PEM files (ejabberd,
+        Prosody): key and request made as with openssl, the certificate signed by
+        ``keytool -gencert``, with ``names`` as subjectAltNames."""
+        from pki import Issued, new_key
+        key = new_key()
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name.from_rfc4514_string(f"O=iim tests,CN={names[0]}"))
+               .sign(key, hashes.SHA256()))
+        cert = self.sign_csr(csr, *names, exts=exts)
+        issuers = ((self.cert,) + self.parents[:-1]) if self.parents else ()
+        return Issued(key, cert, (cert,) + issuers)
 
     @property
     def root_cert(self) -> x509.Certificate:

@@ -34,12 +34,13 @@ import asyncio
 import contextlib
 import re
 import shutil
+import time
 
 import pytest
 from cryptography import x509
 
 import pki
-from ejabberdlive import EjabberdServer, VirtualHost, keytool_issued
+from ejabberdlive import EjabberdServer, VirtualHost
 from keytool import KeytoolCA, make_store
 from live import STOREPASS, Client, LiveServer, next_item
 from prosodylive import TestZone, ca_pem
@@ -90,7 +91,7 @@ def ejabberd(tmp_path_factory, keytool_ca, other_ca, zone):
               VirtualHost(SKEPTIC, trusts_other_ca, users),
               VirtualHost(STRANGER, trusts_other_ca, users),
               VirtualHost(PLAIN, trusts_keytool_ca, users, {"s2s_use_starttls": False})]
-    certs = [keytool_issued(keytool_ca, EXTERNAL, SKEPTIC, PLAIN),
+    certs = [keytool_ca.issue(EXTERNAL, SKEPTIC, PLAIN),
              other_ca.issue(STRANGER)]
     server = EjabberdServer(folder / "server", vhosts, certs, zone)
     server.bob_trusts = {EXTERNAL: trusts_keytool_ca, SKEPTIC: trusts_keytool_ca,
@@ -134,6 +135,16 @@ class Pair:
     def ejabberd_log(self) -> str:
         """What ejabberd logged since this pair was made."""
         return self.ejabberd.log()[self._log_mark:]
+
+    def ejabberd_logged(self, pattern: str, timeout: float = 10) -> bool:
+        """Whether ejabberd logs a line matching ``pattern`` within ``timeout``
+        seconds: its logger writes after the event, a bounce can arrive first."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.ejabberd_log()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     @contextlib.contextmanager
     def explained(self):
@@ -300,7 +311,7 @@ def test_requiressl_refuses_a_peer_without_starttls_and_the_messages_bounce(
     pair = Pair(tmp_path, keytool_ca, zone, iim_keystore, ejabberd, iim, PLAIN, requiressl=True)
     pair.run(each_writes_to_the_other)
     to_alice, to_bob = pair.bounced
-    iim_log, ej_log = pair.iim.log(), pair.ejabberd_log()
+    iim_log = pair.iim.log()
     with pair.explained():
         # iim -> ejabberd: no STARTTLS offered; iim abandons the stream with
         # <policy-violation/> and says why; alice's message comes back
@@ -308,13 +319,13 @@ def test_requiressl_refuses_a_peer_without_starttls_and_the_messages_bounce(
                f"and iim_server.requiressl is true" in iim_log
         assert (to_alice["type"], to_alice["body"]) == ("error", "iim requires TLS")
         assert to_alice["error"]["condition"] == "remote-server-not-found"
-        assert re.search(rf"Closing inbound s2s connection {re.escape(iim)} -> "
-                         rf"{re.escape(PLAIN)}: .*policy-violation", ej_log)
-        assert not re.search(r"Accepted (inbound|outbound) s2s", ej_log)
+        assert pair.ejabberd_logged(rf"Closing inbound s2s connection {re.escape(iim)} -> "
+                                    rf"{re.escape(PLAIN)}: .*policy-violation")
+        assert not re.search(r"Accepted (inbound|outbound) s2s", pair.ejabberd_log())
         # ejabberd -> iim: iim requires STARTTLS, ejabberd will not do it and gives up;
         # bob's message comes back to him
         assert (to_bob["type"], to_bob["body"]) == ("error", "ejabberd does no STARTTLS")
-        assert re.search(rf"Failed to establish outbound s2s connection {re.escape(PLAIN)} -> "
-                         rf"{re.escape(iim)}: .*STARTTLS", ej_log)
+        assert pair.ejabberd_logged(rf"Failed to establish outbound s2s connection "
+                                    rf"{re.escape(PLAIN)} -> {re.escape(iim)}: .*STARTTLS")
         assert "authenticated with" not in iim_log
     pair.assert_clean()

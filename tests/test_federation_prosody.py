@@ -40,7 +40,6 @@ import pytest
 from cryptography import x509
 
 import pki
-from ejabberdlive import keytool_issued
 from keytool import KeytoolCA, make_store
 from live import STOREPASS, Client, LiveServer, next_item
 from prosodylive import ProsodyServer, TestZone, ca_pem
@@ -247,7 +246,7 @@ def test_a_keytool_bc_only_ca_for_both_servers_tls_and_sasl_external_both_ways(
     make_store(store, keytool_ca, [IIM], storepass=STOREPASS,
                exts=("eku=serverAuth,clientAuth",))
     fed = Federation(tmp_path, keytool_ca, zone, store, prosody_ca=keytool_ca,
-                     prosody_cert=keytool_issued(keytool_ca, PROSODY_DOMAIN),
+                     prosody_cert=keytool_ca.issue(PROSODY_DOMAIN),
                      prosody_options={"s2s_secure_auth": True})
     iim_log, prosody_log = run(fed)
     assert f"s2s out {PROSODY_DOMAIN}: authenticated with SASL EXTERNAL (TLSv1.3)" in iim_log
