@@ -61,13 +61,12 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live import free_port
+from live import free_port, listening
 
 ERL = shutil.which("erl") or "/usr/bin/erl"
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
@@ -204,8 +203,8 @@ class EjabberdServer:
             if self.proc.poll() is not None:
                 self.stop()
                 raise AssertionError(f"ejabberd exited: {self.tail()}")
-            if READY in self.output() and _listening(self.host, self.c2s_port) \
-                    and _listening(self.host, self.s2s_port):
+            if READY in self.output() and listening(self.host, self.c2s_port) \
+                    and listening(self.host, self.s2s_port):
                 return self
             time.sleep(0.1)
         self.stop()
@@ -251,11 +250,3 @@ def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the test run dies, even by SIGKILL
     (survives the exec of erl, erlexec and beam: none is set-uid)."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False

@@ -33,6 +33,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host``:``port`` now."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 class LiveServer:
     def __init__(self, folder: Path, ca, *, requiressl: bool = False, tls: bool = True,
                  users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2")), extra: str = "",

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
@@ -56,7 +55,7 @@ import dns.rdatatype
 import dns.rrset
 from cryptography.hazmat.primitives import serialization
 
-from live import free_port
+from live import free_port, listening
 
 PROSODY = shutil.which("prosody") or "/usr/bin/prosody"
 PROSODYCTL = shutil.which("prosodyctl") or "/usr/bin/prosodyctl"
@@ -222,7 +221,7 @@ class ProsodyServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"prosody exited: {self.output()}{self.log()[-2000:]}")
-            if _listening(self.host, self.c2s_port) and _listening(self.host, self.s2s_port):
+            if listening(self.host, self.c2s_port) and listening(self.host, self.s2s_port):
                 return self
             time.sleep(0.05)
         raise AssertionError("prosody did not start listening")
@@ -252,14 +251,6 @@ class ProsodyServer:
     def output(self) -> str:
         path = self.folder / "prosody.out"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def ca_pem(ca) -> bytes:
