@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .diagnostics import ConfigError, Diagnostic, Severity, is_secret, show
+from .limits import MUX_LIMITS, SERVER_LIMITS, MuxLimits, ServerLimits, defaults
 from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
@@ -123,9 +124,16 @@ _SECTIONS = {
     "iim.log.iim_mux.": LOG_PARAMS,
 }
 
+#: Section prefix -> its limits (iim/conf/limits.py) and their dataclass.
+_LIMIT_SECTIONS = {
+    "iim_server.": (SERVER_LIMITS, ServerLimits),
+    "iim_mux.": (MUX_LIMITS, MuxLimits),
+}
+
 #: Every parameter name, coserver ones spelt with "coserverN".
 KNOWN_PARAMETERS: tuple[str, ...] = tuple(
     [prefix + p.name for prefix, params in _SECTIONS.items() for p in params]
+    + [prefix + limit.name for prefix, (table, _) in _LIMIT_SECTIONS.items() for limit in table]
     + ["iim_server.coserverN." + p.name for p in COSERVER_PARAMS]
     + ["iim." + p.name for p in INSTANCE_PARAMS]
 )
@@ -185,6 +193,8 @@ class ServerSettings:
     """Seconds an s2s stream may carry nothing before it is closed."""
     s2s_queue_limit: int = 1000
     """Stanzas waiting for one remote domain while its connection is set up."""
+    limits: ServerLimits = ServerLimits()
+    """The bounds on what peers can make the server hold (iim/conf/limits.py)."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +229,8 @@ class MuxSettings:
     """File holding ``Internal (Software) Token:password`` for the NSS database."""
     muxlink_secretfile: Path | None
     """Password file with the secret proved to the server on each link; None: none."""
+    limits: MuxLimits = MuxLimits()
+    """Per-source bounds on client connections (iim/conf/limits.py)."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +364,8 @@ def build(lexed: Lexed, source: str, path: Path | None, base_dir: Path,
     """Type and check a lexed file; ConfigError with every error found."""
     reader = _Reader(lexed, source, base_dir)
     server = _server(reader)
-    mux = MuxSettings(**reader.section("iim_mux.", MUX_PARAMS))
+    mux = MuxSettings(**reader.section("iim_mux.", MUX_PARAMS),
+                      limits=_limits(reader, "iim_mux."))
     coservers = _coservers(reader, server)
     log = LogSettings(_log(reader, "iim_server"), _log(reader, "iim_mux"))
     instancevardir = reader.value("iim.instancevardir", INSTANCE_PARAMS[0])
@@ -376,7 +389,30 @@ def _server(reader: _Reader) -> ServerSettings:
     values = reader.section("iim_server.", SERVER_PARAMS)
     if values["domainname"] is None:
         values["domainname"] = host_domain()
-    return ServerSettings(**values)
+    return ServerSettings(**values, limits=_limits(reader, "iim_server."))
+
+
+def _limits(reader: _Reader, prefix: str):
+    """A section's limits; a value outside its sane range is warned about."""
+    table, dataclass_ = _LIMIT_SECTIONS[prefix]
+    default = defaults(dataclass_)
+    values = {}
+    for limit in table:
+        key = prefix + limit.name
+        values[limit.name] = value = reader.value(
+            key, _Param(limit.name, limit.convert, default[limit.name]))
+        low, high = limit.sane
+        if not low <= value <= high and reader.present(key):
+            reader.warn(reader.line(key), key, _absurd(value, low, high, default[limit.name]))
+    return dataclass_(**values)
+
+
+def _absurd(value: int, low: int, high: int, default: str) -> str:
+    if value < low:
+        return (f"{value} is below {low}, the least this limit is meant for: it will refuse "
+                f"legitimate use (default {default})")
+    return (f"{value} is above {high}, the most this limit is meant for: it protects "
+            f"nothing (default {default})")
 
 
 def _log(reader: _Reader, component: str) -> ComponentLog:
@@ -498,6 +534,7 @@ def _section_prefix(key: str) -> str | None:
 def _candidates(prefix: str, coserver_names: tuple[str, ...]) -> dict[str, None]:
     """What may follow `prefix`, as an ordered set."""
     names = [p.name for p in _SECTIONS[prefix]]
+    names += [limit.name for limit in _LIMIT_SECTIONS.get(prefix, ((), None))[0]]
     if prefix == "iim_server.":
         names += [f"{c}.{p.name}" for c in coserver_names for p in COSERVER_PARAMS]
     return dict.fromkeys(names)
