@@ -26,6 +26,7 @@ from .c2s import SessionContext
 from .federation import Federation
 from .listener import ClientProtocol
 from .muxlink import start_mux_listener
+from .quota import LimitLog
 from .router import Router
 from .storage import Storage, StorageError
 
@@ -83,7 +84,9 @@ class Server:
             router=Router(server.domainname, self.storage, log=self.log),
             storage=self.storage, log=self.log,
             negotiation_timeout=server.negotiation_timeout,
-            stanza_timeout=server.stanza_timeout)
+            stanza_timeout=server.stanza_timeout,
+            limits=server.limits,
+            limit_log=LimitLog(self.log, server.limits.limit_log_interval))
         if server.useport:
             self.federation = Federation(self.config, self.ctx.router,
                                          getattr(tls_context, "iim_material", None), self.log,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from xml.etree.ElementTree import Element
 
+from iim.conf.limits import ServerLimits
 from iim.xmpp import sasl
 from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
 from iim.xmpp.events import (
@@ -39,6 +40,7 @@ from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
 
+from .quota import LimitLog
 from .tls import TLSFailed, TLSLayer, TLSPump
 
 Cond = StreamErrorCondition
@@ -70,6 +72,8 @@ class SessionContext:
     negotiating: set = field(default_factory=set)   # not yet established (flood limit)
     sessions: set = field(default_factory=set)      # every open session (shutdown)
     connections: set = field(default_factory=set)   # transports not yet lost (shutdown)
+    limits: ServerLimits = ServerLimits()           # iim_server.* limits (iim/conf/limits.py)
+    limit_log: LimitLog | None = None               # one line per limit per interval
 
 
 class ClientSession(TLSPump):
