@@ -169,6 +169,38 @@ def test_adding_an_existing_user(admin, db):
     assert logs_in(db, "alice", PASSWORD)
 
 
+@pytest.mark.parametrize("lookalike,difference", [
+    ("\u0430lice", "U+0430 CYRILLIC SMALL LETTER A where 'alice' has 'a'"),
+    ("al\u0456ce", "U+0456 CYRILLIC SMALL LETTER BYELORUSSIAN-UKRAINIAN I where 'alice' "
+                   "has 'i'"),
+    ("\u0251lice", "U+0251 LATIN SMALL LETTER ALPHA where 'alice' has 'a'"),
+])
+def test_a_lookalike_of_an_existing_user_is_refused(admin, db, lookalike, difference):
+    """RFC 7622 §13.5: names that cannot be told apart on screen."""
+    admin("add", "alice", "--db", str(db), stdin=PASSWORD)
+    assert admin("add", lookalike, "--db", str(db), stdin=PASSWORD) == (
+        1, [], [f"user add: username {lookalike!r} looks like the existing user 'alice' "
+                f"({difference}); choose another name, or give --allow-lookalike if both "
+                f"are meant"])
+    with Storage.open(db, create=False) as storage:
+        assert storage.list_users() == ["alice"]
+
+
+def test_a_lookalike_is_added_when_asked_for(admin, db):
+    admin("add", "alice", "--db", str(db), stdin=PASSWORD)
+    code, out, _ = admin("add", "\u0430lice", "--allow-lookalike", "--db", str(db),
+                         stdin=PASSWORD)
+    assert code in (0, None) and out == [f"added user '\u0430lice' to {db}"]
+    assert logs_in(db, "\u0430lice", PASSWORD) and logs_in(db, "alice", PASSWORD)
+
+
+def test_names_in_other_scripts_that_look_like_no_one_are_added(admin, db):
+    admin("add", "alice", "--db", str(db), stdin=PASSWORD)
+    for name in ("\u0430\u043b\u0438\u0441\u0430", "alicia", "\u7231\u4e3d\u4e1d"):
+        code, out, err = admin("add", name, "--db", str(db), stdin=PASSWORD)
+        assert (code in (0, None), err) == (True, [])
+
+
 @pytest.mark.parametrize("action", ["passwd", "delete"])
 def test_no_such_user(admin, db, action):
     admin("add", "alice", "--db", str(db), stdin=PASSWORD)

@@ -23,6 +23,7 @@ from pathlib import Path
 from iim import conf
 from iim.keys.passwords import TOKEN_NAMES
 from iim.server.storage import NoSuchUser, Storage, StorageError, UserExists
+from iim.xmpp.confusable import describe_difference, lookalike
 from iim.xmpp.jid import InvalidJID, prepare_localpart
 
 from .guard import guarded
@@ -54,10 +55,15 @@ def add_user_parser(subparsers) -> argparse.ArgumentParser:
                     "The database is --db PATH, else iim_server.database of iim.conf.")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = _common_options()
-    _add_action(actions, common, "add", _guard(_add), with_password=True,
-                summary="create an account",
-                description="Create the account USER (creates the database if needed). "
-                            + PASSWORD_SOURCES)
+    add = _add_action(actions, common, "add", _guard(_add), with_password=True,
+                      summary="create an account",
+                      description="Create the account USER (creates the database if "
+                                  "needed). A USER that looks like an existing one (the "
+                                  "same but for confusable characters, RFC 7622 §13.5) is "
+                                  "refused unless --allow-lookalike is given. "
+                                  + PASSWORD_SOURCES)
+    add.add_argument("--allow-lookalike", action="store_true",
+                     help="create USER even when it looks like an existing user")
     _add_action(actions, common, "passwd", _guard(_passwd), with_password=True,
                 summary="set a new password",
                 description="Replace USER's password (new salts too). " + PASSWORD_SOURCES)
@@ -111,8 +117,21 @@ def _add(args) -> None:
     with _storage(args, create=True) as storage:
         if storage.user_exists(username):
             raise UserExists(username)
+        if not args.allow_lookalike:
+            _refuse_lookalike(username, storage.list_users())
         storage.add_user(username, _password(args, username))
         print(f"added user {username!r} to {storage.path}")
+
+
+def _refuse_lookalike(username: str, existing) -> None:
+    """RFC 7622 §13.5: a name that cannot be told apart from an existing one
+    (``аlice`` with a Cyrillic а beside ``alice``) is refused unless asked for."""
+    other = lookalike(username, existing)
+    if other is not None:
+        raise UserCommandError(
+            f"username {username!r} looks like the existing user {other!r} "
+            f"({describe_difference(username, other)}); choose another name, or give "
+            f"--allow-lookalike if both are meant")
 
 
 def _passwd(args) -> None:
