@@ -26,6 +26,13 @@ cdef struct Ring:
     Session *owner
 
 
+cdef struct Peer:
+    # a client's address as OPEN carries it
+    uint8_t family              # 4 or 6 (an IPv4-mapped IPv6 address is 4)
+    uint8_t addr[16]            # IPv4 in the first 4 bytes, the rest zero
+    uint16_t port
+
+
 cdef struct Session:
     int fd
     uint32_t id                 # 0 until OPEN was sent
@@ -41,6 +48,7 @@ cdef struct Session:
     uint8_t family              # 4 or 6, for OPEN
     uint8_t addr[16]
     uint16_t port
+    bint counted                # holds one of its source's places (Sources)
     Ring all_node               # every client of the relay
     Ring run_node               # run queue or link-wait ring
     Ring timer_node             # handshaking or lingering ring (each FIFO by deadline)
@@ -62,6 +70,34 @@ cdef struct Stats:
     uint64_t link_reads
     uint64_t link_writes
     int64_t buffered            # bytes allocated for client output buffers
+    uint64_t refused_source     # over iim_mux.maxsessions_per_source (in refused too)
+    uint64_t refused_rate       # over iim_mux.accept_rate_per_source (in refused too)
+    uint8_t last_refused_family # the source most recently refused by either (0: none)
+    uint8_t last_refused[16]
+
+
+cdef struct SourceEntry:
+    # one source (an IPv4 address, an IPv6 /64) in the open-addressing table
+    uint64_t key                # the IPv4 address, or the first 64 bits of the IPv6 one
+    int64_t tokens              # its accept-rate bucket, in thousandths of a connection
+    int64_t stamp               # ms of the bucket's last refill
+    uint32_t count              # sessions it holds now
+    uint8_t family              # 4 or 6; 0: a free slot
+
+
+cdef struct Sources:
+    # per-source counts and rate buckets, shared by the relays of a process
+    SourceEntry *slots          # fixed size: mask + 1, a power of two
+    uint32_t mask
+    uint32_t used               # occupied slots
+    uint32_t max_used           # beyond: evict a source that holds no session
+    uint32_t sweep              # where the incremental sweep of stale entries goes on
+    uint64_t multiplier         # random odd: the hash is (key ^ seed) * multiplier
+    uint64_t seed
+    uint32_t per_source         # iim_mux.maxsessions_per_source
+    int64_t rate                # iim_mux.accept_rate_per_source (connections per second)
+    int64_t burst               # 2 * rate, in thousandths
+    pthread_mutex_t lock
 
 
 cdef struct Core:
@@ -85,6 +121,7 @@ cdef struct Core:
     uint32_t mask
     long *limit_count           # shared by the relays of a process (atomics)
     long limit_max
+    Sources *sources            # per-source limits (shared, locked); NULL: none
     bint tls_enabled
     openssl.SSL_CTX *ctx        # for new clients; swapped under ctx_lock
     pthread_mutex_t ctx_lock
@@ -112,6 +149,10 @@ cdef class SessionLimit:
     cdef long _maximum
 
 
+cdef class SourceLimit:
+    cdef Sources t
+
+
 cdef class TlsContext:
     cdef openssl.SSL_CTX *ctx
     cdef _ticket_keys(self, bytes keys)
@@ -122,6 +163,7 @@ cdef class TlsContext:
 cdef class Relay:
     cdef Core *core
     cdef SessionLimit limit
+    cdef SourceLimit sources
     cdef bint started
     cdef bint finished
     cdef readonly int instance

@@ -82,7 +82,7 @@ import os
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy, memmove, strlen
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen
 
 from iim.includes cimport epoll, openssl, posix
 from iim.includes.posix cimport ssize_t
@@ -419,6 +419,170 @@ cdef inline void limit_release(Core *c) noexcept nogil:
     posix.__atomic_sub_fetch(c.limit_count, 1, posix.__ATOMIC_RELAXED)
 
 
+# --- per-source limits ---------------------------------------------------------
+# iim_mux.maxsessions_per_source and iim_mux.accept_rate_per_source: what one
+# source (an IPv4 address, an IPv6 /64) may hold and open. One table per
+# process (SourceLimit), shared by its relays under a mutex held for a few
+# dozen instructions per accept and per close: O(1), nothing allocated.
+#
+# Open addressing with linear probing in an array allocated once (four slots
+# per allowed session, a power of two), so memory is bounded whatever clients
+# do; deletion shifts the rest of the cluster back (no tombstones). A source
+# holding sessions keeps its entry (at most iim_mux.maxsessions of them: a
+# quarter of the slots). A source holding none keeps it only while its rate
+# bucket refills (burst / rate = 2 s at most), so that closing and reopening
+# does not reset its rate; after that the entry is stale, and goes when a
+# probe or the sweep (SWEEP_STEP slots per accept) meets it. Buckets refill
+# lazily, from the time of their last use. Over three quarters full, a new
+# source evicts one that holds no session (forgetting its bucket early).
+
+cdef enum:
+    SRC_OK = 0
+    SRC_RATE = 1
+    SRC_COUNT = 2
+    SWEEP_STEP = 2
+    SWEEP_EVICT = 256
+    TOKEN = 1000                # one connection, in bucket units
+
+
+cdef inline uint64_t source_key(uint8_t family, const uint8_t *addr) noexcept nogil:
+    if family == 4:
+        return get_u32(addr)
+    return (<uint64_t>get_u32(addr) << 32) | get_u32(addr + 4)
+
+
+cdef inline uint32_t source_home(Sources *t, uint64_t key, uint8_t family) noexcept nogil:
+    cdef uint64_t h = ((key ^ t.seed) + family) * t.multiplier
+    return <uint32_t>(h >> 32) & t.mask
+
+
+cdef inline void bucket_refill(Sources *t, SourceEntry *e, int64_t now) noexcept nogil:
+    if now > e.stamp:
+        e.tokens += (now - e.stamp) * t.rate       # rate/s = rate * TOKEN per 1000 ms
+        if e.tokens > t.burst:
+            e.tokens = t.burst
+        e.stamp = now
+
+
+cdef inline bint source_stale(Sources *t, SourceEntry *e, int64_t now) noexcept nogil:
+    """Holds no session and its bucket is full again: a fresh entry would say the same."""
+    cdef int64_t elapsed = now - e.stamp if now > e.stamp else 0
+    return e.count == 0 and e.tokens + elapsed * t.rate >= t.burst
+
+
+cdef void source_delete(Sources *t, uint32_t i) noexcept nogil:
+    """Free slot `i`, moving later entries of its cluster back into the hole."""
+    cdef uint32_t j = i
+    cdef uint32_t home
+    t.slots[i].family = 0
+    t.used -= 1
+    while True:
+        j = (j + 1) & t.mask
+        if t.slots[j].family == 0:
+            return
+        home = source_home(t, t.slots[j].key, t.slots[j].family)
+        if ((j - home) & t.mask) >= ((j - i) & t.mask):     # the hole lies on its probe path
+            t.slots[i] = t.slots[j]
+            t.slots[j].family = 0
+            i = j
+
+
+cdef SourceEntry *source_find(Sources *t, uint64_t key, uint8_t family, int64_t now,
+                              bint insert) noexcept nogil:
+    """The entry of a source (a new, full one with `insert`), or NULL. Stale
+    entries met on the way are freed. The caller holds the lock."""
+    cdef uint32_t i = source_home(t, key, family)
+    cdef SourceEntry *e
+    while True:
+        e = &t.slots[i]
+        if e.family == 0:
+            break
+        if e.key == key and e.family == family:
+            return e
+        if source_stale(t, e, now):
+            source_delete(t, i)          # slot i now holds the next of the cluster, or nothing
+            continue
+        i = (i + 1) & t.mask
+    if not insert:
+        return NULL
+    e.key = key
+    e.family = family
+    e.count = 0
+    e.tokens = t.burst
+    e.stamp = now
+    t.used += 1
+    return e
+
+
+cdef void source_sweep(Sources *t, int64_t now, uint32_t n, bint evict) noexcept nogil:
+    """Look at `n` slots from where the sweep stopped: free the stale ones, or
+    with `evict` the first that holds no session (and stop there)."""
+    cdef SourceEntry *e
+    while n > 0:
+        n -= 1
+        e = &t.slots[t.sweep]
+        if e.family != 0 and e.count == 0 and (evict or source_stale(t, e, now)):
+            source_delete(t, t.sweep)    # look at this slot again: an entry may have moved in
+            if evict:
+                return
+        else:
+            t.sweep = (t.sweep + 1) & t.mask
+
+
+cdef int source_take(Sources *t, uint8_t family, const uint8_t *addr,
+                     int64_t now) noexcept nogil:
+    """One more session for a source: SRC_OK (counted), SRC_RATE or SRC_COUNT."""
+    cdef uint64_t key = source_key(family, addr)
+    cdef SourceEntry *e
+    cdef int verdict = SRC_COUNT            # also when the table is full (never, in practice)
+    posix.pthread_mutex_lock(&t.lock)
+    source_sweep(t, now, SWEEP_STEP, False)
+    e = source_find(t, key, family, now, False)
+    if e == NULL:
+        if t.used >= t.max_used:
+            source_sweep(t, now, SWEEP_EVICT, True)
+        if t.used < t.max_used:
+            e = source_find(t, key, family, now, True)
+    if e != NULL:
+        bucket_refill(t, e, now)
+        if e.tokens < TOKEN:
+            verdict = SRC_RATE
+        else:
+            e.tokens -= TOKEN
+            if e.count < t.per_source:
+                e.count += 1
+                verdict = SRC_OK
+    posix.pthread_mutex_unlock(&t.lock)
+    return verdict
+
+
+cdef void source_release(Sources *t, uint8_t family, const uint8_t *addr,
+                         int64_t now) noexcept nogil:
+    cdef SourceEntry *e
+    posix.pthread_mutex_lock(&t.lock)
+    e = source_find(t, source_key(family, addr), family, now, False)
+    if e != NULL and e.count > 0:
+        e.count -= 1
+        if source_stale(t, e, now):
+            source_delete(t, <uint32_t>(e - t.slots))
+    posix.pthread_mutex_unlock(&t.lock)
+
+
+cdef bint source_admit(Core *c, uint8_t family, const uint8_t *addr) noexcept nogil:
+    """Per-source limits for a client just accepted; a refusal is counted."""
+    cdef int verdict = source_take(c.sources, family, addr, c.now)
+    if verdict == SRC_OK:
+        return True
+    c.st.refused += 1
+    if verdict == SRC_RATE:
+        c.st.refused_rate += 1
+    else:
+        c.st.refused_source += 1
+    c.st.last_refused_family = family
+    memcpy(c.st.last_refused, addr, 16)
+    return False
+
+
 # --- client I/O ----------------------------------------------------------------
 # client_read / client_write return bytes moved (> 0), 0 at end of stream,
 # -1 when the socket (or TLS) must wait for readiness, -2 on error.
@@ -481,11 +645,30 @@ cdef ssize_t client_write(Session *s, const uint8_t *p, size_t n) noexcept nogil
 
 # --- session life --------------------------------------------------------------
 
-cdef Session *session_new(Core *c, int fd, posix.sockaddr_storage *sa) noexcept nogil:
-    cdef Session *s = <Session *>calloc(1, sizeof(Session))
-    cdef epoll.epoll_event ev
+cdef void peer_of(posix.sockaddr_storage *sa, Peer *peer) noexcept nogil:
+    """The client's family, address and port, as OPEN carries them (into `peer`)."""
     cdef posix.sockaddr_in *sin
     cdef posix.sockaddr_in6 *sin6
+    memset(peer.addr, 0, 16)
+    if sa.ss_family == posix.AF_INET:
+        sin = <posix.sockaddr_in *>sa
+        peer.family = 4
+        memcpy(peer.addr, &sin.sin_addr.s_addr, 4)
+        peer.port = posix.ntohs(sin.sin_port)
+    else:
+        sin6 = <posix.sockaddr_in6 *>sa
+        peer.port = posix.ntohs(sin6.sin6_port)
+        if is_v4_mapped(sin6.sin6_addr.s6_addr):
+            peer.family = 4
+            memcpy(peer.addr, sin6.sin6_addr.s6_addr + 12, 4)
+        else:
+            peer.family = 6
+            memcpy(peer.addr, sin6.sin6_addr.s6_addr, 16)
+
+
+cdef Session *session_new(Core *c, int fd, Peer *peer) noexcept nogil:
+    cdef Session *s = <Session *>calloc(1, sizeof(Session))
+    cdef epoll.epoll_event ev
     if s == NULL:
         return NULL
     s.fd = fd
@@ -493,20 +676,9 @@ cdef Session *session_new(Core *c, int fd, posix.sockaddr_storage *sa) noexcept 
     s.all_node.owner = s
     s.run_node.owner = s
     s.timer_node.owner = s
-    if sa.ss_family == posix.AF_INET:
-        sin = <posix.sockaddr_in *>sa
-        s.family = 4
-        memcpy(s.addr, &sin.sin_addr.s_addr, 4)
-        s.port = posix.ntohs(sin.sin_port)
-    else:
-        sin6 = <posix.sockaddr_in6 *>sa
-        s.port = posix.ntohs(sin6.sin6_port)
-        if is_v4_mapped(sin6.sin6_addr.s6_addr):
-            s.family = 4
-            memcpy(s.addr, sin6.sin6_addr.s6_addr + 12, 4)
-        else:
-            s.family = 6
-            memcpy(s.addr, sin6.sin6_addr.s6_addr, 16)
+    s.family = peer.family
+    memcpy(s.addr, peer.addr, 16)
+    s.port = peer.port
     ev.events = epoll.EPOLLIN | epoll.EPOLLOUT | epoll.EPOLLRDHUP | epoll.EPOLLET
     ev.data.ptr = s
     if epoll.epoll_ctl(c.ep, epoll.EPOLL_CTL_ADD, fd, &ev) < 0:
@@ -585,6 +757,8 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
     c.st.buffered -= s.out.cap
     buf_free(&s.out)
     limit_release(c)
+    if s.counted:
+        source_release(c.sources, s.family, s.addr, c.now)
     free(s)
 
 
@@ -610,6 +784,7 @@ cdef void accept_clients(Core *c) noexcept nogil:
     cdef posix.socklen_t salen
     cdef int i, fd, err
     cdef Session *s
+    cdef Peer peer
     for i in range(ACCEPT_BUDGET):
         salen = sizeof(sa)
         fd = posix.accept4(c.listen_fd, <posix.sockaddr *>&sa, &salen,
@@ -626,12 +801,20 @@ cdef void accept_clients(Core *c) noexcept nogil:
             c.st.refused += 1                    # counted before the client can see it
             posix.close(fd)
             continue
-        s = session_new(c, fd, &sa)
+        peer_of(&sa, &peer)
+        if c.sources != NULL and not source_admit(c, peer.family, peer.addr):
+            posix.close(fd)                      # at once: nothing read, nothing allocated
+            limit_release(c)
+            continue
+        s = session_new(c, fd, &peer)
         if s == NULL:
             c.st.refused += 1
             posix.close(fd)
             limit_release(c)
+            if c.sources != NULL:
+                source_release(c.sources, peer.family, peer.addr, c.now)
             continue
+        s.counted = c.sources != NULL
         set_nodelay(fd)
         if c.tls_enabled:
             start_tls(c, s)
@@ -1277,6 +1460,93 @@ cdef class SessionLimit:
         return posix.__atomic_load_n(&self._count, posix.__ATOMIC_RELAXED)
 
 
+cdef class SourceLimit:
+    """Per-source limits shared by the relays given it (those of one process):
+    at most ``per_source`` clients from one source at once
+    (``iim_mux.maxsessions_per_source``) and at most ``rate`` new ones per
+    second, in bursts of up to twice that (``iim_mux.accept_rate_per_source``).
+    A source is an IPv4 address or an IPv6 /64. ``maxsessions``
+    (``iim_mux.maxsessions``) sizes the table, allocated here once: four
+    32-byte slots per session, a power of two (at most 2^22 slots).
+    """
+
+    def __cinit__(self, long per_source, long rate, long maxsessions):
+        cdef uint32_t size = 256
+        if per_source < 1 or rate < 1 or maxsessions < 1:
+            raise ValueError("per_source, rate and maxsessions must be at least 1")
+        if per_source > 0xffffffffL or rate > 1000000000L:
+            raise ValueError("per_source or rate out of range")
+        while size < 4 * <uint64_t>maxsessions and size < (<uint32_t>1 << 22):
+            size <<= 1
+        self.t.slots = <SourceEntry *>calloc(size, sizeof(SourceEntry))
+        if self.t.slots == NULL:
+            raise MemoryError()
+        self.t.mask = size - 1
+        self.t.max_used = size // 4 * 3
+        self.t.per_source = <uint32_t>per_source
+        self.t.rate = rate
+        self.t.burst = 2 * rate * TOKEN
+        random = int.from_bytes(os.urandom(16), "little")
+        self.t.seed = random & 0xffffffffffffffff
+        self.t.multiplier = (random >> 64) | 1
+        posix.pthread_mutex_init(&self.t.lock, NULL)
+
+    @property
+    def per_source(self):
+        return self.t.per_source
+
+    @property
+    def rate(self):
+        return self.t.rate
+
+    @property
+    def slots(self):
+        """The table's fixed size."""
+        return self.t.mask + 1
+
+    def held(self, str address not None):
+        """Clients from ``address``'s source held now by every relay sharing this."""
+        cdef uint8_t family
+        cdef bytes raw
+        cdef SourceEntry *e
+        cdef uint32_t count = 0
+        family, raw = _parse_address(address)
+        posix.pthread_mutex_lock(&self.t.lock)
+        e = source_find(&self.t, source_key(family, <const uint8_t *>raw), family, now_ms(),
+                        False)
+        if e != NULL:
+            count = e.count
+        posix.pthread_mutex_unlock(&self.t.lock)
+        return count
+
+    def sources(self):
+        """How many sources hold clients now, and how many entries the table
+        holds (those plus sources whose rate bucket is still refilling)."""
+        cdef uint32_t i, holding = 0, used
+        posix.pthread_mutex_lock(&self.t.lock)
+        for i in range(self.t.mask + 1):
+            if self.t.slots[i].family and self.t.slots[i].count:
+                holding += 1
+        used = self.t.used
+        posix.pthread_mutex_unlock(&self.t.lock)
+        return holding, used
+
+    def __dealloc__(self):
+        if self.t.slots != NULL:
+            free(self.t.slots)
+            self.t.slots = NULL
+            posix.pthread_mutex_destroy(&self.t.lock)
+
+
+def _parse_address(str address):
+    """("192.0.2.1" | "2001:db8::1") -> (family, 16 bytes), as Peer holds them."""
+    import socket
+    try:
+        return 4, socket.inet_pton(socket.AF_INET, address) + bytes(12)
+    except OSError:
+        return 6, socket.inet_pton(socket.AF_INET6, address)
+
+
 cdef uint32_t table_size(long maximum):
     cdef uint32_t size = 16
     while size < 2 * <uint64_t>maximum and size < (<uint32_t>1 << 30):
@@ -1288,7 +1558,7 @@ cdef class Relay:
     """One relay: a listening socket, one authenticated server link, its clients.
 
     ``Relay(listen_fd, link_fd, window, limit, tls=None, handshake_timeout=10.0,
-    instance=0, thread=0, keepalive=30.0, linger=30.0)``
+    instance=0, thread=0, keepalive=30.0, linger=30.0, sources=None)``
 
     * ``listen_fd`` - a listening TCP socket, borrowed (the caller closes it,
       after run() returned). Made non-blocking.
@@ -1296,6 +1566,8 @@ cdef class Relay:
       from here on (closed when run() returns, or when the relay is freed).
     * ``window`` - the initial per-session window from READY.
     * ``limit`` - a SessionLimit shared by the relays of a process, or an int.
+    * ``sources`` - a SourceLimit shared by the relays of a process: clients
+      over its limits are closed as soon as accepted; None: no per-source limits.
     * ``tls`` - a TlsContext: terminate legacy SSL; None: never touch TLS.
     * ``handshake_timeout`` - seconds a client has to finish the handshake.
     * ``keepalive`` - seconds without traffic before PING (0: never).
@@ -1309,7 +1581,8 @@ cdef class Relay:
 
     def __cinit__(self, int listen_fd, int link_fd, unsigned int window, limit,
                   TlsContext tls=None, double handshake_timeout=10.0, int instance=0,
-                  int thread=0, double keepalive=30.0, double linger=30.0):
+                  int thread=0, double keepalive=30.0, double linger=30.0,
+                  SourceLimit sources=None):
         cdef Core *c = <Core *>calloc(1, sizeof(Core))
         if c == NULL:
             posix.close(link_fd)
@@ -1343,6 +1616,9 @@ cdef class Relay:
         c.table = <Session **>calloc(c.mask + 1, sizeof(Session *))
         if c.table == NULL:
             raise MemoryError()
+        if sources is not None:
+            self.sources = sources       # the table lives as long as this relay
+            c.sources = &sources.t
         if tls is not None:
             openssl.SSL_CTX_up_ref(tls.ctx)
             c.ctx = tls.ctx
@@ -1428,6 +1704,9 @@ cdef class Relay:
             "handshakes_failed": st.handshakes_failed, "frames_in": st.frames_in,
             "frames_out": st.frames_out, "link_reads": st.link_reads,
             "link_writes": st.link_writes, "buffered": st.buffered,
+            "refused_per_source": st.refused_source, "refused_rate": st.refused_rate,
+            "last_refused": _address_text(st.last_refused_family,
+                                          (<char *>st.last_refused)[:16]),
         }
 
     def __dealloc__(self):
@@ -1448,6 +1727,16 @@ cdef class Relay:
             posix.pthread_mutex_destroy(&c.ctx_lock)
             free(c)
         self.core = NULL
+
+
+def _address_text(int family, bytes raw):
+    """The source a refusal was counted under, for the log ("" for none)."""
+    import socket
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == 6:
+        return socket.inet_ntop(socket.AF_INET6, raw[:8] + bytes(8)) + "/64"
+    return ""
 
 
 cdef int add_fd(int ep, int fd, uint32_t events, uint64_t tag) except -1:

@@ -384,10 +384,14 @@ class RelayHarness:
     def port(self) -> int:
         return self.listener.getsockname()[1]
 
-    def client(self, rcvbuf: int | None = None) -> socket.socket:
+    def client(self, rcvbuf: int | None = None, source: str | None = None) -> socket.socket:
+        """A connected client; ``source``: the loopback address it connects from
+        (127.0.0.2, 127.0.0.3...: another source for per-source limits)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            sock.bind((source, 0))
         sock.settimeout(10)
         sock.connect(("127.0.0.1", self.port))
         return sock

@@ -22,6 +22,7 @@ from iim.xmpp.errors import StreamError, StreamErrorCondition
 from iim.xmpp.jid import InvalidJID, prepare_domainpart
 from iim.xmpp.server_stream import ServerPolicy
 
+from .admission import Admission, Negotiating
 from .c2s import SessionContext
 from .federation import Federation
 from .listener import ClientProtocol
@@ -61,6 +62,7 @@ class Server:
         self.storage: Storage | None = None
         self.ctx: SessionContext | None = None
         self.mux_listener = None
+        self.admission: Admission | None = None
         self.federation: Federation | None = None
 
     async def start(self) -> None:
@@ -85,8 +87,10 @@ class Server:
             storage=self.storage, log=self.log,
             negotiation_timeout=server.negotiation_timeout,
             stanza_timeout=server.stanza_timeout,
+            negotiating=Negotiating(server.limits.max_unauthenticated_per_source),
             limits=server.limits,
             limit_log=LimitLog(self.log, server.limits.limit_log_interval))
+        self.admission = Admission.for_context(self.ctx)
         if server.useport:
             self.federation = Federation(self.config, self.ctx.router,
                                          getattr(tls_context, "iim_material", None), self.log,
@@ -116,7 +120,8 @@ class Server:
         limit = self.config.server.max_unauthenticated
         try:
             listener = await loop.create_server(
-                lambda: ClientProtocol(self.ctx, limit, self.federation), where.host, where.port,
+                lambda: ClientProtocol(self.ctx, limit, self.federation, self.admission),
+                where.host, where.port,
                 reuse_address=True, backlog=1024)
         except OSError as exc:
             raise StartupError(f"iim_server.port: cannot listen on {where}: "
@@ -135,7 +140,7 @@ class Server:
         try:
             self.mux_listener = await start_mux_listener(
                 self.ctx, where.host, where.port, allow=server.muxlink_allow, secret=secret,
-                max_unauthenticated=server.max_unauthenticated)
+                max_unauthenticated=server.max_unauthenticated, admission=self.admission)
         except OSError as exc:
             raise StartupError(f"iim_mux.serverport: cannot listen on {where}: "
                                f"{exc.strerror or exc}") from None

@@ -7,7 +7,9 @@ import asyncio
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 from iim.xmpp.xml import CLIENT_NS, SERVER_NS, StreamOpened, StreamParser
 
+from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
+from .quota import source_of
 
 
 LINGER_SECONDS = 2.0
@@ -28,6 +30,7 @@ class SocketCarrier:
         self.lingering = False
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.source = source_of(host)         # what per-source limits count under
 
     def write(self, data: bytes) -> None:
         if not self.transport.is_closing() and not self.lingering:
@@ -64,22 +67,34 @@ class ClientProtocol(asyncio.Protocol):
     parse the header again and answer it. Anything that is not a usable
     header (garbage, a TLS ClientHello, an oversized header) goes to a
     ``ClientSession``, whose parser answers with the right stream error.
+
+    With an ``admission`` (iim/server/admission.py), a source over its accept
+    rate is closed at once, and one with ``max_unauthenticated_per_source``
+    connections negotiating gets ``<policy-violation/>``.
     """
 
     def __init__(self, ctx: SessionContext, max_unauthenticated: int,
-                 federation=None) -> None:
+                 federation=None, admission: Admission | None = None) -> None:
         self.ctx = ctx
         self.max_unauthenticated = max_unauthenticated
         self.federation = federation
+        self.admission = admission
         self.session = None
         self._sniffer: HeaderSniffer | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
         self.ctx.connections.add(self)
         self.transport = transport
         self.carrier = SocketCarrier(transport)
-        if len(self.ctx.negotiating) >= self.max_unauthenticated:
+        refusal = self.admission.refusal(self.carrier.source) if self.admission else None
+        if refusal is Refusal.RATE:
+            transport.close()                 # at once: nothing parsed, nothing held
+        elif refusal is Refusal.COUNT:
+            self.session = ClientSession(self.ctx, self.carrier)
+            self.session.close(refusal.stream_error())
+        elif len(self.ctx.negotiating) >= self.max_unauthenticated:
             self.session = ClientSession(self.ctx, self.carrier)
             self.ctx.log.warning("c2s %s: refused: %d connections still negotiating",
                                  self.carrier.peer, len(self.ctx.negotiating) - 1)
@@ -104,6 +119,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _choose(self, namespace: str) -> None:
         self._timer.cancel()
+        self._timer = None
         self.ctx.negotiating.discard(self)
         if namespace == SERVER_NS:
             self.session = self.federation.accept(self.carrier)
@@ -139,7 +155,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.session is not None:
             self.session.connection_lost()
         else:
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             self.ctx.negotiating.discard(self)
 
 

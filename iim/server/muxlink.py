@@ -49,7 +49,9 @@ from iim.muxlink import (
 )
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 
+from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
+from .quota import source_of
 
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 LINGER_SECONDS = 2.0
@@ -75,6 +77,9 @@ class MuxLinkConfig:
     max_unauthenticated: int | None = None
     """Like ``iim_server.max_unauthenticated`` on the client port: more sessions still
     negotiating than this and a new one is refused with ``<resource-constraint/>``."""
+    admission: Admission | None = None
+    """The server's per-source gate (iim/server/admission.py), applied to the client
+    address each OPEN carries; None: no per-source limits."""
     networks: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,10 +106,13 @@ class LinkState(enum.Enum):
 class MuxCarrier:
     """A ClientSession's carrier over one session of a link."""
 
-    def __init__(self, link: "MuxLinkProtocol", sid: int, peer: str, window: int) -> None:
+    def __init__(self, link: "MuxLinkProtocol", sid: int, peer: str, window: int,
+                 source: str | None = None) -> None:
         self.link = link
         self.sid = sid
         self.peer = peer
+        self.source = source        # the client's, from OPEN: what per-source limits count
+        self.close_reason = CloseReason.NORMAL      # what our CLOSE will say
         self.credit = window        # bytes we may still send (granted by the mux)
         self.allowance = window     # bytes the mux may still send us (granted by us)
         self.closed = False         # close() called or the mux closed: no more writes
@@ -177,12 +185,12 @@ class MuxCarrier:
         self._queued -= len(head)
         return head
 
-    def end(self, reason: CloseReason = CloseReason.NORMAL) -> None:
+    def end(self, reason: CloseReason | None = None) -> None:
         """Send CLOSE (dropping what is still queued) and forget the id."""
         if self.ended:
             return
         self.detach()
-        self.link.session_ended(self, reason)
+        self.link.session_ended(self, reason if reason is not None else self.close_reason)
 
     def detach(self) -> None:
         """The mux closed the session, or the link is gone: nothing more goes out."""
@@ -327,7 +335,14 @@ class MuxLinkProtocol(asyncio.Protocol):
             raise LinkProtocolError(f"OPEN of session {frame.sid}: ids must increase "
                                     f"(last was {self._last_sid})")
         self._last_sid = frame.sid
-        carrier = MuxCarrier(self, frame.sid, opened.peer, self.config.initial_window)
+        source = source_of(opened.client_address)
+        admission = self.config.admission
+        refusal = admission.refusal(source) if admission is not None else None
+        if refusal is Refusal.RATE:         # at once, as the listener closes a socket
+            self.send(FrameType.CLOSE, frame.sid,
+                      Close(CloseReason.OVERLOAD, refusal.stream_error().text).encode())
+            return
+        carrier = MuxCarrier(self, frame.sid, opened.peer, self.config.initial_window, source)
         session = ClientSession(self.ctx, carrier, secure_transport=opened.legacy_tls,
                                 loop=self.loop)
         carrier.session = session
@@ -335,6 +350,10 @@ class MuxLinkProtocol(asyncio.Protocol):
         tls = f", legacy SSL {opened.tls_version} {opened.cipher}" if opened.legacy_tls else ""
         self.log.debug("%s: session %d for %s to port %d%s", self.name, frame.sid,
                        carrier.peer, opened.local_port, tls)
+        if refusal is Refusal.COUNT:        # the client reads the stream error, then CLOSE
+            carrier.close_reason = CloseReason.OVERLOAD
+            session.close(refusal.stream_error())
+            return
         self._refuse_if_flooded(session)
 
     def _refuse_if_flooded(self, session: ClientSession) -> None:
@@ -579,12 +598,13 @@ async def start_mux_listener(ctx: SessionContext, host: str | None, port: int, *
                              initial_window: int = 65536, ping_interval: float = 30.0,
                              ping_timeout: float | None = None,
                              handshake_timeout: float = 30.0,
-                             max_unauthenticated: int | None = None) -> MuxListener:
+                             max_unauthenticated: int | None = None,
+                             admission: Admission | None = None) -> MuxListener:
     """Listen for multiplexor links on ``host:port`` (``iim_mux.serverport``)."""
     config = MuxLinkConfig(allow=tuple(allow), secret=secret, initial_window=initial_window,
                            ping_interval=ping_interval, ping_timeout=ping_timeout,
                            handshake_timeout=handshake_timeout,
-                           max_unauthenticated=max_unauthenticated)
+                           max_unauthenticated=max_unauthenticated, admission=admission)
     links: set[MuxLinkProtocol] = set()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: MuxLinkProtocol(ctx, config, links), host, port,
