@@ -121,8 +121,10 @@ def test_a_port_in_use_is_one_line(peer):
 
 def test_stats_line_names_every_counter():
     line = stats_line({"sessions_plain": 3, "sessions_tls": 2, "opened": 9, "closed": 4,
-                       "refused": 1, "bytes_client_to_server": 10, "bytes_server_to_client": 20,
+                       "refused": 3, "refused_per_source": 1, "refused_rate": 2,
+                       "bytes_client_to_server": 10, "bytes_server_to_client": 20,
                        "handshakes_ok": 2, "handshakes_failed": 1, "links_up": 4, "links": 5})
-    assert line == ("sessions 5 (plain 3, TLS 2, handshaking 0), opened 9, closed 4, refused 1, "
+    assert line == ("sessions 5 (plain 3, TLS 2, handshaking 0), opened 9, closed 4, "
+                    "refused 3 (per source 1, rate 2), "
                     "bytes client->server 10, server->client 20, handshakes ok 2 failed 1, "
                     "links up 4/5")

@@ -17,7 +17,10 @@ listener are accepted and closed at once (``refuse_for``): they learn at
 once that the service is away, instead of waiting in a backlog.
 
 The relays of a process share one SessionLimit (``iim_mux.maxsessions`` is
-per process) and one TLS context; SIGHUP builds a new context, which new
+per process), one SourceLimit (``iim_mux.maxsessions_per_source`` and
+``iim_mux.accept_rate_per_source``: a client over them is closed as soon as
+accepted, counted in the statistics line, and logged at most once a minute
+per limit) and one TLS context; SIGHUP builds a new context, which new
 clients get, while connected clients keep theirs. The main thread only
 waits for signals and writes a statistics line every
 ``iim_mux.stat_frequency`` seconds.
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 
 from iim import _fastmux
 from iim.conf import Config, HostPort
+from iim.conf.limits import MuxLimits
 from iim.keys.errors import KeyMaterialError
 
 from . import link as muxlink
@@ -62,7 +66,12 @@ FAILURE_CHECK = 1.0
 #: The secret file, until iim_mux.muxlink_secretfile exists in iim.conf.
 #: Counters added up over relays (the rest are levels, taken from live relays).
 TOTALS = ("opened", "closed", "refused", "bytes_client_to_server", "bytes_server_to_client",
-          "handshakes_ok", "handshakes_failed")
+          "handshakes_ok", "handshakes_failed", "refused_per_source", "refused_rate")
+#: Seconds between two log lines about the same per-source limit.
+LIMIT_LOG_INTERVAL = 60.0
+#: The per-source refusal counters and the limit each one is about.
+SOURCE_LIMITS = (("refused_per_source", "iim_mux.maxsessions_per_source"),
+                 ("refused_rate", "iim_mux.accept_rate_per_source"))
 LEVELS = ("sessions_plain", "sessions_tls", "handshaking")
 
 
@@ -83,6 +92,8 @@ class WorkerSettings:
     stat_frequency: float
     usessl: bool
     secret: bytes | None = None
+    maxsessions_per_source: int = MuxLimits.maxsessions_per_source
+    accept_rate_per_source: int = MuxLimits.accept_rate_per_source
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     keepalive: float = KEEPALIVE
     backoff_first: float = BACKOFF_FIRST
@@ -95,7 +106,9 @@ class WorkerSettings:
                    server_host=mux.serverport.host or "127.0.0.1",
                    server_port=mux.serverport.port, threads=mux.maxthreads,
                    maxsessions=mux.maxsessions, stat_frequency=mux.stat_frequency,
-                   usessl=mux.usessl, secret=secret)
+                   usessl=mux.usessl, secret=secret,
+                   maxsessions_per_source=mux.limits.maxsessions_per_source,
+                   accept_rate_per_source=mux.limits.accept_rate_per_source)
 
 
 class Backoff:
@@ -145,6 +158,7 @@ class RelayThread(threading.Thread):
         self.relay: _fastmux.Relay | None = None
         self.retired: Counter = Counter()       # counters of the relays that ended
         self.refused_while_down = 0
+        self.last_refused = ""                  # the source its relays last refused
         self.last_error: str | None = None     # why the link last failed (for status)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -181,6 +195,7 @@ class RelayThread(threading.Thread):
         if relay is not None:
             live = relay.stats()
             total.update({k: live[k] for k in TOTALS + LEVELS})
+            self.last_refused = live["last_refused"] or self.last_refused
         return total
 
     def run(self) -> None:
@@ -228,7 +243,8 @@ class RelayThread(threading.Thread):
             relay = _fastmux.Relay(self.listener.fileno(), up.sock.detach(), up.window,
                                    self.worker.limit, tls=ctx,
                                    handshake_timeout=s.handshake_timeout, instance=s.instance,
-                                   thread=self.index, keepalive=s.keepalive)
+                                   thread=self.index, keepalive=s.keepalive,
+                                   sources=self.worker.sources)
         except OSError as exc:               # e.g. out of descriptors; the link is closed
             log.error("%s: cannot start relaying: %s", self.name_for_log, exc.strerror or exc)
             return None
@@ -280,6 +296,10 @@ class Worker:
         self.settings = settings
         self.log = log
         self.limit = _fastmux.SessionLimit(settings.maxsessions)
+        self.sources = _fastmux.SourceLimit(settings.maxsessions_per_source,
+                                            settings.accept_rate_per_source,
+                                            settings.maxsessions)
+        self.limit_log = SourceLimitLog(log)
         self.tls_context: _fastmux.TlsContext | None = None
         self._tls_loader = tls_loader      # () -> TlsContext, for start and SIGHUP
         self.threads: list[RelayThread] = []
@@ -326,6 +346,11 @@ class Worker:
                       "keep theirs", why)
         return True
 
+    def last_refused(self) -> str:
+        """The source a per-source limit refused last (as far as the threads know)."""
+        latest = [t.last_refused for t in self.threads if t.last_refused]
+        return latest[-1] if latest else ""
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every relay (their clients are closed), join, close the listeners."""
         for thread in self.threads:
@@ -346,13 +371,41 @@ class Worker:
         return total
 
 
+class SourceLimitLog:
+    """One warning per per-source limit per LIMIT_LOG_INTERVAL, counting the
+    refusals since the previous one (the server's LimitLog, fed with totals)::
+
+        limit iim_mux.maxsessions_per_source: refused 17 since the last report
+        (latest: 192.0.2.7)
+    """
+
+    def __init__(self, log: logging.Logger, interval: float = LIMIT_LOG_INTERVAL) -> None:
+        self.log, self.interval = log, interval
+        self._reported = Counter()             # refusals already logged, per counter
+        self._last: dict[str, float] = {}
+
+    def check(self, stats: Counter, latest: str, now: float) -> None:
+        """Log what the counters in ``stats`` (totals) refused since the last line."""
+        for counter, param in SOURCE_LIMITS:
+            new = stats.get(counter, 0) - self._reported[counter]
+            last = self._last.get(counter)
+            if new <= 0 or (last is not None and now - last < self.interval):
+                continue
+            self._reported[counter] += new
+            self._last[counter] = now
+            self.log.warning("limit %s: refused %d %s%s", param, new,
+                             "so far" if last is None else "since the last report",
+                             f" (latest: {latest})" if latest else "")
+
+
 def stats_line(stats: Counter) -> str:
     """The statistics line a worker logs every iim_mux.stat_frequency seconds."""
     g = stats.get
     sessions = g("sessions_plain", 0) + g("sessions_tls", 0)
     return (f"sessions {sessions} (plain {g('sessions_plain', 0)}, TLS {g('sessions_tls', 0)}, "
             f"handshaking {g('handshaking', 0)}), opened {g('opened', 0)}, "
-            f"closed {g('closed', 0)}, refused {g('refused', 0)}, "
+            f"closed {g('closed', 0)}, refused {g('refused', 0)} (per source "
+            f"{g('refused_per_source', 0)}, rate {g('refused_rate', 0)}), "
             f"bytes client->server {g('bytes_client_to_server', 0)}, "
             f"server->client {g('bytes_server_to_client', 0)}, "
             f"handshakes ok {g('handshakes_ok', 0)} failed {g('handshakes_failed', 0)}, "
@@ -407,6 +460,7 @@ def serve(config: Config, instance: int, log: logging.Logger,
         if signal.SIGHUP in flags:
             flags.discard(signal.SIGHUP)
             worker.reload_certificate()
+        worker.limit_log.check(worker.stats(), worker.last_refused(), time.monotonic())
         if time.monotonic() >= next_stats:
             log.info("worker %d stats: %s", instance, stats_line(worker.stats()))
             next_stats += settings.stat_frequency
