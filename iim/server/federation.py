@@ -21,6 +21,30 @@ send ``<db:verify/>`` on our outgoing session to that domain (creating it if
 needed; XEP-0220 allows it before that session is authenticated) and route
 the answer back by (domain, stream id). Answers are accepted only from the
 session to the domain the key claims, so no peer can vouch for another.
+
+No amplification (issue 11): a ``<db:result/>`` costs its sender a few dozen
+bytes and would cost us a DNS lookup and a connection to a domain *it*
+names. So what unauthenticated peers can make us do elsewhere is bounded:
+
+- pending verifications: ``max_pending_verifies`` per incoming stream (the
+  stream itself, iim.xmpp.s2s) and ``max_pending_verifies_total`` over all
+  of them (here); one more is answered with ``<resource-constraint/>``;
+- new outgoing connection attempts (DNS lookups included): at most one in
+  flight per domain (one session per domain), and ``s2s_connect_rate`` per
+  second over all domains (``ConnectGate``, a token bucket with bursts of
+  twice the rate). A verification that finds no token is refused at once
+  with ``<resource-constraint/>`` (type wait: the peer may try again), so
+  that peers cannot build a queue; a *stanza* from a local user that finds
+  none waits in its domain's queue for its turn, ahead of any later
+  verification (it is bounded by ``negotiation_timeout`` like any
+  connection, then bounces with ``<remote-server-timeout/>``);
+- a domain whose attempt failed (no address, refused, timed out, or the
+  stream ended before it authenticated) rests for ``s2s_retry_delay``
+  seconds: stanzas for it bounce with ``<remote-server-not-found/>`` and
+  verifications get that dialback error, with no DNS query or connection.
+
+Every refusal is counted in the limit log (one line per limit per
+``limit_log_interval``).
 """
 
 from __future__ import annotations
@@ -30,19 +54,25 @@ import dataclasses
 import logging
 import secrets
 import ssl
+import time
+from collections import deque
 
 from iim.conf import Config
+from iim.conf.limits import ServerLimits
 from iim.keys.context import client_context, server_context
 from iim.keys.material import KeyMaterial
 from iim.keys.passwords import read_password_file
 from iim.keys.peercert import request_any_client_certificate
 from iim.xmpp.errors import StanzaErrorCondition, StreamError, StreamErrorCondition
 from iim.xmpp.jid import JID, InvalidJID
-from iim.xmpp.s2s import CoserverPair, DialbackVerifyAnswered, DialbackVerifyNeeded, S2SPolicy
+from iim.xmpp.s2s import (
+    CoserverPair, DialbackRefused, DialbackVerifyAnswered, DialbackVerifyNeeded, S2SPolicy,
+)
 
 from .c2s import HIGH_WATER
 from .listener import SocketCarrier
-from .resolve import NoService, Resolver, Target
+from .quota import LimitLog, TokenBucket
+from .resolve import Resolver, Target, Unresolvable
 from .s2s import IncomingServerSession, OutgoingServerSession
 
 CONNECT_TIMEOUT = 15.0
@@ -52,7 +82,8 @@ class Federation:
     """Every s2s session of one server, and the routing between them."""
 
     def __init__(self, config: Config, router, material: KeyMaterial | None,
-                 log: logging.Logger, *, negotiating: set) -> None:
+                 log: logging.Logger, *, negotiating: set,
+                 limit_log: LimitLog | None = None) -> None:
         server = config.server
         self.config, self.router, self.log = config, router, log
         self.domain = router.domain
@@ -60,12 +91,17 @@ class Federation:
         self.negotiation_timeout = server.negotiation_timeout
         self.idle_timeout = server.s2s_idle_timeout
         self.queue_limit = server.s2s_queue_limit
+        self.limits: ServerLimits = server.limits
+        self.limit_log = limit_log or LimitLog(log, server.limits.limit_log_interval)
+        self.gate = ConnectGate(server.limits.s2s_connect_rate, server.limits.s2s_retry_delay)
+        self._turn: asyncio.TimerHandle | None = None
         self.negotiating = negotiating
         self.coservers = {c.domain: c for c in config.coservers}
         self.anchors = tuple(material.trust_anchors) if material is not None else ()
         self.server_tls, self.client_tls = _contexts(material)
         self.policy = self._policy(config, material is not None)
-        self.resolver = Resolver(self._overrides(config), server.s2s_nameservers)
+        self.resolver = Resolver(self._overrides(config), server.s2s_nameservers,
+                                 negative_ttl=server.limits.s2s_retry_delay)
         self.outgoing: dict[str, OutgoingServerSession] = {}
         self.incoming: set[IncomingServerSession] = set()
         self._waiting: dict[tuple[str, str], IncomingServerSession] = {}
@@ -83,6 +119,8 @@ class Federation:
         self.config, self.trust_all_cert = config, server.trust_all_cert
         self.negotiation_timeout = server.negotiation_timeout
         self.idle_timeout, self.queue_limit = server.s2s_idle_timeout, server.s2s_queue_limit
+        self.limits = server.limits
+        self.gate.configure(server.limits.s2s_connect_rate, server.limits.s2s_retry_delay)
         secret = self.policy.dialback_secret if server.dialback_secretfile is None else None
         policy = self._policy(config, material is not None or self.server_tls is not None)
         self.policy = policy if secret is None else dataclasses.replace(
@@ -105,7 +143,9 @@ class Federation:
         return S2SPolicy(self.domain, tls_offered=tls, tls_required=server.requiressl,
                          tls_required_domains=required, dialback_secret=_dialback_secret(server),
                          own_pair=own, coserver_pairs=pairs,
-                         max_stanza_bytes=server.maxstanzasize)
+                         max_stanza_bytes=server.maxstanzasize,
+                         max_pending_verifies=server.limits.max_pending_verifies,
+                         max_auth_attempts=server.limits.max_auth_attempts)
 
     @staticmethod
     def _overrides(config: Config) -> dict[str, Target]:
@@ -134,26 +174,68 @@ class Federation:
         except InvalidJID:
             self.router.bounce_to_local(stanza, StanzaErrorCondition.JID_MALFORMED)
             return
-        session = self._session_for(domain)
+        session, refusal = self._session_for(domain, may_wait=True)
+        if session is None:
+            self.router.bounce_to_local(stanza, refusal)
+            return
         if len(session.queue) >= self.queue_limit:
             self.router.bounce_to_local(stanza, StanzaErrorCondition.RESOURCE_CONSTRAINT)
             return
         session.send(stanza)
 
-    def _session_for(self, domain: str) -> OutgoingServerSession:
+    def _session_for(self, domain: str, *, may_wait: bool):
+        """``(session, None)``: the session to ``domain``, made (and its
+        connection attempt started or queued) if needed; ``(None, condition)``
+        when a limit refuses a new attempt. ``may_wait``: a stanza may wait for
+        a connection slot; a dialback verification may not."""
         session = self.outgoing.get(domain)
-        if session is None or session.closed:
-            session = OutgoingServerSession(self, domain, self.tls_required_by(domain))
-            self.outgoing[domain] = session
-            task = asyncio.get_running_loop().create_task(self._connect(session))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return session
+        if session is not None and not session.closed:
+            return session, None
+        now = time.monotonic()
+        if self.gate.resting(domain, now):
+            self.limit_log.hit("iim_server.s2s_retry_delay", now,
+                               f"{domain} failed less than {self.gate.retry_delay}s ago")
+            return None, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND
+        start = self.gate.may_start(now)
+        if not start and not may_wait:
+            self.limit_log.hit("iim_server.s2s_connect_rate", now,
+                               f"no connection slot for {domain}")
+            return None, StanzaErrorCondition.RESOURCE_CONSTRAINT
+        session = OutgoingServerSession(self, domain, self.tls_required_by(domain))
+        self.outgoing[domain] = session
+        if start:
+            self._start(session)
+        else:
+            session.log("info", "waits for a connection slot (iim_server.s2s_connect_rate)")
+            self.gate.waiting.append(session)
+            self._schedule_turn()
+        return session, None
+
+    def _start(self, session: OutgoingServerSession) -> None:
+        session.attempted = True
+        task = asyncio.get_running_loop().create_task(self._connect(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _schedule_turn(self) -> None:
+        if self._turn is None:
+            self._turn = asyncio.get_running_loop().call_later(self.gate.interval,
+                                                               self._next_turns)
+
+    def _next_turns(self) -> None:
+        """Start the sessions waiting for a slot, in order, while tokens last."""
+        self._turn = None
+        for session in self.gate.next_turns(time.monotonic()):
+            self._start(session)
+        if self.gate.waiting:
+            self._schedule_turn()
 
     async def _connect(self, session: OutgoingServerSession) -> None:
+        if session.closed:
+            return
         try:
             targets = await self.resolver.targets(session.remote)
-        except NoService as exc:
+        except Unresolvable as exc:
             session.connect_failed(None, str(exc))
             return
         loop, failures = asyncio.get_running_loop(), []
@@ -173,6 +255,8 @@ class Federation:
                     failures.append(f"{target}: timed out")
                 except OSError as exc:
                     failures.append(f"{target}: {exc.strerror or exc}")
+                except ValueError as exc:         # getaddrinfo: a name IDNA cannot encode
+                    failures.append(f"{target}: {exc}")
         timed_out = failures and all(f.endswith("timed out") for f in failures)
         session.connect_failed(StreamErrorCondition.CONNECTION_TIMEOUT if timed_out else None,
                                "; ".join(failures) or "no address")
@@ -180,6 +264,9 @@ class Federation:
     def outgoing_closed(self, session: OutgoingServerSession, condition, reason: str) -> None:
         if self.outgoing.get(session.remote) is session:
             del self.outgoing[session.remote]
+        if session.attempted and not session.ever_established and \
+                condition is not StreamErrorCondition.SYSTEM_SHUTDOWN:
+            self.gate.failed(session.remote, time.monotonic())
         error = StanzaErrorCondition.REMOTE_SERVER_TIMEOUT \
             if condition is StreamErrorCondition.CONNECTION_TIMEOUT \
             else StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND
@@ -197,10 +284,25 @@ class Federation:
     # -- dialback checks --------------------------------------------------------------------
 
     def verify_dialback(self, incoming: IncomingServerSession,
-                        request: DialbackVerifyNeeded) -> None:
+                        request: DialbackVerifyNeeded) -> StanzaErrorCondition | None:
+        """Send ``<db:verify/>`` to the authoritative server; or, when a limit
+        refuses, the dialback error condition to answer with at once."""
+        if len(self._waiting) >= self.limits.max_pending_verifies_total:
+            self.limit_log.hit("iim_server.max_pending_verifies_total", time.monotonic(),
+                               f"{incoming.name}: key for {request.originating}")
+            return StanzaErrorCondition.RESOURCE_CONSTRAINT
+        session, refusal = self._session_for(request.originating, may_wait=False)
+        if session is None:
+            return refusal
         self._waiting[(request.originating, request.stream_id)] = incoming
-        self._session_for(request.originating).request_verify(
-            request.originating, request.stream_id, request.key)
+        session.request_verify(request.originating, request.stream_id, request.key)
+        return None
+
+    def dialback_refused(self, incoming: IncomingServerSession,
+                         event: DialbackRefused) -> None:
+        """The incoming stream refused a verification itself (its own limit)."""
+        self.limit_log.hit(f"iim_server.{event.limit}", time.monotonic(),
+                           f"{incoming.name}: key for {event.originating}")
 
     def dialback_answered(self, session: OutgoingServerSession,
                           answer: DialbackVerifyAnswered) -> None:
@@ -246,6 +348,71 @@ class Federation:
             session.close(shutdown)
         for task in list(self._tasks):
             task.cancel()
+        if self._turn is not None:
+            self._turn.cancel()
+
+
+class ConnectGate:
+    """Which new outgoing connection attempts may start (time passed in).
+
+    ``s2s_connect_rate`` attempts per second over all domains (a token
+    bucket: bursts of twice the rate), stanzas' sessions served first in the
+    order they came (``waiting``); a domain whose attempt failed rests for
+    ``s2s_retry_delay`` seconds. The resting domains are remembered oldest
+    first (all rest equally long), so forgetting is popping from the front;
+    there are at most rate x delay + burst of them, since each took a token,
+    and ``MAX_RESTING`` bounds them whatever the settings."""
+
+    MAX_RESTING = 10_000
+
+    def __init__(self, rate: float, retry_delay: float) -> None:
+        self.bucket = TokenBucket(rate)
+        self.retry_delay = retry_delay
+        self.waiting: deque = deque()             # sessions waiting for a token, in order
+        self._failed: dict[str, float] = {}       # domain -> when its attempt failed
+
+    def configure(self, rate: float, retry_delay: float) -> None:
+        self.bucket.rate, self.retry_delay = rate, retry_delay
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two tokens."""
+        return 1.0 / self.bucket.rate
+
+    def resting(self, domain: str, now: float) -> bool:
+        self._forget(now)
+        return domain in self._failed
+
+    def failed(self, domain: str, now: float) -> None:
+        self._failed.pop(domain, None)
+        self._failed[domain] = now
+        self._forget(now)
+
+    def may_start(self, now: float) -> bool:
+        """A token for an attempt now, unless earlier sessions wait for one."""
+        self._drop_closed()
+        return not self.waiting and self.bucket.allow(now)
+
+    def next_turns(self, now: float) -> list:
+        """The waiting sessions that may start now, in order."""
+        ready = []
+        self._drop_closed()
+        while self.waiting and self.bucket.allow(now):
+            ready.append(self.waiting.popleft())
+            self._drop_closed()
+        return ready
+
+    def _drop_closed(self) -> None:
+        while self.waiting and self.waiting[0].closed:
+            self.waiting.popleft()
+
+    def _forget(self, now: float) -> None:
+        failed = self._failed
+        while failed:
+            domain, when = next(iter(failed.items()))
+            if now - when < self.retry_delay and len(failed) <= self.MAX_RESTING:
+                return
+            del failed[domain]
 
 
 class _OutgoingProtocol(asyncio.Protocol):

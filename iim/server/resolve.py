@@ -10,24 +10,55 @@ lookup of each host is left to the connect call, which tries every address.
 
 dnspython does the DNS: it is maintained, asynchronous and knows SRV; the
 standard library does not.
+
+Bounds (issue 11: the domains come from peers, so from attackers too):
+
+- a domain that cannot be a DNS name (over 255 octets, a label over 63, an
+  empty label, what IDNA refuses) raises ``NotADNSName`` before any query,
+  with the reason; every dnspython failure of a query (``DNSException``: no
+  such name, no answer, SERVFAIL, timeout, no configuration, a name that
+  grew too long with the ``_xmpp-server._tcp`` prefix) means "no record",
+  never an exception for the caller;
+- at most ``MAX_TARGETS`` SRV targets and ``MAX_ADDRESSES`` addresses per
+  target are used, so one domain costs at most 1 + 2 x MAX_TARGETS queries;
+- failed lookups are remembered (``NegativeCache``, bounded, oldest dropped)
+  for ``negative_ttl`` seconds whatever TTL the answer claimed: an attacker's
+  zone cannot make us ask again by answering with TTL 0.
+
+The federation adds the rest (iim.server.federation: one attempt per domain
+at a time, ``s2s_connect_rate``, ``s2s_retry_delay``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.resolver
 
 DEFAULT_PORT = 5269
 LOOKUP_TIMEOUT = 10.0
+MAX_TARGETS = 6
+MAX_ADDRESSES = 8
+NEGATIVE_TTL = 30.0
+SRV_PREFIX = dns.name.Name((b"_xmpp-server", b"_tcp"))
 
 
-class NoService(Exception):
+class Unresolvable(Exception):
+    """No place to connect to for this domain; the message says why."""
+
+
+class NoService(Unresolvable):
     """The domain says it offers no XMPP server service (SRV target ".")."""
+
+
+class NotADNSName(Unresolvable):
+    """The domain cannot be looked up in DNS at all."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +72,41 @@ class Target:
         return f"{host}:{self.port}"
 
 
+class NegativeCache:
+    """(name, record type) pairs whose lookup failed, each for ``ttl`` seconds;
+    at most ``size`` of them, the oldest dropped first (time passed in)."""
+
+    def __init__(self, ttl: float, size: int = 4096) -> None:
+        self.ttl, self.size = ttl, size
+        self._failed: dict[tuple[str, str], float] = {}      # oldest first
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return self._live(key, time.monotonic())
+
+    def _live(self, key, now: float) -> bool:
+        when = self._failed.get(key)
+        if when is None:
+            return False
+        if now - when < self.ttl:
+            return True
+        del self._failed[key]
+        return False
+
+    def add(self, key: tuple[str, str], now: float | None = None) -> None:
+        self._failed.pop(key, None)
+        self._failed[key] = time.monotonic() if now is None else now
+        while len(self._failed) > self.size:
+            del self._failed[next(iter(self._failed))]
+
+    def __len__(self) -> int:
+        return len(self._failed)
+
+
 class Resolver:
-    def __init__(self, overrides: dict[str, Target], nameservers=()) -> None:
+    def __init__(self, overrides: dict[str, Target], nameservers=(),
+                 negative_ttl: float = NEGATIVE_TTL) -> None:
         self.overrides = overrides
+        self.negative = NegativeCache(negative_ttl)
         self.custom_dns = bool(nameservers)
         self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
@@ -52,14 +115,18 @@ class Resolver:
         self._dns.lifetime = LOOKUP_TIMEOUT
 
     async def targets(self, domain: str) -> list[Target]:
+        """Where to connect for ``domain``, best first (at most MAX_TARGETS).
+        Raises ``Unresolvable`` (``NoService``, ``NotADNSName``), nothing else."""
         if domain in self.overrides:
             return [self.overrides[domain]]
-        records = await self._srv(domain)
+        name = dns_name(domain)
+        records = await self._srv(name)
         if records is None:
             return [Target(domain, DEFAULT_PORT, "A/AAAA")]
         if len(records) == 1 and records[0][2] == ".":
             raise NoService(f"{domain} publishes no XMPP server service (SRV target '.')")
-        return [Target(host.rstrip("."), port, "SRV") for _, port, host in _srv_order(records)]
+        return [Target(host.rstrip("."), port, "SRV")
+                for _, port, host in _srv_order(records)][:MAX_TARGETS]
 
     async def addresses(self, target: Target) -> list[str]:
         """The addresses to try for ``target``: looked up with
@@ -68,23 +135,48 @@ class Resolver:
         resolver (getaddrinfo, /etc/hosts included) by returning the name."""
         if not self.custom_dns or _is_ip(target.host):
             return [target.host]
+        try:
+            name = dns_name(target.host)
+        except NotADNSName:
+            return []
         found = []
         for kind in ("A", "AAAA"):
-            try:
-                answer = await self._dns.resolve(target.host, kind)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers,
-                    dns.exception.Timeout):
-                continue
-            found += [record.to_text() for record in answer]
-        return found
+            answer = await self._lookup(name, kind)
+            found += [record.to_text() for record in answer or ()]
+        return found[:MAX_ADDRESSES]
 
-    async def _srv(self, domain: str):
+    async def _srv(self, domain: dns.name.Name):
         try:
-            answer = await self._dns.resolve(f"_xmpp-server._tcp.{domain}", "SRV")
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers,
-                dns.exception.Timeout, dns.resolver.NoResolverConfiguration):
+            name = SRV_PREFIX.concatenate(domain)
+        except dns.exception.DNSException:        # too long with the prefix: no such record
             return None
-        return [((r.priority, r.weight), r.port, r.target.to_text()) for r in answer] or None
+        answer = await self._lookup(name, "SRV")
+        if not answer:
+            return None
+        return [((r.priority, r.weight), r.port, r.target.to_text()) for r in answer]
+
+    async def _lookup(self, name: dns.name.Name, kind: str):
+        """The records, or None for any failure (remembered for a while)."""
+        key = (name.to_text().lower(), kind)
+        if key in self.negative:
+            return None
+        try:
+            return await self._dns.resolve(name, kind)
+        except (dns.exception.DNSException, OSError):
+            # NXDOMAIN, NoAnswer, NoNameservers (SERVFAIL), Timeout (LifetimeTimeout),
+            # NoResolverConfiguration, YXDOMAIN, NameTooLong, ...: no records
+            self.negative.add(key)
+            return None
+
+
+def dns_name(domain: str) -> dns.name.Name:
+    """``domain`` as an absolute DNS name, or ``NotADNSName`` saying why not
+    (RFC 1035 §2.3.4: 255 octets, labels of 63; IDNA for the rest)."""
+    try:
+        return dns.name.from_text(domain)
+    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+        shown = domain if len(domain) <= 80 else f"{domain[:60]}... ({len(domain)} characters)"
+        raise NotADNSName(f"{shown} is not a DNS name: {exc}") from None
 
 
 def _is_ip(host: str) -> bool:

@@ -39,7 +39,8 @@ from iim.keys.trust import Verdict, certificate_summary, verify_peer
 from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
 from iim.xmpp.events import StanzaReceived, StartTLS, StreamEnded
 from iim.xmpp.s2s import (
-    CoserverVerified, DialbackVerifyAnswered, DialbackVerifyNeeded, IncomingServerStream,
+    CoserverVerified, DialbackRefused, DialbackVerifyAnswered, DialbackVerifyNeeded,
+    IncomingServerStream,
     OutgoingServerStream, PeerAuthenticated, ReadyForDialback,
 )
 from iim.xmpp.stream import Phase
@@ -262,7 +263,11 @@ class IncomingServerSession(_ServerLink):
         elif isinstance(event, DialbackVerifyNeeded):
             if self.chain and not self.judge(event.originating):
                 return
-            self.fed.verify_dialback(self, event)
+            refusal = self.fed.verify_dialback(self, event)
+            if refusal is not None:                 # a limit: counted in the limit log
+                self._answer_dialback(event.originating, None, refusal)
+        elif isinstance(event, DialbackRefused):
+            self.fed.dialback_refused(self, event)
         elif isinstance(event, PeerAuthenticated):
             self._authenticated(event)
         elif isinstance(event, CoserverVerified):
@@ -285,6 +290,9 @@ class IncomingServerSession(_ServerLink):
             self.log("info", "dialback key for %s could not be checked (%s)", originating,
                      condition.value if condition is not None else
                      "the authoritative server answered with an error")
+        self._answer_dialback(originating, valid, condition)
+
+    def _answer_dialback(self, originating: str, valid: bool | None, condition) -> None:
         events = self.stream.dialback_verified(originating, valid, condition)
         self._flush()
         for event in events:
@@ -307,6 +315,8 @@ class OutgoingServerSession(_ServerLink):
         self.queue: deque[Element] = deque()
         self.verifies: list[tuple[str, str, str]] = []     # (originating, stream id, key)
         self.target = None
+        self.attempted = False          # its connection attempt started (ConnectGate)
+        self.ever_established = False   # it authenticated at least once
 
     @property
     def name(self) -> str:
@@ -395,6 +405,7 @@ class OutgoingServerSession(_ServerLink):
             self._ready()
 
     def _ready(self) -> None:
+        self.ever_established = True
         self._negotiated()
         while self.queue and self.established and self._writable():
             self._write(self.queue.popleft())

@@ -27,6 +27,18 @@ Negotiation, strongest first (DESIGN.md "TLS policy"):
    the claimed domain over its own outgoing stream (``<db:verify/>``): the
    stream emits ``DialbackVerifyNeeded`` and waits for ``dialback_verified``.
    Either stream answers ``<db:verify/>`` requests for keys this server made.
+
+   What dialback lets an *unauthenticated* peer make us hold: answering a
+   ``<db:verify/>`` holds nothing (the key is recomputed from the request
+   and the secret; the answer is written at once, and the adapter stops
+   reading from a peer that does not read its answers). A ``<db:result/>``
+   holds one pending verification until the authoritative server answers:
+   at most ``max_pending_verifies`` per stream, one more is answered at once
+   with a ``<resource-constraint/>`` dialback error (type wait; XEP-0220
+   §2.4 takes any stanza error condition) and reported as
+   ``DialbackRefused``. The total over all streams, and the outgoing
+   connections verifications cause, are bounded by the adapter
+   (``iim.server.federation``).
 4. Coservers (iim.conf ``iim_server.coserverN``) additionally prove the
    mirrored serverid/password pair once authenticated (``<proof/>`` in
    ``urn:xmpp:iim:coserver:0``; see ``iim.xmpp.dialback``), and the receiving
@@ -59,7 +71,6 @@ from .xml import DEFAULT_MAX_STANZA_BYTES, StreamOpened, stream_header
 Cond = StreamErrorCondition
 SERVER_STANZAS = {q(SERVER_NS, "message"), q(SERVER_NS, "presence"), q(SERVER_NS, "iq")}
 EXTERNAL = "EXTERNAL"
-MAX_SASL_FAILURES = 3
 
 
 # -- configuration and events ----------------------------------------------------------
@@ -90,6 +101,12 @@ class S2SPolicy:
     coserver_pairs: Mapping[str, CoserverPair] = field(default_factory=dict)
     """Coserver domain -> the pair that coserver must prove."""
     max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES
+    max_pending_verifies: int = 8
+    """``iim_server.max_pending_verifies``: dialback verifications one incoming
+    stream may have waiting; one more is answered with <resource-constraint/>."""
+    max_auth_attempts: int = 3
+    """``iim_server.max_auth_attempts``: failed or aborted SASL exchanges on one
+    incoming stream before it ends with <policy-violation/>."""
 
     def requires_tls(self, domain: str | None) -> bool:
         return self.tls_required or (domain is not None and domain in self.tls_required_domains)
@@ -119,6 +136,16 @@ class DialbackVerifyNeeded:
     originating: str
     key: str
     stream_id: str
+
+
+@dataclass(frozen=True)
+class DialbackRefused:
+    """A ``<db:result/>`` for ``originating`` was answered with a dialback error
+    at once because the limit ``limit`` (an ``iim_server.*`` parameter name
+    without its prefix) was reached: nothing was asked of anyone."""
+
+    originating: str
+    limit: str
 
 
 @dataclass(frozen=True)
@@ -317,7 +344,7 @@ class IncomingServerStream(_ServerStreamBase):
     def _sasl_failure(self, condition: str) -> list[Event]:
         self._out += (f"<failure xmlns='{SASL_NS}'><{condition}/></failure>").encode()
         self._sasl_failures += 1
-        if self._sasl_failures >= MAX_SASL_FAILURES:
+        if self._sasl_failures >= self.policy.max_auth_attempts:
             raise StreamError(Cond.POLICY_VIOLATION, "too many failed authentication attempts")
         return []
 
@@ -341,7 +368,11 @@ class IncomingServerStream(_ServerStreamBase):
             self._send(db.answer(element, db.DialbackType.VALID))
             return []
         if originating in self._pending:
-            return []                                           # one verification at a time
+            return []       # one verification per domain pair: its answer answers both
+        if len(self._pending) >= self.policy.max_pending_verifies:
+            self._send(db.answer(element, db.DialbackType.ERROR,
+                                 StanzaErrorCondition.RESOURCE_CONSTRAINT))
+            return [DialbackRefused(originating, "max_pending_verifies")]
         self._pending[originating] = self.stream_id
         return [DialbackVerifyNeeded(originating, element.text.strip(), self.stream_id)]
 
