@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from iim.conf.limits import ServerLimits
 from iim.server.presence import INBOUND, OUTBOUND, PresenceType, SubState
 from iim.server.storage import RosterItem, Subscription
 from iim.xmpp.jid import JID
@@ -248,7 +249,7 @@ def test_the_whole_handshake_with_both_users_online(world):
 
     assert roster_of(world.storage, "juliet") == {"romeo@example.com": (Subscription.BOTH, False)}
     assert roster_of(world.storage, "romeo") == {"juliet@example.com": (Subscription.BOTH, False)}
-    assert world.storage.offline_messages("juliet") == []          # no request left behind
+    assert world.storage.subscription_requests("juliet") == []     # no request left behind
 
 
 def test_a_request_to_an_offline_user_waits_for_her_next_initial_presence(world):
@@ -294,7 +295,7 @@ def test_crossing_requests_pending_both_ways(world):
     assert presence.state(JULIET, ROMEO) is presence.state(ROMEO, JULIET) is SubState.BOTH
     assert pushes(romeo.take()) == [("juliet@example.com", "both", None)]
     assert pushes(juliet.take()) == [("romeo@example.com", "both", None)]
-    assert world.storage.offline_messages("romeo") == world.storage.offline_messages(
+    assert world.storage.subscription_requests("romeo") == world.storage.subscription_requests(
         "juliet") == []
 
 
@@ -304,7 +305,7 @@ def test_a_repeated_request_is_not_delivered_or_stored_twice(world):
     romeo.send("<presence to='juliet@example.com' type='subscribe'/>")
     romeo.send("<presence to='juliet@example.com' type='subscribe'/>")
     assert len(juliet.take()) == 1
-    assert len(world.storage.offline_messages("juliet")) == 1
+    assert len(world.storage.subscription_requests("juliet")) == 1
 
 
 def test_refusing_a_request_clears_romeos_ask(world):
@@ -316,7 +317,7 @@ def test_refusing_a_request_clears_romeos_ask(world):
     received = romeo.take()
     assert pushes(received) == [("juliet@example.com", "none", None)]
     assert kinds(received) == [("unsubscribed", "juliet@example.com")]
-    assert world.storage.offline_messages("juliet") == []
+    assert world.storage.subscription_requests("juliet") == []
     juliet.nothing()
 
 
@@ -326,7 +327,7 @@ def test_romeo_withdraws_his_request_before_juliet_answers(world):
     romeo.send("<presence to='juliet@example.com' type='unsubscribe'/>")
     assert pushes(romeo.take()) == [("juliet@example.com", "none", "subscribe"),
                                     ("juliet@example.com", "none", None)]
-    assert world.storage.offline_messages("juliet") == []
+    assert world.storage.subscription_requests("juliet") == []
 
 
 def test_unsubscribe_stops_presence_and_tells_the_contact(world):
@@ -412,14 +413,19 @@ def test_subscribing_to_another_domain_is_remote_server_not_found(world):
     assert error.get("to") == "romeo@example.com"
 
 
-def test_a_full_offline_store_still_delivers_the_request_live(tmp_path, caplog):
-    storage = make_storage(tmp_path, offline_limit=0)
+def test_a_request_that_cannot_be_kept_is_refused_not_delivered(tmp_path):
+    """Juliet could not answer a request the server does not remember, so
+    Romeo learns it was not taken: <resource-constraint/> (RFC 6120 §8.3.3.18)."""
+    storage = make_storage(tmp_path, limits=ServerLimits(offline_max_messages=0))
     world = World(storage)
     juliet = world.login("juliet@example.com/balcony")
     romeo = world.login("romeo@example.com/orchard")
-    romeo.send("<presence to='juliet@example.com' type='subscribe'/>")
-    assert kinds(juliet.take()) == [("subscribe", "romeo@example.com")]
-    assert "not kept" in caplog.text
+    world.quiet()
+    romeo.send("<presence to='juliet@example.com' type='subscribe' id='s1'/>")
+    juliet.nothing()
+    error = presences(romeo.take())[-1]
+    assert is_error(error, "resource-constraint") and error.get("id") == "s1"
+    assert world.storage.subscription_requests("juliet") == []
     storage.close()
 
 

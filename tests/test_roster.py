@@ -228,7 +228,7 @@ def test_removing_a_contact_with_a_pending_request_refuses_it(world):
 
     assert presence.state(JULIET, ROMEO) is SubState.NONE
     assert presence.state(ROMEO, JULIET) is SubState.NONE
-    assert world.storage.offline_messages("juliet") == []
+    assert world.storage.subscription_requests("juliet") == []
     pushes, others = split(romeo.take())
     assert [items_of(p)[0][2:4] for p in pushes] == [("none", None)]
     assert [s.get("type") for s in others] == ["unsubscribed"]

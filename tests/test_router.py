@@ -15,6 +15,7 @@ from xml.etree.ElementTree import Element
 
 import pytest
 
+from iim.conf.limits import ServerLimits
 from iim.server.router import MessageType, Router, bounce, parse_stored
 from iim.server.storage import RosterItem, Storage, Subscription
 from iim.xmpp.errors import (
@@ -347,15 +348,17 @@ def test_chat_states_alone_are_not_stored(world):
     assert world.storage.offline_messages("romeo") == []
 
 
-def test_full_offline_storage_bounces_service_unavailable(tmp_path):
-    storage = make_storage(tmp_path, offline_limit=1)
+def test_full_offline_storage_bounces_resource_constraint(tmp_path):
+    """RFC 6120 §8.3.3.18: the store may have room again later, so type 'wait'."""
+    storage = make_storage(tmp_path, limits=ServerLimits(offline_max_messages=1))
     world = World(storage)
     juliet = world.login("juliet@example.com/balcony")
     juliet.send(chat("romeo@example.com", body="first", id="one"))
     juliet.nothing()
     juliet.send(chat("romeo@example.com", body="second", id="two"))
     reply = juliet.only()
-    assert is_error(reply, "service-unavailable")
+    assert is_error(reply, "resource-constraint")
+    assert reply.find(C + "error").get("type") == "wait"
     assert reply.get("id") == "two"
     assert reply.get("from") == "romeo@example.com"
     assert reply.findtext(C + "body") == "second"
@@ -381,7 +384,7 @@ def test_offline_messages_a_session_cannot_send_go_back_to_storage(world):
 
     romeo = Breaks(world.router, "romeo@example.com/orchard")
     world.router.session_bound(romeo)
-    romeo.priority = 0
+    romeo.available, romeo.priority = True, 0               # as after initial presence
     world.router.deliver_offline(romeo)
     assert [m.findtext(C + "body") for m in romeo.received] == ["line 0"]
     left = [parse_stored(data) for _, data in world.storage.offline_messages("romeo")]
@@ -390,7 +393,7 @@ def test_offline_messages_a_session_cannot_send_go_back_to_storage(world):
 
 
 def test_offline_storage_full_still_lets_a_failing_delivery_keep_everything(world):
-    world.storage.offline_limit = 3
+    world.storage.limits = ServerLimits(offline_max_messages=3)
     juliet = world.login("juliet@example.com/balcony")
     for n in range(3):
         juliet.send(chat("romeo@example.com", body=f"line {n}", id=f"m{n}"))
@@ -401,7 +404,7 @@ def test_offline_storage_full_still_lets_a_failing_delivery_keep_everything(worl
 
     romeo = NeverSends(world.router, "romeo@example.com/orchard")
     world.router.session_bound(romeo)
-    romeo.priority = 0
+    romeo.available, romeo.priority = True, 0               # as after initial presence
     world.router.deliver_offline(romeo)
     assert len(world.storage.offline_messages("romeo")) == 3
 

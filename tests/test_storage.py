@@ -7,9 +7,12 @@ connection to the same file, as after a server restart.
 """
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
+from iim.conf.limits import ServerLimits
+from iim.server import storage as storage_module
 from iim.server.storage import (
     InvalidPassword, InvalidUsername, NoSuchUser, RosterItem, SCHEMA_VERSION, Storage,
     StorageError, StorageFull, Subscription, UserExists,
@@ -307,7 +310,7 @@ def test_offline_ids_are_never_reused(alice):
 
 
 def test_offline_cap(path):
-    with Storage.open(path, offline_limit=3) as storage:
+    with Storage.open(path, limits=ServerLimits(offline_max_messages=3)) as storage:
         storage.add_user("alice", PASSWORD)
         ids = [storage.store_offline("alice", b"<m/>") for _ in range(3)]
         with pytest.raises(StorageFull, match=r"offline storage of 'alice' is full \(3 messages\)"):
@@ -317,8 +320,9 @@ def test_offline_cap(path):
         storage.store_offline("alice", b"<fits again/>")
 
 
-def test_default_offline_cap_is_1000(storage):
-    assert storage.offline_limit == 1000
+def test_default_offline_limits_are_iim_servers(storage):
+    assert storage.limits == ServerLimits()
+    assert storage.limits.offline_max_messages == 1000
 
 
 def test_offline_for_unknown_user(storage):
@@ -345,11 +349,136 @@ def test_a_failed_write_leaves_nothing_behind(alice, monkeypatch):
     assert logs_in(alice, "alice", PASSWORD, Mechanism.SCRAM_SHA_1)
 
 
-def test_offline_messages_filtered_by_prefix_in_sqlite(tmp_path):
-    with Storage.open(tmp_path / "p.db") as storage:
-        storage.add_user("romeo", "pw-romeo-1")
-        storage.store_offline("romeo", b"<message><body>big</body></message>")
-        request = storage.store_offline("romeo", b"<presence type='subscribe'/>")
-        assert storage.offline_messages("romeo", b"<presence") == [
-            (request, b"<presence type='subscribe'/>")]
-        assert len(storage.offline_messages("romeo")) == 2
+# ---------------------------------------------------------------------------
+# Offline quotas (issue 11): bytes per recipient, bytes per sender, messages
+
+
+def quotas(**limits) -> ServerLimits:
+    return replace(ServerLimits(), **limits)
+
+
+@pytest.fixture
+def small(path):
+    """alice's store: at most 5 messages, 100 bytes, 40 of them from any one sender."""
+    with Storage.open(path, limits=quotas(offline_max_messages=5, offline_quota=100,
+                                          offline_quota_per_sender=40)) as storage:
+        storage.add_user("alice", PASSWORD)
+        yield storage
+
+
+def test_the_recipients_byte_quota_refuses_what_does_not_fit(small):
+    for sender in ("bob@example.com", "carol@example.com"):
+        small.store_offline("alice", b"x" * 40, sender)
+    with pytest.raises(StorageFull) as refused:
+        small.store_offline("alice", b"x" * 21, "dave@example.com")
+    assert refused.value.param == "offline_quota"
+    assert "offline storage of 'alice' is full (100 bytes)" in str(refused.value)
+    small.store_offline("alice", b"x" * 20, "dave@example.com")        # exactly 100
+    assert small.offline_usage("alice") == (3, 100)
+
+
+def test_one_sender_cannot_fill_the_store_for_everyone(small):
+    small.store_offline("alice", b"x" * 40, "mallory@example.com")
+    with pytest.raises(StorageFull) as refused:
+        small.store_offline("alice", b"x", "mallory@example.com")
+    assert refused.value.param == "offline_quota_per_sender"
+    small.store_offline("alice", b"x" * 40, "bob@example.com")          # others still fit
+    assert small.offline_usage("alice", "mallory@example.com") == (1, 40)
+    assert small.offline_usage("alice", "bob@example.com") == (1, 40)
+
+
+def test_the_message_cap_counts_messages_whatever_their_size(small):
+    for n in range(5):
+        small.store_offline("alice", b"x", f"s{n}@example.com")
+    with pytest.raises(StorageFull) as refused:
+        small.store_offline("alice", b"x", "s9@example.com")
+    assert refused.value.param == "offline_max_messages"
+
+
+def test_delivered_messages_give_their_room_back_and_sums_survive_a_restart(small, path):
+    first = small.store_offline("alice", b"x" * 40, "bob@example.com")
+    small.store_offline("alice", b"y" * 30, "carol@example.com")
+    small.delete_offline("alice", [first])
+    assert small.offline_usage("alice") == (1, 30)
+    assert small.offline_usage("alice", "bob@example.com") == (0, 0)
+    small.store_offline("alice", b"z" * 40, "bob@example.com")
+    small.close()
+    with reopen(path) as again:
+        assert again.offline_usage("alice") == (2, 70)
+        assert again.offline_usage("alice", "carol@example.com") == (1, 30)
+
+
+def test_a_backlog_keeps_what_fits_and_says_what_did_not(small):
+    kept = small.store_offline_many("alice", [("bob@example.com", b"a" * 30),
+                                              ("bob@example.com", b"b" * 30),
+                                              ("carol@example.com", b"c" * 30)])
+    assert kept == [True, False, True]
+    assert [data for _, data in small.offline_messages("alice")] == [b"a" * 30, b"c" * 30]
+
+
+def test_offline_batches_come_oldest_first_bounded_in_count_and_bytes(alice):
+    ids = [alice.store_offline("alice", f"<m{n}/>".encode() + b" " * 95) for n in range(10)]
+    first = alice.offline_batch("alice", limit=4)
+    assert [i for i, _ in first] == ids[:4]
+    second = alice.offline_batch("alice", after=first[-1][0], limit=4)
+    assert [i for i, _ in second] == ids[4:8]
+    assert [i for i, _ in alice.offline_batch("alice", after=ids[7], limit=4)] == ids[8:]
+    assert [i for i, _ in alice.offline_batch("alice", limit=10, max_bytes=250)] == ids[:2]
+    assert [i for i, _ in alice.offline_batch("alice", limit=10, max_bytes=1)] == ids[:1]
+
+
+# ---------------------------------------------------------------------------
+# Pending subscription requests (RFC 6121 §3.1.3)
+
+REQUEST = b"<presence from='romeo@example.net' to='alice@example.com' type='subscribe'/>"
+
+
+def test_a_contacts_request_is_kept_once_however_often_it_comes(alice):
+    assert alice.put_subscription_request("alice", "romeo@example.net", REQUEST)
+    for _ in range(999):
+        assert not alice.put_subscription_request("alice", "romeo@example.net", REQUEST)
+    assert alice.subscription_requests("alice") == [("romeo@example.net", REQUEST)]
+    assert alice.subscription_request("alice", "romeo@example.net") == REQUEST
+    assert alice.subscription_request("alice", "juliet@example.net") is None
+
+
+def test_requests_do_not_use_the_message_quota(path):
+    with Storage.open(path, limits=quotas(offline_max_messages=2)) as storage:
+        storage.add_user("alice", PASSWORD)
+        for n in range(2):
+            storage.put_subscription_request("alice", f"c{n}@example.net", REQUEST)
+        for n in range(2):
+            storage.store_offline("alice", b"<message/>", "bob@example.com")
+        with pytest.raises(StorageFull):                 # each kind is bounded apart
+            storage.put_subscription_request("alice", "c9@example.net", REQUEST)
+        assert storage.offline_usage("alice") == (2, 2 * len(b"<message/>"))
+
+
+def test_an_answered_request_is_forgotten(alice):
+    alice.put_subscription_request("alice", "romeo@example.net", REQUEST)
+    assert alice.delete_subscription_request("alice", "romeo@example.net")
+    assert not alice.delete_subscription_request("alice", "romeo@example.net")
+    assert alice.subscription_requests("alice") == []
+
+
+def test_a_version_1_database_is_migrated(path):
+    """Version 1 kept requests among the messages, as often as they came, and
+    knew neither senders nor sizes."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in storage_module._SCHEMA_V1:
+        db.execute(statement)
+    db.execute("INSERT INTO users (username) VALUES ('alice')")
+    rows = [b"<message from='bob@example.com/pc' to='alice@example.com'><body>hi</body></message>",
+            REQUEST, REQUEST,
+            b"<presence from='juliet@example.net' to='alice@example.com' type='subscribe'/>",
+            b"<message from='carol@example.com' to='alice@example.com'><body>yo</body></message>"]
+    for row in rows:
+        db.execute("INSERT INTO offline_messages (username, stanza) VALUES ('alice', ?)", (row,))
+    db.close()
+    with Storage.open(path) as storage:
+        assert storage._schema_version() == SCHEMA_VERSION == 2
+        assert [data for _, data in storage.offline_messages("alice")] == [rows[0], rows[4]]
+        assert storage.subscription_requests("alice") == [("romeo@example.net", REQUEST),
+                                                          ("juliet@example.net", rows[3])]
+        assert storage.offline_usage("alice") == (2, len(rows[0]) + len(rows[4]))
+        assert storage.offline_usage("alice", "bob@example.com") == (1, len(rows[0]))

@@ -71,7 +71,7 @@ class Server:
         tls_context = load_tls_context(self.config, self.log)
         self._warn_about_policy(tls_context)
         try:
-            self.storage = Storage.open(server.database)
+            self.storage = Storage.open(server.database, limits=server.limits)
         except StorageError as exc:
             raise StartupError(f"iim_server.database: {server.database}: {exc}") from None
         try:

@@ -16,15 +16,19 @@ calling the inbound side directly, and the two views stay mirror images (the
 user's *to* is the contact's *from*, its *pending out* the contact's *pending
 in*); the tests check that invariant over random handshakes.
 
-Where *pending in* lives: in the offline store (XEP-0160), as the
-``<presence type='subscribe'/>`` itself. RFC 6121 §3.1.3 wants the request
+Where *pending in* lives: in storage, as the ``<presence type='subscribe'/>``
+itself, one per (user, contact) in a table of its own
+(``Storage.put_subscription_request``). RFC 6121 §3.1.3 wants the request
 kept until the contact answers it, delivered whenever the contact comes online,
 and no roster item for a "None + Pending In" contact; a stored request is
-exactly that. ``Router.deliver_offline`` hands stored presence stanzas out at
+exactly that. ``Router.deliver_offline`` hands the stored requests out at
 every initial presence and *keeps* them; they are deleted here when the
-request is approved, refused or withdrawn. They count against the user's
-offline quota; when it is full the request is still delivered to the
-resources online now, but not remembered (a warning is logged).
+request is approved, refused or withdrawn. A repeated request finds its state
+unchanged and is neither stored nor delivered again; asking whether one is
+pending is one index lookup. Requests have their own bounds, apart from the
+messages' quota; a request that does not fit is neither delivered nor kept
+(a request the user could not answer would be a lie), and its sender gets
+``<resource-constraint/>``.
 
 *Presence* (§4): a session's last broadcast presence is kept here, per full
 JID, with the set of entities it sent directed presence to (§4.6), so that its
@@ -372,7 +376,7 @@ class Presence:
             self.roster.put(user, replace(item, subscription=new.subscription,
                                           ask=new.pending_out))
         if new.pending_in and not old.pending_in:
-            self._remember_request(user, request)
+            self._remember_request(user, contact, request)
         elif old.pending_in and not new.pending_in:
             self._forget_requests(user, contact)
 
@@ -397,29 +401,19 @@ class Presence:
 
     # -- pending-in requests, kept in the offline store ----------------------------------
 
-    def _requests(self, user: JID, contact: JID) -> list[int]:
-        ids = []
-        for message_id, stanza in self.router.stored(user, PRESENCE):
-            if stanza.get("type") == "subscribe" and _bare(stanza.get("from")) == contact:
-                ids.append(message_id)
-        return ids
-
     def _has_request(self, user: JID, contact: JID) -> bool:
-        return bool(self._requests(user, contact))
+        return self.router.has_request(user, contact)
 
-    def _remember_request(self, user: JID, request: Element | None) -> None:
+    def _remember_request(self, user: JID, contact: JID, request: Element | None) -> None:
         if request is None:
             return
         try:
-            self.router.store_offline(user, request)
-        except StorageFull:
-            self.log.warning("%s: offline storage full, the subscription request from %s "
-                             "is not kept", user, request.get("from"))
+            self.router.remember_request(user, contact, request)
+        except StorageFull as full:
+            raise self.router.refused(full) from None
 
     def _forget_requests(self, user: JID, contact: JID) -> None:
-        ids = self._requests(user, contact)
-        if ids:
-            self.router.storage.delete_offline(user.local, ids)
+        self.router.forget_request(user, contact)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -25,8 +25,11 @@ Dispatch, by element and address:
   priority; headlines to every non-negative one; with none, chat and normal
   messages go to offline storage (XEP-0160) stamped with
   ``<delay xmlns='urn:xmpp:delay' from=domain/>`` (XEP-0203) at the time they
-  are stored. A message to an account that does not exist, a groupchat message
-  nobody can take, and a full store all get ``<service-unavailable/>``.
+  are stored. A message to an account that does not exist and a groupchat
+  message nobody can take get ``<service-unavailable/>``; a message the
+  offline quotas refuse (``iim.server.storage``) gets ``<resource-constraint/>``
+  (type wait, RFC 6120 §8.3.3.18: it may fit once the user has logged in), and
+  the refusal is logged once per limit per interval.
 - ``presence``: ``iim.server.presence``.
 - ``iq``: RFC 6120 §8.2.3 first (an id, a known type, one payload for get and
   set). No ``to``, or the own bare JID: the roster (``iim.server.roster``) or
@@ -44,21 +47,30 @@ handler becomes such a bounce to the sending session; any other exception is
 logged and becomes ``<internal-server-error/>``.
 
 Offline storage holds the stanza bytes as ``iim.xmpp.xml.to_bytes`` writes
-them for a ``jabber:client`` stream; ``deliver_offline`` parses them back with
-the stream parser and deletes each message only once ``deliver()`` has taken
-it. Stored ``presence`` stanzas are pending subscription requests, kept until
-answered (see ``iim.server.presence``).
+them for a ``jabber:client`` stream; ``deliver_offline`` hands the pending
+subscription requests (kept until answered, see ``iim.server.presence``) and
+then the messages, in batches (``iim.server.offline``), to the session.
+
+Delay stamps (XEP-0203). Only this server may say when it stored a message:
+a ``<delay/>`` (or legacy ``jabber:x:delay``) claiming to be from this domain
+is removed from every message entering the router, whoever sent it; the
+server adds its own when it first stores the message, and a message that
+already carries one (it came out of storage and is going back) keeps it.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Callable, Protocol
 from xml.etree.ElementTree import Element
 
+from iim.conf.limits import ServerLimits
+
 from iim.server.inbound import RemoteStanzas
+from iim.server.offline import Deliveries
 from iim.server.presence import Presence, copy_stanza
 from iim.server.roster import Roster
 from iim.server.services import IqType, Services
@@ -81,6 +93,8 @@ IQ = q(CLIENT_NS, "iq")
 ROSTER_QUERY = q(ROSTER_NS, "query")
 CHATSTATES_NS = "http://jabber.org/protocol/chatstates"  # XEP-0085
 HINTS_NS = "urn:xmpp:hints"                              # XEP-0334
+DELAY = q(DELAY_NS, "delay")                             # XEP-0203
+LEGACY_DELAY = q("jabber:x:delay", "x")                  # XEP-0091, obsolete
 
 
 class SessionHandle(Protocol):
@@ -152,12 +166,17 @@ class Router:
         *,
         log: logging.Logger | None = None,
         clock: Callable[[], datetime] | None = None,
+        limits: ServerLimits = ServerLimits(),
+        limit_log=None,
     ) -> None:
         self.domain = prepare_domainpart(domain)
         self.storage = storage
         self.log = log or logging.getLogger("iim.server.router")
         self.clock = clock or _utc_now
+        self.limits = limits
+        self.limit_log = limit_log      # iim.server.quota.LimitLog, or None
         self._sessions: dict[JID, dict[str, SessionHandle]] = {}
+        self.offline = Deliveries(storage, parse_stored, limits.offline_batch, self.log)
         self.roster = Roster(storage, self._interested,
                              on_remove=lambda user, item: self.presence.roster_item_removed(
                                  user, item))
@@ -280,6 +299,7 @@ class Router:
             self._message_to_full(message, mtype, to)
 
     def _message_to_full(self, message: Element, mtype: MessageType, to: JID) -> None:
+        self._strip_own_delays(message)
         session = self.session_for(to)
         if session is not None:
             session.deliver(message)  # §8.5.3.1
@@ -290,6 +310,7 @@ class Router:
         # headline and error: silently ignored
 
     def _message_to_bare(self, message: Element, mtype: MessageType, bare: JID) -> None:
+        self._strip_own_delays(message)
         if mtype is MessageType.ERROR:
             return  # §8.5.2.1.1, §8.5.2.2.1: silently ignored
         if mtype is MessageType.GROUPCHAT:
@@ -320,9 +341,19 @@ class Router:
             return
         try:
             self.store_offline(bare, message)
-        except StorageFull:
-            self.log.debug("%s: offline storage full, message refused", bare)
-            raise StanzaError(Cond.SERVICE_UNAVAILABLE) from None
+        except StorageFull as full:
+            raise self.refused(full) from None
+
+    def refused(self, full: StorageFull) -> StanzaError:
+        """The error for what the offline quotas refused: <resource-constraint/>
+        (RFC 6120 §8.3.3.18), the refusal logged once per limit per interval."""
+        if self.limit_log is not None:
+            self.limit_log.hit(f"iim_server.{full.param}", time.monotonic(), str(full))
+        if full.param == "offline_quota_per_sender":
+            text = "you have filled your share of the recipient's offline storage"
+        else:
+            text = "the recipient's offline storage is full"
+        return StanzaError(Cond.RESOURCE_CONSTRAINT, text)
 
     # -- iq (RFC 6120 §8.2.3, §10; RFC 6121 §8.5) -----------------------------------------
 
@@ -424,81 +455,99 @@ class Router:
 
     def store_offline(self, user: JID, stanza: Element) -> None:
         """Keep ``stanza`` for ``user``, stamped with a delay; raises ``StorageFull``."""
-        self.storage.store_offline(user.local, self._stamped(stanza))
+        self.storage.store_offline(user.local, self._stamped(stanza), _sender(stanza))
+
+    def remember_request(self, user: JID, contact: JID, request: Element) -> bool:
+        """Keep ``contact``'s subscription request until ``user`` answers it
+        (RFC 6121 §3.1.3); False when one is kept already. Raises ``StorageFull``."""
+        return self.storage.put_subscription_request(user.local, str(contact),
+                                                     self._stamped(request))
+
+    def has_request(self, user: JID, contact: JID) -> bool:
+        return self.storage.subscription_request(user.local, str(contact)) is not None
+
+    def forget_request(self, user: JID, contact: JID) -> None:
+        self.storage.delete_subscription_request(user.local, str(contact))
+
+    def _strip_own_delays(self, stanza: Element) -> None:
+        """XEP-0203: a delay claiming to be from this server was not written by it."""
+        for child in list(stanza):
+            if child.tag in (DELAY, LEGACY_DELAY) and _is_domain(child.get("from"), self.domain):
+                stanza.remove(child)
 
     def _stamped(self, stanza: Element) -> bytes:
-        """The stored form: XEP-0203 delay added (the first stamp is kept)."""
+        """The stored form: this server's XEP-0203 delay added, unless it has one
+        (a message coming back to storage keeps the time it was first stored)."""
         stored = copy_stanza(stanza)
-        if stored.find(q(DELAY_NS, "delay")) is None:
-            delay = Element(q(DELAY_NS, "delay"), {"from": self.domain,
-                                                   "stamp": _stamp(self.clock())})
+        if not any(child.tag == DELAY and _is_domain(child.get("from"), self.domain)
+                   for child in stored):
+            delay = Element(DELAY, {"from": self.domain, "stamp": _stamp(self.clock())})
             delay.text = "Offline storage"
             stored.append(delay)
         return to_bytes(stored, ns=CLIENT_NS)
 
-    def stored(self, user: JID, tag: str | None = None) -> list[tuple[int, Element]]:
-        """The user's stored stanzas (id, element), oldest first; only ``tag`` ones if given."""
-        prefix = b"<" + tag.rpartition("}")[2].encode() if tag else b""
-        found = []
-        for message_id, data in self.storage.offline_messages(user.local, prefix):
-            if data.startswith(prefix):
-                stanza = parse_stored(data)
-                if stanza is not None and (tag is None or stanza.tag == tag):
-                    found.append((message_id, stanza))
-        return found
-
     def deliver_offline(self, session: SessionHandle) -> None:
         """Hand the stored stanzas to a session that just became available.
 
-        Messages are deleted once delivered, and only to a session of
-        non-negative priority (XEP-0160 §4); subscription requests stay until
-        they are answered.
+        Pending subscription requests go at every initial presence and stay
+        until answered; messages go only to a session of non-negative priority
+        (XEP-0160 §2), in batches (``iim.server.offline``), each deleted once
+        the session has taken it.
         """
-        user, messages_too = session.jid.bare, _priority(session) >= 0
-        handed, done = [], []
-        for message_id, data in self.storage.offline_messages(user.local):
-            stanza = parse_stored(data)
-            if stanza is None:
-                self.log.warning("%s: unreadable offline message %d dropped", user, message_id)
-                done.append(message_id)
-            elif stanza.tag == PRESENCE:
-                handed.append(stanza)
-            elif messages_too:
-                handed.append(stanza)
-                done.append(message_id)
-        # Delete first, then hand over, with nothing in between that can yield:
-        # a session that cannot send them keeps them (keep_for_later), and
-        # keeping needs the room these rows took.
-        if done:
-            self.storage.delete_offline(user.local, done)
-        for stanza in handed:
-            session.deliver(stanza)
+        user = session.jid.bare
+        for contact, data in self.storage.subscription_requests(user.local):
+            request = parse_stored(data)
+            if request is None:
+                self.log.warning("%s: unreadable subscription request from %s dropped",
+                                 user, contact)
+                self.storage.delete_subscription_request(user.local, contact)
+            else:
+                session.deliver(request)
+        if _priority(session) >= 0:
+            self.offline.start(session, lambda: self._wants_offline(session))
+
+    def _wants_offline(self, session: SessionHandle) -> bool:
+        return (self.session_for(session.jid) is session and session.available
+                and _priority(session) >= 0)
 
     def keep_for_later(self, session: SessionHandle, stanza: Element) -> bool:
         """A stanza handed to ``session`` that it could not send (the client
         stopped reading, or the session ended first): a message worth storing
-        goes back to offline storage for the next login; when storage is full,
-        its sender gets it back as a <service-unavailable/> error. Nothing
-        vanishes silently. True when kept."""
+        goes back to offline storage for the next login; when the quotas
+        refuse it, its sender gets it back as a <resource-constraint/> error.
+        Nothing vanishes silently. True when kept."""
         return self.keep_all_for_later(session, [stanza]) == 1
 
     def keep_all_for_later(self, session: SessionHandle, stanzas: list[Element]) -> int:
         """``keep_for_later`` for a whole backlog, in one storage transaction
-        (one disk sync, not one per message). Returns how many were kept."""
+        (one disk sync, not one per message). Returns how many were kept.
+        A stanza still in flight from storage keeps its row (``iim.server.offline``)."""
         if session.jid is None:
             return 0
         keep = [s for s in stanzas if s.tag == MESSAGE and _worth_storing(s)
                 and s.get("type") not in ("error", "groupchat", "headline")]
-        kept = self.storage.store_offline_many(session.jid.local,
-                                               [self._stamped(s) for s in keep])
-        for refused in keep[kept:]:
-            reply = bounce(refused, Cond.SERVICE_UNAVAILABLE)     # the sender learns of it
-            if reply is not None:
-                self._deliver_local(reply)
-        if len(keep) > kept:
+        back = [s for s in keep if not self.offline.keep_in_place(session, s)]
+        kept = self.storage.store_offline_many(
+            session.jid.local, [(_sender(s), self._stamped(s)) for s in back])
+        refused = [s for s, ok in zip(back, kept) if not ok]
+        for stanza in refused:
+            self._return_to_sender(stanza)
+        if refused:
             self.log.warning("%s: offline storage full: %d messages bounced to their senders",
-                             session.jid.bare, len(keep) - kept)
-        return kept
+                             session.jid.bare, len(refused))
+        return len(keep) - len(refused)
+
+    def _return_to_sender(self, stanza: Element) -> None:
+        """A message storage refused after the server had accepted it."""
+        reply = bounce(stanza, StanzaError(Cond.RESOURCE_CONSTRAINT,
+                                           "the recipient's offline storage is full"))
+        if reply is None:
+            return
+        sender = self.address(reply)
+        if sender is not None and not self.is_local(sender):
+            self.route_remote(reply)
+        else:
+            self._deliver_local(reply)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -545,6 +594,23 @@ def _worth_storing(message: Element) -> bool:
            for child in message):
         return False
     return any(_namespace(child.tag) not in (CHATSTATES_NS, HINTS_NS) for child in message)
+
+
+def _sender(stanza: Element) -> str:
+    """The bare JID the offline quotas count a stanza under ("" if none)."""
+    try:
+        return str(JID.parse(stanza.get("from")).bare) if stanza.get("from") else ""
+    except InvalidJID:
+        return ""
+
+
+def _is_domain(text: str | None, domain: str) -> bool:
+    """Whether ``text`` is the JID of the server ``domain`` itself."""
+    try:
+        jid = JID.parse(text) if text else None
+    except InvalidJID:
+        return False
+    return jid is not None and jid.local is None and jid.resource is None and jid.domain == domain
 
 
 def _namespace(tag: str) -> str | None:

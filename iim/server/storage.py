@@ -10,8 +10,25 @@ One SQLite file (stdlib ``sqlite3``). Accounts hold SCRAM credentials for
 SCRAM-SHA-1 and SCRAM-SHA-256 (``iim.xmpp.sasl``), never a password: PLAIN is
 verified against them too. Rosters follow RFC 6121 §2 with a version per user
 for roster versioning (XEP-0237). Offline messages (XEP-0160) are the stanza
-bytes exactly as the server will send them, oldest first, at most
-``offline_limit`` per user.
+bytes exactly as the server will send them, oldest first.
+
+Offline quotas (issue 11). A user's offline store holds at most
+``offline_max_messages`` messages and ``offline_quota`` bytes, of which one
+sender (a bare JID) may hold ``offline_quota_per_sender``; a message beyond
+any of them raises ``StorageFull`` naming the limit, and the router bounces
+it. Checking must cost the same whatever is stored, so nothing is counted or
+re-read per message: each row carries its ``size`` and ``sender``, and two
+triggers keep the sums up to date on every insert and delete, per recipient
+in ``users`` (``offline_count``, ``offline_bytes``) and per (recipient,
+sender) in ``offline_senders``. Rows are never updated, only inserted and
+deleted, so these two triggers are all the bookkeeping there is.
+
+Pending subscription requests (RFC 6121 §3.1.3) are not messages: they live
+in ``subscription_requests``, one row per (user, contact) by a unique key, so
+a repeated request can never pile up and finding a contact's request is one
+index lookup. They are bounded apart from the messages (at most
+``offline_max_messages`` contacts and ``offline_quota`` bytes per user), so
+requests can never crowd out messages, nor messages requests.
 
 Usernames are prepared localparts (``iim.xmpp.jid.prepare_localpart``): the
 caller prepares, this module only checks that ``username`` is already in
@@ -50,11 +67,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from iim.xmpp.jid import InvalidJID, prepare_localpart
+from xml.etree import ElementTree
+
+from iim.conf.limits import ServerLimits
+from iim.xmpp.jid import JID, InvalidJID, prepare_localpart
 from iim.xmpp.sasl import SCRAM_MECHANISMS, Mechanism, ScramCredentials, derive_credentials
 
-SCHEMA_VERSION = 1
-DEFAULT_OFFLINE_LIMIT = 1000
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 
@@ -73,10 +92,15 @@ class NoSuchUser(StorageError):
 
 
 class StorageFull(StorageError):
-    """The user's offline store holds ``limit`` messages already (XEP-0160 §3)."""
+    """Storing would take the user's offline store beyond a limit (XEP-0160 §2).
 
-    def __init__(self, username: str, limit: int) -> None:
-        super().__init__(f"offline storage of {username!r} is full ({limit} messages)")
+    ``param`` is the limit's name (``offline_max_messages``, ``offline_quota``,
+    ``offline_quota_per_sender``), for the log line and the error text.
+    """
+
+    def __init__(self, username: str, param: str, detail: str) -> None:
+        super().__init__(f"offline storage of {username!r} is full ({detail})")
+        self.param = param
 
 
 class InvalidUsername(StorageError, ValueError):
@@ -142,27 +166,93 @@ _SCHEMA_V1 = (
     "INSERT INTO schema_version VALUES (1)",
 )
 
-#: _MIGRATIONS[n] takes a database from schema version n to n + 1.
-_MIGRATIONS = (_SCHEMA_V1,)
+
+def _split_offline_rows(db: sqlite3.Connection) -> None:
+    """Version 1 kept subscription requests among the messages and knew no
+    senders: move each request to its own table (the first per contact stays,
+    as the server kept only one), and give each message its sender."""
+    rows = db.execute("SELECT id, username, stanza FROM offline_messages ORDER BY id").fetchall()
+    for row_id, username, data in rows:
+        tag, sender, kind = _outline(bytes(data))
+        if tag == "presence" and kind == "subscribe" and sender:
+            db.execute("INSERT OR IGNORE INTO subscription_requests (username, contact, stanza, "
+                       "size) VALUES (?, ?, ?, ?)", (username, sender, data, len(data)))
+        if tag == "presence":
+            db.execute("DELETE FROM offline_messages WHERE id = ?", (row_id,))
+        else:
+            db.execute("UPDATE offline_messages SET sender = ? WHERE id = ?", (sender, row_id))
+
+
+_SCHEMA_V2 = (
+    "ALTER TABLE offline_messages ADD COLUMN sender TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE offline_messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+    "UPDATE offline_messages SET size = length(stanza)",
+    "ALTER TABLE users ADD COLUMN offline_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE users ADD COLUMN offline_bytes INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE offline_senders (
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        sender TEXT NOT NULL,
+        messages INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (username, sender)) WITHOUT ROWID""",
+    """CREATE TABLE subscription_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        contact TEXT NOT NULL,
+        stanza BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        UNIQUE (username, contact))""",
+    "CREATE INDEX requests_by_user ON subscription_requests (username, size)",
+    _split_offline_rows,
+    """UPDATE users SET
+        offline_count = (SELECT count(*) FROM offline_messages m WHERE m.username = users.username),
+        offline_bytes = (SELECT total(size) FROM offline_messages m WHERE m.username = users.username)""",
+    """INSERT INTO offline_senders SELECT username, sender, count(*), sum(size)
+        FROM offline_messages GROUP BY username, sender""",
+    """CREATE TRIGGER offline_added AFTER INSERT ON offline_messages BEGIN
+        UPDATE users SET offline_count = offline_count + 1,
+                         offline_bytes = offline_bytes + NEW.size
+            WHERE username = NEW.username;
+        INSERT INTO offline_senders VALUES (NEW.username, NEW.sender, 1, NEW.size)
+            ON CONFLICT (username, sender) DO UPDATE
+            SET messages = messages + 1, bytes = bytes + NEW.size;
+    END""",
+    """CREATE TRIGGER offline_removed AFTER DELETE ON offline_messages BEGIN
+        UPDATE users SET offline_count = offline_count - 1,
+                         offline_bytes = offline_bytes - OLD.size
+            WHERE username = OLD.username;
+        UPDATE offline_senders SET messages = messages - 1, bytes = bytes - OLD.size
+            WHERE username = OLD.username AND sender = OLD.sender;
+        DELETE FROM offline_senders
+            WHERE username = OLD.username AND sender = OLD.sender AND messages <= 0;
+    END""",
+    "UPDATE schema_version SET version = 2",
+)
+
+#: _MIGRATIONS[n] takes a database from schema version n to n + 1; a step is
+#: an SQL statement, or a function of the connection for what SQL cannot do.
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 class Storage:
     """The server's database. Build one with ``Storage.open(path)``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, offline_limit: int) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, limits: ServerLimits) -> None:
         self._db = connection
         self.path = path
-        self.offline_limit = offline_limit
+        self.limits = limits
+        """The offline quotas (``offline_max_messages``, ``offline_quota``,
+        ``offline_quota_per_sender``); replaceable while open."""
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, create: bool = True,
-             offline_limit: int = DEFAULT_OFFLINE_LIMIT) -> "Storage":
+             limits: ServerLimits = ServerLimits()) -> "Storage":
         """Open (with ``create``, create) the database and bring its schema up to date."""
         path = Path(path)
         if not create and not path.exists():
             raise StorageError(f"{path}: no such database")
         try:
-            storage = cls(_connect(path), path, offline_limit)
+            storage = cls(_connect(path), path, limits)
         except sqlite3.Error as err:
             raise StorageError(f"{path}: cannot open the database: {err}") from None
         try:
@@ -193,7 +283,10 @@ class Storage:
                                    f"this program's ({SCHEMA_VERSION}); upgrade iim")
             for statements in _MIGRATIONS[version:]:
                 for statement in statements:
-                    self._db.execute(statement)
+                    if callable(statement):
+                        statement(self._db)
+                    else:
+                        self._db.execute(statement)
             if version == 0:
                 self._set_meta("sasl_secret", secrets.token_bytes(32))
 
@@ -308,51 +401,132 @@ class Storage:
 
     # Offline messages (XEP-0160) -----------------------------------------
 
-    def store_offline(self, username: str, stanza: bytes) -> int:
-        """Keep ``stanza`` for ``username``; return its id. Raises ``StorageFull``."""
+    def store_offline(self, username: str, stanza: bytes, sender: str = "") -> int:
+        """Keep ``stanza`` from ``sender`` (a bare JID) for ``username``; return
+        its id. Raises ``StorageFull`` when a quota would be exceeded."""
         with self._write():
-            self._require_user(username)
-            count = self._one("SELECT count(*) FROM offline_messages WHERE username = ?",
-                              username)[0]
-            if count >= self.offline_limit:
-                raise StorageFull(username, self.offline_limit)
-            cursor = self._db.execute(
-                "INSERT INTO offline_messages (username, stanza) VALUES (?, ?)",
-                (username, bytes(stanza)))
-            return cursor.lastrowid
+            self._check_room(username, sender, len(stanza))
+            return self._insert_offline(username, sender, stanza)
 
-    def store_offline_many(self, username: str, stanzas: list[bytes]) -> int:
-        """Keep as many of ``stanzas`` as the limit allows, in order, in one
-        transaction (one disk sync for a whole backlog); return how many."""
+    def store_offline_many(self, username: str, stanzas: list[tuple[str, bytes]]) -> list[bool]:
+        """Keep each (sender, stanza) that fits, in order, in one transaction
+        (one disk sync for a whole backlog); return which were kept."""
+        kept = []
         with self._write():
-            self._require_user(username)
-            count = self._one("SELECT count(*) FROM offline_messages WHERE username = ?",
-                              username)[0]
-            room = max(0, self.offline_limit - count)
-            self._db.executemany(
-                "INSERT INTO offline_messages (username, stanza) VALUES (?, ?)",
-                [(username, bytes(stanza)) for stanza in stanzas[:room]])
-            return min(room, len(stanzas))
+            for sender, stanza in stanzas:
+                try:
+                    self._check_room(username, sender, len(stanza))
+                except StorageFull:
+                    kept.append(False)
+                    continue
+                self._insert_offline(username, sender, stanza)
+                kept.append(True)
+        return kept
 
-    def offline_messages(self, username: str, prefix: bytes = b"") -> list[tuple[int, bytes]]:
-        """The user's stored stanzas as (id, stanza), oldest first; with
-        ``prefix``, only those starting with it, filtered in SQLite (so asking
-        for the few stored ``<presence`` requests never loads the messages)."""
+    def offline_messages(self, username: str) -> list[tuple[int, bytes]]:
+        """All of the user's stored messages as (id, stanza), oldest first."""
+        return self.offline_batch(username, limit=-1)
+
+    def offline_batch(self, username: str, *, after: int = 0, limit: int,
+                      max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        """The oldest stored messages with an id above ``after``: at most
+        ``limit`` (-1: all) and, past the first, at most ``max_bytes`` together."""
         self._require_user(username)
         rows = self._db.execute(
-            "SELECT id, stanza FROM offline_messages WHERE username = ? "
-            "AND substr(stanza, 1, ?) = ? ORDER BY id",
-            (username, len(prefix), prefix))
-        return [(row[0], bytes(row[1])) for row in rows]
+            "SELECT id, stanza FROM offline_messages WHERE username = ? AND id > ? "
+            "ORDER BY id LIMIT ?", (username, after, limit))
+        batch, total = [], 0
+        for message_id, stanza in rows:
+            total += len(stanza)
+            if batch and max_bytes is not None and total > max_bytes:
+                break
+            batch.append((message_id, bytes(stanza)))
+        return batch
+
+    def offline_usage(self, username: str, sender: str | None = None) -> tuple[int, int]:
+        """(messages, bytes) stored for the user; with ``sender``, from that sender."""
+        if sender is None:
+            row = self._one("SELECT offline_count, offline_bytes FROM users WHERE username = ?",
+                            username)
+        else:
+            row = self._one("SELECT messages, bytes FROM offline_senders "
+                            "WHERE username = ? AND sender = ?", username, sender)
+        return (row[0], row[1]) if row else (0, 0)
 
     def delete_offline(self, username: str, ids: Iterable[int]) -> int:
         """Delete those of ``ids`` that belong to ``username``; return how many."""
         with self._write():
-            before = self._db.total_changes
-            self._db.executemany(
+            cursor = self._db.executemany(   # rowcount: not the triggers' changes
                 "DELETE FROM offline_messages WHERE username = ? AND id = ?",
                 [(username, int(message_id)) for message_id in ids])
-            return self._db.total_changes - before
+            return max(cursor.rowcount, 0)
+
+    def _check_room(self, username: str, sender: str, size: int) -> None:
+        row = self._one("SELECT offline_count, offline_bytes FROM users WHERE username = ?",
+                        username)
+        if row is None:
+            raise NoSuchUser(username)
+        limits = self.limits
+        count, total = row
+        if count >= limits.offline_max_messages:
+            raise StorageFull(username, "offline_max_messages",
+                              f"{limits.offline_max_messages} messages")
+        if total + size > limits.offline_quota:
+            raise StorageFull(username, "offline_quota", f"{limits.offline_quota} bytes")
+        from_sender = self.offline_usage(username, sender)[1]
+        if from_sender + size > limits.offline_quota_per_sender:
+            raise StorageFull(username, "offline_quota_per_sender",
+                              f"{limits.offline_quota_per_sender} bytes from {sender or '?'}")
+
+    def _insert_offline(self, username: str, sender: str, stanza: bytes) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO offline_messages (username, stanza, sender, size) VALUES (?, ?, ?, ?)",
+            (username, bytes(stanza), sender, len(stanza)))
+        return cursor.lastrowid
+
+    # Pending subscription requests (RFC 6121 §3.1.3) --------------------------
+
+    def put_subscription_request(self, username: str, contact: str, stanza: bytes) -> bool:
+        """Keep ``contact``'s request to ``username`` until it is answered; True
+        when stored, False when one from that contact is kept already (the
+        first stays). Raises ``StorageFull`` when the user has no room for
+        another contact's request."""
+        with self._write():
+            self._require_user(username)
+            if self.subscription_request(username, contact) is not None:
+                return False
+            count, total = self._one("SELECT count(*), total(size) FROM subscription_requests "
+                                     "WHERE username = ?", username)
+            limits = self.limits
+            if count >= limits.offline_max_messages:
+                raise StorageFull(username, "offline_max_messages",
+                                  f"{limits.offline_max_messages} subscription requests")
+            if total + len(stanza) > limits.offline_quota:
+                raise StorageFull(username, "offline_quota",
+                                  f"{limits.offline_quota} bytes of subscription requests")
+            self._db.execute("INSERT INTO subscription_requests (username, contact, stanza, size) "
+                             "VALUES (?, ?, ?, ?)", (username, contact, bytes(stanza), len(stanza)))
+            return True
+
+    def subscription_request(self, username: str, contact: str) -> bytes | None:
+        """The stored request from ``contact`` (a bare JID), if any."""
+        row = self._one("SELECT stanza FROM subscription_requests "
+                        "WHERE username = ? AND contact = ?", username, contact)
+        return bytes(row[0]) if row else None
+
+    def subscription_requests(self, username: str) -> list[tuple[str, bytes]]:
+        """Every pending request to the user as (contact, stanza), oldest first."""
+        self._require_user(username)
+        rows = self._db.execute("SELECT contact, stanza FROM subscription_requests "
+                                "WHERE username = ? ORDER BY id", (username,))
+        return [(contact, bytes(stanza)) for contact, stanza in rows]
+
+    def delete_subscription_request(self, username: str, contact: str) -> bool:
+        """Forget ``contact``'s request (answered or withdrawn); True if there was one."""
+        with self._write():
+            cursor = self._db.execute("DELETE FROM subscription_requests "
+                                      "WHERE username = ? AND contact = ?", (username, contact))
+            return cursor.rowcount > 0
 
     # Plumbing ------------------------------------------------------------
 
@@ -388,6 +562,17 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _outline(stanza: bytes) -> tuple[str, str, str | None]:
+    """(element name, sender's bare JID or "", type) of a stored stanza; for
+    the schema migration only, which has no router to parse with."""
+    try:
+        element = ElementTree.fromstring(stanza)
+        sender = str(JID.parse(element.get("from")).bare) if element.get("from") else ""
+    except (ElementTree.ParseError, InvalidJID):
+        return "", "", None
+    return element.tag.rpartition("}")[2], sender, element.get("type")
 
 
 def _check_username(username: str) -> None:
