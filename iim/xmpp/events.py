@@ -25,6 +25,20 @@ class Authenticated:
 
 
 @dataclass(frozen=True)
+class AuthenticationFailed:
+    """SASL failed on the credentials of ``username`` (None when the peer never
+    named one): ``not-authorized`` (a wrong password, an unknown user) or
+    ``temporary-auth-failure`` (refused unchecked: too many failures lately).
+
+    The ``<failure/>`` is in ``data_to_send()``; the adapter may hold it back
+    (and what the peer sends next) for the failure delay: the core has no clock.
+    """
+
+    username: str | None
+    condition: str
+
+
+@dataclass(frozen=True)
 class SessionEstablished:
     """A resource is bound: the session may now exchange stanzas as ``jid``."""
 
@@ -47,4 +61,4 @@ class StreamEnded:
     sent_by_peer: bool = False
 
 
-Event = StartTLS | Authenticated | SessionEstablished | StanzaReceived | StreamEnded
+Event = StartTLS | Authenticated | AuthenticationFailed | SessionEstablished | StanzaReceived | StreamEnded

@@ -70,7 +70,7 @@ import re
 import secrets
 import stringprep
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
 from .errors import LocalProtocolError
@@ -84,6 +84,8 @@ DEFAULT_ITERATIONS = 4096
 #: A client refuses more than this: a hostile server could ask for hours of PBKDF2.
 MAX_CLIENT_ITERATIONS = 1_000_000
 SALT_BYTES = 16
+#: A name that is no localpart (RFC 7622 §3.3.1: at most 1023 octets) is kept this long.
+MAX_USERNAME_CHARS = 1023
 _NONCE_BYTES = 24
 
 
@@ -155,10 +157,13 @@ class Success:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Send ``<failure/>`` with ``condition`` (and ``<text/>`` when ``text``)."""
+    """Send ``<failure/>`` with ``condition`` (and ``<text/>`` when ``text``).
+    ``username``: whose credentials failed, once the peer named someone (not
+    part of equality: the wire carries condition and text only)."""
 
     condition: SASLFailure
     text: str | None = None
+    username: str | None = field(default=None, compare=False)
 
 
 Step = Union[Challenge, Success, Failure]
@@ -167,9 +172,10 @@ Step = Union[Challenge, Success, Failure]
 class _Reject(Exception):
     """Internal: the peer's message ends the handshake with this condition."""
 
-    def __init__(self, condition: SASLFailure, text: str | None = None) -> None:
+    def __init__(self, condition: SASLFailure, text: str | None = None,
+                 username: str | None = None) -> None:
         super().__init__(condition, text)
-        self.failure = Failure(condition, text)
+        self.failure = Failure(condition, text, username)
 
 
 def _malformed(text: str) -> _Reject:
@@ -471,11 +477,19 @@ class ServerAuth:
     acceptable authzid, ``username@domain``. ``tls`` says whether TLS
     protects the stream (PLAIN is refused otherwise). ``secret`` keys the fake
     salts of unknown users. ``nonce`` fixes the server nonce (tests only).
+
+    ``admit(username)``, when given, is asked as soon as the peer names a user
+    (PLAIN's message, SCRAM's client-first) and before anything is looked up
+    or checked: False ends the exchange with ``temporary-auth-failure``
+    (RFC 6120 §6.5.11), the login throttle's answer (iim/server/logins.py).
+    Failures on credentials carry the username they were for.
     """
 
     def __init__(self, lookup: Lookup, domain: str, *, tls: bool = False,
-                 secret: bytes | None = None, nonce: str | None = None) -> None:
+                 secret: bytes | None = None, nonce: str | None = None,
+                 admit: Callable[[str], bool] | None = None) -> None:
         self._lookup = lookup
+        self._admit = admit
         self._domain = prepare_domainpart(domain)
         self._tls = tls
         self._secret = _PROCESS_SECRET if secret is None else secret
@@ -543,16 +557,21 @@ class ServerAuth:
         "Unknown users"): the caller cannot tell, and must not.
         """
         try:
-            prepared = prepare_localpart(username)
+            prepared, valid = prepare_localpart(username), True
         except InvalidJID:
-            prepared, found = username, {}
-        else:
-            found = self._lookup(prepared) or {}
+            prepared, valid = username[:MAX_USERNAME_CHARS], False
+        self._check_admitted(prepared)
+        found = (self._lookup(prepared) or {}) if valid else {}
         for mechanism in mechanisms:
             credentials = found.get(mechanism)
             if credentials is not None and credentials.mechanism is mechanism:
                 return prepared, credentials
         return prepared, _fake_credentials(self._secret, mechanisms[0], prepared)
+
+    def _check_admitted(self, username: str) -> None:
+        if self._admit is not None and not self._admit(username):
+            raise _Reject(SASLFailure.TEMPORARY_AUTH_FAILURE,
+                          "too many failed logins: try again later", username)
 
     def _authorize(self, authzid: str, username: str) -> None:
         """RFC 6120 §6.3.8: an authzid, if any, must be the user's own bare JID."""
@@ -613,7 +632,7 @@ class _ScramServer:
             raise _malformed("SCRAM nonce does not match")
         auth_message = f"{self._first.bare},{self._server_first},{final.without_proof}"
         if not self._proof_is_valid(final.proof, auth_message.encode("utf-8")):
-            return Failure(SASLFailure.NOT_AUTHORIZED)
+            return Failure(SASLFailure.NOT_AUTHORIZED, username=self._username)
         signature = _hmac(self._mechanism, self._credentials.server_key,
                           auth_message.encode("utf-8"))
         return Success(b"v=" + base64.b64encode(signature), self._username)
@@ -640,7 +659,7 @@ class _PlainServer:
         username, credentials = self._auth._credentials(SCRAM_MECHANISMS, authcid)
         self._auth._authorize(authzid, username)
         if not _password_matches(credentials, password):
-            return Failure(SASLFailure.NOT_AUTHORIZED)
+            return Failure(SASLFailure.NOT_AUTHORIZED, username=username)
         return Success(None, username)
 
 

@@ -11,7 +11,14 @@ Negotiation order, each step announced in ``<stream:features/>``:
    still requires it, which is why the server warns when ``requiressl`` and
    ``iim_mux.usessl`` are both on (legacy-SSL clients seldom ask).
 2. SASL (§6): SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN only under TLS. A failed
-   attempt may be retried; after ``max_auth_attempts`` the stream ends.
+   attempt may be retried (§6.4.5), within ``max_auth_attempts`` attempts
+   that did not succeed: every ``<failure/>`` we send counts (a wrong
+   password, an ``<abort/>``, a malformed or stray ``<response/>``), and so
+   does an exchange abandoned by a new ``<auth/>``. The one that reaches the
+   limit ends the stream with ``<policy-violation/>``, after its
+   ``<failure/>``: no unauthenticated peer can loop forever (issue 11). A
+   failure on credentials is also reported as ``AuthenticationFailed``, so
+   that the adapter can count it and delay the answer (item 7).
 3. Resource binding (§7), plus the legacy RFC 3921 session IQ, answered with
    an empty result so that older clients carry on.
 
@@ -30,14 +37,15 @@ from xml.etree.ElementTree import Element, SubElement
 from . import sasl
 from .errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
 from .events import (
-    Authenticated, Event, SessionEstablished, StanzaReceived,
+    Authenticated, AuthenticationFailed, Event, SessionEstablished, StanzaReceived,
 )
 from .jid import JID, InvalidJID, prepare_domainpart, prepare_resourcepart
 from .ns import BIND_NS, CLIENT_NS, LIMITS_NS, SASL_NS, SESSION_NS, STREAMS_NS, TLS_NS, q
 from .stream import Phase, Stream
-from .xml import DEFAULT_MAX_STANZA_BYTES, StreamOpened, stream_header
+from .xml import DEFAULT_MAX_STANZA_BYTES, DEFAULT_MAX_XMLNS, StreamOpened, stream_header
 
 Cond = StreamErrorCondition
+_XML_SPACE = " \t\r\n"    # XML's white space: U+2028 and the like are not trimmed but refused
 STANZAS = {q(CLIENT_NS, "message"), q(CLIENT_NS, "presence"), q(CLIENT_NS, "iq")}
 
 
@@ -52,6 +60,9 @@ class ServerPolicy:
     """``iim_server.requiressl``: STARTTLS before anything else."""
     max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES
     max_auth_attempts: int = 3
+    """SASL attempts that did not succeed before the stream ends (see above)."""
+    max_xmlns_per_stanza: int = DEFAULT_MAX_XMLNS
+    """Namespace declarations in one stanza, and on the stream header."""
     idle_seconds: int | None = None
     """Advertised in XEP-0478 limits when set."""
 
@@ -61,22 +72,26 @@ class ServerPolicy:
 
 
 Authenticator = Callable[[bool], sasl.ServerAuth]
+BindCheck = Callable[[JID], StanzaErrorCondition | None]
+"""Asked before a resource is bound: None to bind it, else the bind's error
+(``<resource-constraint/>`` when the account has its most sessions)."""
 
 
 class ServerStream(Stream):
     """One client's stream as the server sees it."""
 
     def __init__(self, policy: ServerPolicy, authenticator: Authenticator, *,
-                 secure_transport: bool = False) -> None:
-        super().__init__(max_stanza_bytes=policy.max_stanza_bytes)
+                 secure_transport: bool = False, bind_check: BindCheck | None = None) -> None:
+        super().__init__(max_stanza_bytes=policy.max_stanza_bytes,
+                         max_xmlns=policy.max_xmlns_per_stanza)
         self.policy = policy
         self.domain = prepare_domainpart(policy.domain)
         self._authenticator = authenticator
         self._auth: sasl.ServerAuth | None = None
-        self._failures = 0
-        self._starts = 0
+        self._attempts = 0          # SASL exchanges that did not succeed
         self._mechanism = ""
         self.transport_secure = secure_transport   # legacy SSL ended at the multiplexor
+        self._bind_check = bind_check
         self.username: str | None = None
         self.jid: JID | None = None
         self.stream_id = ""
@@ -171,9 +186,8 @@ class ServerStream(Stream):
     # -- SASL (RFC 6120 §6.4) ----------------------------------------------------
 
     def _sasl_auth(self, element: Element) -> list[Event]:
-        self._starts += 1
-        if self._starts > 2 * self.policy.max_auth_attempts:   # restarts and aborts count too
-            raise StreamError(Cond.POLICY_VIOLATION, "too many authentication attempts")
+        if self.phase is Phase.AUTHENTICATING:         # an exchange abandoned for a new one
+            self._count_attempt()
         self._auth = self._authenticator(self._protected)
         self._mechanism = element.get("mechanism", "")
         try:
@@ -217,11 +231,21 @@ class ServerStream(Stream):
         if failure.text:
             SubElement(element, q(SASL_NS, "text")).text = failure.text
         self._send(element)
-        if failure.condition is not sasl.SASLFailure.ABORTED:
-            self._failures += 1
-        if self._failures >= self.policy.max_auth_attempts:
-            raise StreamError(Cond.POLICY_VIOLATION, "too many failed authentication attempts")
-        return []
+        events: list[Event] = []
+        if failure.condition in _CREDENTIAL_FAILURES:
+            events.append(AuthenticationFailed(failure.username, failure.condition.value))
+        try:
+            self._count_attempt()
+        except StreamError as exc:
+            return events + self._fail(exc)
+        return events
+
+    def _count_attempt(self) -> None:
+        self._attempts += 1
+        if self._attempts >= self.policy.max_auth_attempts:
+            raise StreamError(Cond.POLICY_VIOLATION,
+                              "too many authentication attempts on one connection "
+                              f"(limit {self.policy.max_auth_attempts})")
 
     def _sasl_element(self, name: str, data: bytes | None) -> None:
         element = Element(q(SASL_NS, name))
@@ -243,13 +267,18 @@ class ServerStream(Stream):
         return self._bind(element, bind)
 
     def _bind(self, iq: Element, bind: Element) -> list[Event]:
-        wanted = (bind.findtext(q(BIND_NS, "resource")) or "").strip()
+        wanted = (bind.findtext(q(BIND_NS, "resource")) or "").strip(_XML_SPACE)
         try:
             resource = prepare_resourcepart(wanted) if wanted else _new_resource()
-        except InvalidJID:
+        except InvalidJID:                          # §7.7.2.1: not a valid resourcepart
             self._iq_error(iq, StanzaErrorCondition.BAD_REQUEST)
             return []
-        self.jid = JID(self.username, self.domain, resource)
+        jid = JID(self.username, self.domain, resource)
+        refusal = self._bind_check(jid) if self._bind_check is not None else None
+        if refusal is not None:                     # §7.6.2.1: resource-constraint
+            self._iq_error(iq, refusal)
+            return []
+        self.jid = jid
         result = self._iq_result(iq, send=False)
         SubElement(SubElement(result, q(BIND_NS, "bind")), q(BIND_NS, "jid")).text = str(self.jid)
         self._send(result)
@@ -293,6 +322,10 @@ class ServerStream(Stream):
         reply.set("type", "error")
         reply.append(StanzaError(condition).to_element(CLIENT_NS))
         self._send(reply)
+
+
+# Failures that judged (or refused to judge) credentials: the throttle's business.
+_CREDENTIAL_FAILURES = (sasl.SASLFailure.NOT_AUTHORIZED, sasl.SASLFailure.TEMPORARY_AUTH_FAILURE)
 
 
 def _is_version_1(version: str | None) -> bool:

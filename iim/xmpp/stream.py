@@ -39,8 +39,8 @@ from xml.etree.ElementTree import Element
 from .errors import STREAMS_NS, LocalProtocolError, StreamError
 from .events import Event, StartTLS, StreamEnded
 from .xml import (
-    CLIENT_NS, DEFAULT_MAX_STANZA_BYTES, STREAM_CLOSE, ElementReceived, StreamClosed,
-    StreamOpened, StreamParser, to_bytes,
+    CLIENT_NS, DEFAULT_MAX_STANZA_BYTES, DEFAULT_MAX_XMLNS, STREAM_CLOSE, ElementReceived,
+    StreamClosed, StreamOpened, StreamParser, to_bytes,
 )
 
 
@@ -59,9 +59,10 @@ class Stream:
 
     ns = CLIENT_NS
 
-    def __init__(self, *, max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES) -> None:
+    def __init__(self, *, max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
+                 max_xmlns: int = DEFAULT_MAX_XMLNS) -> None:
         self.max_stanza_bytes = max_stanza_bytes
-        self._parser = StreamParser(max_stanza_bytes=max_stanza_bytes,
+        self._parser = StreamParser(max_stanza_bytes=max_stanza_bytes, max_xmlns=max_xmlns,
                                     content_namespaces=(self.ns,))
         self._out = bytearray()
         self.phase = Phase.OPENING
@@ -124,7 +125,7 @@ class Stream:
             self._out += error.to_xml()
         if self._header_sent:
             self._out += STREAM_CLOSE
-        self.phase = Phase.CLOSED
+        self._closed()
         return [StreamEnded(error)]
 
     # -- for the roles ----------------------------------------------------------
@@ -161,7 +162,7 @@ class Stream:
     def _on_peer_close(self) -> list[Event]:
         if self._header_sent:
             self._out += STREAM_CLOSE
-        self.phase = Phase.CLOSED
+        self._closed()
         return [StreamEnded(None, sent_by_peer=True)]
 
     def _on_peer_error(self, element: Element) -> list[Event]:
@@ -169,7 +170,7 @@ class Stream:
         error = StreamError.from_element(element)
         if self._header_sent:
             self._out += STREAM_CLOSE
-        self.phase = Phase.CLOSED
+        self._closed()
         return [StreamEnded(error, sent_by_peer=True)]
 
     def _give_up(self, error: StreamError) -> list[Event]:
@@ -177,11 +178,16 @@ class Stream:
         whose login failed, say): just the closing tag."""
         if self._header_sent:
             self._out += STREAM_CLOSE
-        self.phase = Phase.CLOSED
+        self._closed()
         return [StreamEnded(error)]
 
     def _send(self, element: Element) -> None:
         self._out += to_bytes(element, ns=self.ns)
+
+    def _closed(self) -> None:
+        """The stream is over: the parser and what it holds are freed now."""
+        self.phase = Phase.CLOSED
+        self._parser.close()
 
     def _restart(self) -> None:
         """A new stream over the same transport (RFC 6120 §4.3.3)."""

@@ -72,10 +72,38 @@ Resource limits (RFC 6120 §13.12: a peer may not exhaust our memory). All give
   end of the last thing that *did* complete outside a stanza.)
 - nesting deeper than ``max_depth`` (the stream root is depth 1).
 - more than ``max_attributes`` attributes on one element.
-- more than ``max_names`` distinct element/attribute names over the life of a
-  stream: pyexpat interns every name and expat keeps a table entry per
-  distinct attribute name and prefix, all until the parser is discarded, so an
-  endless stream of fresh names would otherwise grow memory forever.
+- more than ``max_xmlns`` namespace declarations in one stanza (all its
+  elements together) or on the stream header. They are not attributes (the
+  attribute limit does not see them), and each one costs expat a binding, a
+  prefix entry and a copy of the namespace name.
+- more than ``max_names`` distinct element/attribute names, prefixes and
+  namespace names new in one stanza.
+
+What a long stream accumulates, and how it is freed (issue 11). Expat keeps
+a table entry for every distinct raw element name, attribute name (including
+each ``xmlns:p``) and prefix it has seen, and pyexpat interns every name,
+prefix and namespace name in ``intern``; none of it is ever freed while the
+expat parser lives. A stream that declared fresh prefixes in every stanza
+would grow them for as long as it lasts. So the expat parser is *renewed*
+between stanzas once the stanzas since the last renewal declared more than
+``max_xmlns`` prefixes (legitimate clients seldom declare any; a default
+``xmlns='...'`` costs expat nothing lasting), or the names interned since
+exceed ``_RENEW_NAMES`` entries or ``_RENEW_NAME_CHARS`` characters. Distinct
+raw names (prefix x local name) are then bounded too, by the product of those
+bounds and the header's prefixes. A renewal: a fresh parser is primed with the stream
+header's namespace declarations (so the stream's own prefixes stay bound),
+and the bytes from the start of the next stanza on are handed to it. The
+moment is the next depth-1 start tag: there ``GetInputContext()`` holds
+exactly the bytes expat has not consumed, from that tag to the end of what
+was fed. What a stream holds is thus bounded by one stanza's worth plus the
+renewal thresholds, however long it lasts. The module-level name caches only
+keep short names, so no peer can fill them with long ones.
+
+References. Expat calls back into the parser's bound methods, and the parser
+holds the expat parser: a reference cycle, which only the cyclic GC would
+collect. The public ``StreamParser`` is therefore a handle on ``_Parser``
+(the state and handlers); ``close()``, or the handle going away, cuts the
+cycle, so a closed stream's parser is freed by reference counting alone.
 
 One cost is bounded rather than refused: a peer that trickles one big token a
 few bytes per segment makes expat rescan the unfinished token on every
@@ -110,6 +138,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from itertools import islice
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 from xml.etree.ElementTree import Element, TreeBuilder
@@ -134,6 +163,11 @@ DEFAULT_MAX_STANZA_BYTES = 262144
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_ATTRIBUTES = 64
 DEFAULT_MAX_NAMES = 10000
+DEFAULT_MAX_XMLNS = 64
+
+_RENEW_NAMES = 256  # names interned that make the next stanza renew the parser...
+_RENEW_NAME_CHARS = 65536  # ... or their characters
+_CACHED_NAME_CHARS = 128   # longer names are not kept in the module-level caches
 
 _KEEPALIVE_SLACK = 16  # bytes of white space between stanzas not counted as a unit
 _SLICE = 65536  # bytes handed to expat at once: the granularity of the size check
@@ -187,8 +221,57 @@ class _StreamEnded(Exception):
     """Raised from the root's end handler to stop expat at ``</stream:stream>``."""
 
 
+class _Renew(Exception):
+    """Raised from a depth-1 start handler: hand ``rest`` to a fresh expat parser."""
+
+    def __init__(self, rest: bytes) -> None:
+        super().__init__()
+        self.rest = rest
+
+
 class StreamParser:
-    """Incremental, restricted XML parser for one side of an XMPP stream."""
+    """Incremental, restricted XML parser for one side of an XMPP stream.
+
+    A handle on the parser proper (see "References" above): ``close()`` or
+    dropping the last reference frees everything without the cyclic GC.
+    """
+
+    __slots__ = ("_parser",)
+
+    def __init__(self, **limits) -> None:
+        self._parser = _Parser(**limits)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data`` and return the events it completed, in order."""
+        return self._parser.feed(data)
+
+    def reset(self) -> None:
+        """Start over for a stream restart (RFC 6120 §4.3.3): a fresh expat parser."""
+        self._parser.reset()
+
+    def close(self) -> None:
+        """Drop the expat parser and what it holds; ``feed()`` raises afterwards."""
+        self._parser.close()
+
+    @property
+    def unit_in_progress(self) -> bool:
+        return self._parser.unit_in_progress
+
+    @property
+    def stream_open(self) -> bool:
+        return self._parser.stream_open
+
+    def __getattr__(self, name: str):
+        return getattr(self._parser, name)        # the limits, for callers and tests
+
+    def __del__(self) -> None:
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+            parser.close()
+
+
+class _Parser:
+    """The state and expat handlers behind a ``StreamParser``."""
 
     def __init__(
         self,
@@ -197,17 +280,27 @@ class StreamParser:
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
         max_names: int = DEFAULT_MAX_NAMES,
+        max_xmlns: int = DEFAULT_MAX_XMLNS,
         content_namespaces: Iterable[str] = (CLIENT_NS, SERVER_NS),
     ) -> None:
         self.max_stanza_bytes = max_stanza_bytes
         self.max_depth = max_depth
         self.max_attributes = max_attributes
         self.max_names = max_names
+        self.max_xmlns = max_xmlns
         self.content_namespaces = frozenset(content_namespaces)
         self._dead = False
         self._start_stream()
 
     # -- public API ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Cut the expat parser <-> handlers cycle; the parser is finished."""
+        self._dead = True
+        self._expat = None
+        self._builder = None
+        self._interned = {}
+        self._events = []
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data`` and return the events it completed, in order."""
@@ -250,11 +343,11 @@ class StreamParser:
     # -- feeding --------------------------------------------------------------
 
     def _start_stream(self) -> None:
+        self._root_namespaces: dict[str | None, str] = {}
         self._expat = self._new_expat()
         self._depth = 0  # 0: before the root; 1: inside the root; 2+: in a stanza
         self._header_done = False
         self._builder: TreeBuilder | None = None
-        self._root_namespaces: dict[str | None, str] = {}
         self._closed = False
         self._head = b""  # bytes held back until the encoding can be sniffed
         self._sniffed = False
@@ -262,10 +355,20 @@ class StreamParser:
         self._mark = 0  # offset where the current unit (header or stanza) began
         self._tail = b""  # the last few bytes fed, to explain an expat error
         self._events: list[Event] = []
+        self._origin = 0  # stream bytes consumed by earlier expat parsers (renewals)
 
-    def _new_expat(self):
+    def _new_expat(self, prime: bytes = b""):
+        """A fresh expat parser; ``prime`` (a renewal's root start tag) is parsed
+        before any handler is set, so that it binds prefixes and reports nothing."""
         parser = expat.ParserCreate("UTF-8", "}", intern={})
+        if prime:
+            parser.Parse(prime, False)
         self._interned = parser.intern
+        self._names_seen = len(self._interned)  # entries of _interned already counted
+        self._name_chars = 0  # their characters
+        self._declarations = 0  # namespace declarations in the current unit
+        self._prefixed = 0  # prefixed declarations in stanzas since this parser began
+        self._renew_due = False
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         if hasattr(parser, "SetReparseDeferralEnabled"):
             # Expat >= 2.6 may hold back a complete token until more bytes come;
@@ -273,7 +376,7 @@ class StreamParser:
             parser.SetReparseDeferralEnabled(False)
         parser.buffer_text = True
         parser.XmlDeclHandler = self._on_xml_declaration
-        parser.StartNamespaceDeclHandler = self._on_root_namespace
+        parser.StartNamespaceDeclHandler = self._on_namespace
         parser.StartElementHandler = self._on_start
         parser.EndElementHandler = self._on_end
         parser.CharacterDataHandler = self._on_data
@@ -302,10 +405,16 @@ class StreamParser:
         return head
 
     def _parse(self, chunk: bytes) -> None:
-        try:
-            self._expat.Parse(chunk, False)
-        except expat.ExpatError as exc:
-            raise self._explain(exc.code, chunk) from None
+        self._chunk_length = len(chunk)
+        while True:
+            try:
+                self._expat.Parse(chunk, False)
+                break
+            except _Renew as renew:
+                chunk = self._renewed(renew.rest)
+                self._chunk_length = len(chunk)
+            except expat.ExpatError as exc:
+                raise self._explain(exc.code, chunk) from None
         self._fed += len(chunk)
         if self._header_done:
             # The header is complete: nothing is pending after it (the next
@@ -334,8 +443,19 @@ class StreamParser:
                 f"encoding {_clip(encoding)!r} declared; XMPP streams are UTF-8 (RFC 6120 §11.6)",
             )
 
-    def _on_root_namespace(self, prefix, uri) -> None:
-        self._root_namespaces[prefix] = uri
+    def _on_namespace(self, prefix, uri) -> None:
+        """Each ``xmlns``/``xmlns:p`` declaration; reported before its element's start."""
+        if self._depth == 0:
+            self._root_namespaces[prefix] = uri
+        elif prefix is not None:
+            self._prefixed += 1             # expat keeps each prefix until renewed
+        self._declarations += 1
+        if self._declarations > self.max_xmlns:
+            where = "on the stream header" if self._depth == 0 else "in one stanza"
+            raise RemoteProtocolError(
+                Condition.POLICY_VIOLATION,
+                f"more than {self.max_xmlns} namespace declarations {where}",
+            )
 
     def _on_start(self, name: str, attrs: dict) -> None:
         depth = self._depth
@@ -346,6 +466,8 @@ class StreamParser:
                 Condition.POLICY_VIOLATION, f"elements nested more than {self.max_depth} deep"
             )
         if depth == 1:
+            if self._renew_due:
+                self._renew()
             self._builder = TreeBuilder()
             self._mark = self._expat.CurrentByteIndex
         self._builder.start(_tag(name), self._attributes(attrs) if attrs else attrs)
@@ -373,7 +495,7 @@ class StreamParser:
     def _open_stream(self, name: str, attrs: dict) -> None:
         _check_root(_tag(name), self._root_namespaces, self.content_namespaces)
         attrs = self._attributes(attrs)
-        self._expat.StartNamespaceDeclHandler = None  # only the root's are needed
+        self._declarations = 0
         self._depth = 1
         self._mark = self._expat.CurrentByteIndex
         self._header_done = True
@@ -406,11 +528,48 @@ class StreamParser:
         self._mark = end
         self._events.append(ElementReceived(self._builder.close()))
         self._builder = None
-        if len(self._interned) > self.max_names:
+        self._declarations = 0
+        if len(self._interned) != self._names_seen:
+            self._count_new_names()
+        if self._prefixed > self.max_xmlns:
+            self._renew_due = True
+
+    def _count_new_names(self) -> None:
+        """Names this stanza added to the intern table (the newest entries)."""
+        interned = self._interned
+        new = len(interned) - self._names_seen
+        if new > self.max_names:
             raise RemoteProtocolError(
                 Condition.POLICY_VIOLATION,
-                f"more than {self.max_names} distinct element and attribute names in one stream",
+                f"more than {self.max_names} distinct element and attribute names, "
+                "prefixes and namespaces in one stanza",
             )
+        self._name_chars += sum(len(name or "") for name in islice(reversed(interned), new))
+        self._names_seen = len(interned)
+        if self._names_seen > _RENEW_NAMES or self._name_chars > _RENEW_NAME_CHARS:
+            self._renew_due = True
+
+    # -- renewal (see "What a long stream accumulates") -------------------------
+
+    def _renew(self) -> None:
+        """At a depth-1 start tag: stop this expat parser, handing back what it
+        has not consumed (this tag on). An expat built without context bytes
+        gives nothing back: it is then kept."""
+        rest = self._expat.GetInputContext()
+        self._renew_due = False
+        if rest:
+            raise _Renew(rest)
+
+    def _renewed(self, rest: bytes) -> bytes:
+        """Replace expat by a fresh parser primed with the stream header's
+        namespaces; return ``rest`` (the next stanza on), for it to parse."""
+        consumed = self._fed + self._chunk_length - len(rest)   # by the old parser
+        prime = _prime(self._root_namespaces)
+        self._expat = self._new_expat(prime)
+        self._origin += consumed - len(prime)
+        self._fed = self._mark = len(prime)
+        self._tail = b""
+        return rest
 
     # -- errors ---------------------------------------------------------------
 
@@ -427,7 +586,8 @@ class StreamParser:
                 condition, message = Condition.RESTRICTED_XML, "DTD markup is not allowed"
             elif at[:1] >= b"\x80" and _starts_bad_utf8(at):
                 condition, message = Condition.UNSUPPORTED_ENCODING, "bytes that are not UTF-8"
-        return RemoteProtocolError(condition, f"{message} (byte {self._expat.ErrorByteIndex})")
+        where = self._origin + self._expat.ErrorByteIndex
+        return RemoteProtocolError(condition, f"{message} (byte {where})")
 
 
 def _check_root(tag: str, namespaces: dict, content_namespaces: frozenset) -> None:
@@ -450,6 +610,17 @@ def _check_root(tag: str, namespaces: dict, content_namespaces: frozenset) -> No
         )
 
 
+def _prime(namespaces: dict) -> bytes:
+    """A root start tag declaring the stream header's namespaces, to prime a
+    renewed expat parser; its name is never reported."""
+    declarations = "".join(
+        f" xmlns='{_escape_attr(uri)}'" if prefix is None
+        else f" xmlns:{prefix}='{_escape_attr(uri)}'"
+        for prefix, uri in namespaces.items()
+    )
+    return f"<r{declarations}>".encode("utf-8")
+
+
 _QNAMES: dict[str, str] = {}
 _TAGS: dict[str, str] = {}
 
@@ -462,7 +633,7 @@ def _qname(name: str) -> str:
     except KeyError:
         pass
     qname = "{" + name if "}" in name else name
-    if len(_QNAMES) < 4096:
+    if len(_QNAMES) < 4096 and len(name) <= _CACHED_NAME_CHARS:
         _QNAMES[name] = qname
     return qname
 
@@ -476,7 +647,7 @@ def _tag(name: str) -> str:
     except KeyError:
         pass
     tag = "{" + name if "}" in name else "{}" + name
-    if len(_TAGS) < 4096:
+    if len(_TAGS) < 4096 and len(name) <= _CACHED_NAME_CHARS:
         _TAGS[name] = tag
     return tag
 
@@ -738,7 +909,7 @@ def _check_name(name: str) -> str:
         return name
     if not isinstance(name, str) or not _NCNAME.match(name):
         raise LocalProtocolError(f"{name!r} is not an XML name that can be sent")
-    if len(_GOOD_NAMES) < 4096:
+    if len(_GOOD_NAMES) < 4096 and len(name) <= _CACHED_NAME_CHARS:
         _GOOD_NAMES.add(name)
     return name
 
