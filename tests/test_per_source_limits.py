@@ -1,0 +1,461 @@
+"""Per-source limits (issue 11.2): one source cannot lock everyone else out.
+
+Real processes on 127.0.0.1 (python -m iim.server, python -m iim.mux) and
+raw sockets bound to other loopback addresses, each one a *source*: the
+"attacker" floods from 127.0.0.x while legitimate users log in and chat from
+127.0.0.1 (slixmpp), directly and through the multiplexor in both modes.
+Limits are set low in each iim.conf so the floods stay small:
+
+- server: max_unauthenticated_per_source 5 (a second server: accept rate 5/s);
+- plain multiplexor: maxsessions_per_source 20, accept_rate_per_source 5/s
+  (so the server's limit, applied to the client address OPEN carries, is the
+  one the count test meets, and the mux's rate the one its rate test meets);
+- legacy-SSL multiplexor: maxsessions_per_source 8 (idle handshakes pile up
+  in the mux, which never OPENs them), rate 1000/s.
+
+Before this work every one of these floods was accepted: the idle ones held
+the global max_unauthenticated / maxsessions, nothing was counted per source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iim.limits import raise_nofile
+from iim.server.admission import TOO_MANY_FROM_SOURCE, Admission, Negotiating, Refusal
+from iim.server.quota import LimitLog
+from live import DOMAIN, Client, LiveServer, free_port, next_item
+from nsstools import NSSDatabase
+
+NSS_PASSWORD = "Nss-Src-Pw-7"
+HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+POLICY_VIOLATION = (b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                    b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
+                    + TOO_MANY_FROM_SOURCE.encode() + b"</text></stream:error>")
+PER_SOURCE = 5
+
+
+class Mux:
+    """``python -m iim.mux`` with its own iim.conf (limits in ``extra``)."""
+
+    def __init__(self, folder: Path, server: LiveServer, name: str, *, usessl=False,
+                 extra: str = ""):
+        self.port = free_port()
+        self.log_file = folder / f"{name}.log"
+        lines = [f'iim_mux.listenport = "127.0.0.1:{self.port}"',
+                 f'iim_mux.serverport = "127.0.0.1:{server.link_port}"',
+                 'iim_mux.maxthreads = "2"',
+                 f'iim_mux.usessl = "{"on" if usessl else "off"}"',
+                 f'iim.log.iim_mux.url = "{self.log_file.name}"',
+                 'iim.log.iim_mux.severity = "DEBUG"']
+        if usessl:
+            lines += ['iim_mux.secconfigdir = "nssdb"',
+                      'iim_mux.certnickname = "Multiplexor-Cert"',
+                      'iim_mux.keystorepasswordfile = "nsspassword.conf"']
+        self.conf = folder / f"{name}.conf"
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
+        self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf)],
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while self.log().count(" up to 127.0.0.1:") < 2:
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, "the multiplexor's links never came up"
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, ca):
+    raise_nofile()
+    folder = tmp_path_factory.mktemp("per-source")
+    server = LiveServer(folder, ca, extra=f'iim_server.max_unauthenticated_per_source = '
+                                          f'"{PER_SOURCE}"\n'
+                                          'iim_server.accept_rate_per_source = "1000"\n')
+    server.add_users()
+    server.start()
+    issued = ca.issue(DOMAIN, "127.0.0.1")
+    db = NSSDatabase.create(folder / "nssdb", NSS_PASSWORD)
+    db.import_pkcs12(issued, "Multiplexor-Cert", roots=[ca.cert])
+    password_file = folder / "nsspassword.conf"
+    password_file.write_text(f"Internal (Software) Token:{NSS_PASSWORD}\n")
+    os.chmod(password_file, 0o600)
+    muxes = {"plain": Mux(folder, server, "mux-plain",
+                          extra='iim_mux.maxsessions_per_source = "20"\n'
+                                'iim_mux.accept_rate_per_source = "5"\n'),
+             "legacy": Mux(folder, server, "mux-legacy", usessl=True,
+                           extra='iim_mux.maxsessions_per_source = "8"\n'
+                                 'iim_mux.accept_rate_per_source = "1000"\n')}
+    yield server, muxes
+    for mux in muxes.values():
+        assert mux.stop() == 0
+    assert server.stop() == 0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+# -- raw connections from a chosen source ------------------------------------------------
+
+class Raw:
+    """One raw connection from ``source``; ``tls``: legacy SSL from the first byte."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, source: str, tls: ssl.SSLContext | None = None,
+                   header: bool = True) -> "Raw":
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), ssl=tls,
+            server_hostname=DOMAIN if tls else None)
+        raw = cls(reader, writer)
+        if header:
+            writer.write(HEADER)
+            await writer.drain()
+        return raw
+
+    async def first_bytes(self, timeout: float = 20) -> bytes:
+        """What arrives first; b"" when the connection closes without a byte."""
+        try:
+            return await asyncio.wait_for(self.reader.read(65536), timeout)
+        except (ConnectionResetError, ssl.SSLError):
+            return b""
+
+    async def until_closed(self, timeout: float = 20) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except (ConnectionResetError, ssl.SSLError):
+                chunk = b""
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    async def negotiating(self) -> None:
+        """Wait for the server's answer to our header: it holds this one as negotiating."""
+        data = b""
+        while b"<stream:features" not in data:
+            chunk = await asyncio.wait_for(self.reader.read(65536), 20)
+            assert chunk, f"closed instead of answering: {data!r}"
+            data += chunk
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def hold(port, source, count, tls=None) -> list[Raw]:
+    """``count`` connections from ``source`` that the server holds as negotiating."""
+    held = []
+    for _ in range(count):
+        raw = await Raw.open(port, source, tls)
+        await raw.negotiating()
+        held.append(raw)
+    return held
+
+
+async def refused_with_policy_violation(port, source, count, tls=None) -> list[bytes]:
+    answers = []
+    for _ in range(count):
+        raw = await Raw.open(port, source, tls)
+        answers.append(await raw.until_closed())
+        raw.close()
+    return answers
+
+
+async def chat(a: Client, a_jid: str, b: Client, b_jid: str, word: str) -> list[str]:
+    a.send_message(mto=b_jid, mbody=f"{word} to b", mtype="chat")
+    b.send_message(mto=a_jid, mbody=f"{word} to a", mtype="chat")
+    return [(await next_item(b.received))["body"], (await next_item(a.received))["body"]]
+
+
+def legacy_context(server) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(server.ca_file))
+
+
+class LegacyClient(Client):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.enable_direct_tls = True
+        self.enable_starttls = False
+
+
+# -- the server, direct -------------------------------------------------------------------
+
+def test_one_source_over_its_limit_is_refused_while_others_log_in_and_chat(system):
+    server, _ = system
+
+    async def scenario():
+        alice = await Client(f"alice@{DOMAIN}/a", "alice-pw-1",
+                             server.ca_file).online(server.port)
+        held = await hold(server.port, "127.0.0.2", PER_SOURCE)
+        refused = await refused_with_policy_violation(server.port, "127.0.0.2", 3)
+        bob = await Client(f"bob@{DOMAIN}/b", "bob-pw-2", server.ca_file).online(server.port)
+        words = await chat(alice, f"alice@{DOMAIN}/a", bob, f"bob@{DOMAIN}/b", "during")
+        other = await hold(server.port, "127.0.0.3", PER_SOURCE)    # another source: its own 5
+        for raw in held + other:
+            raw.close()
+        await alice.offline()
+        await bob.offline()
+        return refused, words
+
+    refused, words = run(scenario())
+    for answer in refused:
+        assert POLICY_VIOLATION in answer
+    assert words == ["during to b", "during to a"]
+    log = server.log()
+    assert "limit iim_server.max_unauthenticated_per_source: refused" in log
+    assert "(latest: 127.0.0.2: 5 connections negotiating)" in log
+
+
+def test_counts_return_to_zero_after_many_connections(system):
+    """200 connections from one source come and go (each closed by the server
+    after a bad first byte, so it has surely let go of it); then the source
+    again holds exactly its 5, and the 6th is refused: nothing leaked."""
+    server, _ = system
+
+    async def scenario():
+        for _ in range(200):
+            raw = await Raw.open(server.port, "127.0.0.4", header=False)
+            raw.writer.write(b"\x00not xml")
+            await raw.until_closed()
+            raw.close()
+        held = await hold(server.port, "127.0.0.4", PER_SOURCE)
+        refused = await refused_with_policy_violation(server.port, "127.0.0.4", 1)
+        for raw in held:
+            raw.close()
+        return refused
+
+    assert POLICY_VIOLATION in run(scenario())[0]
+
+
+# -- through the multiplexor ----------------------------------------------------------------
+
+def test_the_server_counts_mux_sessions_under_the_client_address(system):
+    """Via one plain mux: 127.0.0.5 floods and is refused by the server (the
+    stream error arrives through the mux); bob, via the same mux from
+    127.0.0.1, logs in and chats: the server told the two sources apart."""
+    server, muxes = system
+    mux = muxes["plain"].port
+
+    async def scenario():
+        alice = await Client(f"alice@{DOMAIN}/a", "alice-pw-1",
+                             server.ca_file).online(server.port)
+        held = await hold(mux, "127.0.0.5", PER_SOURCE)
+        refused = await refused_with_policy_violation(mux, "127.0.0.5", 3)
+        bob = await Client(f"bob@{DOMAIN}/m", "bob-pw-2", server.ca_file).online(mux)
+        words = await chat(alice, f"alice@{DOMAIN}/a", bob, f"bob@{DOMAIN}/m", "via mux")
+        for raw in held:
+            raw.close()
+        await alice.offline()
+        await bob.offline()
+        return refused, words
+
+    refused, words = run(scenario())
+    for answer in refused:
+        assert POLICY_VIOLATION in answer
+    assert words == ["via mux to b", "via mux to a"]
+    log = server.log()              # the session, and its refusal, under the client's address
+    assert re.search(r"c2s mux:127\.0\.0\.5:\d+: closing: policy-violation", log)
+
+
+def test_legacy_ssl_sessions_are_counted_by_the_server_under_the_client_address(system):
+    server, muxes = system
+    mux, tls = muxes["legacy"].port, legacy_context(server)
+
+    async def scenario():
+        held = await hold(mux, "127.0.0.6", PER_SOURCE, tls)
+        refused = await refused_with_policy_violation(mux, "127.0.0.6", 2, tls)
+        alice = await LegacyClient(f"alice@{DOMAIN}/l", "alice-pw-1",
+                                   server.ca_file).online(mux)
+        bob = await Client(f"bob@{DOMAIN}/b", "bob-pw-2", server.ca_file).online(server.port)
+        words = await chat(alice, f"alice@{DOMAIN}/l", bob, f"bob@{DOMAIN}/b", "legacy")
+        for raw in held:
+            raw.close()
+        await alice.offline()
+        await bob.offline()
+        return refused, words
+
+    refused, words = run(scenario())
+    for answer in refused:
+        assert POLICY_VIOLATION in answer
+    assert words == ["legacy to b", "legacy to a"]
+
+
+def test_idle_legacy_ssl_handshakes_from_one_source_are_capped_at_the_mux(system):
+    """8 idle TCP connections (no ClientHello) from 127.0.0.7 fill that source's
+    places at the legacy-SSL mux; more are closed at once, and counted; a
+    legacy-SSL user from 127.0.0.1 logs in and chats meanwhile."""
+    server, muxes = system
+    mux = muxes["legacy"]
+
+    async def scenario():
+        idle = [await Raw.open(mux.port, "127.0.0.7", header=False) for _ in range(8)]
+        extra = [await Raw.open(mux.port, "127.0.0.7", header=False) for _ in range(3)]
+        closed = [await raw.first_bytes() for raw in extra]
+        alice = await LegacyClient(f"alice@{DOMAIN}/l2", "alice-pw-1",
+                                   server.ca_file).online(mux.port)
+        bob = await Client(f"bob@{DOMAIN}/b2", "bob-pw-2", server.ca_file).online(server.port)
+        words = await chat(alice, f"alice@{DOMAIN}/l2", bob, f"bob@{DOMAIN}/b2", "idle")
+        still_open = [not raw.reader.at_eof() for raw in idle]
+        for raw in idle + extra:
+            raw.close()
+        await alice.offline()
+        await bob.offline()
+        return closed, still_open, words
+
+    closed, still_open, words = run(scenario())
+    assert closed == [b""] * 3
+    assert all(still_open)
+    assert words == ["idle to b", "idle to a"]
+    deadline = time.monotonic() + 20
+    while "limit iim_mux.maxsessions_per_source: refused" not in mux.log():
+        assert time.monotonic() < deadline, mux.log()[-2000:]
+        time.sleep(0.1)
+    assert "(latest: 127.0.0.7)" in mux.log()
+
+
+def test_accept_rate_per_source_at_the_mux(system):
+    """5/s in bursts of 10 at the plain mux: of 100 connections opened at once
+    from 127.0.0.8 some are closed before a byte; 127.0.0.9 is not affected."""
+    server, muxes = system
+    mux = muxes["plain"]
+
+    async def scenario():
+        flood = [await Raw.open(mux.port, "127.0.0.8") for _ in range(100)]
+        first = await asyncio.gather(*(raw.first_bytes() for raw in flood))
+        for raw in flood:
+            raw.close()
+        other = await Raw.open(mux.port, "127.0.0.9")
+        answer = await other.first_bytes()
+        other.close()
+        return first, answer
+
+    first, answer = run(scenario())
+    assert first.count(b"") >= 1                   # refused at once by the mux
+    assert any(a.startswith(b"<?xml") for a in first)   # the burst got through
+    assert answer.startswith(b"<?xml")
+    deadline = time.monotonic() + 20
+    while "limit iim_mux.accept_rate_per_source: refused" not in mux.log():
+        assert time.monotonic() < deadline, mux.log()[-2000:]
+        time.sleep(0.1)
+    assert "(latest: 127.0.0.8)" in mux.log()
+
+
+# -- the server's accept rate -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rate_server(tmp_path_factory, ca):
+    raise_nofile()
+    server = LiveServer(tmp_path_factory.mktemp("rate"), ca,
+                        extra='iim_server.accept_rate_per_source = "5"\n'
+                              'iim_server.max_unauthenticated_per_source = "1000"\n')
+    server.add_users()
+    server.start()
+    yield server
+    assert server.stop() == 0
+
+
+def test_accept_rate_per_source_at_the_server(rate_server):
+    server = rate_server
+
+    async def scenario():
+        alice = await Client(f"alice@{DOMAIN}/a", "alice-pw-1",
+                             server.ca_file).online(server.port)
+        flood = [await Raw.open(server.port, "127.0.0.10") for _ in range(100)]
+        first = await asyncio.gather(*(raw.first_bytes() for raw in flood))
+        bob = await Client(f"bob@{DOMAIN}/b", "bob-pw-2", server.ca_file).online(server.port)
+        words = await chat(alice, f"alice@{DOMAIN}/a", bob, f"bob@{DOMAIN}/b", "rate")
+        for raw in flood:
+            raw.close()
+        await alice.offline()
+        await bob.offline()
+        return first, words
+
+    first, words = run(scenario())
+    assert first.count(b"") >= 1
+    assert any(a.startswith(b"<?xml") for a in first)
+    assert words == ["rate to b", "rate to a"]
+    log = server.log()
+    assert "limit iim_server.accept_rate_per_source: refused" in log
+    assert "latest: 127.0.0.10: more than 5 new connections per second" in log
+
+
+# -- the gate in memory (fake clock) --------------------------------------------------------
+
+class Carrier:
+    def __init__(self, source):
+        self.source = source
+
+
+class Member:
+    def __init__(self, source):
+        self.carrier = Carrier(source)
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_negotiating_counts_members_by_source_and_forgets_them():
+    negotiating = Negotiating(2)
+    a1, a2, a3, b1 = Member("192.0.2.1"), Member("192.0.2.1"), Member("192.0.2.1"), \
+        Member("2001:db8::/64")
+    for member in (a1, a2, a3, b1):
+        negotiating.add(member)
+    assert negotiating.held("192.0.2.1") == 2          # a3 held, uncounted: being refused
+    assert negotiating.held("2001:db8::/64") == 1 and len(negotiating) == 4
+    negotiating.discard(a3)
+    assert negotiating.held("192.0.2.1") == 2
+    negotiating.discard(a1)
+    negotiating.discard(a1)                             # twice: counted once
+    assert negotiating.held("192.0.2.1") == 1
+    for member in (a2, b1):
+        negotiating.remove(member)
+    assert len(negotiating) == 0 and negotiating.sources == 0
+
+
+def test_admission_refuses_by_rate_then_by_count_and_logs_once_per_interval(caplog):
+    clock = Clock()
+    negotiating = Negotiating(3)
+    log = LimitLog(__import__("logging").getLogger("iim.test.admission"), 60)
+    gate = Admission(negotiating, rate=2, limit_log=log, clock=clock)
+    verdicts = []
+    for _ in range(5):                          # burst of 4
+        refusal = gate.refusal("192.0.2.1")
+        verdicts.append(refusal)
+        if refusal is None:
+            negotiating.add(Member("192.0.2.1"))
+    assert verdicts == [None, None, None, Refusal.COUNT, Refusal.RATE]
+    assert gate.refusal("192.0.2.2") is None    # another source
+    clock.now += 10                              # the bucket refills; the count is still 3
+    assert gate.refusal("192.0.2.1") is Refusal.COUNT
+    lines = [r.getMessage() for r in caplog.records if "limit iim_server" in r.getMessage()]
+    assert lines == [
+        "limit iim_server.max_unauthenticated_per_source: refused 1 so far "
+        "(latest: 192.0.2.1: 3 connections negotiating)",
+        "limit iim_server.accept_rate_per_source: refused 1 so far "
+        "(latest: 192.0.2.1: more than 2 new connections per second)"]
+    assert Refusal.COUNT.stream_error().condition.value == "policy-violation"
