@@ -78,7 +78,9 @@ class Server:
             policy = ServerPolicy(prepare_domainpart(server.domainname),
                                   tls_offered=tls_context is not None,
                                   tls_required=server.requiressl,
-                                  max_stanza_bytes=server.maxstanzasize)
+                                  max_stanza_bytes=server.maxstanzasize,
+                                  max_auth_attempts=server.limits.max_auth_attempts,
+                                  max_xmlns_per_stanza=server.limits.max_xmlns_per_stanza)
         except InvalidJID as exc:
             raise StartupError(f"iim_server.domainname: {server.domainname!r}: {exc}") from None
         self.ctx = SessionContext(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,13 +35,15 @@ from iim.conf.limits import ServerLimits
 from iim.xmpp import sasl
 from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
 from iim.xmpp.events import (
-    Authenticated, SessionEstablished, StanzaReceived, StartTLS, StreamEnded,
+    Authenticated, AuthenticationFailed, SessionEstablished, StanzaReceived, StartTLS,
+    StreamEnded,
 )
 from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
 
-from .quota import LimitLog
+from .logins import LoginThrottle
+from .quota import LimitLog, source_of
 from .tls import TLSFailed, TLSLayer, TLSPump
 
 Cond = StreamErrorCondition
@@ -74,6 +77,11 @@ class SessionContext:
     connections: set = field(default_factory=set)   # transports not yet lost (shutdown)
     limits: ServerLimits = ServerLimits()           # iim_server.* limits (iim/conf/limits.py)
     limit_log: LimitLog | None = None               # one line per limit per interval
+    logins: LoginThrottle | None = None             # failed logins by account and source
+
+    def __post_init__(self) -> None:
+        if self.logins is None:
+            self.logins = LoginThrottle(self.limits)
 
 
 class ClientSession(TLSPump):
@@ -85,7 +93,9 @@ class ClientSession(TLSPump):
         self.ctx = ctx
         self.carrier = carrier
         self.loop = loop or asyncio.get_running_loop()
-        self.stream = ServerStream(ctx.policy, self._authenticator,
+        self.source = carrier_source(carrier)
+        # The authenticator must not hold the session: no session <-> stream cycle.
+        self.stream = ServerStream(ctx.policy, partial(_authenticator, ctx, self.source),
                                    secure_transport=secure_transport)
         self.tls: TLSLayer | None = None
         self.jid: JID | None = None
@@ -98,6 +108,8 @@ class ClientSession(TLSPump):
         self._paused = False
         self._progress = time.monotonic()
         self._partial = False
+        self._answer_held: asyncio.TimerHandle | None = None    # a failed login's answer
+        self._input_held = bytearray()                          # what came meanwhile
         self._timer = self.loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
         self._watchdog = self.loop.call_later(ctx.stanza_timeout, self._check_progress)
         ctx.negotiating.add(self)
@@ -116,11 +128,50 @@ class ClientSession(TLSPump):
         self.stream.tls_established()
 
     def _feed(self, data: bytes) -> None:
+        if self._answer_held is not None:
+            self._hold_input(data)
+            return
         events = self.stream.receive_data(data)
         self._note_progress(bool(events))
+        failures = [e for e in events if isinstance(e, AuthenticationFailed)]
+        if failures:
+            self._count_failures(failures)
+            if self.ctx.limits.auth_failure_delay > 0:
+                self._answer_held = self.loop.call_later(
+                    self.ctx.limits.auth_failure_delay, self._answer, events)
+                return
+        self._answer(events)
+
+    def _answer(self, events: list) -> None:
+        """Write what the stream queued and act on its events; after a held
+        failure, go on with what the client sent meanwhile."""
+        self._answer_held = None
         self._flush()
         for event in events:
             self._handle(event)
+        if self._input_held and not self.closed:
+            data, self._input_held = bytes(self._input_held), bytearray()
+            self._feed(data)
+
+    # -- failed logins (issue 11.7) --------------------------------------------
+    #
+    # A failed login is counted at once (LoginThrottle), but its <failure/>, and
+    # whatever the stream did after it, waits auth_failure_delay seconds on a
+    # timer: the core has no clock, and other sessions go on meanwhile. What the
+    # client sends in that time waits too, up to one stanza's worth.
+
+    def _count_failures(self, failures: list) -> None:
+        now = time.monotonic()
+        for failure in failures:
+            if failure.condition == sasl.SASLFailure.NOT_AUTHORIZED.value:
+                self.ctx.logins.failed(failure.username, self.source, now)
+
+    def _hold_input(self, data: bytes) -> None:
+        self._input_held += data
+        if len(self._input_held) > self.ctx.policy.max_stanza_bytes:
+            self._input_held = bytearray()
+            self.close(StreamError(Cond.POLICY_VIOLATION,
+                                   "too much sent while a failed login was being answered"))
 
     def _note_progress(self, completed: bool) -> None:
         if completed or not self.stream.unit_in_progress:
@@ -136,6 +187,7 @@ class ClientSession(TLSPump):
         elif isinstance(event, StartTLS):
             self.tls = TLSLayer(self.ctx.tls_context, server_side=True)
         elif isinstance(event, Authenticated):
+            self.ctx.logins.succeeded(event.username, self.source)
             self.ctx.log.info("c2s %s: login %s (%s)", self.carrier.peer, event.username,
                               event.mechanism)
         elif isinstance(event, SessionEstablished):
@@ -265,6 +317,8 @@ class ClientSession(TLSPump):
         self.closed = True
         self._timer.cancel()
         self._watchdog.cancel()
+        if self._answer_held is not None:
+            self._answer_held.cancel()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
         try:
@@ -297,10 +351,33 @@ class ClientSession(TLSPump):
             return
         self._watchdog = self.loop.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
 
-    def _authenticator(self, tls: bool) -> sasl.ServerAuth:
-        storage = self.ctx.storage
-        return sasl.ServerAuth(storage.credentials, self.ctx.policy.domain, tls=tls,
-                               secret=storage.server_secret())
+
+
+def carrier_source(carrier: Carrier) -> str:
+    """The source per-source limits count a session under: what the carrier
+    says (a socket's peer, the client address a multiplexor's OPEN carried),
+    else its peer address."""
+    source = getattr(carrier, "source", None)
+    if source:
+        return source
+    return source_of(carrier.peer.rpartition(":")[0] or carrier.peer)   # "[v6]:port" too
+
+
+def _authenticator(ctx: SessionContext, source: str, tls: bool) -> sasl.ServerAuth:
+    storage = ctx.storage
+    return sasl.ServerAuth(storage.credentials, ctx.policy.domain, tls=tls,
+                           secret=storage.server_secret(), admit=partial(_admit, ctx, source))
+
+
+def _admit(ctx: SessionContext, source: str, username: str) -> bool:
+    """The login throttle's word, asked before a named account is checked."""
+    now = time.monotonic()
+    refused_by = ctx.logins.refusal(username, source, now)
+    if refused_by is None:
+        return True
+    if ctx.limit_log is not None:
+        ctx.limit_log.hit(refused_by, now, f"{_printable(username)} from {source}")
+    return False
 
 
 def _printable(text: str, limit: int = 200) -> str:
