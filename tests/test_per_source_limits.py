@@ -459,3 +459,81 @@ def test_admission_refuses_by_rate_then_by_count_and_logs_once_per_interval(capl
         "limit iim_server.accept_rate_per_source: refused 1 so far "
         "(latest: 192.0.2.1: more than 2 new connections per second)"]
     assert Refusal.COUNT.stream_error().condition.value == "policy-violation"
+
+
+# -- the relay core's table (iim._fastmux.SourceLimit), in process ------------------------
+
+@pytest.fixture
+def link_peer():
+    from muxpeer import LinkPeer
+    peer = LinkPeer()
+    yield peer
+    peer.close()
+
+
+def test_relay_table_frees_every_entry_after_many_sessions(link_peer):
+    """500 sessions from two sources come and go through a relay: every
+    count returns to zero, and the sources holding clients drop to none."""
+    from iim import _fastmux
+    from muxpeer import RelayHarness, closed_by_peer, wait_until
+    raise_nofile()
+    sources = _fastmux.SourceLimit(4, 100000, 100)
+    relay = RelayHarness(link_peer, sources=sources)
+    for wave in range(125):
+        clients = [relay.client(source=f"127.0.1.{1 + i % 2}") for i in range(4)]
+        for client in clients:
+            relay.opened(client)
+        assert sources.held("127.0.1.1") == 2 and sources.held("127.0.1.2") == 2
+        for client in clients:
+            client.close()
+    wait_until(lambda: sources.sources()[0] == 0, 10, what="every source let go")
+    assert sources.held("127.0.1.1") == 0 and sources.held("127.0.1.2") == 0
+    assert relay.stats()["refused"] == 0 and relay.stats()["opened"] == 500
+    assert relay.stop() == _fastmux.EXIT_STOPPED
+
+
+def test_relay_table_stays_within_its_size_with_many_sources(link_peer):
+    """1,000 sources (127.0.2-5.x) against a table of 256 slots: sources that
+    hold nothing are forgotten to make room, everyone is served, and a source
+    over its count is still refused."""
+    from iim import _fastmux
+    from muxpeer import RelayHarness, closed_by_peer, wait_until
+    raise_nofile()
+    sources = _fastmux.SourceLimit(2, 2, 10)       # entries stay 0.5 s after their use
+    relay = RelayHarness(link_peer, sources=sources)
+    assert sources.slots == 256
+    for n in range(1000):
+        client = relay.client(source=f"127.0.{2 + n // 250}.{1 + n % 250}")
+        relay.opened(client)
+        client.close()
+        assert sources.sources()[1] <= 192              # three quarters of the slots
+    held = [relay.client(source="127.0.9.9") for _ in range(2)]
+    for client in held:
+        relay.opened(client)
+    extra = relay.client(source="127.0.9.9")
+    assert closed_by_peer(extra, 5)
+    assert relay.stats()["refused_per_source"] == 1
+    assert relay.stats()["last_refused"] == "127.0.9.9"
+    for client in held + [extra]:
+        client.close()
+    wait_until(lambda: sources.held("127.0.9.9") == 0, 10)
+    assert relay.stop() == _fastmux.EXIT_STOPPED
+
+
+def test_relay_accept_rate_per_source(link_peer):
+    from iim import _fastmux
+    from muxpeer import RelayHarness, wait_until
+    raise_nofile()
+    sources = _fastmux.SourceLimit(1000, 5, 1000)
+    relay = RelayHarness(link_peer, sources=sources)
+    flood = [relay.client(source="127.0.3.1") for _ in range(60)]
+    wait_until(lambda: relay.stats()["opened"] + relay.stats()["refused"] == 60, 10)
+    other = relay.client(source="127.0.3.2")
+    relay.opened(other)
+    stats = relay.stats()
+    assert stats["refused_rate"] >= 1 and stats["refused"] == stats["refused_rate"]
+    assert stats["opened"] >= 10                       # the burst (2 x 5) got through
+    assert stats["last_refused"] == "127.0.3.1"
+    for client in flood + [other]:
+        client.close()
+    assert relay.stop() == _fastmux.EXIT_STOPPED
