@@ -253,7 +253,7 @@ def test_a_client_that_never_reads_is_closed_and_its_messages_wait_offline(serve
                 str(server.ca_file), f"carol@{DOMAIN}/flood", "carol-pw-3",
                 f"dave@{DOMAIN}/stuck", "6000", "2000", stdout=subprocess.PIPE)
             flowing = 0
-            while "closing: resource-constraint" not in server.log():
+            while "closing: policy-violation" not in server.log():
                 flowing += await chat.progress(0.5)
                 assert carol.returncode is None or flowing, "never closed"
             flowing_after = await chat.progress(1.0)

@@ -83,15 +83,17 @@ class Server:
                                   max_xmlns_per_stanza=server.limits.max_xmlns_per_stanza)
         except InvalidJID as exc:
             raise StartupError(f"iim_server.domainname: {server.domainname!r}: {exc}") from None
+        limit_log = LimitLog(self.log, server.limits.limit_log_interval)
         self.ctx = SessionContext(
             policy=policy, tls_context=tls_context,
-            router=Router(server.domainname, self.storage, log=self.log),
+            router=Router(server.domainname, self.storage, log=self.log, limits=server.limits,
+                          limit_log=limit_log),
             storage=self.storage, log=self.log,
             negotiation_timeout=server.negotiation_timeout,
             stanza_timeout=server.stanza_timeout,
             negotiating=Negotiating(server.limits.max_unauthenticated_per_source),
             limits=server.limits,
-            limit_log=LimitLog(self.log, server.limits.limit_log_interval))
+            limit_log=limit_log)
         self.admission = Admission.for_context(self.ctx)
         if server.useport:
             self.federation = Federation(self.config, self.ctx.router,

@@ -10,14 +10,37 @@ socket and over a mux link), the sans-I/O ServerStream, and three timers:
   ``negotiation_timeout`` or the stream ends with ``<connection-timeout/>``;
 * stanza progress: once bytes of a stanza arrived, the stanza must complete
   within ``stanza_timeout`` (a client dripping one byte a second is cut off);
-* output backpressure: at most ``HIGH_WATER`` bytes wait in the carrier;
-  beyond that, stanzas for the client wait in an in-order backlog, sent as
-  the carrier drains (``resume_writing``). A backlog of ``MAX_BACKLOG``
-  stanzas closes the session with ``<resource-constraint/>``. Whatever is
-  still in the backlog when a session ends goes back to the router, which
-  keeps the messages in offline storage: nothing the server accepted is
-  lost inside the server. (Bytes already handed to the kernel when a
-  connection dies are beyond any server's knowledge without XEP-0198.)
+* output backpressure: at most ``HIGH_WATER`` bytes wait in the carrier
+  (less when ``max_backlog`` is small); beyond that, stanzas for the client
+  wait in an in-order backlog, sent as the carrier drains
+  (``resume_writing``).
+
+A client that does not read (issue 11.5). What waits for it is bounded in
+bytes by ``iim_server.max_backlog``: the bytes in the carrier (written, not
+yet taken by the kernel) plus the backlog, each stanza there counted as it is
+held (the characters of its names, attributes and text, plus
+``_ELEMENT_OVERHEAD`` per element for the objects: a backlog of tiny stanzas
+costs what it costs). Past the limit the session ends with the stream error
+``<policy-violation/>`` (RFC 6120 §4.9.3.14: a local limit the client ran
+over by not reading, like a stanza over the size limit; not
+``<resource-constraint/>``, §4.9.3.17, which says the *server* lacks the
+resources, an invitation to come back later) and one rate-limited log line.
+Nothing it had not received is lost inside the server: the backlog, and the
+messages still in the carrier's buffer (the *in-flight ledger*: each message
+written while the carrier was holding bytes, with the carrier byte offset
+where it ends, dropped once the carrier has handed that offset to the
+kernel), go back to the router, which keeps them in offline storage or
+bounces them to their senders when storage refuses (RFC 6121 §8.5). The
+ledger is returned only when the carrier's buffer will not reach the client
+(the limit, a lost connection); a client that resumes reading in the moment
+before the close may then see a few of those messages twice, once live and
+once from offline storage, rather than none. Bytes the kernel already took
+are beyond any server's knowledge without XEP-0198; the stream error comes
+after them.
+
+Teardown (``_finish``) always unregisters the session from the router, even
+when returning the backlog fails (a full disk): the failure is one log line,
+and the messages that could not be kept are bounced to their senders.
 """
 
 from __future__ import annotations
@@ -33,7 +56,9 @@ from xml.etree.ElementTree import Element
 
 from iim.conf.limits import ServerLimits
 from iim.xmpp import sasl
-from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
+from iim.xmpp.errors import (
+    LocalProtocolError, StanzaErrorCondition, StreamError, StreamErrorCondition,
+)
 from iim.xmpp.events import (
     Authenticated, AuthenticationFailed, SessionEstablished, StanzaReceived, StartTLS,
     StreamEnded,
@@ -48,7 +73,8 @@ from .tls import TLSFailed, TLSLayer, TLSPump
 
 Cond = StreamErrorCondition
 HIGH_WATER = 256 * 1024
-MAX_BACKLOG = 2000
+_ELEMENT_OVERHEAD = 200     # bytes of objects per held element (measured: ~200 on CPython 3.11)
+_MESSAGE = "{jabber:client}message"
 
 
 class Carrier(Protocol):
@@ -96,7 +122,8 @@ class ClientSession(TLSPump):
         self.source = carrier_source(carrier)
         # The authenticator must not hold the session: no session <-> stream cycle.
         self.stream = ServerStream(ctx.policy, partial(_authenticator, ctx, self.source),
-                                   secure_transport=secure_transport)
+                                   secure_transport=secure_transport,
+                                   bind_check=getattr(ctx.router, "bind_refusal", None))
         self.tls: TLSLayer | None = None
         self.jid: JID | None = None
         self.priority: int | None = None
@@ -104,7 +131,11 @@ class ClientSession(TLSPump):
         self.interested = False
         self.closed = False
         self._bound = False
-        self._backlog: deque[Element] = deque()
+        self._backlog: deque[tuple[Element, int]] = deque()     # (stanza, bytes held)
+        self._backlog_bytes = 0
+        self._in_flight: deque[tuple[Element, int]] = deque()   # (message, carrier offset)
+        self._written = 0                                        # bytes given to the carrier
+        self._high_water = min(HIGH_WATER, ctx.limits.max_backlog // 2)
         self._paused = False
         self._progress = time.monotonic()
         self._partial = False
@@ -200,7 +231,8 @@ class ClientSession(TLSPump):
         self._timer.cancel()
         self.ctx.negotiating.discard(self)
         security = self.security()
-        self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, jid, security)
+        self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, _printable(str(jid)),
+                          security)
         self._bound = True
         self.ctx.router.session_bound(self)
 
@@ -248,6 +280,7 @@ class ClientSession(TLSPump):
             except TLSFailed:
                 self._finish()
                 return
+        self._written += len(out)
         self.carrier.write(out)
 
     def deliver(self, stanza: Element) -> None:
@@ -256,11 +289,28 @@ class ClientSession(TLSPump):
             self.ctx.router.keep_for_later(self, stanza)
             return
         if self._backlog or not self._writable():
-            self._backlog.append(stanza)
-            if len(self._backlog) > MAX_BACKLOG:
-                self.close(StreamError(Cond.RESOURCE_CONSTRAINT, "the client is not reading"))
+            self._hold(stanza)
             return
         self._send_stanza(stanza)
+
+    def _hold(self, stanza: Element) -> None:
+        """Into the backlog; past ``max_backlog`` bytes waiting, the session ends."""
+        size = held_size(stanza)
+        self._backlog.append((stanza, size))
+        self._backlog_bytes += size
+        waiting = self._backlog_bytes + self.carrier.pending()
+        if waiting > self.ctx.limits.max_backlog:
+            self._overflow(waiting)
+
+    def _overflow(self, waiting: int) -> None:
+        if self.ctx.limit_log is not None:
+            self.ctx.limit_log.hit("iim_server.max_backlog", time.monotonic(),
+                                   f"{_printable(str(self.jid))}: {waiting} bytes unread")
+        limit = self.ctx.limits.max_backlog
+        self.close(StreamError(Cond.POLICY_VIOLATION,
+                               f"more than {limit} bytes waiting for a client that does not "
+                               "read; what it did not receive is kept for its next login"),
+                   unreachable=True)
 
     def _send_stanza(self, stanza: Element) -> None:
         try:
@@ -270,9 +320,19 @@ class ClientSession(TLSPump):
                                  self.jid, exc)
             return
         self._flush()
+        self._note_in_flight(stanza)
+
+    def _note_in_flight(self, stanza: Element) -> None:
+        """Ledger: a message the carrier still holds (see the module docstring)."""
+        pending = self.carrier.pending()
+        taken = self._written - pending
+        while self._in_flight and self._in_flight[0][1] <= taken:
+            self._in_flight.popleft()
+        if pending and stanza.tag == _MESSAGE:
+            self._in_flight.append((stanza, self._written))
 
     def _writable(self) -> bool:
-        return not self._paused and self.carrier.pending() <= HIGH_WATER
+        return not self._paused and self.carrier.pending() <= self._high_water
 
     def pause_writing(self) -> None:
         """The carrier's buffer is full: hold stanzas in the backlog."""
@@ -282,17 +342,47 @@ class ClientSession(TLSPump):
         """The carrier drained: send the backlog, in order, while it takes it."""
         self._paused = False
         while self._backlog and self._writable() and not self.closed:
-            self._send_stanza(self._backlog.popleft())
+            stanza, size = self._backlog.popleft()
+            self._backlog_bytes -= size
+            self._send_stanza(stanza)
 
-    def _return_backlog(self) -> None:
-        if self._backlog:
-            backlog, self._backlog = list(self._backlog), deque()
-            self.ctx.router.keep_all_for_later(self, backlog)
+    def _unsent(self, unreachable: bool) -> list[Element]:
+        """What the client has not received: the backlog, and when the carrier's
+        buffer will not reach it either, the messages still in that buffer."""
+        unsent = [stanza for stanza, _ in self._backlog]
+        if unreachable:
+            taken = self._written - self.carrier.pending()
+            unsent[:0] = [stanza for stanza, end in self._in_flight if end > taken]
+        self._backlog, self._backlog_bytes, self._in_flight = deque(), 0, deque()
+        return unsent
+
+    def _return_unsent(self, unsent: list[Element]) -> None:
+        """To offline storage (the router bounces what storage refuses); if
+        storage fails outright, one log line and the messages bounce."""
+        if not unsent:
+            return
+        try:
+            self.ctx.router.keep_all_for_later(self, unsent)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not leave a ghost session
+            self.ctx.log.error("c2s %s: %d stanzas for %s could not be kept, bounced to their "
+                               "senders: %s", self.carrier.peer, len(unsent),
+                               _printable(str(self.jid)), _printable(str(exc)))
+            self._bounce(unsent)
+
+    def _bounce(self, stanzas: list[Element]) -> None:
+        for stanza in stanzas:
+            if stanza.tag == _MESSAGE:
+                try:
+                    self.ctx.router.bounce_to_local(stanza,
+                                                    StanzaErrorCondition.SERVICE_UNAVAILABLE)
+                except Exception:  # noqa: BLE001 - keep bouncing the others
+                    self.ctx.log.debug("c2s %s: bounce failed", self.carrier.peer)
 
     # -- ending ---------------------------------------------------------------------
 
-    def close(self, error: StreamError | None = None) -> None:
-        """End the session (router: resource conflict; server: shutdown)."""
+    def close(self, error: StreamError | None = None, *, unreachable: bool = False) -> None:
+        """End the session (router: resource conflict; server: shutdown).
+        ``unreachable``: what the carrier still holds will not reach the client."""
         if self.closed:
             return
         if error is not None:
@@ -303,15 +393,15 @@ class ClientSession(TLSPump):
         else:
             self.stream.close(error)
             self._flush()
-        self._finish()
+        self._finish(unreachable=unreachable)
 
     def connection_lost(self) -> None:
         """The carrier is gone (socket closed, mux link down)."""
         if not self.closed:
             self.ctx.log.info("c2s %s: connection closed", self.carrier.peer)
-        self._finish(write=False)
+        self._finish(write=False, unreachable=True)
 
-    def _finish(self, write: bool = True) -> None:
+    def _finish(self, write: bool = True, unreachable: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
@@ -321,6 +411,7 @@ class ClientSession(TLSPump):
             self._answer_held.cancel()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
+        unsent = self._unsent(unreachable)      # before closing: the carrier still counts
         try:
             if write and self.tls is not None and self.tls.handshake_done:
                 self.carrier.write(self.tls.close())
@@ -328,10 +419,17 @@ class ClientSession(TLSPump):
         except (OSError, TLSFailed) as exc:     # the peer is gone already: carry on
             self.ctx.log.debug("c2s %s: while closing: %s", self.carrier.peer, exc)
         finally:                                # the bookkeeping happens whatever the socket did
-            self._return_backlog()
+            self._leave_router(unsent)
+
+    def _leave_router(self, unsent: list[Element]) -> None:
+        """Return what was not sent, then unregister, the second whatever the first did."""
+        try:
+            self._return_unsent(unsent)
+        finally:
             if self._bound:
                 self.ctx.router.session_ended(self)
-                self.ctx.log.info("c2s %s: logout %s", self.carrier.peer, self.jid)
+                self.ctx.log.info("c2s %s: logout %s", self.carrier.peer,
+                                  _printable(str(self.jid)))
 
     # -- timers --------------------------------------------------------------------
 
@@ -380,8 +478,27 @@ def _admit(ctx: SessionContext, source: str, username: str) -> bool:
     return False
 
 
+def held_size(stanza: Element) -> int:
+    """What a stanza held in memory costs, roughly: the characters of its
+    names, attributes and text, and ``_ELEMENT_OVERHEAD`` per element."""
+    size = 0
+    for element in stanza.iter():
+        size += _ELEMENT_OVERHEAD + len(element.tag) + len(element.text or "") \
+            + len(element.tail or "")
+        for name, value in element.attrib.items():
+            size += len(name) + len(value)
+    return size
+
+
 def _printable(text: str, limit: int = 200) -> str:
-    """Peer-supplied text made safe for one log line: no control characters
-    (no forged lines), and short."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    """Peer-supplied text made safe for one log line: no control characters,
+    no line or paragraph separators (U+2028, U+2029: no forged lines), each
+    shown escaped (``\\u2028``), and short."""
+    cleaned = "".join(c if c.isprintable() else _escaped(c) for c in text[:limit])
     return cleaned + ("..." if len(text) > limit else "")
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"

@@ -284,14 +284,27 @@ class Presence:
                 session.deliver(_addressed(own.last, session.jid))
 
     def _answer_probe(self, contact: JID, session: "SessionHandle") -> None:
-        """What ``contact``'s server answers to a probe from the session's user."""
+        """What ``contact``'s server answers to a probe from the session's user.
+
+        A local contact with no available resource has nothing to say: that
+        is checked first, so probing offline contacts reads no storage, and
+        an online contact's roster is in memory (``iim.server.roster``)."""
         user = session.jid.bare
         if not self.router.is_local(contact):
             probe = Element(PRESENCE, {"from": str(user), "to": str(contact), "type": "probe"})
             self.router.route_remote(probe)
-        elif contact.local is not None and self.state(contact, user).has_from:
-            for resource in self._available_resources(contact):
-                session.deliver(_addressed(resource.last, session.jid))
+        elif contact.local is not None:
+            resources = self._available_resources(contact)
+            if resources and self._sees(user, contact):
+                for resource in resources:
+                    session.deliver(_addressed(resource.last, session.jid))
+
+    def _sees(self, user: JID, contact: JID) -> bool:
+        """The user receives the contact's presence: the contact's roster says
+        *from* or *both* for the user (what ``state(contact, user).has_from``
+        says, without looking for pending requests)."""
+        item = self.roster.item(contact, user)
+        return item is not None and item.subscription in (Subscription.FROM, Subscription.BOTH)
 
     def answer_remote_probe(self, user: JID, prober: JID) -> None:
         """§4.3.2: a probe from another domain. A subscriber gets the user's
@@ -432,21 +445,13 @@ class Presence:
         return found
 
     def _subscribers(self, user: JID) -> list[JID]:
-        """Contacts that receive the user's presence (*from* or *both*)."""
-        return self._contacts(user, (Subscription.FROM, Subscription.BOTH))
+        """Contacts that receive the user's presence (*from* or *both*); for an
+        online user, from memory, one step per subscriber (``iim.server.roster``)."""
+        return self.roster.subscribers(user)
 
     def _publishers(self, user: JID) -> list[JID]:
         """Contacts whose presence the user receives (*to* or *both*)."""
-        return self._contacts(user, (Subscription.TO, Subscription.BOTH))
-
-    def _contacts(self, user: JID, states: tuple[Subscription, ...]) -> list[JID]:
-        contacts = []
-        for item in self.roster.items(user):
-            if item.subscription in states:
-                jid = _bare(item.jid)
-                if jid is not None:
-                    contacts.append(jid)
-        return contacts
+        return self.roster.publishers(user)
 
     def _send(self, stanza: Element, to: JID) -> None:
         self.router.deliver_presence(to, _addressed(stanza, to))

@@ -26,16 +26,41 @@ sets them); a ``subscription`` attribute in a set is ignored except for
 
 Items are bare JIDs: subscriptions, and so the whole roster model here, are
 between bare JIDs (§3.1.1). A set naming a full JID is refused.
+
+Limits (issue 11.6). A roster holds at most ``iim_server.max_roster_items``
+items: a set that would add one more gets ``<resource-constraint/>`` (RFC 6120
+§8.3.3.18; RFC 6121 §2.3.3 leaves the roster's size to the server), and so
+does a subscription request that would add a contact. One item's name and
+groups, counted as they are written (``name='...'`` and each
+``<group>...</group>``), take at most ``iim_server.max_roster_item_size``
+bytes; a bigger one is ``<not-acceptable/>``, RFC 6121 §2.3.3's answer to a
+name or group "larger than a server-configured limit". Items stored before a
+limit was lowered are kept and served; only new sets are refused.
+
+In memory. Presence reads rosters constantly: every broadcast goes to the
+user's subscribers, every initial presence probes the contacts the user is
+subscribed to, and every probe answer checks the contact's view of the user.
+So the roster of a user who is online is held in memory (``_Held``): loaded
+from storage once, at its first use after login, changed together with
+storage by ``put`` and ``remove`` (the only writers), and dropped by
+``forget`` when the user's last resource goes. Besides the items it keeps the
+two sets presence fans out to, the subscribers (*from*/*both*) and the
+publishers (*to*/*both*), so a broadcast costs one step per subscriber, not
+one per item, and reads storage not at all. The memory is bounded by the
+limits: online users x max_roster_items x (max_roster_item_size + the JID +
+a few hundred bytes of objects). Rosters of users who are offline are read
+from storage when needed, as before (a subscription request for them, say).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable
 from xml.etree.ElementTree import Element, SubElement
 
-from iim.server.storage import RosterItem, Storage
+from iim.conf.limits import ServerLimits
+from iim.server.storage import RosterItem, Storage, Subscription
 from iim.xmpp.errors import StanzaError, StanzaErrorCondition
 from iim.xmpp.jid import JID, InvalidJID
 from iim.xmpp.ns import CLIENT_NS, ROSTER_NS, q
@@ -51,6 +76,45 @@ GROUP = q(ROSTER_NS, "group")
 MAX_TEXT = 1023
 """Longest handle or group name we keep, in characters (§2.3.3 lets a server choose)."""
 
+_GROUP_MARKUP = len("<group></group>")
+_NAME_MARKUP = len(" name=''")
+_FROM_STATES = (Subscription.FROM, Subscription.BOTH)
+_TO_STATES = (Subscription.TO, Subscription.BOTH)
+
+
+@dataclass
+class _Held:
+    """An online user's roster in memory: the items by JID, the version, and
+    the contacts presence fans out to (see the module docstring)."""
+
+    items: dict[str, RosterItem]
+    version: int
+    subscribers: dict[str, JID] = field(default_factory=dict)
+    publishers: dict[str, JID] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for item in self.items.values():
+            self._index(item)
+
+    def put(self, item: RosterItem, version: int) -> None:
+        self.items[item.jid] = item
+        self.version = version
+        self._index(item)
+
+    def remove(self, jid: str, version: int) -> None:
+        self.items.pop(jid, None)
+        self.subscribers.pop(jid, None)
+        self.publishers.pop(jid, None)
+        self.version = version
+
+    def _index(self, item: RosterItem) -> None:
+        contact = _contact(item.jid)
+        for table, states in ((self.subscribers, _FROM_STATES), (self.publishers, _TO_STATES)):
+            if contact is not None and item.subscription in states:
+                table[item.jid] = contact
+            else:
+                table.pop(item.jid, None)
+
 
 class Roster:
     """The users' rosters: client requests in, roster pushes out."""
@@ -61,23 +125,68 @@ class Roster:
         interested: Callable[[JID], Iterable["SessionHandle"]],
         *,
         on_remove: Callable[[JID, RosterItem], None] | None = None,
+        online: Callable[[JID], bool] = lambda user: False,
+        limits: ServerLimits = ServerLimits(),
     ) -> None:
         self._storage = storage
         self._interested = interested
         self.on_remove = on_remove
         """Called with (user, item) before an item is removed at the user's request."""
+        self._online = online
+        self.limits = limits
+        self._held: dict[JID, _Held] = {}
 
     # -- reading --------------------------------------------------------------
 
     def items(self, user: JID) -> list[RosterItem]:
-        return self._storage.roster(user.local)
+        held = self._hold(user)
+        if held is None:
+            return self._storage.roster(user.local)
+        return list(held.items.values())
 
     def item(self, user: JID, contact: JID) -> RosterItem | None:
         wanted = str(contact)
+        held = self._hold(user)
+        if held is not None:
+            return held.items.get(wanted)
         return next((item for item in self.items(user) if item.jid == wanted), None)
 
     def version(self, user: JID) -> str:
-        return str(self._storage.roster_version(user.local))
+        held = self._hold(user)
+        if held is None:
+            return str(self._storage.roster_version(user.local))
+        return str(held.version)
+
+    def subscribers(self, user: JID) -> list[JID]:
+        """Contacts that receive the user's presence (*from* or *both*)."""
+        held = self._hold(user)
+        if held is not None:
+            return list(held.subscribers.values())
+        return _contacts(self.items(user), _FROM_STATES)
+
+    def publishers(self, user: JID) -> list[JID]:
+        """Contacts whose presence the user receives (*to* or *both*)."""
+        held = self._hold(user)
+        if held is not None:
+            return list(held.publishers.values())
+        return _contacts(self.items(user), _TO_STATES)
+
+    # -- the in-memory rosters of online users ---------------------------------
+
+    def _hold(self, user: JID) -> _Held | None:
+        """The user's roster in memory; loaded now if the user is online."""
+        held = self._held.get(user)
+        if held is None and self._online(user):
+            items = {item.jid: item for item in self._storage.roster(user.local)}
+            held = self._held[user] = _Held(items, self._storage.roster_version(user.local))
+        return held
+
+    def forget(self, user: JID) -> None:
+        """The user's last resource went: free the roster held in memory."""
+        self._held.pop(user, None)
+
+    def forget_all(self) -> None:
+        self._held.clear()
 
     # -- client requests (§2.2, §2.3, §2.5) -----------------------------------
 
@@ -101,6 +210,7 @@ class Roster:
             self._remove_requested(user, contact)
             return
         name, groups = _item_name(element), _item_groups(element)
+        _check_size(name, groups, self.limits.max_roster_item_size)
         old = self.item(user, contact)
         new = (replace(old, name=name, groups=groups) if old is not None
                else RosterItem(str(contact), name, groups=groups))
@@ -117,16 +227,33 @@ class Roster:
     # -- changes, each followed by a push --------------------------------------
 
     def put(self, user: JID, item: RosterItem) -> None:
-        """Store ``item`` (added or changed) and push it."""
+        """Store ``item`` (added or changed) and push it. A new item in a full
+        roster is ``<resource-constraint/>`` (nothing stored)."""
+        self._check_room(user, item.jid)
         version = self._storage.set_roster_item(user.local, item)
+        held = self._held.get(user)
+        if held is not None:
+            held.put(item, version)
         self._push(user, item_element(item), version)
 
     def remove(self, user: JID, contact: JID) -> None:
         """Delete the item, if any, and push ``subscription='remove'``."""
         version = self._storage.remove_roster_item(user.local, str(contact))
-        if version is not None:
-            self._push(user, Element(ITEM, {"jid": str(contact), "subscription": "remove"}),
-                       version)
+        if version is None:
+            return
+        held = self._held.get(user)
+        if held is not None:
+            held.remove(str(contact), version)
+        self._push(user, Element(ITEM, {"jid": str(contact), "subscription": "remove"}),
+                   version)
+
+    def _check_room(self, user: JID, jid: str) -> None:
+        held = self._hold(user)
+        items = held.items if held is not None else {i.jid: i for i in self.items(user)}
+        limit = self.limits.max_roster_items
+        if jid not in items and len(items) >= limit:
+            raise StanzaError(Cond.RESOURCE_CONSTRAINT,
+                              f"the roster is full ({limit} items, iim_server.max_roster_items)")
 
     def _push(self, user: JID, item: Element, version: int) -> None:
         for session in self._interested(user):
@@ -150,7 +277,32 @@ def item_element(item: RosterItem) -> Element:
     return element
 
 
+def _contact(jid: str) -> JID | None:
+    try:
+        return JID.parse(jid).bare
+    except InvalidJID:
+        return None
+
+
+def _contacts(items: Iterable[RosterItem], states: tuple[Subscription, ...]) -> list[JID]:
+    found = (_contact(item.jid) for item in items if item.subscription in states)
+    return [contact for contact in found if contact is not None]
+
+
 # -- parsing a roster set (§2.3.3 error cases) --------------------------------------
+
+
+def item_size(name: str | None, groups: Iterable[str]) -> int:
+    """The bytes an item's name and groups take as written (``name='...'``
+    and each ``<group>...</group>``): what ``max_roster_item_size`` bounds."""
+    size = len(name.encode()) + _NAME_MARKUP if name else 0
+    return size + sum(len(group.encode()) + _GROUP_MARKUP for group in groups)
+
+
+def _check_size(name: str | None, groups: tuple[str, ...], limit: int) -> None:
+    if item_size(name, groups) > limit:
+        raise StanzaError(Cond.NOT_ACCEPTABLE, f"the item's name and groups take more than "
+                          f"{limit} bytes (iim_server.max_roster_item_size)")
 
 
 def _single_item(query: Element) -> Element:

@@ -11,11 +11,17 @@ their attributes up to date (``available``, ``priority``; ``interested`` is
 set by the roster).
 
 Registry: bare JID -> resource -> session. A second login with the same full
-JID wins (RFC 6120 §7.7.2.2): the older session is unregistered first (its
-unavailable presence goes out), then closed with ``<conflict/>``. Its own
-``session_ended`` call, which may come during ``close`` or later, then finds
-another session in its place and is ignored; so is any stanza a replaced or
-unknown session still sends.
+JID wins (RFC 6120 §7.7.2.2, the "override" policy): the older session is
+unregistered first (its unavailable presence goes out), then closed with
+``<conflict/>``. Its own ``session_ended`` call, which may come during
+``close`` or later, then finds another session in its place and is ignored;
+so is any stanza a replaced or unknown session still sends. An account has
+at most ``iim_server.max_resources`` sessions: the stream asks
+``bind_refusal`` before it binds, and a new resource beyond the limit gets
+``<resource-constraint/>`` (RFC 6120 §7.6.2.1). Taking over a resource in use
+replaces a session, so the count stays as it was: overriding cannot be used
+to exceed the limit. When the last resource goes, the roster held in memory
+for the user is freed (``Roster.forget``).
 
 Dispatch, by element and address:
 
@@ -179,7 +185,8 @@ class Router:
         self.offline = Deliveries(storage, parse_stored, limits.offline_batch, self.log)
         self.roster = Roster(storage, self._interested,
                              on_remove=lambda user, item: self.presence.roster_item_removed(
-                                 user, item))
+                                 user, item),
+                             online=lambda user: user in self._sessions, limits=limits)
         self.presence = Presence(self, self.roster, log=self.log)
         self.services = Services(self.domain)
         self.federation = None          # iim.server.federation.Federation, when listening
@@ -188,6 +195,17 @@ class Router:
                           IQ: self._iq}
 
     # -- registry ------------------------------------------------------------------
+
+    def bind_refusal(self, jid: JID) -> StanzaErrorCondition | None:
+        """Why ``jid`` may not be bound now, or None (asked by the stream
+        before it answers a bind, RFC 6120 §7.6.2.1)."""
+        resources = self._sessions.get(jid.bare, {})
+        if jid.resource in resources or len(resources) < self.limits.max_resources:
+            return None             # a new resource within the limit, or an override
+        if self.limit_log is not None:
+            self.limit_log.hit("iim_server.max_resources", time.monotonic(),
+                               f"{jid.bare}: {len(resources)} sessions")
+        return Cond.RESOURCE_CONSTRAINT
 
     def session_bound(self, session: SessionHandle) -> None:
         """Register a session; an older one with the same full JID is closed."""
@@ -212,6 +230,8 @@ class Router:
         if not resources:
             del self._sessions[session.jid.bare]
         self.presence.session_gone(session)
+        if session.jid.bare not in self._sessions:
+            self.roster.forget(session.jid.bare)
 
     def sessions_of(self, bare: JID) -> list[SessionHandle]:
         return list(self._sessions.get(bare.bare, {}).values())
@@ -230,6 +250,7 @@ class Router:
         sessions = [s for resources in self._sessions.values() for s in resources.values()]
         self._sessions.clear()
         self.presence.forget_all()
+        self.roster.forget_all()
         for session in sessions:
             session.close(StreamError(StreamErrorCondition.SYSTEM_SHUTDOWN))
 

@@ -36,10 +36,16 @@ rules below go.
   installed; without it, Python's built-in ``encodings.idna`` (IDNA2003 with
   nameprep) stands in, which accepts a few labels IDNA2008 refuses (symbols)
   and maps ``ß`` to ``ss``.
-- **resourcepart** (OpaqueString, RFC 8265 §4.2): non-ASCII spaces mapped to
-  U+0020, then NFC. Controls, format characters (zero-width and bidi
-  controls), surrogates, private-use and unassigned code points are refused,
-  which approximates the FreeformClass's disallowed set. Case is preserved.
+- **resourcepart** (OpaqueString, RFC 8265 §4.2): non-ASCII spaces (Zs)
+  mapped to U+0020, then NFC. Enforcement is the FreeformClass (RFC 8264
+  §4.3) by general category: letters, marks and digits (§9.1, §9.12), other
+  letter-digits (Lt Nl No Me, §9.13), spaces (Zs, §9.14), symbols (§9.15) and
+  punctuation (§9.16) are allowed; everything else is refused: controls,
+  format characters, surrogates, private use, unassigned, and the line and
+  paragraph separators U+2028 and U+2029 (Zl, Zp: in no valid category),
+  which would otherwise split a log line. Default-ignorable code points
+  (§9.8, e.g. U+3164 HANGUL FILLER, variation selectors) and old Hangul jamo
+  (§9.9) are refused too. Case is preserved.
 """
 
 from __future__ import annotations
@@ -271,8 +277,24 @@ def _to_u_label(a_label: str) -> str:
 # ---------------------------------------------------------------------------
 # resourcepart: PRECIS OpaqueString, approximated (see the module docstring)
 
-# Controls, format (zero-width, bidi), surrogates, private use, unassigned.
-_RESOURCE_FORBIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+# RFC 8264 §4.3.1: the FreeformClass's valid categories (LetterDigits,
+# OtherLetterDigits, Spaces, Symbols, Punctuation); any other is disallowed.
+_FREEFORM_CATEGORIES = frozenset({
+    "Ll", "Lu", "Lo", "Lm", "Mn", "Mc", "Nd",       # §9.1 LetterDigits
+    "Lt", "Nl", "No", "Me",                         # §9.13 OtherLetterDigits
+    "Zs",                                           # §9.14 Spaces
+    "Sm", "Sc", "Sk", "So",                         # §9.15 Symbols
+    "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po",       # §9.16 Punctuation
+})
+# §9.8 Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) in those
+# categories (the rest are Cf or Cn, refused already), and §9.9 old Hangul
+# jamo (Hangul_Syllable_Type L, V, T), as inclusive ranges.
+_FREEFORM_EXCLUDED = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180D),
+    (0x180F, 0x180F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+    (0x1100, 0x11FF), (0xA960, 0xA97C), (0xD7B0, 0xD7C6), (0xD7CB, 0xD7FB),
+)
 
 
 def prepare_resourcepart(text: str) -> str:
@@ -285,10 +307,24 @@ def prepare_resourcepart(text: str) -> str:
     else:
         text = unicodedata.normalize("NFC", _map_spaces(text))
         for char in text:
-            if unicodedata.category(char) in _RESOURCE_FORBIDDEN:
+            if not _is_freeform_char(char):
                 raise InvalidJID(f"resourcepart contains forbidden character {_show(char)}")
     _check_length("resourcepart", text)
     return text
+
+
+def _is_freeform_char(char: str) -> bool:
+    return unicodedata.category(char) in _FREEFORM_CATEGORIES and not _excluded(char)
+
+
+def _excluded(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _FREEFORM_EXCLUDED)
+
+
+def _invisible(char: str) -> bool:
+    """Not shown as itself in a message: marks, blanks and fillers."""
+    return unicodedata.category(char)[0] == "M" or _excluded(char)
 
 
 def _map_spaces(text: str) -> str:
@@ -312,7 +348,7 @@ def _show(char: str) -> str:
     """How an offending character is named in a message: '@' or U+265A '♚'."""
     if " " <= char <= "~":
         return repr(char)
-    if char.isprintable() and not char.isspace():
+    if char.isprintable() and not char.isspace() and not _invisible(char):
         return f"U+{ord(char):04X} '{char}'"
     return f"U+{ord(char):04X}"
 
