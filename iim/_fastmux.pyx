@@ -46,8 +46,9 @@ never reads holds at most one window in its output buffer (allocated only
 while bytes are pending, freed when drained) and the server stops sending
 to it; the other sessions on the link are not affected.
 
-Legacy SSL: an SSL object per client on the non-blocking fd; SSL_accept
-(SSL_do_handshake) is driven by the same events; OPEN is sent only once the
+Legacy SSL: an SSL object per client on the non-blocking fd, made when
+the client's first byte arrives (one that connects and says nothing holds no
+TLS state); SSL_accept (SSL_do_handshake) is driven by the same events; OPEN is sent only once the
 handshake is complete, carrying version and cipher; a handshake that fails
 or outlives its deadline closes the client and nothing goes upstream. After
 that SSL_read_ex/SSL_write_ex replace recv/send (partial writes and moving
@@ -840,23 +841,45 @@ cdef bint refuse_with_spare(Core *c) noexcept nogil:
 
 
 cdef void start_tls(Core *c, Session *s) noexcept nogil:
-    posix.pthread_mutex_lock(&c.ctx_lock)
-    s.ssl = openssl.SSL_new(c.ctx)
-    posix.pthread_mutex_unlock(&c.ctx_lock)
+    """A legacy-SSL client: its handshake deadline starts now; its SSL object
+    only when its first byte arrives (tls_begin), so a client that connects
+    and says nothing costs its Session, not the ~50 KiB of an SSL object
+    that has tried to read."""
     s.state = S_HANDSHAKE
     c.st.handshaking += 1
-    if s.ssl == NULL or openssl.SSL_set_fd(s.ssl, s.fd) != 1:
-        c.st.handshakes_failed += 1
-        session_free(c, s, NO_CLOSE, False)
-        return
-    openssl.SSL_set_accept_state(s.ssl)
     s.deadline = c.now + c.handshake_ms
     ring_push(&c.handshakes, &s.timer_node)
 
 
+cdef int tls_begin(Core *c, Session *s) noexcept nogil:
+    """Make the SSL object once the client has sent something: 1 done,
+    0 nothing to read yet, -1 the session is gone (EOF, error, no memory)."""
+    cdef uint8_t first
+    cdef ssize_t r = posix.recv(s.fd, &first, 1, posix.MSG_PEEK)
+    if r < 0 and (posix.errno == posix.EAGAIN or posix.errno == posix.EINTR):
+        s.flags &= ~F_READABLE
+        return 0
+    if r <= 0:
+        c.st.handshakes_failed += 1
+        session_free(c, s, NO_CLOSE, False)
+        return -1
+    posix.pthread_mutex_lock(&c.ctx_lock)
+    s.ssl = openssl.SSL_new(c.ctx)
+    posix.pthread_mutex_unlock(&c.ctx_lock)
+    if s.ssl == NULL or openssl.SSL_set_fd(s.ssl, s.fd) != 1:
+        c.st.handshakes_failed += 1
+        session_free(c, s, NO_CLOSE, False)
+        return -1
+    openssl.SSL_set_accept_state(s.ssl)
+    return 1
+
+
 cdef void handshake_step(Core *c, Session *s) noexcept nogil:
-    cdef int r = openssl.SSL_do_handshake(s.ssl)
+    cdef int r
     cdef int err
+    if s.ssl == NULL and tls_begin(c, s) <= 0:
+        return
+    r = openssl.SSL_do_handshake(s.ssl)
     if r == 1:
         if session_open(c, s, 1, openssl.SSL_get_version(s.ssl), openssl.SSL_CIPHER_get_name(
                 openssl.SSL_get_current_cipher(s.ssl))) < 0:

@@ -67,6 +67,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
     int SOCK_CLOEXEC
     int MSG_NOSIGNAL
+    int MSG_PEEK
     int SOL_SOCKET
     int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     int getsockname(int fd, sockaddr *addr, socklen_t *addrlen)
