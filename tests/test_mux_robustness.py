@@ -40,7 +40,12 @@ HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
 FEATURES_END = b"</stream:features>"
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 SERVER_EXTRA = ('iim_server.negotiation_timeout = "120"\n'
-                'iim_server.max_unauthenticated = "10000"\n')
+                'iim_server.max_unauthenticated = "10000"\n'
+                # every client here comes from 127.0.0.1: no per-source limit in the way
+                'iim_server.max_unauthenticated_per_source = "100000"\n'
+                'iim_server.accept_rate_per_source = "100000"\n')
+#: The same for the multiplexors (tests/test_per_source_limits.py tests these limits).
+MUX_PER_SOURCE = {"maxsessions_per_source": "1000000", "accept_rate_per_source": "1000000"}
 USERS = (("alice", "alice-pw-1"), ("bob", "bob-pw-2"), ("carol", "carol-pw-3"),
          ("dave", "dave-pw-4"))
 
@@ -60,7 +65,7 @@ class Mux:
                  f'iim_mux.maxthreads = "{threads}"',
                  f'iim.log.iim_mux.url = "{self.log_file.name}"',
                  'iim.log.iim_mux.severity = "DEBUG"']
-        lines += [f'iim_mux.{k} = "{v}"' for k, v in extra.items()]
+        lines += [f'iim_mux.{k} = "{v}"' for k, v in {**MUX_PER_SOURCE, **extra}.items()]
         self.conf = folder / f"{name}.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.stderr = folder / f"{name}.stderr"
