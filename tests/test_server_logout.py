@@ -12,7 +12,9 @@ from rawclient import RawClient
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ca):
-    live = LiveServer(tmp_path_factory.mktemp("logout"), ca, tls=False)
+    live = LiveServer(tmp_path_factory.mktemp("logout"), ca, tls=False,
+                      extra='iim_server.max_resources = "200"\n'    # 100 of alice's at once,
+                      'iim_server.accept_rate_per_source = "1000"\n')   # from one address
     live.add_users()
     live.start()
     yield live
