@@ -367,7 +367,12 @@ class Router:
 
     def refused(self, full: StorageFull) -> StanzaError:
         """The error for what the offline quotas refused: <resource-constraint/>
-        (RFC 6120 §8.3.3.18), the refusal logged once per limit per interval."""
+        (RFC 6120 §8.3.3.18), the refusal logged once per limit per interval.
+
+        XEP-0160 §2 suggests <service-unavailable/> for a full store; iim says
+        resource-constraint (type wait), as ejabberd does, because the store
+        empties when its owner logs in, so the sender may well retry later, and
+        service-unavailable would read as "no such user / no storage at all"."""
         if self.limit_log is not None:
             self.limit_log.hit(f"iim_server.{full.param}", time.monotonic(), str(full))
         if full.param == "offline_quota_per_sender":
