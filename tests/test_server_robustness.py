@@ -272,4 +272,4 @@ def test_a_client_that_never_reads_is_closed_and_its_messages_wait_offline(serve
     flowing, flowing_after, first, bounced = run(scenario())
     assert flowing > 0 and flowing_after > 0
     assert first["delay"]["stamp"] is not None          # it waited in offline storage
-    assert bounced > 0 and "messages bounced to their senders" in server.log()
+    assert bounced > 0 and "limit iim_server.offline_" in server.log()     # carol was told
