@@ -98,7 +98,8 @@ class Server:
         if server.useport:
             self.federation = Federation(self.config, self.ctx.router,
                                          getattr(tls_context, "iim_material", None), self.log,
-                                         negotiating=self.ctx.negotiating)
+                                         negotiating=self.ctx.negotiating,
+                                         limit_log=self.ctx.limit_log)
             self.ctx.router.federation = self.federation
             await self._listen(server.port)
         if server.usemuxport:
