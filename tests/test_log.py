@@ -237,7 +237,9 @@ def dev(tmp_path):
 def test_server_rotates_at_the_configured_size_keeping_the_configured_files(dev):
     conf_path = dev.variant("rotate.conf", {"iim.log.iim_server.severity": "DEBUG",
                                             "iim.log.iim_server.maxlogfilesize": "1K",
-                                            "iim.log.iim_server.maxlogfiles": "3"})
+                                            "iim.log.iim_server.maxlogfiles": "3",
+                                            # 80 connections from 127.0.0.1 in a row
+                                            "iim_server.accept_rate_per_source": "1000"})
     dev.start_server(conf_path)
     ports = []
     for _ in range(80):                  # one "connection closed" line each, waited for
