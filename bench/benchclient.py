@@ -29,6 +29,19 @@ CHATSTATES_NS = "http://jabber.org/protocol/chatstates"
 BODY = "Art thou not Romeo, and a Montague? Neither, maid, if either thee dislike."
 
 
+USERS_PER_ADDRESS = 4
+
+
+def source_address(i: int) -> tuple[str, int]:
+    """The i-th user's own loopback source address (127.1.0.1, 127.1.0.2, ...,
+    four users to an address), as ``local_addr``. One machine plays every user,
+    and the server's per-source limits (iim_server.max_unauthenticated_per_source,
+    accept_rate_per_source) should see the many sources those users stand for,
+    not one host that would be refused as a flood, as it would be in production."""
+    n = i // USERS_PER_ADDRESS
+    return f"127.1.{n // 250}.{1 + n % 250}", 0
+
+
 class BenchUser(asyncio.Protocol):
     failure: type[Exception] = RuntimeError
 

@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -92,7 +93,7 @@ from keytool import make_store                       # noqa: E402
 from load import _revision, machine_busy_seconds, same_iim_env   # noqa: E402
 from prosodylive import PROSODY, PROSODYCTL, ProsodyServer, TestZone, ca_pem   # noqa: E402
 
-from benchclient import BODY, BenchUser            # noqa: E402
+from benchclient import BODY, BenchUser, source_address   # noqa: E402
 from iim.keys.context import client_context          # noqa: E402
 from iim.limits import raise_nofile                  # noqa: E402
 from iim.server.storage import Storage               # noqa: E402
@@ -468,12 +469,14 @@ async def log_in(sites: dict, servers: dict, tls_context, traffic: Traffic,
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(20)
     users: dict = {}
+    numbers = itertools.count()
 
     async def one(key: str, name: str, password: str) -> None:
         async with gate:
             jid = JID.parse(f"{name}@{sites[key].domain}/{RESOURCE}")
             _, user = await loop.create_connection(
-                lambda: User(jid, password, tls_context, traffic), *servers[key].c2s)
+                lambda: User(jid, password, tls_context, traffic), *servers[key].c2s,
+                local_addr=source_address(next(numbers)))
             users[key, name] = user
             try:
                 await asyncio.wait_for(user.ready, timeout)

@@ -70,7 +70,7 @@ from iim.limits import raise_nofile
 from iim.server.storage import Storage
 from iim.xmpp.jid import JID
 
-from benchclient import BenchUser   # noqa: E402 - beside this script
+from benchclient import BenchUser, source_address   # noqa: E402 - beside this script
 
 DOMAIN = "localhost"
 RESOURCE = "bench"
@@ -321,7 +321,8 @@ async def log_in(args, port: int, tls_context, traffic: Traffic) -> tuple[list, 
         async with gate:
             start = time.perf_counter()
             _, client = await loop.create_connection(
-                lambda: BenchClient(i, tls_context, traffic), "127.0.0.1", port)
+                lambda: BenchClient(i, tls_context, traffic), "127.0.0.1", port,
+                local_addr=source_address(i))
             clients[i] = client
             durations.append(await asyncio.wait_for(client.ready, args.timeout) - start)
 
