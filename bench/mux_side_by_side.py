@@ -234,6 +234,11 @@ class Target:
                      f'iim_mux.serverport = "127.0.0.1:{self.peer.port}"',
                      'iim_mux.numinstances = "1"', 'iim_mux.maxthreads = "2"',
                      f'iim_mux.maxsessions = "{max(2000, 4 * self.sessions)}"',
+                     # Every session comes from the load generator's one address, as
+                     # into HAProxy and nginx, which have no per-source limits here:
+                     # ours stay checked on each accept but cannot refuse.
+                     f'iim_mux.maxsessions_per_source = "{max(2000, 4 * self.sessions)}"',
+                     'iim_mux.accept_rate_per_source = "1000000"',
                      f'iim.log.iim_mux.url = "{d / "mux.log"}"',
                      'iim.log.iim_mux.severity = "WARNING"']
             if self.tls:
