@@ -140,17 +140,18 @@ class Raw:
         self.scan = self.scan[end:][-1024:]
 
     async def expect(self, pattern: bytes, timeout: float = 10.0) -> re.Match | None:
+        """The first match of ``pattern`` in what the server sent and nobody has
+        consumed yet; consumes up to the match's end. None on timeout or close."""
         deadline = time.monotonic() + timeout
-        seen = b""
-        while time.monotonic() < deadline:
-            match = re.search(pattern, seen + self.buffer, re.S)
+        while True:
+            match = re.search(pattern, self.buffer, re.S)
             if match:
+                self.buffer = self.buffer[match.end():]
                 return match
-            seen = (seen + self.buffer)[-65536:]
-            self.buffer = b""
-            if not await self.read_some(max(0.01, deadline - time.monotonic())):
-                return re.search(pattern, seen, re.S)
-        return None
+            self.buffer = self.buffer[-(1 << 18):]
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.read_some(left) or self.closed:
+                return None
 
     async def starttls(self, domain: str) -> bool:
         self.send(f"<starttls xmlns='{TLS_NS}'/>")
@@ -369,7 +370,7 @@ class Mallory(BenchUser):
             self.received += 1
 
     def _stanza(self, stanza: Element) -> None:
-        if stanza.tag == q(CLIENT_NS, "iq") and stanza.get("id", "").startswith("r"):
+        if stanza.tag == q(CLIENT_NS, "iq") and stanza.get("id", "").startswith("rs"):
             if stanza.get("type") == "result":
                 C["roster sets accepted"] += 1
             else:
@@ -618,7 +619,7 @@ async def roster_growth(cfg: dict, stop: asyncio.Event) -> None:
         answered = C["roster sets accepted"] + sum(v for k, v in C.items()
                                                    if k.startswith("refused iq:"))
         while n - answered < cfg["window"]:
-            iq = Element(q(CLIENT_NS, "iq"), {"type": "set", "id": f"r{n}"})
+            iq = Element(q(CLIENT_NS, "iq"), {"type": "set", "id": f"rs{n}"})
             query = SubElement(iq, q(ROSTER_NS, "query"))
             item = SubElement(query, q(ROSTER_NS, "item"),
                               {"jid": f"contact{n}@{cfg['domain']}",
@@ -663,6 +664,8 @@ async def brute_force(cfg: dict, stop: asyncio.Event) -> None:
                     break
                 delays.append(time.perf_counter() - start)
                 C[f"answer {answer}"] += 1
+                if answer == "stream-error":
+                    break
             if not stop.is_set():
                 C["closed by server"] += int(raw.closed)
             raw.close()

@@ -619,6 +619,8 @@ class Row:
     rss_peak: float = 0.0
     rss_after: float = 0.0
     cpu_s: float = 0.0
+    tsung_cpu_s: float = 0.0
+    attacker_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
     probes: str = ""
     population: str = ""
@@ -646,6 +648,15 @@ class Run:
         self.samples: list = []
         self.rows: list[Row] = []
         self.attackers: list[AttackerProcess] = []
+        self.tsung: Tsung | None = None
+
+    def tsung_cpu(self) -> float:
+        """CPU seconds of Tsung's node so far (0 before it runs)."""
+        if self.tsung is None or not self.tsung.alive():
+            return 0.0
+        with contextlib.suppress(OSError):
+            return cpu_seconds(self.tsung.proc.pid)
+        return 0.0
 
     def rss_between(self, start: float, end: float) -> list[int]:
         return [kb for t, kb in self.samples if start <= t <= end]
@@ -667,7 +678,7 @@ class Run:
             self.sink.accepted
         start = time.monotonic()
         cpu_before, busy_before = cpu_seconds(self.server.proc.pid), machine_busy_seconds()
-        own_before = time.process_time()
+        own_before, tsung_before = time.process_time(), self.tsung_cpu()
         attacker = None
         if attack is not None:
             config = {"port": self.server.port, "domain": DOMAIN, "peer_port": PEER_PORT[0],
@@ -681,8 +692,12 @@ class Run:
         server_cpu = cpu_seconds(self.server.proc.pid) - cpu_before
         busy = machine_busy_seconds() - busy_before
         own = time.process_time() - own_before
+        tsung_cpu = self.tsung_cpu() - tsung_before
+        attacker_cpu = 0.0
         counters: dict = {}
         if attacker is not None:
+            with contextlib.suppress(OSError, ValueError):
+                attacker_cpu = cpu_seconds(attacker.proc.pid)
             attacker.stop()
         self.meter.phase = f"{label} recovery"
         await asyncio.sleep(recovery)
@@ -698,8 +713,9 @@ class Run:
             rss_before=self.rss_at(start) / 1024,
             rss_peak=max(self.rss_between(start, end) or [0]) / 1024,
             rss_after=self.rss_at(time.monotonic()) / 1024,
-            cpu_s=round(server_cpu, 2),
-            other_cpu_s=round(busy - server_cpu - own, 2),
+            cpu_s=round(server_cpu, 2), tsung_cpu_s=round(tsung_cpu, 2),
+            attacker_cpu_s=round(attacker_cpu, 2),
+            other_cpu_s=round(busy - server_cpu - own - tsung_cpu - attacker_cpu, 2),
             probes=_probes(stats),
             population=f"{population} -> {len(self.watch.online)}",
             dns_queries=self.dns.queries - dns_before,
@@ -745,6 +761,7 @@ async def wait_population(run: Run, tsung: Tsung, users: int, timeout: float) ->
 
 async def measure(run: Run, tsung: Tsung, attacks: list[Attack]) -> dict:
     args = run.args
+    run.tsung = tsung
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(sample_rss(run.server.proc.pid, run.samples, stop))
     await asyncio.sleep(1.0)
@@ -832,6 +849,8 @@ def summarize(rows: list[Row]) -> list[dict]:
             "rss": " / ".join(spread([getattr(r, f"rss_{w}") for r in group], "{:.0f}")
                               for w in ("before", "peak", "after")),
             "cpu": spread([r.cpu_s for r in group]),
+            "tsung_cpu": spread([r.tsung_cpu_s for r in group]),
+            "attacker_cpu": spread([r.attacker_cpu_s for r in group]),
             "other_cpu": spread([r.other_cpu_s for r in group]),
             "refusals": spread(refusals, "{:.0f}") if any(refusals) else "0",
             "dns": spread([r.dns_queries for r in group], "{:.0f}"),
@@ -839,7 +858,7 @@ def summarize(rows: list[Row]) -> list[dict]:
             "probes": "; ".join(r.probes for r in group),
             "population": "; ".join(r.population for r in group),
             "load": ", ".join(f"{r.load:.2f}" for r in group),
-            "counters": {name: (spread(values, "{:.0f}") if all(isinstance(v, (int, float))
+            "counters": {name: (spread(values, "{:.0f}" if all(isinstance(v, int) for v in values) else "{:.2f}") if all(isinstance(v, (int, float))
                                                                  for v in values)
                                 else values)
                          for name, values in sorted(counters.items())},
@@ -853,15 +872,17 @@ def report(facts: dict, summary: list[dict]) -> None:
         print(f"{label:<22} {value}")
     print("\nLegit pair: p50/p99 round trip of alice -> bob -> alice during the attack window; "
           "lost = never answered; medians over rounds, (min-max) when repeated. RSS: before "
-          "the attack / peak during it / end of recovery. CPU-s: the server's, attack window "
-          "only; other: the rest of the machine (Tsung, attackers, others' work).\n")
+          "the attack / peak during it / end of recovery. CPU-s over the attack window: server, "
+          "Tsung's node, the attacker process, and other: the machine's busy time charged to "
+          "none of them nor to this process (others' work on a shared machine).\n")
     print("| phase | legit p50 / p99 ms | pings sent / lost / bounced | RSS MiB before / "
-          "peak / after | server CPU-s (other) | refusals seen | DNS queries / s2s attempts "
-          "| probe logins | load avg at start |")
+          "peak / after | CPU-s server / Tsung / attacker / other | refusals seen | "
+          "DNS queries / s2s attempts | probe logins | load avg at start |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for s in summary:
         print(f"| {s['phase']} | {s['p50']} / {s['p99']} | {s['sent']} / {s['lost']} / "
-              f"{s['bounced']} | {s['rss']} | {s['cpu']} ({s['other_cpu']}) | {s['refusals']} | "
+              f"{s['bounced']} | {s['rss']} | {s['cpu']} / {s['tsung_cpu']} / "
+              f"{s['attacker_cpu']} / {s['other_cpu']} | {s['refusals']} | "
               f"{s['dns']} / {s['s2s']} | {s['probes']} | {s['load']} |")
     print()
     for s in summary:
