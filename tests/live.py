@@ -112,6 +112,89 @@ class LiveServer:
         return path.read_text() if path.exists() else ""
 
 
+class LiveMux:
+    """``python -m iim.mux`` with its own iim.conf, pointed at a LiveServer.
+
+    ``usessl``: legacy SSL with the NSS database ``nssdb`` of ``folder`` (its
+    password in ``nsspassword.conf``); ``params``: more ``iim_mux.*`` values.
+    Waits until every relay thread's link to the server is up."""
+
+    def __init__(self, folder: Path, server: "LiveServer", name: str, *, usessl: bool = False,
+                 instances: int = 1, threads: int = 2, params: dict | None = None) -> None:
+        self.port = free_port()
+        self.threads, self.instances = threads, instances
+        self.log_file = folder / f"{name}.log"
+        lines = [f'iim_mux.listenport = "127.0.0.1:{self.port}"',
+                 f'iim_mux.serverport = "127.0.0.1:{server.link_port}"',
+                 f'iim_mux.maxthreads = "{threads}"',
+                 f'iim_mux.usessl = "{"on" if usessl else "off"}"',
+                 f'iim.log.iim_mux.url = "{self.log_file.name}"',
+                 'iim.log.iim_mux.severity = "DEBUG"']
+        if usessl:
+            lines += ['iim_mux.secconfigdir = "nssdb"',
+                      'iim_mux.certnickname = "Multiplexor-Cert"',
+                      'iim_mux.keystorepasswordfile = "nsspassword.conf"']
+        lines += [f'iim_mux.{k} = "{v}"' for k, v in (params or {}).items()]
+        self.conf = folder / f"{name}.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.stderr = folder / f"{name}.stderr"
+        with self.stderr.open("w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf),
+                                          "--instances", str(instances)],
+                                         stderr=stderr, cwd=folder)
+        self.wait_links(threads * instances)
+
+    def links_up(self) -> int:
+        return self.log().count(" up to 127.0.0.1:")
+
+    def wait_links(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.links_up() < count:
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, f"only {self.links_up()}/{count} links came up"
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def workers(self) -> dict[int, int]:
+        """{instance: pid} of the supervisor's worker processes."""
+        pid = self.proc.pid
+        found = {}
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:                  # the supervisor is gone
+            return found
+        for child in map(int, children):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if b"--worker" in argv:
+                found[int(argv[argv.index(b"--worker") + 1])] = child
+        return found
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("the multiplexor did not stop on SIGTERM")
+
+    def kill(self) -> None:
+        for pid in self.workers().values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def admin(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "iim.admin", *args], input=stdin,
                           capture_output=True, text=True, timeout=60)

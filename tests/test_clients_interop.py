@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives import serialization
 
 import pki
 from extclients import CLIENTS, Account, Endpoint
-from live import DOMAIN, Client, LiveServer, next_item
+from live import DOMAIN, Client, LiveMux, LiveServer, next_item
 from nsstools import NSSDatabase
-from test_mux_e2e import NSS_PASSWORD, Mux
+from test_mux_e2e import NSS_PASSWORD
 
 MODES = ("starttls", "legacy-ssl")
 ALICE = Account(f"alice@{DOMAIN}", "alice-pw-1")
@@ -56,10 +56,10 @@ class System:
         self.server.add_users()
         self._nss_database(folder, ca)
         self.server.start()
-        self.muxes: dict[str, Mux] = {}
+        self.muxes: dict[str, LiveMux] = {}
         try:
-            self.muxes["starttls"] = Mux(folder, self.server, "mux-starttls")
-            self.muxes["legacy-ssl"] = Mux(folder, self.server, "mux-legacy", usessl=True)
+            self.muxes["starttls"] = LiveMux(folder, self.server, "mux-starttls")
+            self.muxes["legacy-ssl"] = LiveMux(folder, self.server, "mux-legacy", usessl=True)
         except BaseException:
             self.stop()
             raise

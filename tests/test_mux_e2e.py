@@ -12,60 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from live import DOMAIN, Client, LiveServer, free_port, next_item
+from live import DOMAIN, Client, LiveMux, LiveServer, next_item
 from nsstools import NSSDatabase
 
 NSS_PASSWORD = "Nss-Mux-Pw-5"
-
-
-class Mux:
-    """``python -m iim.mux`` with its own iim.conf, pointed at the live server."""
-
-    def __init__(self, folder: Path, server: LiveServer, name: str, *, usessl=False,
-                 instances=1):
-        self.port = free_port()
-        self.log_file = folder / f"{name}.log"
-        lines = [f'iim_mux.listenport = "127.0.0.1:{self.port}"',
-                 f'iim_mux.serverport = "127.0.0.1:{server.link_port}"',
-                 'iim_mux.maxthreads = "2"',
-                 f'iim_mux.usessl = "{"on" if usessl else "off"}"',
-                 f'iim.log.iim_mux.url = "{self.log_file.name}"',
-                 'iim.log.iim_mux.severity = "DEBUG"']
-        if usessl:
-            lines += ['iim_mux.secconfigdir = "nssdb"',
-                      'iim_mux.certnickname = "Multiplexor-Cert"',
-                      'iim_mux.keystorepasswordfile = "nsspassword.conf"']
-        self.conf = folder / f"{name}.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf),
-                                      "--instances", str(instances)],
-                                     stderr=subprocess.DEVNULL)
-        self._wait_links(2 * instances)
-
-    def _wait_links(self, count: int) -> None:
-        deadline = time.monotonic() + 30
-        while self.log().count(" up to 127.0.0.1:") < count:
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "the multiplexor's links never came up"
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_file.read_text() if self.log_file.exists() else ""
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +37,9 @@ def system(tmp_path_factory, ca):
     password_file = folder / "nsspassword.conf"
     password_file.write_text(f"Internal (Software) Token:{NSS_PASSWORD}\n")
     os.chmod(password_file, 0o600)
-    muxes = {"plain": Mux(folder, server, "mux-plain"),
-             "second": Mux(folder, server, "mux-second"),
-             "legacy": Mux(folder, server, "mux-legacy", usessl=True)}
+    muxes = {"plain": LiveMux(folder, server, "mux-plain"),
+             "second": LiveMux(folder, server, "mux-second"),
+             "legacy": LiveMux(folder, server, "mux-legacy", usessl=True)}
     yield server, muxes, issued.cert
     for mux in muxes.values():
         assert mux.stop() == 0

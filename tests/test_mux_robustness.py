@@ -25,15 +25,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from iim.limits import raise_nofile
-from live import DOMAIN, Client, LiveServer, free_port, next_item
+from live import DOMAIN, Client, LiveMux, LiveServer, next_item
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
@@ -54,79 +52,6 @@ USERS = (("alice", "alice-pw-1"), ("bob", "bob-pw-2"), ("carol", "carol-pw-3"),
 
 
 # --- processes -------------------------------------------------------------------------
-
-class Mux:
-    """``python -m iim.mux`` with its own iim.conf, pointed at the live server."""
-
-    def __init__(self, folder: Path, server: LiveServer, name: str, *, instances: int = 1,
-                 threads: int = 2, **extra) -> None:
-        self.port = free_port()
-        self.threads, self.instances = threads, instances
-        self.log_file = folder / f"{name}.log"
-        lines = [f'iim_mux.listenport = "127.0.0.1:{self.port}"',
-                 f'iim_mux.serverport = "127.0.0.1:{server.link_port}"',
-                 f'iim_mux.maxthreads = "{threads}"',
-                 f'iim.log.iim_mux.url = "{self.log_file.name}"',
-                 'iim.log.iim_mux.severity = "DEBUG"']
-        lines += [f'iim_mux.{k} = "{v}"' for k, v in {**MUX_PER_SOURCE, **extra}.items()]
-        self.conf = folder / f"{name}.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.stderr = folder / f"{name}.stderr"
-        self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf),
-                                      "--instances", str(instances)],
-                                     stderr=self.stderr.open("w"), cwd=folder)
-        self.wait_links(threads * instances)
-
-    def links_up(self) -> int:
-        return self.log().count(" up to 127.0.0.1:")
-
-    def wait_links(self, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.links_up() < count:
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, f"only {self.links_up()}/{count} links came up"
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_file.read_text() if self.log_file.exists() else ""
-
-    def workers(self) -> dict[int, int]:
-        """{instance: pid} of the supervisor's worker processes."""
-        pid = self.proc.pid
-        found = {}
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except FileNotFoundError:                  # the supervisor is gone
-            return found
-        for child in map(int, children):
-            try:
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            except FileNotFoundError:
-                continue
-            if b"--worker" in argv:
-                found[int(argv[argv.index(b"--worker") + 1])] = child
-        return found
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the multiplexor did not stop on SIGTERM")
-
-    def kill(self) -> None:
-        for pid in self.workers().values():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -325,10 +250,13 @@ def server(tmp_path_factory, ca):
 
 @pytest.fixture
 def mux_factory(server, tmp_path):
-    made: list[Mux] = []
+    made: list[LiveMux] = []
 
-    def make(name: str, **kwargs) -> Mux:
-        mux = Mux(tmp_path, server, name, **kwargs)
+    def make(name: str, instances: int = 1, **params) -> LiveMux:
+        """A multiplexor whose per-source limits stay out of the way: these
+        floods come from 127.0.0.1 like their users."""
+        mux = LiveMux(tmp_path, server, name, instances=instances,
+                      params={**MUX_PER_SOURCE, **params})
         made.append(mux)
         return mux
 

@@ -22,20 +22,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from iim.limits import raise_nofile
 from iim.server.admission import TOO_MANY_FROM_SOURCE, Admission, Negotiating, Refusal
 from iim.server.quota import LimitLog
-from live import DOMAIN, Client, LiveServer, free_port, next_item
+from live import DOMAIN, Client, LiveMux, LiveServer, next_item
 from nsstools import NSSDatabase
 
 NSS_PASSWORD = "Nss-Src-Pw-7"
@@ -45,41 +40,6 @@ POLICY_VIOLATION = (b"<stream:error><policy-violation xmlns='urn:ietf:params:xml
                     b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
                     + TOO_MANY_FROM_SOURCE.encode() + b"</text></stream:error>")
 PER_SOURCE = 5
-
-
-class Mux:
-    """``python -m iim.mux`` with its own iim.conf (limits in ``extra``)."""
-
-    def __init__(self, folder: Path, server: LiveServer, name: str, *, usessl=False,
-                 extra: str = ""):
-        self.port = free_port()
-        self.log_file = folder / f"{name}.log"
-        lines = [f'iim_mux.listenport = "127.0.0.1:{self.port}"',
-                 f'iim_mux.serverport = "127.0.0.1:{server.link_port}"',
-                 'iim_mux.maxthreads = "2"',
-                 f'iim_mux.usessl = "{"on" if usessl else "off"}"',
-                 f'iim.log.iim_mux.url = "{self.log_file.name}"',
-                 'iim.log.iim_mux.severity = "DEBUG"']
-        if usessl:
-            lines += ['iim_mux.secconfigdir = "nssdb"',
-                      'iim_mux.certnickname = "Multiplexor-Cert"',
-                      'iim_mux.keystorepasswordfile = "nsspassword.conf"']
-        self.conf = folder / f"{name}.conf"
-        self.conf.write_text("\n".join(lines) + "\n" + extra)
-        self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf)],
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while self.log().count(" up to 127.0.0.1:") < 2:
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "the multiplexor's links never came up"
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_file.read_text() if self.log_file.exists() else ""
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +57,12 @@ def system(tmp_path_factory, ca):
     password_file = folder / "nsspassword.conf"
     password_file.write_text(f"Internal (Software) Token:{NSS_PASSWORD}\n")
     os.chmod(password_file, 0o600)
-    muxes = {"plain": Mux(folder, server, "mux-plain",
-                          extra='iim_mux.maxsessions_per_source = "20"\n'
-                                'iim_mux.accept_rate_per_source = "5"\n'),
-             "legacy": Mux(folder, server, "mux-legacy", usessl=True,
-                           extra='iim_mux.maxsessions_per_source = "8"\n'
-                                 'iim_mux.accept_rate_per_source = "1000"\n')}
+    muxes = {"plain": LiveMux(folder, server, "mux-plain",
+                              params={"maxsessions_per_source": 20,
+                                      "accept_rate_per_source": 5}),
+             "legacy": LiveMux(folder, server, "mux-legacy", usessl=True,
+                               params={"maxsessions_per_source": 8,
+                                       "accept_rate_per_source": 1000})}
     yield server, muxes
     for mux in muxes.values():
         assert mux.stop() == 0
@@ -475,7 +435,7 @@ def test_relay_table_frees_every_entry_after_many_sessions(link_peer):
     """500 sessions from two sources come and go through a relay: every
     count returns to zero, and the sources holding clients drop to none."""
     from iim import _fastmux
-    from muxpeer import RelayHarness, closed_by_peer, wait_until
+    from muxpeer import RelayHarness, wait_until
     raise_nofile()
     sources = _fastmux.SourceLimit(4, 100000, 100)
     relay = RelayHarness(link_peer, sources=sources)
