@@ -17,7 +17,7 @@ from iim import conf
 from iim.keys.errors import KeyMaterialError
 from iim.keys.keystore import load_server_material
 from iim.keys.material import KeyMaterial, is_self_signed, issued_by
-from iim.keys.passwords import read_password_file
+from iim.keys.passwords import read_password_file, secret_file_warnings
 from iim.keys.trust import matches, presented_names
 
 EXPIRY_WARNING = dt.timedelta(days=30)
@@ -47,6 +47,7 @@ def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
         return [Finding(_level(d), str(d)) for d in [*err.diagnostics, *err.warnings]]
     findings = [Finding(Level.WARNING, str(w)) for w in config.warnings]
     findings.append(Finding(Level.OK, f"{path}: configuration read"))
+    findings += [Finding(Level.WARNING, w) for w in secret_file_warnings(config, "all")]
     findings += _server_findings(config, now)
     findings += _federation_findings(config)
     findings += _mux_findings(config, now)
@@ -136,7 +137,8 @@ def _load_server(server):
 
 def _load_mux(mux):
     from iim.keys.nss import load_nss        # the NSS extension loads only when needed
-    pwfile = read_password_file(mux.keystorepasswordfile, "iim_mux.keystorepasswordfile")
+    pwfile = read_password_file(mux.keystorepasswordfile, "iim_mux.keystorepasswordfile",
+                                check_mode=False)
     material = load_nss(mux.secconfigdir, certdbprefix=mux.certdbprefix,
                         keydbprefix=mux.keydbprefix, secmodfile=mux.secmodfile,
                         nickname=mux.certnickname, password=pwfile.password)

@@ -4,10 +4,11 @@ It writes, in ``runtime/dev`` by default:
 
 * ``ca.pem``: a development CA (its key is kept only in memory and dropped,
   so nothing can be signed with it later; run dev-setup again to start over),
-* ``server-keystore.p12``: the server's PKCS#12 keystore (key entry
+* ``server-keystore.p12`` (mode 600): the server's PKCS#12 keystore (key entry
   ``server`` for ``localhost``/127.0.0.1/::1, the CA as trusted entry),
 * ``nssdb/``: the multiplexor's NSS database (nickname ``Multiplexor-Cert``,
-  the CA trusted for SSL), made with NSS's own certutil and pk12util,
+  the CA trusted for SSL), made with NSS's own certutil and pk12util (its
+  files mode 600, as NSS makes them),
 * ``sslpassword.conf`` (mode 600): one random password for both stores,
 * ``iim.conf``: server and multiplexor on loopback with those files.
 
@@ -105,8 +106,8 @@ def _write_all(folder: Path) -> None:
     _write_private(folder / "sslpassword.conf", f"{TOKEN}:{password}\n")
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     server_key, server_cert = _issue(ca_key, ca_cert, "iim dev server")
-    (folder / "server-keystore.p12").write_bytes(
-        _pkcs12("server", server_key, server_cert, ca_cert, password))
+    _write_private(folder / "server-keystore.p12",
+                   _pkcs12("server", server_key, server_cert, ca_cert, password))
     mux_key, mux_cert = _issue(ca_key, ca_cert, "iim dev multiplexor")
     _make_nss_db(folder / "nssdb", mux_key, mux_cert, ca_cert, password)
     (folder / "iim.conf").write_text(DEV_CONF)
@@ -198,11 +199,11 @@ def _pkcs12(alias, key, cert, ca_cert, password: str) -> bytes:
         serialization.BestAvailableEncryption(password.encode()))
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, data: str | bytes) -> None:
     """Create ``path`` readable by its owner only, from the first byte on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as out:
+        out.write(data)
 
 
 def _make_nss_db(directory: Path, key, cert, ca_cert, password: str) -> None:

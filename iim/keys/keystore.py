@@ -46,12 +46,14 @@ def load_keystore(path, password: str, *, alias: str | None = None,
 def load_server_material(server) -> tuple[KeyMaterial, tuple[str, ...]]:
     """The server's key material from its settings (``iim_server.sslkeystore``,
     ``keystorealias``, ``keystorepasswordfile``, ``keypasswordfile``), with
-    the password files' permission warnings."""
-    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile")
+    no warnings (their modes are checked by passwords.secret_file_warnings, with
+    every other secret file of the server)."""
+    pwfile = read_password_file(server.keystorepasswordfile, "iim_server.keystorepasswordfile",
+                                check_mode=False)
     key_password = None
     if server.keypasswordfile is not None:
-        key_password = read_password_file(server.keypasswordfile,
-                                          "iim_server.keypasswordfile").password
+        key_password = read_password_file(server.keypasswordfile, "iim_server.keypasswordfile",
+                                          check_mode=False).password
     material = load_keystore(server.sslkeystore, pwfile.password, alias=server.keystorealias,
                              key_password=key_password)
     return material, pwfile.warnings

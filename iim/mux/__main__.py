@@ -25,6 +25,7 @@ import sys
 from iim import conf, runtime
 from iim import log as iim_log
 from iim.keys.errors import KeyMaterialError
+from iim.keys.passwords import secret_file_warnings
 from iim.limits import raise_nofile
 
 #: Descriptors a process needs besides two per session (listeners, links, logs...).
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     _, hard = raise_nofile()
     if args.worker is not None:
         return _worker(config, args, log)
-    for warning in config.warnings:
+    for warning in [*config.warnings, *secret_file_warnings(config, "mux")]:
         log.warning("%s", warning)
     line = nofile_warning(config.mux.maxsessions, hard)
     if line:

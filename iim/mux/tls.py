@@ -27,11 +27,13 @@ TICKET_KEY_BYTES = 80
 
 def load_material(mux: MuxSettings) -> tuple[KeyMaterial, tuple[str, ...]]:
     """Key and chain named by ``iim_mux.*``, and warnings for the log
-    (password file permissions, NSS notes). KeyMaterialError: one clear line."""
+    (NSS notes; file modes are the supervisor's passwords.secret_file_warnings).
+    KeyMaterialError: one clear line."""
     if mux.secconfigdir is None:
         raise KeyMaterialError("iim_mux.secconfigdir: missing; iim_mux.usessl is on and needs "
                                "the NSS database directory")
-    password = read_password_file(mux.keystorepasswordfile, "iim_mux.keystorepasswordfile")
+    password = read_password_file(mux.keystorepasswordfile, "iim_mux.keystorepasswordfile",
+                                  check_mode=False)
     material = load_nss(mux.secconfigdir, certdbprefix=mux.certdbprefix,
                         keydbprefix=mux.keydbprefix, secmodfile=mux.secmodfile,
                         nickname=mux.certnickname, password=password.password,

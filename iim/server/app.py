@@ -16,7 +16,7 @@ import ssl
 from iim.conf import Config
 from iim.keys.context import server_context
 from iim.keys.keystore import load_server_material
-from iim.keys.passwords import read_password_file
+from iim.keys.passwords import read_password_file, secret_file_warnings
 from iim.limits import raise_nofile
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 from iim.xmpp.jid import InvalidJID, prepare_domainpart
@@ -68,6 +68,8 @@ class Server:
     async def start(self) -> None:
         soft, _ = raise_nofile()
         server = self.config.server
+        for warning in secret_file_warnings(self.config, "server"):
+            self.log.warning("%s", warning)
         tls_context = load_tls_context(self.config, self.log)
         self._warn_about_policy(tls_context)
         try:

@@ -251,6 +251,8 @@ class Storage:
         path = Path(path)
         if not create and not path.exists():
             raise StorageError(f"{path}: no such database")
+        if create:
+            _create_private(path)
         try:
             storage = cls(_connect(path), path, limits)
         except sqlite3.Error as err:
@@ -549,6 +551,23 @@ class Storage:
 
     def _set_meta(self, key: str, value) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+def _create_private(path: Path) -> None:
+    """Make a new database file mode 0600 before SQLite opens it (SQLite would
+    make it 0644 less the umask): it holds SCRAM verifiers, rosters and
+    offline messages. SQLite gives its -wal, -shm and -journal files the
+    database's mode, so they are 0600 too. An existing file is left as it is
+    (a wider mode draws the start-up warning of passwords.secret_file_warnings)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create the database: {exc.strerror or exc}") \
+            from None
+    os.close(fd)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
