@@ -45,7 +45,9 @@ handler installed here carries a ``Redactor`` filter that renders the record
 (message, traceback, stack) and masks what looks like a secret (see
 ``redact``): SASL payloads inside ``<auth/>``, ``<response/>``,
 ``<challenge/>``, ``<success/>``; ``password=...``, ``secret: ...`` and
-similar key/value pairs; password-file lines (``Internal (Software)
+similar key/value pairs (but not a parameter name given as the value, nor a
+plain word after a phrase about a secret: "no shared secret: set
+iim_server.muxlink_secretfile" is about a secret, not one); password-file lines (``Internal (Software)
 Token:...``); HTTP ``Basic``/``Bearer`` credentials; SCRAM proofs and
 signatures (``p=``, ``v=``); base64 blobs that decode to a SASL PLAIN or SCRAM
 message, or long ones (keys, tickets); PEM private keys. It cannot recognise
@@ -283,6 +285,12 @@ _KEY_VALUE = re.compile(
         (["']?\s*[:=]\s*)
         (?!(?-i:PASSWORD)\b)                    # the placeholder of a format, not a value
         ("[^"]*"|'[^']*'|[^\s,;&"'<>]+)""", re.IGNORECASE | re.VERBOSE)
+#: An iim parameter name: a value that names where a secret is, not the secret.
+_PARAMETER = re.compile(r"iim(?:_\w+)?\.[\w.-]*\w")
+#: A key preceded by another word ("a shared secret:"): a phrase about a secret.
+_AFTER_A_WORD = re.compile(r"[A-Za-z]\s+$")
+#: A plain word, possibly capitalised, possibly ending a clause.
+_PROSE_WORD = re.compile(r"[A-Za-z][a-z]*[.:)]?")
 _HTTP_CREDENTIALS = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9+/=._~-]{8,}", re.IGNORECASE)
 #: SCRAM's client proof and server signature (RFC 5802 §7).
 _SCRAM_PROOF = re.compile(r"(?<![\w=])([pv]=)[A-Za-z0-9+/]{16,}={0,2}")
@@ -297,10 +305,28 @@ def redact(text: str) -> str:
     text = _PEM_KEY.sub("[redacted private key]", text)
     text = _SASL_PAYLOAD.sub(rf"\1{MASK}", text)
     text = _TOKEN_LINE.sub(rf"\1{MASK}", text)
-    text = _KEY_VALUE.sub(rf"\1\2{MASK}", text)
+    text = _KEY_VALUE.sub(_mask_value, text)
     text = _HTTP_CREDENTIALS.sub(rf"\1 {MASK}", text)
     text = _SCRAM_PROOF.sub(rf"\1{MASK}", text)
     return _BASE64.sub(_mask_blob, text)
+
+
+def _mask_value(match: re.Match) -> str:
+    """The value of a ``password=...``-like pair, masked unless it is plainly
+    not a secret: an iim parameter name (``secret: iim_server.x``), or a plain
+    word after a noun phrase *about* a secret (``a shared secret: set ...``:
+    the key follows another word, a colon and no quotes separate it, and the
+    value is a lower-case word, not a token with digits, capitals or signs)."""
+    key, separator, value = match.groups()
+    if _PARAMETER.fullmatch(value) or (_in_prose(match) and "=" not in separator
+                                       and _PROSE_WORD.fullmatch(value)):
+        return match.group(0)
+    return f"{key}{separator}{MASK}"
+
+
+def _in_prose(match: re.Match) -> bool:
+    before = match.string[:match.start(1)]
+    return bool(_AFTER_A_WORD.search(before)) and not match.group(2).startswith(("'", '"'))
 
 
 def _mask_blob(match: re.Match) -> str:

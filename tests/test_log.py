@@ -131,6 +131,23 @@ def test_the_handler_masks_secrets_in_messages_arguments_and_tracebacks(tmp_path
     assert "Traceback" in text and "ValueError" in text
 
 
+#: What the server logs for links from beyond this host without a secret (issue 12 saw
+#: it as "...without a shared secret: [redacted] iim_server.muxlink_secretfile").
+OPEN_LINK_WARNING = ("multiplexor links are accepted from beyond this host without a shared "
+                     "secret: set iim_server.muxlink_secretfile")
+
+
+def test_the_handler_keeps_a_message_about_a_secret_whole_and_masks_the_secret(tmp_path,
+                                                                                iim_logger):
+    settings = component_log(tmp_path, 'iim.log.iim_server.url = "about.log"\n')
+    log = iim_log.setup("server", settings)
+    log.warning("%s", OPEN_LINK_WARNING)
+    log.warning("link refused: shared secret: %s", "Tr0ub4dor-3")
+    lines = [line.split(": ", 1)[1] for line in
+             (tmp_path / "about.log").read_text().splitlines()]
+    assert lines == [OPEN_LINK_WARNING, "link refused: shared secret: [redacted]"]
+
+
 def test_rotation_in_process_keeps_the_configured_number(tmp_path, iim_logger):
     settings = component_log(tmp_path, 'iim.log.iim_server.url = "rot.log"\n'
                                        'iim.log.iim_server.maxlogfilesize = "1K"\n'
@@ -171,6 +188,15 @@ SCRAM_BLOB = base64.b64encode(SCRAM_FINAL.encode()).decode()
      "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49"),
     ("ticket " + base64.b64encode(bytes(range(7, 87))).decode(),
      base64.b64encode(bytes(range(7, 87))).decode()),
+    # a field, not a phrase: the value goes even when it reads like a word
+    ("secret: set", "set"),
+    ("login failed; password: correct", "correct"),
+    ("iim_server.password: horse", "horse"),
+    ("config {'secret': 'staple'}", "staple"),
+    ("token=battery", "battery"),
+    # a phrase about a secret, then a value that is a token, not a word
+    ("a shared secret: Hunter2-xyz", "Hunter2-xyz"),
+    ("the password: s3cret", "s3cret"),
 ])
 def test_redact_masks_what_looks_like_a_secret(line, secret):
     masked = iim_log.redact(line)
@@ -188,6 +214,12 @@ def test_redact_masks_what_looks_like_a_secret(line, secret):
     "c2s mux:127.0.0.1:40000: login alice (SCRAM-SHA-256)",
     'sslpassword.conf: no such file; create it with one line "Internal (Software) '
     'Token:PASSWORD" (chmod 600)',
+    # messages about secrets, and parameter names where a value could stand (issue 12)
+    OPEN_LINK_WARNING,
+    "link refused: no proof, and a shared secret is required: set iim_mux.muxlink_secretfile",
+    "mux link from 127.0.0.1:4000 refused: wrong shared secret: the proofs differ",
+    "the link secret: iim_server.muxlink_secretfile",
+    "secret=iim_server.dialback_secretfile",
 ])
 def test_redact_leaves_ordinary_lines_alone(line):
     assert iim_log.redact(line) == line
