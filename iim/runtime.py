@@ -16,24 +16,39 @@ both sides therefore take the lock before they touch the file, and the
 claimer checks, once it holds the lock, that the path still names the file
 it locked (same inode), else it starts over with the new file.
 
-Nothing here knows about the server or the multiplexor: ``stem`` is
+Trust. The folder is ours alone: ``make_folder`` refuses one that another
+user owns or that group or others may write (a sticky /tmp-like folder
+too), since whoever can write there can plant files for us to follow. The
+runtime files are never followed when they are symbolic links (O_NOFOLLOW;
+``check_files`` refuses them before a component starts), and a pid file is
+trusted only when the process it names is ours (``foreign``): our uid, the
+same Python, ``-m iim.server``/``iim.mux`` with this iim.conf, and the pid
+file open. A pid file that fails this is never acted on: nothing is
+signalled.
+
+Nothing else here knows about the server or the multiplexor: ``stem`` is
 ``server`` or ``mux``.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["AlreadyRunning", "PidFile", "Runtime", "RuntimeFolderError", "RuntimePaths",
-           "claimed", "probe", "remove_stale", "runtime_folder"]
+           "check_folder", "claimed", "foreign", "probe", "remove_stale", "runtime_folder"]
 
 #: Component names for messages, by file stem.
 NAMES = {"server": "server", "mux": "multiplexor"}
+#: What runs each component: ``python -m MODULE``.
+MODULES = {"server": "iim.server", "mux": "iim.mux"}
 #: A Unix socket path must fit ``sun_path`` (108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
 
@@ -70,6 +85,22 @@ class RuntimePaths:
     def stderr(self) -> Path:
         return self.folder / f"{self.stem}.stderr"
 
+    def check_files(self) -> None:
+        """RuntimeFolderError when a runtime file is a symbolic link or not
+        the kind of file iim makes there (iim makes them; it never follows one)."""
+        for path, kind in ((self.pidfile, stat.S_ISREG), (self.stderr, stat.S_ISREG),
+                           (self.socket, stat.S_ISSOCK)):
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(mode):
+                raise RuntimeFolderError(f"{path}: a symbolic link; iim makes its runtime "
+                                         "files itself and never follows one: remove it")
+            if not kind(mode):
+                raise RuntimeFolderError(f"{path}: not a file iim made (unexpected file "
+                                         "type): remove it")
+
     def check_socket_path(self) -> None:
         """RuntimeFolderError when the control socket's path is too long for AF_UNIX."""
         if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:
@@ -83,13 +114,30 @@ def runtime_folder(config) -> Path:
 
 
 def make_folder(folder: Path) -> None:
-    """Create the runtime folder (mode 700) when missing; RuntimeFolderError if impossible."""
+    """Create the runtime folder (mode 700) when missing, then ``check_folder``."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise RuntimeFolderError(f"iim.instancevardir: {folder}: {exc.strerror or exc}") from None
-    if not folder.is_dir():
-        raise RuntimeFolderError(f"iim.instancevardir: {folder}: not a directory")
+    check_folder(folder)
+
+
+def check_folder(folder: Path) -> None:
+    """RuntimeFolderError unless ``folder`` is a directory of ours that only we may write."""
+    where = f"iim.instancevardir: {folder}"
+    try:
+        info = os.stat(folder)
+    except OSError as exc:
+        raise RuntimeFolderError(f"{where}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeFolderError(f"{where}: not a directory")
+    if info.st_uid != os.geteuid():
+        raise RuntimeFolderError(f"{where}: owned by uid {info.st_uid}, not by this user "
+                                 f"(uid {os.geteuid()}); use a folder of your own")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RuntimeFolderError(f"{where}: writable by group or others (mode {mode:04o}); "
+                                 f"use a folder only its owner can write (chmod 700)")
 
 
 class PidFile:
@@ -105,10 +153,7 @@ class PidFile:
     def claim(cls, path: Path, stem: str) -> "PidFile":
         """Lock ``path`` and write our pid; AlreadyRunning when another process holds it."""
         while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise RuntimeFolderError(f"{path}: {exc.strerror or exc}") from None
+            fd = _open(path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -146,11 +191,14 @@ class Probe:
 
 
 def probe(path: Path) -> Probe:
-    """Look at a pid file without changing it."""
+    """Look at a pid file without changing it. A symbolic link, or anything
+    but a regular file, is ``untrusted`` (never read, never acted on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, os.O_RDONLY)
     except FileNotFoundError:
         return Probe("absent")
+    except RuntimeFolderError:
+        return Probe("untrusted")
     try:
         started = os.fstat(fd).st_mtime
         try:
@@ -165,8 +213,8 @@ def probe(path: Path) -> Probe:
 def remove_stale(path: Path) -> int | None:
     """Remove ``path`` if it is stale; the pid it named (None if it was not stale)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = _open(path, os.O_RDWR)
+    except (FileNotFoundError, RuntimeFolderError):
         return None
     try:
         try:
@@ -179,6 +227,26 @@ def remove_stale(path: Path) -> int | None:
         return pid
     finally:
         os.close(fd)
+
+
+def _open(path: Path, flags: int) -> int:
+    """A pid file, never through a symbolic link, only a regular file (mode 644 when
+    made). FileNotFoundError when absent; RuntimeFolderError otherwise."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        raise RuntimeFolderError(f"{path}: no such folder") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RuntimeFolderError(f"{path}: a symbolic link; iim makes its runtime files "
+                                     "itself and never follows one: remove it") from None
+        raise RuntimeFolderError(f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RuntimeFolderError(f"{path}: not a regular file: remove it")
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -205,6 +273,69 @@ def _wait_for_pid(fd: int, seconds: float = 1.0) -> int | None:
         time.sleep(0.01)
 
 
+def foreign(pid: int, pidfile: Path, stem: str, conf_path: Path) -> str | None:
+    """Why process ``pid`` is not the ``stem`` component of ``conf_path`` holding
+    ``pidfile``; None when it is: same uid as us, the Python we run, ``-m``
+    MODULE with this iim.conf on its command line, ``pidfile`` among its open files."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        uids = _status_field(proc / "status", "Uid")
+        if uids[:2] != [os.geteuid()] * 2:
+            return f"it runs as uid {uids[1]}, not {os.geteuid()}"
+        exe = os.readlink(proc / "exe")
+        if exe != os.path.realpath(sys.executable):
+            return f"it runs {exe}, not {os.path.realpath(sys.executable)}"
+        argv = (proc / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        module = MODULES.get(stem, stem)
+        if not _runs_module(argv, module) or _config_of(proc, argv) != \
+                os.path.realpath(conf_path):
+            return f"its command line is not python -m {module} -c {conf_path}"
+        if not _holds(proc, pidfile):
+            return f"it does not hold {pidfile}"
+    except (OSError, ValueError, IndexError):
+        return "it cannot be inspected (gone, or not ours)"
+    return None
+
+
+def _status_field(path: Path, name: str) -> list[int]:
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return [int(v) for v in value.split()]
+    raise ValueError(name)
+
+
+def _runs_module(argv: list[str], module: str) -> bool:
+    return any(a == "-m" and b == module for a, b in zip(argv, argv[1:]))
+
+
+def _config_of(proc: Path, argv: list[str]) -> str:
+    """The iim.conf a component process reads: -c/--config, $IIM_CONF, ./iim.conf."""
+    option = None
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            option = argv[i + 1]
+        elif arg.startswith("--config="):
+            option = arg.split("=", 1)[1]
+    if option is None:
+        environ = (proc / "environ").read_bytes().decode("utf-8", "replace").split("\0")
+        found = [e.split("=", 1)[1] for e in environ if e.startswith("IIM_CONF=")]
+        option = found[0] if found and found[0] else "iim.conf"
+    return os.path.realpath(os.path.join(os.readlink(proc / "cwd"), option))
+
+
+def _holds(proc: Path, pidfile: Path) -> bool:
+    wanted = os.stat(pidfile, follow_symlinks=False)
+    for fd in (proc / "fd").iterdir():
+        try:
+            mine = os.stat(fd)
+        except OSError:
+            continue
+        if (mine.st_dev, mine.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
+
+
 @dataclass
 class Runtime:
     """A managed component's claim on its runtime folder."""
@@ -224,6 +355,7 @@ def claimed(config, stem: str, enabled: bool = True):
     paths = RuntimePaths(runtime_folder(config), stem)
     make_folder(paths.folder)
     paths.check_socket_path()
+    paths.check_files()
     pidfile = PidFile.claim(paths.pidfile, stem)
     try:
         yield Runtime(paths, pidfile)

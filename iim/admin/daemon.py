@@ -162,6 +162,13 @@ def err(line: str) -> None:
 def start(instance: Instance, component: Component, timeout: float) -> bool:
     """Start ``component`` unless it runs; True when it runs afterwards."""
     paths = instance.paths(component)
+    try:
+        runtime.make_folder(paths.folder)
+        paths.check_socket_path()
+        paths.check_files()
+    except runtime.RuntimeFolderError as exc:
+        err(f"{component}: not started: {exc}")
+        return False
     found = runtime.probe(paths.pidfile)
     if found.state == "running":
         out(f"{component}: already running (pid {found.pid})")
@@ -169,12 +176,6 @@ def start(instance: Instance, component: Component, timeout: float) -> bool:
     if found.state == "stale" and runtime.remove_stale(paths.pidfile) is not None:
         out(f"{component}: removed a stale pid file ({paths.pidfile}: pid {found.pid} "
             f"is not running)")
-    try:
-        runtime.make_folder(paths.folder)
-        paths.check_socket_path()
-    except runtime.RuntimeFolderError as exc:
-        err(f"{component}: {exc}")
-        return False
     try:
         proc = _spawn(instance, component, paths)
     except OSError as exc:
@@ -190,7 +191,7 @@ def start(instance: Instance, component: Component, timeout: float) -> bool:
 
 def _spawn(instance: Instance, component: Component, paths: RuntimePaths) -> subprocess.Popen:
     """``python -m MODULE -c FILE --managed`` in its own session, detached from us."""
-    fd = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = _fresh_file(paths.stderr)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", component.module, "-c", str(instance.conf_path),
@@ -199,6 +200,18 @@ def _spawn(instance: Instance, component: Component, paths: RuntimePaths) -> sub
             start_new_session=True, env=_child_environment())
     finally:
         os.close(fd)
+
+
+def _fresh_file(path: Path) -> int:
+    """A new, empty ``path`` (mode 600) in the runtime folder: the old one is
+    removed (``check_files`` made sure it is no symbolic link), and the new
+    one made with O_EXCL and O_NOFOLLOW, so nothing planted is ever written."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o600)
 
 
 def _child_environment() -> dict:
@@ -286,11 +299,19 @@ def stop(instance: Instance, component: Component, timeout: float) -> bool:
     """Stop ``component`` if it runs; True when it does not run afterwards."""
     paths = instance.paths(component)
     found = runtime.probe(paths.pidfile)
+    if found.state == "untrusted":
+        err(f"{component}: stop refused: {paths.pidfile} is not a regular file (a symbolic "
+            "link?); nothing signalled")
+        return False
     if found.state != "running":
         stale = runtime.remove_stale(paths.pidfile) if found.state == "stale" else None
         note = f" (removed a stale pid file: pid {stale} is not running)" if stale else ""
         out(f"{component}: not running{note}")
         return True
+    problem = untrusted_pid(instance, component, found.pid)
+    if problem:
+        err(f"{component}: stop refused: {problem}; nothing signalled")
+        return False
     how = _ask_to_stop(paths, found.pid)
     if not _wait_gone(paths, found.pid, timeout):
         err(f"{component}: pid {found.pid} did not stop within {timeout:g} s")
@@ -298,6 +319,17 @@ def stop(instance: Instance, component: Component, timeout: float) -> bool:
     runtime.remove_stale(paths.pidfile)     # when it could not remove it itself
     out(f"{component} stopped (pid {found.pid}{how})")
     return True
+
+
+def untrusted_pid(instance: Instance, component: Component, pid: int | None) -> str | None:
+    """Why the pid in ``component``'s locked pid file is not to be acted on
+    (None: it is this instance's component); see runtime.foreign."""
+    pidfile = instance.paths(component).pidfile
+    if not pid:
+        return f"{pidfile} names no pid"
+    why = runtime.foreign(pid, pidfile, component.stem, instance.conf_path)
+    return f"{pidfile} names pid {pid}, which is not this instance's {component}: {why}" \
+        if why else None
 
 
 def _ask_to_stop(paths: RuntimePaths, pid: int | None) -> str:

@@ -21,7 +21,7 @@ import sys
 from iim import control, runtime
 
 from .daemon import (
-    CHOICES, COMPONENTS, SERVER, AdminError, Component, Instance, err, out,
+    CHOICES, COMPONENTS, SERVER, AdminError, Component, Instance, err, out, untrusted_pid,
 )
 
 __all__ = ["cmd_refresh", "cmd_status", "cmd_version", "describe_certificate", "uptime"]
@@ -77,6 +77,9 @@ def collect(instance: Instance, component: Component, *, expected: bool) -> dict
 def render(component: Component, entry: dict) -> list[str]:
     """The human-readable block for one component."""
     state = entry["state"]
+    if state == "untrusted":
+        return [f"{component}: unknown: {entry['pidfile']} is not a regular file (a symbolic "
+                "link?); remove it"]
     if state != "running":
         why = f" (stale pid file: pid {entry['pid']} is not running)" if state == "stale" else ""
         unused = "" if entry["expected"] else "; not used by this instance"
@@ -217,6 +220,10 @@ def refresh(instance: Instance, component: Component, *, expected: bool) -> bool
         if expected:
             err(f"{component}: not running; nothing to refresh")
         return not expected
+    problem = untrusted_pid(instance, component, found.pid)
+    if problem:
+        err(f"{component}: refresh refused: {problem}; nothing signalled")
+        return False
     try:
         answer = control.ask(paths.socket, "refresh")
     except (control.ControlUnavailable, control.ControlFailed) as exc:
