@@ -104,6 +104,8 @@ cdef struct Core:
     int ep
     int listen_fd               # borrowed from Python
     int link_fd                 # owned
+    openssl.SSL *link_ssl       # TLS on the link (owned), or NULL: plain
+    bint link_read_wants_write  # SSL_read on the link waits for writability
     int wake_fd
     int spare_fd                # /dev/null, given up to refuse one client on EMFILE
     uint16_t local_port
@@ -158,6 +160,24 @@ cdef class TlsContext:
     cdef _ticket_keys(self, bytes keys)
     cdef _load_key(self, bytes pem)
     cdef _load_chain(self, bytes pem)
+
+
+cdef class LinkTlsContext:
+    cdef openssl.SSL_CTX *ctx
+    cdef readonly bint server
+    cdef _trust(self, bytes pem)
+
+
+cdef class LinkTls:
+    cdef openssl.SSL *ssl
+    cdef openssl.BIO *rbio      # memory mode (the server end): owned by ssl
+    cdef openssl.BIO *wbio
+    cdef int fd                 # fd mode (the multiplexor end); -1 in memory mode
+    cdef double timeout
+    cdef openssl.SSL *_live(self) except NULL
+    cdef str _failure(self, str what)
+    cdef _fd_mode(self)
+    cdef _memory_mode(self)
 
 
 cdef class Relay:

@@ -1133,6 +1133,61 @@ cdef void parse_frames(Core *c) noexcept nogil:
         buf_consumed(&c.lin, HEADER + length)
 
 
+cdef ssize_t link_recv(Core *c, uint8_t *p, size_t n) noexcept nogil:
+    """Read the link (through TLS when it has it): bytes read (> 0), 0 at its
+    end, -1 when it must wait for readiness, -2 on error (errno, or TLS)."""
+    cdef ssize_t r
+    cdef size_t got = 0
+    cdef int err
+    if c.link_ssl == NULL:
+        while True:
+            r = posix.recv(c.link_fd, p, n, 0)
+            if r >= 0:
+                return r
+            if posix.errno == posix.EINTR:
+                continue
+            return -1 if posix.errno == posix.EAGAIN else -2
+    if openssl.SSL_read_ex(c.link_ssl, p, n, &got) == 1:
+        return <ssize_t>got
+    err = openssl.SSL_get_error(c.link_ssl, 0)
+    if err == openssl.SSL_ERROR_WANT_READ:
+        return -1
+    if err == openssl.SSL_ERROR_WANT_WRITE:     # e.g. answering a KeyUpdate
+        c.link_read_wants_write = True
+        c.link_writable = False
+        return -1
+    openssl.ERR_clear_error()
+    if err == openssl.SSL_ERROR_ZERO_RETURN or (err == openssl.SSL_ERROR_SYSCALL
+                                                 and posix.errno == 0):
+        return 0
+    posix.errno = 0 if err == openssl.SSL_ERROR_SSL else posix.errno
+    return -2
+
+
+cdef ssize_t link_send(Core *c, const uint8_t *p, size_t n) noexcept nogil:
+    """Write the link: bytes written (> 0), -1 wait for readiness, -2 error.
+    TLS retries pass the same bytes again (moving buffers are allowed)."""
+    cdef ssize_t r
+    cdef size_t done = 0
+    cdef int err
+    if c.link_ssl == NULL:
+        while True:
+            r = posix.send(c.link_fd, p, n, posix.MSG_NOSIGNAL)
+            if r > 0:
+                return r
+            if r < 0 and posix.errno == posix.EINTR:
+                continue
+            return -1 if r < 0 and posix.errno == posix.EAGAIN else -2
+    if openssl.SSL_write_ex(c.link_ssl, p, n, &done) == 1:
+        return <ssize_t>done
+    err = openssl.SSL_get_error(c.link_ssl, 0)
+    if err == openssl.SSL_ERROR_WANT_WRITE or err == openssl.SSL_ERROR_WANT_READ:
+        return -1
+    openssl.ERR_clear_error()
+    posix.errno = 0 if err == openssl.SSL_ERROR_SSL else posix.errno
+    return -2
+
+
 cdef void link_read(Core *c) noexcept nogil:
     cdef size_t budget = LINK_READ_BUDGET
     cdef ssize_t r
@@ -1140,7 +1195,7 @@ cdef void link_read(Core *c) noexcept nogil:
         if buf_reserve(&c.lin, HEADER + MAX_PAYLOAD, 0) < 0:
             core_fail(c, X_NOMEM, 0, "no memory for the link input buffer")
             return
-        r = posix.recv(c.link_fd, c.lin.data + c.lin.tail, c.lin.cap - c.lin.tail, 0)
+        r = link_recv(c, c.lin.data + c.lin.tail, c.lin.cap - c.lin.tail)
         if r > 0:
             c.lin.tail += r
             c.st.link_reads += 1
@@ -1148,25 +1203,29 @@ cdef void link_read(Core *c) noexcept nogil:
             parse_frames(c)
         elif r == 0:
             core_fail(c, X_LINK_LOST, 0, "the server closed the connection")
-        elif posix.errno == posix.EAGAIN:
+        elif r == -1:
             c.link_readable = False
             return
-        elif posix.errno != posix.EINTR:
-            core_fail(c, X_LINK_LOST, posix.errno, "reading the link")
+        else:
+            core_fail(c, X_LINK_LOST, posix.errno,
+                      "reading the link" if c.link_ssl == NULL or posix.errno
+                      else "reading the link: TLS failure")
 
 
 cdef void link_flush(Core *c) noexcept nogil:
     cdef ssize_t r
     cdef Session *s
     while buf_len(&c.lout) > 0 and c.link_writable and c.exit == RUNNING:
-        r = posix.send(c.link_fd, c.lout.data + c.lout.head, buf_len(&c.lout), posix.MSG_NOSIGNAL)
+        r = link_send(c, c.lout.data + c.lout.head, buf_len(&c.lout))
         if r > 0:
             buf_consumed(&c.lout, r)
             c.st.link_writes += 1
-        elif r < 0 and posix.errno == posix.EAGAIN:
+        elif r == -1:
             c.link_writable = False
-        elif not (r < 0 and posix.errno == posix.EINTR):
-            core_fail(c, X_LINK_LOST, posix.errno, "writing the link")
+        else:
+            core_fail(c, X_LINK_LOST, posix.errno,
+                      "writing the link" if c.link_ssl == NULL or posix.errno
+                      else "writing the link: TLS failure")
             return
     if buf_len(&c.lout) < LINK_LOW:
         while not ring_empty(&c.linkwait):
@@ -1180,16 +1239,14 @@ cdef void link_drain(Core *c, int64_t ms) noexcept nogil:
     cdef ssize_t r
     cdef posix.pollfd pfd
     pfd.fd = c.link_fd
-    pfd.events = posix.POLLOUT
+    pfd.events = posix.POLLOUT | posix.POLLIN
     while buf_len(&c.lout) > 0:
-        r = posix.send(c.link_fd, c.lout.data + c.lout.head, buf_len(&c.lout), posix.MSG_NOSIGNAL)
+        r = link_send(c, c.lout.data + c.lout.head, buf_len(&c.lout))
         if r > 0:
             buf_consumed(&c.lout, r)
             continue
-        if r < 0 and posix.errno == posix.EINTR:
-            continue
         left = deadline - now_ms()
-        if r >= 0 or posix.errno != posix.EAGAIN or left <= 0:
+        if r == -2 or left <= 0:
             return
         posix.poll(&pfd, 1, <int>left)
 
@@ -1205,11 +1262,11 @@ cdef void link_linger(Core *c, int64_t ms) noexcept nogil:
     pfd.fd = c.link_fd
     pfd.events = posix.POLLIN
     while True:
-        r = posix.recv(c.link_fd, scratch, sizeof(scratch), 0)
-        if r > 0 or (r < 0 and posix.errno == posix.EINTR):
+        r = link_recv(c, scratch, sizeof(scratch))
+        if r > 0:
             continue
         left = deadline - now_ms()
-        if r == 0 or posix.errno != posix.EAGAIN or left <= 0:
+        if r != -1 or left <= 0:
             return
         posix.poll(&pfd, 1, <int>left)
 
@@ -1273,6 +1330,9 @@ cdef void dispatch(Core *c, epoll.epoll_event *ev) noexcept nogil:
             c.link_readable = True
         if ev.events & (epoll.EPOLLOUT | epoll.EPOLLHUP | epoll.EPOLLERR):
             c.link_writable = True
+            if c.link_read_wants_write:
+                c.link_read_wants_write = False
+                c.link_readable = True
     elif tag == TAG_LISTEN:
         c.listen_ready = True
     elif tag == TAG_WAKE:
@@ -1324,6 +1384,10 @@ cdef void core_teardown(Core *c) noexcept nogil:
         link_drain(c, DRAIN_MS)
         if buf_len(&c.lout) == 0:
             link_linger(c, LINGER_MS)
+    if c.link_ssl != NULL:
+        openssl.SSL_free(c.link_ssl)
+        openssl.ERR_clear_error()
+        c.link_ssl = NULL
     if c.link_fd >= 0:
         discard_input(c.link_fd)
     close_fd(&c.link_fd)
@@ -1376,6 +1440,50 @@ cdef str openssl_error(str what):
     return f"{what}: {text.decode('ascii', 'replace')}"
 
 
+cdef ctx_load_key(openssl.SSL_CTX *ctx, bytes pem):
+    cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
+    cdef openssl.EVP_PKEY *key
+    if bio == NULL:
+        raise TlsError(openssl_error("cannot read the private key"))
+    key = openssl.PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL)
+    openssl.BIO_free(bio)
+    if key == NULL:
+        raise TlsError(openssl_error("cannot read the private key (PEM)"))
+    try:
+        if openssl.SSL_CTX_use_PrivateKey(ctx, key) != 1:
+            raise TlsError(openssl_error("cannot use the private key"))
+    finally:
+        openssl.EVP_PKEY_free(key)
+
+
+cdef ctx_load_chain(openssl.SSL_CTX *ctx, bytes pem):
+    cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
+    cdef openssl.X509 *cert
+    cdef int count = 0
+    if bio == NULL:
+        raise TlsError(openssl_error("cannot read the certificate chain"))
+    try:
+        while True:
+            cert = openssl.PEM_read_bio_X509(bio, NULL, no_password, NULL)
+            if cert == NULL:
+                break
+            count += 1
+            if count == 1:
+                ok = openssl.SSL_CTX_use_certificate(ctx, cert) == 1
+                openssl.X509_free(cert)
+            else:
+                ok = openssl.SSL_CTX_add0_chain_cert(ctx, cert) == 1
+                if not ok:
+                    openssl.X509_free(cert)
+            if not ok:
+                raise TlsError(openssl_error(f"cannot use certificate {count} of the chain"))
+    finally:
+        openssl.BIO_free(bio)
+    openssl.ERR_clear_error()        # the end of the PEM data is reported as an error
+    if count == 0:
+        raise TlsError("the certificate chain holds no PEM certificate")
+
+
 cdef class TlsContext:
     """A TLS server context for legacy SSL, built from PEM held in memory.
 
@@ -1414,51 +1522,369 @@ cdef class TlsContext:
             raise TlsError("session ticket keys must be 80 bytes")
 
     cdef _load_key(self, bytes pem):
-        cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
-        cdef openssl.EVP_PKEY *key
-        if bio == NULL:
-            raise TlsError(openssl_error("cannot read the private key"))
-        key = openssl.PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL)
-        openssl.BIO_free(bio)
-        if key == NULL:
-            raise TlsError(openssl_error("cannot read the private key (PEM)"))
-        try:
-            if openssl.SSL_CTX_use_PrivateKey(self.ctx, key) != 1:
-                raise TlsError(openssl_error("cannot use the private key"))
-        finally:
-            openssl.EVP_PKEY_free(key)
+        ctx_load_key(self.ctx, pem)
 
     cdef _load_chain(self, bytes pem):
-        cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
-        cdef openssl.X509 *cert
-        cdef int count = 0
-        if bio == NULL:
-            raise TlsError(openssl_error("cannot read the certificate chain"))
-        try:
-            while True:
-                cert = openssl.PEM_read_bio_X509(bio, NULL, no_password, NULL)
-                if cert == NULL:
-                    break
-                count += 1
-                if count == 1:
-                    ok = openssl.SSL_CTX_use_certificate(self.ctx, cert) == 1
-                    openssl.X509_free(cert)
-                else:
-                    ok = openssl.SSL_CTX_add0_chain_cert(self.ctx, cert) == 1
-                    if not ok:
-                        openssl.X509_free(cert)
-                if not ok:
-                    raise TlsError(openssl_error(f"cannot use certificate {count} of the chain"))
-        finally:
-            openssl.BIO_free(bio)
-        openssl.ERR_clear_error()        # the end of the PEM data is reported as an error
-        if count == 0:
-            raise TlsError("the certificate chain holds no PEM certificate")
+        ctx_load_chain(self.ctx, pem)
 
     def __dealloc__(self):
         if self.ctx != NULL:
             openssl.SSL_CTX_free(self.ctx)
             self.ctx = NULL
+
+
+# --- TLS on the link (docs/muxlink.md "TLS on the link") ----------------------------
+#
+# Both ends of a link that leaves the host speak TLS 1.3 (and nothing older),
+# without session tickets or renegotiation. The multiplexor is the client: it
+# verifies the server's certificate against its trust anchors and the name it
+# dialled. Each side then mixes the RFC 9266 tls-exporter of the session (32
+# bytes, label "EXPORTER-Channel-Binding", no context) into its HMAC proof, so a
+# proof made for one TLS session is worthless in another: a man in the middle
+# that relays the set-up frames between two TLS sessions of its own fails.
+#
+# The multiplexor's LinkTls drives OpenSSL on the link's socket (fd mode): the
+# blocking set-up in Python, then the relay core takes the SSL object over. The
+# server's (asyncio) drives it over memory BIOs: ciphertext in, plaintext out.
+
+cdef const char *EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+
+#: Bytes of the tls-exporter channel binding (RFC 9266 section 2).
+CHANNEL_BINDING_BYTES = 32
+
+
+class LinkTlsError(Exception):
+    """TLS on the link failed (one line: OpenSSL's reason, or the certificate's)."""
+
+
+cdef class LinkTlsContext:
+    """TLS 1.3 for links: ``LinkTlsContext(server=True, key_pem=, chain_pem=)`` on
+    the server (its certificate and key, PEM in memory), or
+    ``LinkTlsContext(server=False, ca_pem=)`` on the multiplexor: the server's
+    certificate must chain to a certificate of ``ca_pem`` (None: the system's
+    trust store)."""
+
+    def __cinit__(self, bint server, bytes key_pem=None, bytes chain_pem=None,
+                  bytes ca_pem=None):
+        self.server = server
+        self.ctx = openssl.SSL_CTX_new(openssl.TLS_server_method() if server
+                                       else openssl.TLS_client_method())
+        if self.ctx == NULL:
+            raise LinkTlsError(openssl_error("cannot create a TLS context"))
+        openssl.SSL_CTX_set_min_proto_version(self.ctx, openssl.TLS1_3_VERSION)
+        openssl.SSL_CTX_set_max_proto_version(self.ctx, openssl.TLS1_3_VERSION)
+        openssl.SSL_CTX_set_options(self.ctx, openssl.SSL_OP_NO_COMPRESSION
+                                    | openssl.SSL_OP_NO_RENEGOTIATION)
+        openssl.SSL_CTX_set_mode(self.ctx, openssl.SSL_MODE_ENABLE_PARTIAL_WRITE
+                                 | openssl.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        openssl.SSL_CTX_set_num_tickets(self.ctx, 0)
+        if server:
+            if key_pem is None or chain_pem is None:
+                raise ValueError("a server link context needs key_pem and chain_pem")
+            try:
+                ctx_load_key(self.ctx, key_pem)
+                ctx_load_chain(self.ctx, chain_pem)
+            except TlsError as exc:
+                raise LinkTlsError(str(exc)) from None
+            if openssl.SSL_CTX_check_private_key(self.ctx) != 1:
+                raise LinkTlsError(openssl_error("the private key does not match the "
+                                                 "certificate"))
+            return
+        openssl.SSL_CTX_set_verify(self.ctx, openssl.SSL_VERIFY_PEER, NULL)
+        if ca_pem is None:
+            if openssl.SSL_CTX_set_default_verify_paths(self.ctx) != 1:
+                raise LinkTlsError(openssl_error("cannot load the system's trust store"))
+        else:
+            self._trust(ca_pem)
+
+    cdef _trust(self, bytes pem):
+        cdef openssl.BIO *bio = openssl.BIO_new_mem_buf(<const char *>pem, len(pem))
+        cdef openssl.X509 *cert
+        cdef int count = 0
+        if bio == NULL:
+            raise MemoryError()
+        try:
+            while True:
+                cert = openssl.PEM_read_bio_X509(bio, NULL, no_password, NULL)
+                if cert == NULL:
+                    break
+                openssl.X509_STORE_add_cert(openssl.SSL_CTX_get_cert_store(self.ctx), cert)
+                openssl.X509_free(cert)
+                count += 1
+        finally:
+            openssl.BIO_free(bio)
+        openssl.ERR_clear_error()
+        if count == 0:
+            raise LinkTlsError("holds no PEM certificate")
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            openssl.SSL_CTX_free(self.ctx)
+            self.ctx = NULL
+
+
+cdef class LinkTls:
+    """One TLS 1.3 session of a link.
+
+    The multiplexor's: ``LinkTls.connect(ctx, fd, host, timeout)`` runs the
+    handshake on the connected socket ``fd`` (verifying the certificate names
+    ``host``: a DNS name or an IP address), then ``sendall``/``recv`` carry the
+    set-up frames and ``Relay(link_tls=...)`` takes the session over.
+
+    The server's: ``LinkTls.accept(ctx)`` over memory BIOs: ``receive(ciphertext)``
+    returns the plaintext it completes (driving the handshake first),
+    ``send(plaintext)`` encrypts, ``outgoing()`` is the ciphertext to write.
+
+    Either: ``exporter()`` is the RFC 9266 channel binding of the session.
+    """
+
+    def __cinit__(self):
+        self.fd = -1
+        self.timeout = 10.0
+
+    @staticmethod
+    def connect(LinkTlsContext ctx not None, int fd, str host not None,
+                double timeout=10.0):
+        cdef LinkTls self = LinkTls.__new__(LinkTls)
+        cdef bytes name = host.encode("ascii")
+        cdef int r, err
+        if ctx.server:
+            raise ValueError("LinkTls.connect needs a client context")
+        self.ssl = openssl.SSL_new(ctx.ctx)
+        if self.ssl == NULL or openssl.SSL_set_fd(self.ssl, fd) != 1:
+            raise LinkTlsError(openssl_error("cannot create the TLS session"))
+        self.fd = fd
+        self.timeout = timeout
+        if _is_ip(host):
+            ok = openssl.X509_VERIFY_PARAM_set1_ip_asc(openssl.SSL_get0_param(self.ssl), name)
+        else:
+            ok = openssl.X509_VERIFY_PARAM_set1_host(openssl.SSL_get0_param(self.ssl), name,
+                                                     len(name)) == 1 and \
+                openssl.SSL_set_tlsext_host_name(self.ssl, name) == 1
+        if not ok:
+            raise LinkTlsError(openssl_error(f"cannot verify the name {host!r}"))
+        openssl.SSL_set_connect_state(self.ssl)
+        deadline = _monotonic() + timeout
+        while True:
+            with nogil:
+                r = openssl.SSL_do_handshake(self.ssl)
+            if r == 1:
+                return self
+            err = openssl.SSL_get_error(self.ssl, r)
+            if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
+                self._poll(err, deadline)
+                continue
+            raise LinkTlsError(self._failure("TLS handshake failed"))
+
+    @staticmethod
+    def accept(LinkTlsContext ctx not None):
+        cdef LinkTls self = LinkTls.__new__(LinkTls)
+        if not ctx.server:
+            raise ValueError("LinkTls.accept needs a server context")
+        self.ssl = openssl.SSL_new(ctx.ctx)
+        self.rbio = openssl.BIO_new(openssl.BIO_s_mem())
+        self.wbio = openssl.BIO_new(openssl.BIO_s_mem())
+        if self.ssl == NULL or self.rbio == NULL or self.wbio == NULL:
+            if self.rbio != NULL:
+                openssl.BIO_free(self.rbio)
+            if self.wbio != NULL:
+                openssl.BIO_free(self.wbio)
+            self.rbio = self.wbio = NULL
+            raise MemoryError()
+        openssl.BIO_set_mem_eof_return(self.rbio, -1)     # empty: "want more", not EOF
+        openssl.SSL_set_bio(self.ssl, self.rbio, self.wbio)
+        openssl.SSL_set_accept_state(self.ssl)
+        return self
+
+    # -- both ---------------------------------------------------------------------
+
+    @property
+    def handshake_done(self):
+        return self.ssl != NULL and openssl.SSL_is_init_finished(self.ssl) == 1
+
+    @property
+    def version(self):
+        return openssl.SSL_get_version(self._live()).decode("ascii")
+
+    @property
+    def cipher(self):
+        return openssl.SSL_CIPHER_get_name(openssl.SSL_get_current_cipher(
+            self._live())).decode("ascii")
+
+    def exporter(self):
+        """RFC 9266 tls-exporter: 32 bytes of SSL_export_keying_material with the
+        label "EXPORTER-Channel-Binding" and no context."""
+        cdef unsigned char out[32]
+        if not self.handshake_done:
+            raise LinkTlsError("no channel binding before the handshake is done")
+        if openssl.SSL_export_keying_material(self.ssl, out, 32, EXPORTER_LABEL,
+                                              strlen(EXPORTER_LABEL), NULL, 0, 0) != 1:
+            raise LinkTlsError(openssl_error("cannot export the channel binding"))
+        return (<char *>out)[:32]
+
+    cdef openssl.SSL *_live(self) except NULL:
+        if self.ssl == NULL:
+            raise LinkTlsError("the TLS session was handed over or closed")
+        return self.ssl
+
+    cdef str _failure(self, str what):
+        cdef long result = openssl.SSL_get_verify_result(self.ssl)
+        if result != openssl.X509_V_OK:
+            openssl.ERR_clear_error()
+            return (f"{what}: the server's certificate is not trusted: "
+                    f"{openssl.X509_verify_cert_error_string(result).decode('ascii')}")
+        return openssl_error(what)
+
+    # -- the multiplexor's (fd mode) ----------------------------------------------
+
+    def settimeout(self, double timeout):
+        self.timeout = timeout
+
+    def sendall(self, bytes data not None):
+        cdef size_t done = 0, n, total = len(data)
+        cdef const uint8_t *p = data
+        cdef int r, err
+        deadline = _monotonic() + self.timeout
+        self._fd_mode()
+        while done < total:
+            with nogil:
+                r = openssl.SSL_write_ex(self.ssl, p + done, total - done, &n)
+            if r == 1:
+                done += n
+                continue
+            err = openssl.SSL_get_error(self.ssl, 0)
+            if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
+                self._poll(err, deadline)
+                continue
+            raise OSError(posix.errno or 0, self._failure("TLS write failed"))
+
+    def recv(self, size_t n):
+        """Up to ``n`` bytes; b"" when the server ended the session."""
+        cdef bytearray buf = bytearray(n)
+        cdef uint8_t *p = buf
+        cdef size_t got = 0
+        cdef int r, err
+        deadline = _monotonic() + self.timeout
+        self._fd_mode()
+        while True:
+            with nogil:
+                r = openssl.SSL_read_ex(self.ssl, p, n, &got)
+            if r == 1:
+                return bytes(buf[:got])
+            err = openssl.SSL_get_error(self.ssl, 0)
+            if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
+                self._poll(err, deadline)
+                continue
+            if err == openssl.SSL_ERROR_ZERO_RETURN or (err == openssl.SSL_ERROR_SYSCALL
+                                                         and posix.errno == 0):
+                openssl.ERR_clear_error()
+                return b""
+            raise OSError(posix.errno or 0, self._failure("TLS read failed"))
+
+    cdef _fd_mode(self):
+        self._live()
+        if self.fd < 0:
+            raise ValueError("sendall/recv are for the multiplexor's (fd) sessions")
+
+    def _poll(self, int err, double deadline):
+        cdef posix.pollfd pfd
+        cdef int left = <int>((deadline - _monotonic()) * 1000)
+        cdef int r
+        if left <= 0:
+            raise TimeoutError("timed out")
+        pfd.fd = self.fd
+        pfd.events = posix.POLLIN if err == openssl.SSL_ERROR_WANT_READ else posix.POLLOUT
+        with nogil:
+            r = posix.poll(&pfd, 1, left)
+        if r == 0:
+            raise TimeoutError("timed out")
+
+    # -- the server's (memory mode) -----------------------------------------------
+
+    def receive(self, bytes data not None):
+        """Feed ciphertext; return the plaintext it completes (b"" during the
+        handshake). LinkTlsError when the peer breaks TLS."""
+        cdef uint8_t chunk[16384]
+        cdef size_t got = 0
+        cdef int r, err
+        cdef list out = []
+        self._memory_mode()
+        if len(data) and openssl.BIO_write(self.rbio, <const char *>data, len(data)) \
+                != <int>len(data):
+            raise MemoryError()
+        if not openssl.SSL_is_init_finished(self.ssl):
+            r = openssl.SSL_do_handshake(self.ssl)
+            if r != 1:
+                err = openssl.SSL_get_error(self.ssl, r)
+                if err == openssl.SSL_ERROR_WANT_READ:
+                    return b""
+                raise LinkTlsError(openssl_error("TLS handshake failed"))
+        while True:
+            r = openssl.SSL_read_ex(self.ssl, chunk, sizeof(chunk), &got)
+            if r == 1:
+                out.append((<char *>chunk)[:got])
+                continue
+            err = openssl.SSL_get_error(self.ssl, 0)
+            if err == openssl.SSL_ERROR_WANT_READ:
+                break
+            if err == openssl.SSL_ERROR_ZERO_RETURN:
+                openssl.ERR_clear_error()
+                break
+            raise LinkTlsError(openssl_error("TLS failure on the link"))
+        return b"".join(out)
+
+    def send(self, bytes data not None):
+        """Encrypt ``data`` (after the handshake); ``outgoing()`` has the records."""
+        cdef size_t n = 0, done = 0
+        cdef const uint8_t *p = data
+        self._memory_mode()
+        while done < <size_t>len(data):
+            if openssl.SSL_write_ex(self.ssl, p + done, len(data) - done, &n) != 1:
+                raise LinkTlsError(openssl_error("TLS write failed"))
+            done += n
+
+    def outgoing(self):
+        """The ciphertext produced so far (handshake and records), to write."""
+        cdef size_t pending
+        cdef bytearray buf
+        cdef uint8_t *p
+        self._memory_mode()
+        pending = openssl.BIO_ctrl_pending(self.wbio)
+        if pending == 0:
+            return b""
+        buf = bytearray(pending)
+        p = buf
+        openssl.BIO_read(self.wbio, p, <int>pending)
+        return bytes(buf)
+
+    cdef _memory_mode(self):
+        self._live()
+        if self.rbio == NULL:
+            raise ValueError("receive/send/outgoing are for the server's (memory) sessions")
+
+    def close(self):
+        """Free the session (not the socket, which its owner closes)."""
+        if self.ssl != NULL:
+            openssl.SSL_free(self.ssl)       # frees the memory BIOs too
+            self.ssl = NULL
+            self.rbio = self.wbio = NULL
+
+    def __dealloc__(self):
+        self.close()
+
+
+def _is_ip(str host):
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _monotonic():
+    import time
+    return time.monotonic()
 
 
 # --- the Python face ---------------------------------------------------------------
@@ -1592,6 +2018,9 @@ cdef class Relay:
     * ``sources`` - a SourceLimit shared by the relays of a process: clients
       over its limits are closed as soon as accepted; None: no per-source limits.
     * ``tls`` - a TlsContext: terminate legacy SSL; None: never touch TLS.
+    * ``link_tls`` - the LinkTls session the link was set up over (TLS 1.3 to
+      the server, docs/muxlink.md); the relay owns it from here on. None: a
+      plain link.
     * ``handshake_timeout`` - seconds a client has to finish the handshake.
     * ``keepalive`` - seconds without traffic before PING (0: never).
     * ``linger`` - seconds a client closed by the server may take to read
@@ -1605,11 +2034,16 @@ cdef class Relay:
     def __cinit__(self, int listen_fd, int link_fd, unsigned int window, limit,
                   TlsContext tls=None, double handshake_timeout=10.0, int instance=0,
                   int thread=0, double keepalive=30.0, double linger=30.0,
-                  SourceLimit sources=None):
+                  SourceLimit sources=None, LinkTls link_tls=None):
         cdef Core *c = <Core *>calloc(1, sizeof(Core))
         if c == NULL:
             posix.close(link_fd)
             raise MemoryError()
+        if link_tls is not None:
+            if link_tls.ssl == NULL or link_tls.fd != link_fd:
+                raise ValueError("link_tls must be the set-up TLS session of link_fd")
+            c.link_ssl = link_tls.ssl        # the relay owns it from here on
+            link_tls.ssl = NULL
         self.core = c
         c.ep = c.wake_fd = c.spare_fd = -1
         c.link_fd = link_fd
@@ -1664,6 +2098,7 @@ cdef class Relay:
         c.local_port = posix.ntohs((<posix.sockaddr_in *>&sa).sin_port)   # same offset in v6
         set_nodelay(c.link_fd)
         c.link_writable = True
+        c.link_readable = True           # TLS may hold records read during set-up
         add_fd(c.ep, c.listen_fd, epoll.EPOLLIN | epoll.EPOLLET, TAG_LISTEN)
         add_fd(c.ep, c.link_fd, epoll.EPOLLIN | epoll.EPOLLOUT | epoll.EPOLLRDHUP | epoll.EPOLLET,
                TAG_LINK)
@@ -1737,6 +2172,8 @@ cdef class Relay:
         if c == NULL:
             return
         if not self.started or self.finished:
+            if not self.started and c.link_ssl != NULL:
+                openssl.SSL_free(c.link_ssl)
             if not self.started and c.link_fd >= 0:
                 posix.close(c.link_fd)
             close_fd(&c.ep)

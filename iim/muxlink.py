@@ -16,8 +16,10 @@ its 12 bytes are in, so an absurd length closes the link before we buffer it.
 
 The link authentication (docs/muxlink.md "Link set-up") is a challenge and
 response over two fresh 32-byte nonces; the proofs are HMAC-SHA256 over a
-label and both nonces, so the shared secret never crosses the wire, and each
-side proves itself to the other.
+label, both nonces and the channel binding of the link's TLS session (the
+RFC 9266 tls-exporter, 32 bytes; empty on a plain loopback link), so the
+shared secret never crosses the wire, each side proves itself to the other,
+and a proof is good for one TLS session only (a relayed set-up fails).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"IIMX"
 MAX_PAYLOAD = 65536
 NONCE_BYTES = 32
 PROOF_BYTES = 32
+BINDING_BYTES = 32                      # RFC 9266 tls-exporter
 DEFAULT_WINDOW = 65536
 MAX_SID = MAX_CREDIT = 2**32 - 1
 
@@ -158,7 +161,7 @@ def _check_header(ftype: int, flags: int, reserved: int, sid: int,
         raise LinkProtocolError(f"{ftype.name} frame of {length} bytes exceeds {MAX_PAYLOAD}")
     if flags or reserved:
         raise LinkProtocolError(f"{ftype.name} frame with flags 0x{flags:02x} / "
-                                f"reserved 0x{reserved:04x} (version 1 defines none)")
+                                f"reserved 0x{reserved:04x} (version {VERSION} defines none)")
     if ftype.is_session and sid == 0:
         raise LinkProtocolError(f"{ftype.name} frame without a session id")
     if not ftype.is_session and sid != 0:
@@ -315,32 +318,43 @@ def _check_proof(proof: bytes) -> None:
         raise ValueError(f"a proof is {PROOF_BYTES} bytes (or empty), not {len(proof)}")
 
 
-def mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
-    """HMAC-SHA256(secret, "iim-muxlink-1 mux" || mux nonce || server nonce)."""
-    return _proof(b"iim-muxlink-1 mux", secret, mux_nonce, server_nonce)
+def mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+              binding: bytes = b"") -> bytes:
+    """HMAC-SHA256(secret, "iim-muxlink-2 mux" || mux nonce || server nonce || binding)."""
+    return _proof(MUX_LABEL, secret, mux_nonce, server_nonce, binding)
 
 
-def server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
-    """HMAC-SHA256(secret, "iim-muxlink-1 server" || mux nonce || server nonce)."""
-    return _proof(b"iim-muxlink-1 server", secret, mux_nonce, server_nonce)
+def server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+                 binding: bytes = b"") -> bytes:
+    """HMAC-SHA256(secret, "iim-muxlink-2 server" || mux nonce || server nonce || binding)."""
+    return _proof(SERVER_LABEL, secret, mux_nonce, server_nonce, binding)
 
 
 def check_mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
-                    proof: bytes) -> bool:
+                    proof: bytes, binding: bytes = b"") -> bool:
     """Constant-time check of the proof a mux sent in AUTH."""
-    return hmac.compare_digest(mux_proof(secret, mux_nonce, server_nonce), proof)
+    return hmac.compare_digest(mux_proof(secret, mux_nonce, server_nonce, binding), proof)
 
 
 def check_server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
-                       proof: bytes) -> bool:
+                       proof: bytes, binding: bytes = b"") -> bool:
     """Constant-time check of the proof a server sent in READY."""
-    return hmac.compare_digest(server_proof(secret, mux_nonce, server_nonce), proof)
+    return hmac.compare_digest(server_proof(secret, mux_nonce, server_nonce, binding), proof)
 
 
-def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
+MUX_LABEL = b"iim-muxlink-2 mux"
+SERVER_LABEL = b"iim-muxlink-2 server"
+
+
+def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+           binding: bytes) -> bytes:
+    """``binding``: the link's tls-exporter (32 bytes), or empty on a plain link."""
     _check_nonce(mux_nonce)
     _check_nonce(server_nonce)
-    return hmac.new(secret, label + mux_nonce + server_nonce, hashlib.sha256).digest()
+    if len(binding) not in (0, BINDING_BYTES):
+        raise ValueError(f"a channel binding is {BINDING_BYTES} bytes (or empty), "
+                         f"not {len(binding)}")
+    return hmac.new(secret, label + mux_nonce + server_nonce + binding, hashlib.sha256).digest()
 
 
 # -- sessions ---------------------------------------------------------------------------

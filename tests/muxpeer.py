@@ -33,6 +33,7 @@ HEADER = struct.Struct("!BBHII")
 HELLO, CHALLENGE, AUTH, READY, LINKCLOSE, PING, PONG = range(1, 8)
 OPEN, DATA, CLOSE, WINDOW = 0x10, 0x11, 0x12, 0x13
 MAX_PAYLOAD = 65536
+VERSION = 2                 # docs/muxlink.md; plain loopback links: no channel binding
 
 
 def frame(ftype: int, sid: int = 0, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -164,23 +165,24 @@ class PeerLink:
         version, instance, thread = struct.unpack_from("!HHH", payload, 4)
         mux_nonce = payload[10:]
         self.hello = (instance, thread)
-        if version != 1:
+        if version != VERSION:
             self._send(frame(LINKCLOSE, 0, b"\x03version"))
             return False
         nonce = secrets.token_bytes(32)
-        self._send(frame(CHALLENGE, 0, struct.pack("!HB", 1, peer.secret is not None) + nonce))
+        self._send(frame(CHALLENGE, 0, struct.pack("!HB", VERSION, peer.secret is not None)
+                         + nonce))
         ftype, sid, proof = self._read_frame()
         if ftype != AUTH:
             self.errors.append(f"expected AUTH, got {ftype}")
             return False
         if peer.secret is not None:
-            want = hmac.new(peer.secret, b"iim-muxlink-1 mux" + mux_nonce + nonce,
+            want = hmac.new(peer.secret, b"iim-muxlink-2 mux" + mux_nonce + nonce,
                             hashlib.sha256).digest()
             if not hmac.compare_digest(want, proof):
                 self._send(frame(LINKCLOSE, 0, b"\x02authentication failed"))
                 return False
             key = peer.proof_secret if peer.proof_secret is not None else peer.secret
-            ours = hmac.new(key, b"iim-muxlink-1 server" + mux_nonce + nonce,
+            ours = hmac.new(key, b"iim-muxlink-2 server" + mux_nonce + nonce,
                             hashlib.sha256).digest()
         else:
             if proof:

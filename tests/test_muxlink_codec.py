@@ -29,9 +29,9 @@ def decode_all(data: bytes) -> list[Frame]:
 EXAMPLE = [
     # (frame as the codec builds it, header hex, payload hex, nonce appended)
     (FrameType.HELLO, 0, Hello(0, 1, MUX_NONCE).encode(),
-     "01 00 0000 00000000 0000002a", "49 49 4d 58 0001 0000 0001", MUX_NONCE),
+     "01 00 0000 00000000 0000002a", "49 49 4d 58 0002 0000 0001", MUX_NONCE),
     (FrameType.CHALLENGE, 0, Challenge(False, SERVER_NONCE).encode(),
-     "02 00 0000 00000000 00000023", "0001 00", SERVER_NONCE),
+     "02 00 0000 00000000 00000023", "0002 00", SERVER_NONCE),
     (FrameType.AUTH, 0, Auth().encode(), "03 00 0000 00000000 00000000", "", b""),
     (FrameType.READY, 0, Ready(65536).encode(), "04 00 0000 00000000 00000004",
      "00010000", b""),
@@ -179,8 +179,8 @@ OPEN = SessionOpen("127.0.0.1", 40000, 5222).encode()
     (FrameType.HELLO, b"HTTP" + HELLO[4:], "magic"),
     (FrameType.HELLO, HELLO[:-1], "too short"),
     (FrameType.HELLO, HELLO + b"\0", "too many"),
-    (FrameType.CHALLENGE, b"\0\x01\x02" + SERVER_NONCE, "secret-required"),
-    (FrameType.CHALLENGE, b"\0\x01\x00" + SERVER_NONCE[:5], "too short"),
+    (FrameType.CHALLENGE, b"\0\x02\x02" + SERVER_NONCE, "secret-required"),
+    (FrameType.CHALLENGE, b"\0\x02\x00" + SERVER_NONCE[:5], "too short"),
     (FrameType.AUTH, b"x" * 31, "AUTH payload of 31"),
     (FrameType.READY, b"\0\0\0", "READY payload of 3"),
     (FrameType.READY, b"\0\0\0\0", "window of 0"),
@@ -206,12 +206,12 @@ def test_bad_payload(ftype, payload, words):
 
 
 def test_other_versions_close_with_reason_version():
-    for value in (Hello(0, 1, MUX_NONCE, version=2), Challenge(False, SERVER_NONCE, 9)):
+    for value in (Hello(0, 1, MUX_NONCE, version=1), Challenge(False, SERVER_NONCE, 9)):
         with pytest.raises(LinkProtocolError) as err:
             type(value).decode(value.encode())
         assert err.value.reason is CloseReason.VERSION
-    with pytest.raises(LinkProtocolError) as err:      # a v2 HELLO may have another size
-        Hello.decode(b"IIMX\x00\x02")
+    with pytest.raises(LinkProtocolError) as err:      # a v3 HELLO may have another size
+        Hello.decode(b"IIMX\x00\x03")
     assert err.value.reason is CloseReason.VERSION
 
 
@@ -247,12 +247,17 @@ def test_proofs_are_the_documented_hmacs():
     import hashlib
     import hmac
     secret = b"correct horse battery staple"
-    want = hmac.new(secret, b"iim-muxlink-1 mux" + MUX_NONCE + SERVER_NONCE,
+    want = hmac.new(secret, b"iim-muxlink-2 mux" + MUX_NONCE + SERVER_NONCE,
                     hashlib.sha256).digest()
     assert mux_proof(secret, MUX_NONCE, SERVER_NONCE) == want
-    want = hmac.new(secret, b"iim-muxlink-1 server" + MUX_NONCE + SERVER_NONCE,
+    want = hmac.new(secret, b"iim-muxlink-2 server" + MUX_NONCE + SERVER_NONCE,
                     hashlib.sha256).digest()
     assert server_proof(secret, MUX_NONCE, SERVER_NONCE) == want
+    binding = bytes(range(32))                     # a TLS session's tls-exporter
+    want = hmac.new(secret, b"iim-muxlink-2 mux" + MUX_NONCE + SERVER_NONCE + binding,
+                    hashlib.sha256).digest()
+    assert mux_proof(secret, MUX_NONCE, SERVER_NONCE, binding) == want
+    assert mux_proof(secret, MUX_NONCE, SERVER_NONCE, bytes(32)) != want
 
 
 def test_proofs_check_and_differ_by_direction_secret_and_nonces():

@@ -481,10 +481,10 @@ def test_the_documented_example_against_the_server(server):
     async def scenario():
         async with server(negotiation_timeout=0.5) as srv:
             mux = await TestMux.connect(srv.port)
-            mux.send_raw(h("01 00 0000 00000000 0000002a 49 49 4d 58 0001 0000 0001") +
+            mux.send_raw(h("01 00 0000 00000000 0000002a 49 49 4d 58 0002 0000 0001") +
                          bytes(32))
             challenge = await mux.frame()
-            assert challenge.encode()[:15] == h("02 00 0000 00000000 00000023 0001 00")
+            assert challenge.encode()[:15] == h("02 00 0000 00000000 00000023 0002 00")
             mux.send_raw(h("03 00 0000 00000000 00000000"))
             assert (await mux.frame()).encode() == h("04 00 0000 00000000 00000004 00010000")
             mux.sessions[1] = session = MuxSession(mux, 1)
@@ -712,7 +712,7 @@ BAD = {
               "flags 0x80"),
     "open before hello": (False, encode_frame(FrameType.OPEN, 1, SessionOpen(
         "127.0.0.1", 1, 2).encode()), CloseReason.PROTOCOL, "unexpected OPEN (waiting for HELLO)"),
-    "version 2": (False, hello_bytes(version=2), CloseReason.VERSION, "link version 2"),
+    "version 1": (False, hello_bytes(version=1), CloseReason.VERSION, "link version 1"),
     "not a mux": (False, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", CloseReason.PROTOCOL,
                   "unknown frame type 0x47"),
     "bad magic": (False, encode_frame(FrameType.HELLO, 0, b"IIMY" + bytes(38)),

@@ -69,6 +69,9 @@ SERVER_LIMITS = (
     Limit("auth_failure_window", _seconds_min_1, (10, 86_400)),
     Limit("auth_failures_per_account", positive, (3, 10_000)),
     Limit("auth_failures_per_source", positive, (5, 100_000)),
+    # -- one multiplexor link (issue 12): an OPEN flood closes that link only
+    Limit("muxlink_max_sessions", positive, (100, 1_000_000)),
+    Limit("muxlink_open_rate", positive, (10, 1_000_000)),
     # -- the log line a limit writes when it refuses something
     Limit("limit_log_interval", _seconds_min_1, (1, 3600)),
 )
@@ -134,6 +137,15 @@ class ServerLimits:
     logins get temporary-auth-failure until the window moves on."""
     auth_failures_per_source: int = 50
     """Failed authentications from one source within the window, likewise."""
+    muxlink_max_sessions: int = 10_000
+    """Sessions one multiplexor link may hold at once; an OPEN beyond closes that
+    link with LINKCLOSE overload (its sessions end; other links are unaffected).
+    One link carries at most its mux process's iim_mux.maxsessions (2000 by
+    default, shared by iim_mux.maxthreads links): keep this above it."""
+    muxlink_open_rate: int = 1000
+    """OPENs per second on one multiplexor link (bursts of twice that, so a whole
+    default mux process may reconnect at once); beyond, the link is closed with
+    LINKCLOSE overload."""
     limit_log_interval: int = 60
     """Seconds between two log lines about the same limit (each line counts
     the refusals since the last)."""

@@ -50,6 +50,14 @@ class _Param:
 
 _text = optional(parse_text_value)
 
+
+def parse_link_tls(text: str) -> str:
+    """``iim_server.muxlink_tls`` / ``iim_mux.muxlink_tls``: auto, on or off."""
+    value = text.strip().lower()
+    if value not in ("auto", "on", "off"):
+        raise Invalid("expected auto, on or off")
+    return value
+
 SERVER_PARAMS = (
     _Param("sslkeystore", optional(parse_path)),
     _Param("keystorealias", _text),
@@ -72,6 +80,7 @@ SERVER_PARAMS = (
     _Param("max_unauthenticated", positive, "5000"),
     _Param("muxlink_allow", parse_networks, "127.0.0.0/8, ::1"),
     _Param("muxlink_secretfile", optional(parse_path)),
+    _Param("muxlink_tls", parse_link_tls, "auto"),
     _Param("s2s_hosts", parse_host_overrides, ""),
     _Param("s2s_nameservers", parse_nameservers, ""),
     _Param("dialback_secretfile", optional(parse_path)),
@@ -94,6 +103,8 @@ MUX_PARAMS = (
     _Param("certnickname", parse_nonempty, "Multiplexor-Cert"),
     _Param("keystorepasswordfile", parse_path, "sslpassword.conf"),
     _Param("muxlink_secretfile", optional(parse_path)),
+    _Param("muxlink_tls", parse_link_tls, "auto"),
+    _Param("muxlink_cafile", optional(parse_path)),
 )
 
 COSERVER_PARAMS = (
@@ -182,7 +193,11 @@ class ServerSettings:
     muxlink_allow: tuple
     """Networks multiplexor links may come from (default: loopback only)."""
     muxlink_secretfile: Path | None
-    """Password file with the secret multiplexor links must prove; None: none."""
+    """Password file with the secret multiplexor links must prove; None: none
+    (then links are accepted from loopback only)."""
+    muxlink_tls: str = "auto"
+    """TLS 1.3 on multiplexor links (our keystore's certificate): ``auto`` unless
+    the link is loopback, ``on`` always, ``off`` never (non-loopback links refused)."""
     s2s_hosts: tuple = ()
     """(domain, HostPort) pairs: where to reach a domain instead of DNS SRV."""
     s2s_nameservers: tuple = ()
@@ -228,7 +243,13 @@ class MuxSettings:
     keystorepasswordfile: Path
     """File holding ``Internal (Software) Token:password`` for the NSS database."""
     muxlink_secretfile: Path | None
-    """Password file with the secret proved to the server on each link; None: none."""
+    """Password file with the secret proved to the server on each link; None: none
+    (then the mux links only to a loopback server address)."""
+    muxlink_tls: str = "auto"
+    """TLS 1.3 on the links: ``auto`` unless the server address is loopback, ``on``
+    always, ``off`` never (a non-loopback server address is then refused)."""
+    muxlink_cafile: Path | None = None
+    """PEM trust anchors for the server's link certificate; None: the system's."""
     limits: MuxLimits = MuxLimits()
     """Per-source bounds on client connections (iim/conf/limits.py)."""
 

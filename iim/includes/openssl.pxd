@@ -18,8 +18,15 @@ cdef extern from "openssl/err.h" nogil:
 
 cdef extern from "openssl/bio.h" nogil:
     ctypedef struct BIO
+    ctypedef struct BIO_METHOD
     BIO *BIO_new_mem_buf(const void *buf, int len)
+    BIO *BIO_new(const BIO_METHOD *method)
+    const BIO_METHOD *BIO_s_mem()
     int BIO_free(BIO *bio)
+    int BIO_read(BIO *bio, void *data, int dlen)
+    int BIO_write(BIO *bio, const void *data, int dlen)
+    size_t BIO_ctrl_pending(BIO *bio)
+    long BIO_set_mem_eof_return(BIO *bio, int v)
 
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_PKEY
@@ -27,7 +34,16 @@ cdef extern from "openssl/evp.h" nogil:
 
 cdef extern from "openssl/x509.h" nogil:
     ctypedef struct X509
+    ctypedef struct X509_STORE
+    ctypedef struct X509_VERIFY_PARAM
     void X509_free(X509 *cert)
+    int X509_STORE_add_cert(X509_STORE *store, X509 *cert)
+    const char *X509_verify_cert_error_string(long n)
+    int X509_V_OK
+
+cdef extern from "openssl/x509_vfy.h" nogil:
+    int X509_VERIFY_PARAM_set1_host(X509_VERIFY_PARAM *param, const char *name, size_t namelen)
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
 
 cdef extern from "openssl/pem.h" nogil:
     ctypedef int pem_password_cb(char *buf, int size, int rwflag, void *userdata) noexcept
@@ -41,6 +57,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct SSL_CIPHER
 
     const SSL_METHOD *TLS_server_method()
+    const SSL_METHOD *TLS_client_method()
     SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)
     int SSL_CTX_up_ref(SSL_CTX *ctx)
     void SSL_CTX_free(SSL_CTX *ctx)
@@ -55,6 +72,12 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_CTX_use_PrivateKey(SSL_CTX *ctx, EVP_PKEY *pkey)
     long SSL_CTX_add0_chain_cert(SSL_CTX *ctx, X509 *cert)
     int SSL_CTX_check_private_key(const SSL_CTX *ctx)
+    int SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version)
+    int SSL_CTX_set_num_tickets(SSL_CTX *ctx, size_t num_tickets)
+    int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
+    X509_STORE *SSL_CTX_get_cert_store(const SSL_CTX *ctx)
+    void SSL_CTX_set_verify(SSL_CTX *ctx, int mode, void *callback)
+    int SSL_CTX_set_alpn_protos(SSL_CTX *ctx, const unsigned char *protos, unsigned int len)
 
     ctypedef int (*SSL_CTX_alpn_select_cb_func)(
         SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -64,7 +87,18 @@ cdef extern from "openssl/ssl.h" nogil:
     SSL *SSL_new(SSL_CTX *ctx)
     void SSL_free(SSL *ssl)
     int SSL_set_fd(SSL *ssl, int fd)
+    void SSL_set_bio(SSL *ssl, BIO *rbio, BIO *wbio)
     void SSL_set_accept_state(SSL *ssl)
+    void SSL_set_connect_state(SSL *ssl)
+    long SSL_set_tlsext_host_name(SSL *ssl, const char *name)
+    X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
+    long SSL_get_verify_result(const SSL *ssl)
+    int SSL_is_init_finished(const SSL *ssl)
+    int SSL_export_keying_material(SSL *ssl, unsigned char *out, size_t olen,
+                                   const char *label, size_t llen,
+                                   const unsigned char *context, size_t contextlen,
+                                   int use_context)
+    void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
     int SSL_do_handshake(SSL *ssl)
     int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
     int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
@@ -75,6 +109,9 @@ cdef extern from "openssl/ssl.h" nogil:
     const char *SSL_CIPHER_get_name(const SSL_CIPHER *cipher)
 
     int TLS1_2_VERSION
+    int TLS1_3_VERSION
+    int SSL_VERIFY_PEER
+    int SSL_VERIFY_NONE
     int SSL_ERROR_NONE
     int SSL_ERROR_SSL
     int SSL_ERROR_WANT_READ

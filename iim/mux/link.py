@@ -1,25 +1,33 @@
 """Link set-up, the multiplexor's side (docs/muxlink.md "Link set-up and authentication").
 
-A relay thread opens one TCP connection to the server's ``iim_mux.serverport``
-and, with a plain blocking socket, says HELLO, answers the CHALLENGE with AUTH
-and checks READY. Only then is the socket handed to the relay core, which
-speaks the session frames. Nothing here knows about clients or epoll.
+A relay thread opens one TCP connection to the server's ``iim_mux.serverport``;
+unless the link stays on loopback (``iim_mux.muxlink_tls``: auto), it runs a
+TLS 1.3 handshake first, verifying the server's certificate
+(``iim_mux.muxlink_cafile``) and the name it dialled. Then, with a blocking
+socket (or TLS session), it says HELLO, answers the CHALLENGE with AUTH and
+checks READY. Only then are the socket (and TLS session) handed to the relay
+core, which speaks the session frames: no client is accepted before. Nothing
+here knows about clients or epoll.
 
-With a shared secret both sides prove they know it without sending it:
+With a shared secret both sides prove they know it without sending it, for
+this TLS session only (``binding``: its RFC 9266 tls-exporter; empty on a
+plain loopback link):
 
-    mux proof    = HMAC-SHA256(secret, "iim-muxlink-1 mux"    || mux nonce || server nonce)
-    server proof = HMAC-SHA256(secret, "iim-muxlink-1 server" || mux nonce || server nonce)
+    mux proof    = HMAC-SHA256(secret, "iim-muxlink-2 mux"    || nonces || binding)
+    server proof = HMAC-SHA256(secret, "iim-muxlink-2 server" || nonces || binding)
 
 A mux that holds a secret insists on the server's proof: a server that does
 not ask for the secret (or cannot prove it) gets no clients, so an impostor
-listening on the server port learns nothing. Every failure is a
-:class:`LinkError` whose message is one line for the log.
+listening on the server port learns nothing. Without a secret the mux links
+only to a loopback address. Every failure is a :class:`LinkError` whose
+message is one line for the log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import socket
 import struct
@@ -27,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from iim._fastmux import LinkTls, LinkTlsContext, LinkTlsError
 from iim.keys.passwords import read_password_file
 
-__all__ = ["Link", "LinkError", "connect", "load_secret", "set_up"]
+__all__ = ["Link", "LinkError", "TLS_MODES", "connect", "load_secret", "set_up", "wants_tls"]
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"IIMX"
 MAX_PAYLOAD = 65536
 NONCE_BYTES = 32
@@ -44,8 +53,10 @@ R_PROTOCOL, R_AUTH, R_VERSION = 1, 2, 3
 
 LINGER_SECONDS = 2.0
 
-MUX_LABEL = b"iim-muxlink-1 mux"
-SERVER_LABEL = b"iim-muxlink-1 server"
+MUX_LABEL = b"iim-muxlink-2 mux"
+SERVER_LABEL = b"iim-muxlink-2 server"
+#: iim_mux.muxlink_tls: TLS unless loopback, always, never (then loopback only).
+TLS_MODES = ("auto", "on", "off")
 
 
 class LinkError(Exception):
@@ -59,6 +70,8 @@ class Link:
     sock: socket.socket
     window: int
     secret_proved: bool
+    tls: LinkTls | None = None
+    """The link's TLS session (handed to the relay with the socket), or None."""
 
 
 def load_secret(path, param: str = "iim_mux.muxlink_secretfile") -> bytes:
@@ -67,46 +80,76 @@ def load_secret(path, param: str = "iim_mux.muxlink_secretfile") -> bytes:
     return read_password_file(Path(path), param).password.encode("utf-8")
 
 
+def wants_tls(mode: str, loopback: bool) -> bool:
+    """Whether a link runs TLS (``iim_mux.muxlink_tls`` / ``iim_server.muxlink_tls``)."""
+    return mode == "on" or (mode == "auto" and not loopback)
+
+
 def connect(host: str, port: int, *, instance: int, thread: int, secret: bytes | None,
-            timeout: float = 10.0,
+            timeout: float = 10.0, tls_mode: str = "auto",
+            tls_context: LinkTlsContext | None = None,
             register: Callable[[socket.socket], None] | None = None) -> Link:
     """Connect to the server and set the link up.
 
     ``register`` receives the socket before it connects, so that another
     thread may shut it down to abandon a slow attempt. Raises
-    :class:`LinkError` (OSError from the connection is turned into one).
+    :class:`LinkError` (OSError and TLS failures are turned into one).
     """
     where = f"{host}:{port}"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
         raise LinkError(f"cannot resolve the server address {where}: {exc.strerror}") from None
+    use_tls = _tls_policy(where, address[0], secret, tls_mode, tls_context)
     sock = socket.socket(family, kind, proto)
     if register is not None:
         register(sock)
+    tls = None
     try:
         sock.settimeout(timeout)
         sock.connect(address)
-        window, proved = set_up(sock, instance=instance, thread=thread, secret=secret)
-    except OSError as exc:
+        channel, binding = sock, b""
+        if use_tls:
+            channel = tls = LinkTls.connect(tls_context, sock.fileno(), host, timeout)
+            binding = tls.exporter()
+        window, proved = set_up(channel, instance=instance, thread=thread, secret=secret,
+                                binding=binding)
+    except (OSError, LinkError, LinkTlsError) as exc:
+        if tls is not None:
+            tls.close()
         sock.close()
-        raise LinkError(f"link to {where}: {_os_reason(exc)}") from None
-    except LinkError as exc:
-        sock.close()
-        raise LinkError(f"link to {where}: {exc}") from None
-    return Link(sock, window, proved)
+        why = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise LinkError(f"link to {where}: {why}") from None
+    return Link(sock, window, proved, tls)
 
 
-def set_up(sock: socket.socket, *, instance: int, thread: int,
-           secret: bytes | None) -> tuple[int, bool]:
-    """HELLO, CHALLENGE, AUTH, READY on a connected socket; (window, proved)."""
+def _tls_policy(where: str, address: str, secret: bytes | None, mode: str,
+                context: LinkTlsContext | None) -> bool:
+    """Whether to run TLS to ``address``; LinkError when the policy forbids the link."""
+    loopback = ipaddress.ip_address(address.split("%")[0]).is_loopback
+    if not loopback and secret is None:
+        raise LinkError(f"link to {where}: not a loopback address and no shared secret "
+                        "(iim_mux.muxlink_secretfile): the server cannot be authenticated")
+    if mode == "off" and not loopback:
+        raise LinkError(f"link to {where}: iim_mux.muxlink_tls is off, and a link that "
+                        "leaves the host must be encrypted")
+    use_tls = wants_tls(mode, loopback)
+    if use_tls and context is None:
+        raise LinkError(f"link to {where}: TLS is needed and no link TLS context was given")
+    return use_tls
+
+
+def set_up(sock, *, instance: int, thread: int, secret: bytes | None,
+           binding: bytes = b"") -> tuple[int, bool]:
+    """HELLO, CHALLENGE, AUTH, READY on a connected socket (or LinkTls); (window, proved).
+    ``binding``: the tls-exporter of the link's TLS session, b"" without TLS."""
     mux_nonce = secrets.token_bytes(NONCE_BYTES)
     _send(sock, HELLO, MAGIC + struct.pack("!HHH", VERSION, instance, thread) + mux_nonce)
     required, server_nonce = _challenge(sock, _expect(sock, CHALLENGE))
     _check_secret_policy(sock, required, secret)
-    proof = _proof(MUX_LABEL, secret, mux_nonce, server_nonce) if secret else b""
+    proof = _proof(MUX_LABEL, secret, mux_nonce, server_nonce, binding) if secret else b""
     _send(sock, AUTH, proof)
-    return _ready(sock, _expect(sock, READY), secret, mux_nonce, server_nonce)
+    return _ready(sock, _expect(sock, READY), secret, mux_nonce, server_nonce, binding)
 
 
 def _challenge(sock: socket.socket, payload: bytes) -> tuple[bool, bytes]:
@@ -130,22 +173,23 @@ def _check_secret_policy(sock: socket.socket, required: bool, secret: bytes | No
 
 
 def _ready(sock: socket.socket, payload: bytes, secret: bytes | None, mux_nonce: bytes,
-           server_nonce: bytes) -> tuple[int, bool]:
+           server_nonce: bytes, binding: bytes) -> tuple[int, bool]:
     if len(payload) not in (4, PROOF_BYTES + 4):
         _abort(sock, R_PROTOCOL, f"READY of {len(payload)} bytes (expected 4 or 36)")
     proof, window = payload[:-4], int.from_bytes(payload[-4:], "big")
     if secret is not None:
-        expected = _proof(SERVER_LABEL, secret, mux_nonce, server_nonce)
+        expected = _proof(SERVER_LABEL, secret, mux_nonce, server_nonce, binding)
         if not hmac.compare_digest(proof, expected):
-            _abort(sock, R_AUTH, "the server's proof is wrong: the shared secrets differ "
-                                 "(or this is not our server)")
+            _abort(sock, R_AUTH, "the server's proof is wrong: the shared secrets differ, "
+                                 "or this is not our server (or a relay in between)")
     if window == 0:
         _abort(sock, R_PROTOCOL, "READY grants an initial window of 0")
     return window, secret is not None
 
 
-def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes) -> bytes:
-    return hmac.new(secret, label + mux_nonce + server_nonce, hashlib.sha256).digest()
+def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes,
+           binding: bytes) -> bytes:
+    return hmac.new(secret, label + mux_nonce + server_nonce + binding, hashlib.sha256).digest()
 
 
 # -- frames ----------------------------------------------------------------------------

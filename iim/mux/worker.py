@@ -63,7 +63,6 @@ HANDSHAKE_TIMEOUT = 10.0
 KEEPALIVE = 30.0
 #: How often the main thread looks for a failed relay thread.
 FAILURE_CHECK = 1.0
-#: The secret file, until iim_mux.muxlink_secretfile exists in iim.conf.
 #: Counters added up over relays (the rest are levels, taken from live relays).
 TOTALS = ("opened", "closed", "refused", "bytes_client_to_server", "bytes_server_to_client",
           "handshakes_ok", "handshakes_failed", "refused_per_source", "refused_rate")
@@ -92,6 +91,8 @@ class WorkerSettings:
     stat_frequency: float
     usessl: bool
     secret: bytes | None = None
+    link_tls: str = "auto"
+    link_cafile: str | None = None
     maxsessions_per_source: int = MuxLimits.maxsessions_per_source
     accept_rate_per_source: int = MuxLimits.accept_rate_per_source
     handshake_timeout: float = HANDSHAKE_TIMEOUT
@@ -106,7 +107,8 @@ class WorkerSettings:
                    server_host=mux.serverport.host or "127.0.0.1",
                    server_port=mux.serverport.port, threads=mux.maxthreads,
                    maxsessions=mux.maxsessions, stat_frequency=mux.stat_frequency,
-                   usessl=mux.usessl, secret=secret,
+                   usessl=mux.usessl, secret=secret, link_tls=mux.muxlink_tls,
+                   link_cafile=str(mux.muxlink_cafile) if mux.muxlink_cafile else None,
                    maxsessions_per_source=mux.limits.maxsessions_per_source,
                    accept_rate_per_source=mux.limits.accept_rate_per_source)
 
@@ -230,6 +232,7 @@ class RelayThread(threading.Thread):
         try:
             up = muxlink.connect(s.server_host, s.server_port, instance=s.instance,
                                  thread=self.index, secret=s.secret, timeout=CONNECT_TIMEOUT,
+                                 tls_mode=s.link_tls, tls_context=self.worker.link_tls,
                                  register=self._register)
         except muxlink.LinkError as exc:
             if not self._stopping.is_set():
@@ -244,7 +247,7 @@ class RelayThread(threading.Thread):
                                    self.worker.limit, tls=ctx,
                                    handshake_timeout=s.handshake_timeout, instance=s.instance,
                                    thread=self.index, keepalive=s.keepalive,
-                                   sources=self.worker.sources)
+                                   sources=self.worker.sources, link_tls=up.tls)
         except OSError as exc:               # e.g. out of descriptors; the link is closed
             log.error("%s: cannot start relaying: %s", self.name_for_log, exc.strerror or exc)
             return None
@@ -254,8 +257,9 @@ class RelayThread(threading.Thread):
             relay.set_tls_context(self.worker.tls_context)
         if self._stopping.is_set():
             relay.stop()
-        log.info("%s up to %s:%d (window %d%s)", self.name_for_log, s.server_host,
-                 s.server_port, up.window, ", shared secret proved" if up.secret_proved else "")
+        log.info("%s up to %s:%d (window %d%s%s)", self.name_for_log, s.server_host,
+                 s.server_port, up.window, ", shared secret proved" if up.secret_proved else "",
+                 f", {up.tls.version} {up.tls.cipher}" if up.tls is not None else "")
         return relay
 
     def _register(self, sock: socket.socket | None) -> None:
@@ -301,6 +305,7 @@ class Worker:
                                             settings.maxsessions)
         self.limit_log = SourceLimitLog(log)
         self.tls_context: _fastmux.TlsContext | None = None
+        self.link_tls: _fastmux.LinkTlsContext | None = None
         self._tls_loader = tls_loader      # () -> TlsContext, for start and SIGHUP
         self.threads: list[RelayThread] = []
         self.failed = threading.Event()    # a relay thread died of an unexpected error
@@ -309,6 +314,8 @@ class Worker:
         """Load the key material, open the listeners, start the threads (StartupError)."""
         if self.settings.usessl:
             self.tls_context = self._load_tls()
+        if self.settings.link_tls != "off":
+            self.link_tls = link_tls_context(self.settings.link_cafile)
         listeners = []
         try:
             for _ in range(self.settings.threads):
@@ -423,6 +430,27 @@ def link_secret(config: Config) -> bytes | None:
         raise StartupError(str(exc)) from None
 
 
+def link_tls_context(cafile: str | None) -> _fastmux.LinkTlsContext:
+    """The TLS client context of the links: the server's certificate must chain to
+    ``cafile`` (iim_mux.muxlink_cafile), or to the system's trust store."""
+    try:
+        pem = None if cafile is None else open(cafile, "rb").read()
+        return _fastmux.LinkTlsContext(server=False, ca_pem=pem)
+    except OSError as exc:
+        raise StartupError(f"iim_mux.muxlink_cafile: {cafile}: {exc.strerror or exc}") from None
+    except _fastmux.LinkTlsError as exc:
+        where = f"iim_mux.muxlink_cafile: {cafile}" if cafile else "iim_mux.muxlink_tls"
+        raise StartupError(f"{where}: {exc}") from None
+
+
+def unauthenticated_warning(settings: WorkerSettings) -> str | None:
+    """The one line a mux without a link secret logs at start (None: it has one)."""
+    if settings.secret is not None:
+        return None
+    return ("mux links are not authenticated (no iim_mux.muxlink_secretfile): linking to a "
+            "loopback server address only")
+
+
 def serve(config: Config, instance: int, log: logging.Logger,
           ticket_keys: bytes | None = None, control=None) -> int:
     """The worker process: relay until SIGTERM/SIGINT; SIGHUP reloads the certificate.
@@ -451,6 +479,8 @@ def serve(config: Config, instance: int, log: logging.Logger,
     log.info("worker %d (pid %d): %d relay threads on %s, server %s:%d%s", instance, os.getpid(),
              settings.threads, settings.listen, settings.server_host, settings.server_port,
              ", legacy SSL" if settings.usessl else "")
+    if (warning := unauthenticated_warning(settings)) is not None:
+        log.warning("%s", warning)
     next_stats = time.monotonic() + settings.stat_frequency
     while True:
         wake.wait(min(max(0.0, next_stats - time.monotonic()), FAILURE_CHECK))

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import ssl
 
+from iim._fastmux import LinkTlsContext, LinkTlsError
 from iim.conf import Config
 from iim.keys.context import server_context
 from iim.keys.keystore import load_server_material
@@ -26,7 +27,7 @@ from .admission import Admission, Negotiating
 from .c2s import SessionContext
 from .federation import Federation
 from .listener import ClientProtocol
-from .muxlink import start_mux_listener
+from .muxlink import link_tls_context, start_mux_listener
 from .quota import LimitLog
 from .router import Router
 from .storage import Storage, StorageError
@@ -144,13 +145,35 @@ class Server:
         if server.muxlink_secretfile is not None:
             secret = read_password_file(server.muxlink_secretfile,
                                         "iim_server.muxlink_secretfile").password.encode()
+        link_tls = self._link_tls_context(self.ctx.tls_context)
+        if self.config.mux.maxsessions > server.limits.muxlink_max_sessions:
+            self.log.warning("iim_mux.maxsessions (%d) is above iim_server.muxlink_max_sessions "
+                             "(%d): a busy link would be closed with overload",
+                             self.config.mux.maxsessions, server.limits.muxlink_max_sessions)
         try:
             self.mux_listener = await start_mux_listener(
                 self.ctx, where.host, where.port, allow=server.muxlink_allow, secret=secret,
-                max_unauthenticated=server.max_unauthenticated, admission=self.admission)
+                max_unauthenticated=server.max_unauthenticated, admission=self.admission,
+                tls_mode=server.muxlink_tls, tls_context=link_tls,
+                max_sessions=server.limits.muxlink_max_sessions,
+                open_rate=server.limits.muxlink_open_rate)
         except OSError as exc:
             raise StartupError(f"iim_mux.serverport: cannot listen on {where}: "
                                f"{exc.strerror or exc}") from None
+
+    def _link_tls_context(self, tls_context) -> LinkTlsContext | None:
+        """TLS for mux links, with the keystore's certificate (None without a keystore)."""
+        material = getattr(tls_context, "iim_material", None)
+        if material is None:
+            if self.config.server.muxlink_tls == "on":
+                raise StartupError("iim_server.muxlink_tls is on but iim_server.sslkeystore is "
+                                   "not set: there is no certificate to present to the mux")
+            return None
+        try:
+            return link_tls_context(material)
+        except LinkTlsError as exc:
+            raise StartupError(f"iim_server.sslkeystore: {material.source}: link TLS: "
+                               f"{exc}") from None
 
     @property
     def addresses(self) -> list[tuple]:
@@ -163,6 +186,8 @@ class Server:
                 self.ctx.tls_context
             if self.federation is not None:
                 self.federation.use_material(getattr(self.ctx.tls_context, "iim_material", None))
+            if self.mux_listener is not None and self.config.server.muxlink_tls != "off":
+                self.mux_listener.use_tls_context(self._link_tls_context(self.ctx.tls_context))
         except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the server
             self.log.error("certificate reload failed, keeping the old one: %s", exc)
 

@@ -2,7 +2,13 @@
 
 Theory of operation. A multiplexor relay thread connects to
 ``iim_mux.serverport`` and proves itself (HELLO, CHALLENGE, AUTH, READY;
-sources outside ``allow`` are closed before a byte is read). After READY the
+sources outside ``allow`` are closed before a byte is read). The link's first
+byte says whether it starts with TLS (0x16, a TLS handshake record) or with a
+plain HELLO (0x01); ``muxlink_tls`` decides which is acceptable from where
+(docs/muxlink.md "TLS on the link"). Over TLS (1.3, our certificate, driven
+over memory BIOs by iim._fastmux.LinkTls) both proofs cover the session's
+RFC 9266 tls-exporter, so a set-up relayed from another session fails.
+Without a shared secret only loopback links are accepted. After READY the
 link carries sessions: every OPEN becomes an ordinary ``ClientSession`` whose
 carrier is a ``MuxCarrier``, so STARTTLS, SASL, binding, timers and
 backpressure run exactly as for a socket client (TLS over memory BIOs).
@@ -26,6 +32,10 @@ starts with the READY window of credit:
 Frames go out through one buffer flushed once per event-loop turn, so a burst
 of deliveries to many sessions costs one write, not one per frame.
 
+Each link may hold at most ``max_sessions`` sessions and open ``open_rate``
+per second (bursts of twice that); beyond either it is closed with
+LINKCLOSE ``overload``, logged by the server's limit log; other links carry on.
+
 Keepalive: after ``ping_interval`` seconds without a frame from the mux we
 send PING; no PONG within ``ping_timeout`` closes the link (``timeout``).
 Link loss ends every session of the link with ``connection_lost()``, so the
@@ -42,6 +52,8 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
+from iim._fastmux import LinkTls, LinkTlsContext, LinkTlsError
+from iim.conf.limits import ServerLimits
 from iim.muxlink import (
     MAX_CREDIT, MAX_PAYLOAD, Auth, Challenge, Close, CloseReason, Frame, FrameDecoder,
     FrameType, Hello, LinkProtocolError, Ready, SessionOpen, check_mux_proof, decode_payload,
@@ -51,11 +63,14 @@ from iim.xmpp.errors import StreamError, StreamErrorCondition
 
 from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
-from .quota import source_of
+from .quota import TokenBucket, source_of
 
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 LINGER_SECONDS = 2.0
 LOW_WATER = HIGH_WATER // 4
+TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
+UNAUTHENTICATED = ("mux links are not authenticated (no iim_server.muxlink_secretfile): "
+                   "accepted from loopback only")
 
 
 @dataclass
@@ -80,6 +95,14 @@ class MuxLinkConfig:
     admission: Admission | None = None
     """The server's per-source gate (iim/server/admission.py), applied to the client
     address each OPEN carries; None: no per-source limits."""
+    tls_mode: str = "auto"
+    """``iim_server.muxlink_tls``: TLS unless loopback (auto), always (on), never (off)."""
+    tls_context: LinkTlsContext | None = None
+    """Our certificate for link TLS (from ``iim_server.sslkeystore``); None: no TLS."""
+    max_sessions: int = ServerLimits.muxlink_max_sessions
+    """Sessions one link may hold (``iim_server.muxlink_max_sessions``)."""
+    open_rate: int = ServerLimits.muxlink_open_rate
+    """OPENs per second on one link, bursts of twice that (``iim_server.muxlink_open_rate``)."""
     networks: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,10 +113,16 @@ class MuxLinkConfig:
             self.ping_timeout = self.ping_interval
 
     def allows(self, host: str) -> bool:
-        address = ipaddress.ip_address(host.split("%")[0])
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
+        address = _ip(host)
         return any(address in network for network in self.networks)
+
+    def wants_tls(self, loopback: bool) -> bool:
+        return self.tls_mode == "on" or (self.tls_mode == "auto" and not loopback)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host.split("%")[0])
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 class LinkState(enum.Enum):
@@ -227,6 +256,11 @@ class MuxLinkProtocol(asyncio.Protocol):
         self._last_rx = 0.0
         self._ping: bytes | None = None
         self._ping_deadline = 0.0
+        self._loopback = False
+        self._started = False           # the first byte arrived (TLS or plain decided)
+        self._tls: LinkTls | None = None
+        self._binding = b""             # the TLS session's tls-exporter (RFC 9266)
+        self._opens = TokenBucket(self.config.open_rate)
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -242,6 +276,7 @@ class MuxLinkProtocol(asyncio.Protocol):
                              self.name)
             transport.abort()
             return
+        self._loopback = _ip(host).is_loopback
         self.links.add(self)
         _connections(self.ctx).add(self)
         self._timer = self.loop.call_later(self.config.handshake_timeout, self._set_up_expired)
@@ -250,6 +285,12 @@ class MuxLinkProtocol(asyncio.Protocol):
         if self.state is LinkState.CLOSED:
             return
         self._last_rx = self.loop.time()
+        if not self._started and not self._start(data[0]):
+            return
+        if self._tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
         try:
             for frame in self._decoder.feed(data):
                 self._receive(frame)
@@ -261,6 +302,51 @@ class MuxLinkProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
+
+    # -- TLS or not (docs/muxlink.md "TLS on the link") ---------------------------------
+
+    def _start(self, first: int) -> bool:
+        """The first byte: a TLS handshake, or a plain HELLO. False: refused."""
+        self._started = True
+        config = self.config
+        if first == TLS_HANDSHAKE:
+            if config.tls_mode == "off" or config.tls_context is None:
+                why = ("iim_server.muxlink_tls is off" if config.tls_mode == "off" else
+                       "no iim_server.sslkeystore to present")
+                self._refuse(f"refused: it starts TLS and {why}")
+                return False
+            self._tls = LinkTls.accept(config.tls_context)
+            self.name += " (TLS)"
+            return True
+        if config.wants_tls(self._loopback):
+            why = ("iim_server.muxlink_tls is on" if config.tls_mode == "on" else
+                   "it leaves the host" if config.tls_mode == "auto" else
+                   "iim_server.muxlink_tls is off and it leaves the host")
+            self.close_link(CloseReason.TLS, f"this link must use TLS ({why})",
+                            log=f"refused without TLS: {why}")
+            self._flush_out()
+            return False
+        return True
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """Ciphertext in, plaintext out; answers the handshake; b"" on failure."""
+        tls = self._tls
+        try:
+            plain = tls.receive(data)
+        except LinkTlsError as exc:
+            self._refuse(f"TLS failed: {exc}")
+            return b""
+        out = tls.outgoing()
+        if out:
+            self.transport.write(out)
+        if not self._binding and tls.handshake_done:
+            self._binding = tls.exporter()
+        return plain
+
+    def _refuse(self, why: str) -> None:
+        """Close without a LINKCLOSE (none can be read here): one log line."""
+        self._closed_why, self._severity = why, logging.WARNING
+        self._shut(linger=False)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -297,6 +383,11 @@ class MuxLinkProtocol(asyncio.Protocol):
     def _on_hello(self, frame: Frame) -> None:
         self._hello = Hello.decode(frame.payload)
         self.name += f" (instance {self._hello.instance}, thread {self._hello.thread})"
+        if self.config.secret is None and not self._loopback:
+            self.close_link(CloseReason.AUTH, "links from beyond the server's host need the "
+                            "shared secret", log="refused: not loopback, and no shared secret "
+                            "(iim_server.muxlink_secretfile)")
+            return
         self.state = LinkState.AUTH
         challenge = Challenge(self.config.secret is not None, self._nonce)
         self.send(FrameType.CHALLENGE, 0, challenge.encode())
@@ -304,15 +395,17 @@ class MuxLinkProtocol(asyncio.Protocol):
     def _on_auth(self, frame: Frame) -> None:
         proof = Auth.decode(frame.payload).proof
         secret = self.config.secret
-        problem = _auth_problem(secret, proof, self._hello.nonce, self._nonce)
+        problem = _auth_problem(secret, proof, self._hello.nonce, self._nonce, self._binding)
         if problem:
             self.close_link(CloseReason.AUTH, "authentication failed",
                             log=f"authentication failed: {problem}")
             return
-        ours = server_proof(secret, self._hello.nonce, self._nonce) if secret else b""
+        ours = server_proof(secret, self._hello.nonce, self._nonce, self._binding) \
+            if secret else b""
         self.send(FrameType.READY, 0, Ready(self.config.initial_window, ours).encode())
         self.state = LinkState.UP
-        self.log.info("%s up%s", self.name, " (shared secret proved)" if secret else "")
+        self.log.info("%s up%s%s", self.name, " (shared secret proved)" if secret else "",
+                      f" ({self._tls.version} {self._tls.cipher})" if self._tls else "")
         self._cancel_timer()
         self._keepalive()
 
@@ -335,6 +428,8 @@ class MuxLinkProtocol(asyncio.Protocol):
             raise LinkProtocolError(f"OPEN of session {frame.sid}: ids must increase "
                                     f"(last was {self._last_sid})")
         self._last_sid = frame.sid
+        if self._over_link_limits():
+            return
         source = source_of(opened.client_address)
         admission = self.config.admission
         refusal = admission.refusal(source) if admission is not None else None
@@ -355,6 +450,22 @@ class MuxLinkProtocol(asyncio.Protocol):
             session.close(refusal.stream_error())
             return
         self._refuse_if_flooded(session)
+
+    def _over_link_limits(self) -> bool:
+        """``muxlink_max_sessions`` and ``muxlink_open_rate``: beyond, the whole link goes
+        (a mux that floods is broken or not ours), logged by the limit log."""
+        config, now = self.config, self.loop.time()
+        if len(self.sessions) >= config.max_sessions:
+            param, text = "muxlink_max_sessions", f"more than {config.max_sessions} sessions"
+        elif not self._opens.allow(now):
+            param, text = "muxlink_open_rate", f"more than {config.open_rate} OPENs per second"
+        else:
+            return False
+        limit_log = getattr(self.ctx, "limit_log", None)
+        if limit_log is not None:
+            limit_log.hit(f"iim_server.{param}", now, self.name)
+        self.close_link(CloseReason.OVERLOAD, f"{text} on one link (iim_server.{param})")
+        return True
 
     def _refuse_if_flooded(self, session: ClientSession) -> None:
         limit = self.config.max_unauthenticated
@@ -433,7 +544,11 @@ class MuxLinkProtocol(asyncio.Protocol):
     def _flush_out(self) -> None:
         self._flush_scheduled = False
         if self._out and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
+            data = b"".join(self._out)
+            if self._tls is not None:
+                self._tls.send(data)
+                data = self._tls.outgoing()
+            self.transport.write(data)
         self._out.clear()
 
     def session_ended(self, carrier: MuxCarrier, reason: CloseReason) -> None:
@@ -525,16 +640,29 @@ _UP_FRAMES = (FrameType.OPEN, FrameType.DATA, FrameType.CLOSE, FrameType.WINDOW,
               FrameType.PING, FrameType.PONG)
 
 
+def link_tls_context(material) -> LinkTlsContext:
+    """The server's link TLS context from its key material (iim_server.sslkeystore):
+    the key travels as PEM in process memory only (LinkTlsError if OpenSSL refuses)."""
+    from cryptography.hazmat.primitives import serialization
+    from iim.keys.context import wire_chain
+    key = material.key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in wire_chain(material))
+    return LinkTlsContext(server=True, key_pem=key, chain_pem=chain)
+
+
 def _auth_problem(secret: bytes | None, proof: bytes, mux_nonce: bytes,
-                  server_nonce: bytes) -> str | None:
+                  server_nonce: bytes, binding: bytes = b"") -> str | None:
     """Why AUTH fails (a line for the log), or None. Never includes the secret."""
     if secret is None:
         return ("the multiplexor sent a proof but no iim_server.muxlink_secretfile is "
                 "configured") if proof else None
     if not proof:
         return "no proof, and a shared secret is required (iim_mux.muxlink_secretfile)"
-    if not check_mux_proof(secret, mux_nonce, server_nonce, proof):
-        return "wrong proof: the shared secrets differ"
+    if not check_mux_proof(secret, mux_nonce, server_nonce, proof, binding):
+        return ("wrong proof: the shared secrets differ" + (
+            ", or the set-up was relayed from another TLS session" if binding else ""))
     return None
 
 
@@ -564,9 +692,16 @@ def _address(host: str, port: int) -> str:
 class MuxListener(asyncio.AbstractServer):
     """The listening socket and its links; ``close()`` also ends the links."""
 
-    def __init__(self, server: asyncio.AbstractServer, links: set) -> None:
+    def __init__(self, server: asyncio.AbstractServer, links: set,
+                 config: MuxLinkConfig | None = None) -> None:
         self.server = server
         self.links = links
+        self.config = config
+
+    def use_tls_context(self, context: LinkTlsContext | None) -> None:
+        """A reloaded certificate: new links present it; established ones keep theirs."""
+        if self.config is not None:
+            self.config.tls_context = context
 
     @property
     def sockets(self):
@@ -599,21 +734,26 @@ async def start_mux_listener(ctx: SessionContext, host: str | None, port: int, *
                              ping_timeout: float | None = None,
                              handshake_timeout: float = 30.0,
                              max_unauthenticated: int | None = None,
-                             admission: Admission | None = None) -> MuxListener:
+                             admission: Admission | None = None, tls_mode: str = "auto",
+                             tls_context: LinkTlsContext | None = None,
+                             max_sessions: int = ServerLimits.muxlink_max_sessions,
+                             open_rate: int = ServerLimits.muxlink_open_rate) -> MuxListener:
     """Listen for multiplexor links on ``host:port`` (``iim_mux.serverport``)."""
     config = MuxLinkConfig(allow=tuple(allow), secret=secret, initial_window=initial_window,
                            ping_interval=ping_interval, ping_timeout=ping_timeout,
                            handshake_timeout=handshake_timeout,
-                           max_unauthenticated=max_unauthenticated, admission=admission)
+                           max_unauthenticated=max_unauthenticated, admission=admission,
+                           tls_mode=tls_mode, tls_context=tls_context,
+                           max_sessions=max_sessions, open_rate=open_rate)
     links: set[MuxLinkProtocol] = set()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: MuxLinkProtocol(ctx, config, links), host, port,
                                       reuse_address=True)
     for sock in server.sockets:
-        ctx.log.info("listening for multiplexor links on %s (from %s; %s)",
+        ctx.log.info("listening for multiplexor links on %s (from %s; %s; TLS %s)",
                      _address(*sock.getsockname()[:2]), ", ".join(map(str, config.networks)),
-                     "shared secret required" if secret is not None else "no shared secret")
-    if secret is None and not all(n.is_loopback for n in config.networks):
-        ctx.log.warning("multiplexor links are accepted from beyond this host without a "
-                        "shared secret: set iim_server.muxlink_secretfile")
-    return MuxListener(server, links)
+                     "shared secret required" if secret is not None else "no shared secret",
+                     tls_mode if tls_context is not None else "unavailable (no keystore)")
+    if secret is None:
+        ctx.log.warning("%s", UNAUTHENTICATED)
+    return MuxListener(server, links, config)
