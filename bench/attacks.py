@@ -250,6 +250,7 @@ class LogWatch:
     SESSION = re.compile(r": session (tsung\d+)@")
     LOGOUT = re.compile(r": logout (tsung\d+)@")
     LIMIT = re.compile(r"limit (\S+): refused (\d+)")
+    CLOSING = re.compile(r": closing: ([a-z-]+)")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -265,6 +266,9 @@ class LogWatch:
                 self.online.discard(m.group(1))
             if (m := self.LIMIT.search(line)):
                 self.limits[m.group(1)] = self.limits.get(m.group(1), 0) + int(m.group(2))
+            elif (m := self.CLOSING.search(line)):
+                key = f"closed by the server: {m.group(1)}"
+                self.limits[key] = self.limits.get(key, 0) + 1
             elif any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
                 self.warnings.append(line)
 
@@ -839,7 +843,8 @@ def summarize(rows: list[Row]) -> list[dict]:
             for name, value in row.counters.items():
                 counters.setdefault(name, []).append(value)
             for name, value in row.limits.items():
-                counters.setdefault(f"server log: {name}", []).append(value)
+                counters.setdefault(name if name.startswith("closed by the server")
+                                    else f"server log: {name}", []).append(value)
         refusals = [sum(v for k, v in r.counters.items() if k.startswith("refused ")) for r in group]
         out.append({
             "phase": key, "title": group[0].title, "rounds": len(group),
