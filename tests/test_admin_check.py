@@ -45,9 +45,13 @@ def jks_conf(tmp_path, ca, names=("chat.example.com",), mode=0o600, extra="", **
     pw = tmp_path / "sslpassword.conf"
     pw.write_text(f"Internal (Software) Token:{SECRET}\n")
     os.chmod(pw, mode)
+    link_secret = tmp_path / "muxlink-secret.conf"         # links authenticated: no finding
+    link_secret.write_text("Internal (Software) Token:link-secret-for-check-1\n")
+    os.chmod(link_secret, 0o600)
     conf = tmp_path / "iim.conf"
     conf.write_text('iim_server.domainname = "chat.example.com"\n'
-                    'iim_server.sslkeystore = "server.jks"\n' + extra)
+                    'iim_server.sslkeystore = "server.jks"\n'
+                    'iim_server.muxlink_secretfile = "muxlink-secret.conf"\n' + extra)
     return conf, store
 
 

@@ -14,9 +14,10 @@ def test_writes_every_file_private_where_it_matters(tmp_path):
     conf = dev_setup(tmp_path / "dev")
     folder = conf.parent
     assert sorted(p.name for p in folder.iterdir()) == [
-        ".iim-dev-setup", "ca.pem", "dev-users.txt", "iim.conf", "iim.db", "nssdb",
-        "server-keystore.p12", "sslpassword.conf"]
+        ".iim-dev-setup", "ca.pem", "dev-users.txt", "iim.conf", "iim.db", "muxlink-secret.conf",
+        "nssdb", "server-keystore.p12", "sslpassword.conf"]
     assert stat.S_IMODE(os.stat(folder / "sslpassword.conf").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(folder / "muxlink-secret.conf").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(folder / "dev-users.txt").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert b"PRIVATE KEY" not in b"".join(

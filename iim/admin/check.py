@@ -51,7 +51,22 @@ def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
     findings += _server_findings(config, now)
     findings += _federation_findings(config)
     findings += _mux_findings(config, now)
+    findings += _link_findings(config)
     return findings
+
+
+def _link_findings(config) -> list[Finding]:
+    """The multiplexor links (docs/muxlink.md): one line when they are not authenticated,
+    one when a TLS setting cannot work."""
+    server = config.server
+    found = []
+    if server.usemuxport and server.muxlink_secretfile is None:
+        found.append(Finding(Level.WARNING, "mux links are not authenticated (no "
+                             "iim_server.muxlink_secretfile): accepted from loopback only"))
+    if server.usemuxport and server.muxlink_tls == "on" and server.sslkeystore is None:
+        found.append(Finding(Level.ERROR, "iim_server.muxlink_tls is on but "
+                             "iim_server.sslkeystore is not set: no certificate for the links"))
+    return found
 
 
 def _federation_findings(config) -> list[Finding]:

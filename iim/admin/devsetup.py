@@ -10,6 +10,8 @@ It writes, in ``runtime/dev`` by default:
   the CA trusted for SSL), made with NSS's own certutil and pk12util (its
   files mode 600, as NSS makes them),
 * ``sslpassword.conf`` (mode 600): one random password for both stores,
+* ``muxlink-secret.conf`` (mode 600): the random secret the multiplexor links
+  prove both ways (docs/muxlink.md), named by both ``muxlink_secretfile``,
 * ``iim.conf``: server and multiplexor on loopback with those files.
 
 No clear private key is written: the keystore and the NSS database hold the
@@ -48,7 +50,9 @@ DEV_USERS = ("alice", "bob")
 #: What iim.admin start leaves in the folder (iim.instancevardir defaults to it).
 RUNTIME_FILES = tuple(f"{stem}.{kind}" for stem in ("server", "mux")
                       for kind in ("pid", "sock", "stderr"))
-WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", "nssdb", MARKER,
+LINK_SECRET = "muxlink-secret.conf"
+WRITTEN = ("iim.conf", "ca.pem", "server-keystore.p12", "sslpassword.conf", LINK_SECRET,
+           "nssdb", MARKER,
            USERS_FILE, "iim.db", "iim.db-wal", "iim.db-shm") + RUNTIME_FILES
 
 
@@ -104,6 +108,7 @@ def _write_all(folder: Path) -> None:
     password = secrets.token_urlsafe(18)
     ca_key, ca_cert = _make_ca()
     _write_private(folder / "sslpassword.conf", f"{TOKEN}:{password}\n")
+    _write_private(folder / LINK_SECRET, f"{TOKEN}:{secrets.token_urlsafe(32)}\n")
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     server_key, server_cert = _issue(ca_key, ca_cert, "iim dev server")
     _write_private(folder / "server-keystore.p12",
@@ -244,6 +249,7 @@ iim_server.requiressl = "true"
 iim_server.trust_all_cert = "false"
 iim_server.sslkeystore = "server-keystore.p12"
 iim_server.keystorepasswordfile = "sslpassword.conf"
+iim_server.muxlink_secretfile = "muxlink-secret.conf"
 
 iim_mux.listenport = "127.0.0.1:5222"
 iim_mux.serverport = "127.0.0.1:45222"
@@ -255,6 +261,8 @@ iim_mux.usessl = "off"
 iim_mux.secconfigdir = "nssdb"
 iim_mux.certnickname = "Multiplexor-Cert"
 iim_mux.keystorepasswordfile = "sslpassword.conf"
+iim_mux.muxlink_secretfile = "muxlink-secret.conf"
+iim_mux.muxlink_cafile = "ca.pem"
 
 iim.log.iim_server.severity = "INFO"
 iim.log.iim_mux.severity = "INFO"

@@ -4,6 +4,7 @@ without Java's keytool or NSS's certutil.
 The walk (docs/keys.md tells it step by step)::
 
     keys password-file  write a password file (mode 600) in iim's format
+    keys link-secret    the shared secret of the multiplexor links (mode 600)
     keys build-ca       a CA: encrypted key + self-signed root certificate
     keys gen-req        a server key (encrypted) + certificate request
     keys sign-req       the CA signs a request -> server certificate
@@ -43,6 +44,7 @@ KEYS_DESCRIPTION = """\
 Make the keys and certificates of an iim deployment without keytool or certutil:
 
   password-file  write a password file (mode 600) in iim's format
+  link-secret    write the multiplexor links' shared secret (mode 600)
   build-ca       create a CA: encrypted key + self-signed root certificate
   gen-req        make a server key (encrypted) + certificate request
   sign-req       the CA signs a request -> server certificate
@@ -71,6 +73,7 @@ def add_keys_parser(subparsers) -> argparse.ArgumentParser:
         description=KEYS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     _password_file_parser(actions)
+    _link_secret_parser(actions)
     _build_ca_parser(actions)
     _gen_req_parser(actions)
     _sign_req_parser(actions)
@@ -124,6 +127,25 @@ def _password_file_parser(actions) -> None:
     parser.add_argument("file", metavar="FILE", help="the password file to write")
     parser.add_argument("--generate", action="store_true",
                         help="make a random password instead of asking for one")
+    _force(parser, "FILE")
+
+
+def _link_secret_parser(actions) -> None:
+    parser = _action(
+        actions, "link-secret", _link_secret, "write the mux links' shared secret (mode 600)",
+        """
+        Write FILE with a random secret (256 bits) in the password-file format, for
+        iim_server.muxlink_secretfile and iim_mux.muxlink_secretfile: every link
+        between a multiplexor and the server then proves it, both ways, bound to the
+        link's TLS session (docs/muxlink.md). Without it the server accepts links
+        from loopback only. The file is created with mode 600 and put in place in
+        one step; the secret is never printed. Copy it (keeping mode 600) to every
+        multiplexor host, and set both parameters, as printed.
+        """,
+        """
+        python -m iim.admin keys link-secret muxlink-secret.conf
+        """)
+    parser.add_argument("file", metavar="FILE", help="the secret file to write")
     _force(parser, "FILE")
 
 
@@ -334,6 +356,14 @@ def _password_file(args) -> None:
                          force=args.force)
     how = "a generated password" if args.generate else "the password given"
     print(f"wrote {args.file} (mode 600) with {how}")
+
+
+def _link_secret(args) -> None:
+    keyfiles.write_files([keyfiles.password_file_output(args.file, secrets.token_urlsafe(32))],
+                         force=args.force)
+    print(f"wrote {args.file} (mode 600) with a generated secret; in iim.conf set\n"
+          f'  iim_server.muxlink_secretfile = "{args.file}"\n'
+          f'  iim_mux.muxlink_secretfile = "{args.file}"')
 
 
 def _build_ca(args) -> None:
