@@ -242,6 +242,7 @@ class RelayThread(threading.Thread):
         finally:
             self._register(None)
         ctx = self.worker.tls_context
+        tls = f", {up.tls.version} {up.tls.cipher}" if up.tls is not None else ""
         try:
             relay = _fastmux.Relay(self.listener.fileno(), up.sock.detach(), up.window,
                                    self.worker.limit, tls=ctx,
@@ -259,7 +260,7 @@ class RelayThread(threading.Thread):
             relay.stop()
         log.info("%s up to %s:%d (window %d%s%s)", self.name_for_log, s.server_host,
                  s.server_port, up.window, ", shared secret proved" if up.secret_proved else "",
-                 f", {up.tls.version} {up.tls.cipher}" if up.tls is not None else "")
+                 tls)
         return relay
 
     def _register(self, sock: socket.socket | None) -> None:
