@@ -2,13 +2,16 @@
 
     python bench/mux_backends.py echo     --port P   # plain TCP echo, for the anchors
     python bench/mux_backends.py linkpeer --port P   # docs/muxlink.md server end, for iim mux
+    python bench/mux_backends.py linkpeer --port P --tls CERT_AND_KEY.pem   # ... over TLS 1.3
 
 Both are one asyncio process on the default event loop, so the anchors and
 the multiplexor get a backend of the same kind and speed. The link peer does
 the link set-up without a shared secret, echoes every DATA back as DATA
 within the credit the mux granted, grants WINDOW for every byte it takes,
 answers PING, and forgets sessions on CLOSE. It prints "LINK n" on stdout
-each time a link becomes ready.
+each time a link becomes ready. With ``--tls`` the link runs over TLS 1.3
+(asyncio's ssl, the certificate given; no secret, so no channel binding is
+needed), for the cost of an encrypted link at the mux.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class LinkPeer(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.t = transport
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.stage = HELLO
         self.credit: dict[int, int] = {}
@@ -88,7 +93,7 @@ class LinkPeer(asyncio.Protocol):
             elif ftype == PING:
                 out.append(frame(PONG, 0, payload))
             elif ftype == HELLO:
-                out.append(frame(CHALLENGE, 0, struct.pack("!HB", 1, 0) + os.urandom(32)))
+                out.append(frame(CHALLENGE, 0, struct.pack("!HB", 2, 0) + os.urandom(32)))
             elif ftype == AUTH:
                 out.append(frame(READY, 0, struct.pack("!I", WINDOW_SIZE)))
                 LinkPeer.links += 1
@@ -113,10 +118,17 @@ class LinkPeer(asyncio.Protocol):
             del self.pending[sid]
 
 
-async def serve(kind: str, port: int) -> None:
+async def serve(kind: str, port: int, tls: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     proto = Echo if kind == "echo" else LinkPeer
-    server = await loop.create_server(proto, "127.0.0.1", port, backlog=4096, reuse_address=True)
+    context = None
+    if tls:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_cert_chain(tls)
+    server = await loop.create_server(proto, "127.0.0.1", port, backlog=4096, reuse_address=True,
+                                      ssl=context)
     print("LISTENING", flush=True)
     async with server:
         await server.serve_forever()
@@ -126,9 +138,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["echo", "linkpeer"])
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tls", help="PEM file with certificate and key: serve over TLS 1.3")
     args = p.parse_args(argv)
     try:
-        asyncio.run(serve(args.kind, args.port))
+        asyncio.run(serve(args.kind, args.port, args.tls))
     except KeyboardInterrupt:
         pass
     return 0

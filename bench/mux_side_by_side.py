@@ -1,6 +1,6 @@
 """The multiplexor side by side with Debian's relays, in one run.
 
-    python bench/mux_side_by_side.py --sessions 1000 --seconds 10 [--reps 3] [--only plain|tls]
+    python bench/mux_side_by_side.py --sessions 1000 --seconds 10 [--reps 3] [--only plain|tls|link]
 
 Targets, all on 127.0.0.1, all in front of a one-process Python asyncio backend
 (bench/mux_backends.py): an echo server for the anchors, a docs/muxlink.md
@@ -11,6 +11,11 @@ echo peer for iim's multiplexor.
 - TLS termination (legacy SSL): the same mux with ``iim_mux.usessl = on``
   (NSS database made with certutil/pk12util) vs stunnel4 vs HAProxy ``ssl``
   vs nginx stream ``ssl``; one RSA-2048 self-signed certificate for all.
+
+- the cost of an encrypted link (``--only link``): the same plain mux with its link
+  in clear (``iim_mux.muxlink_tls = off``, as on loopback) vs TLS 1.3
+  (``iim_mux.muxlink_tls = on``, the link peer behind asyncio's ssl); the
+  "iim/iim-tlslink" column is the ratio.
 
 For each target, in every repetition (targets interleaved A,B,C,A,B,C...), a
 fresh proxy process is started and measured with bench/mux_loadgen.py:
@@ -193,10 +198,11 @@ def make_keys(work: Path) -> dict[str, Path]:
 
 # --- backends ---------------------------------------------------------------------------
 class Backend:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, tls: Path | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "mux_backends.py"), kind,
-                                      "--port", str(self.port)],
+                                      "--port", str(self.port)]
+                                     + (["--tls", str(tls)] if tls else []),
                                      stdout=subprocess.PIPE, text=True)
         self.links = 0
         assert self.proc.stdout.readline().strip() == "LISTENING"
@@ -229,7 +235,7 @@ class Target:
         d.mkdir(exist_ok=True)
         log = open(d / "stderr.log", "ab")
         k, port, e = self.keys, self.port, self.echo.port
-        if self.name == "iim":
+        if self.name in ("iim", "iim-tlslink"):
             lines = [f'iim_mux.listenport = "127.0.0.1:{port}"',
                      f'iim_mux.serverport = "127.0.0.1:{self.peer.port}"',
                      'iim_mux.numinstances = "1"', 'iim_mux.maxthreads = "2"',
@@ -241,6 +247,10 @@ class Target:
                      'iim_mux.accept_rate_per_source = "1000000"',
                      f'iim.log.iim_mux.url = "{d / "mux.log"}"',
                      'iim.log.iim_mux.severity = "WARNING"']
+            if self.name == "iim-tlslink":
+                lines += ['iim_mux.muxlink_tls = "on"', f'iim_mux.muxlink_cafile = "{k["cert"]}"']
+            else:
+                lines += ['iim_mux.muxlink_tls = "off"']
             if self.tls:
                 lines += ['iim_mux.usessl = "on"', f'iim_mux.secconfigdir = "{k["nssdb"]}"',
                           'iim_mux.certnickname = "Multiplexor-Cert"',
@@ -395,15 +405,17 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
     p.add_argument("--size", type=int, default=200)
-    p.add_argument("--only", choices=["plain", "tls"])
+    p.add_argument("--only", choices=["plain", "tls", "link"])
     p.add_argument("--json", help="write every run's numbers here")
     args = p.parse_args(argv)
     ensure_packages()
     work = Path(tempfile.mkdtemp(prefix="mux-bench-"))
     keys = make_keys(work)
     echo, peer = Backend("echo"), Backend("linkpeer")
+    tls_peer = Backend("linkpeer", tls=keys["combined"])
     scenarios = [("plain", ["iim", "haproxy", "nginx"]),
-                 ("tls", ["iim", "stunnel", "haproxy", "nginx"])]
+                 ("tls", ["iim", "stunnel", "haproxy", "nginx"]),
+                 ("link", ["iim", "iim-tlslink"])]
     if args.only:
         scenarios = [s for s in scenarios if s[0] == args.only]
     results: dict = {}
@@ -414,8 +426,9 @@ def main(argv=None) -> int:
             runs: dict = {n: [] for n in names}
             for rep in range(args.reps):
                 for n in names:
-                    t = Target(n, work, keys, scenario == "tls", args.sessions, echo, peer)
-                    r = measure(t, args, peer if n == "iim" else echo)
+                    link_peer = tls_peer if n == "iim-tlslink" else peer
+                    t = Target(n, work, keys, scenario == "tls", args.sessions, echo, link_peer)
+                    r = measure(t, args, link_peer if n.startswith("iim") else echo)
                     runs[n].append(r)
                     print(f"{scenario} rep {rep + 1} {n}: " + ", ".join(
                         f"{k}={v:.4g}" for k, v in r.items()), flush=True)
@@ -425,6 +438,7 @@ def main(argv=None) -> int:
     finally:
         stop(echo.proc)
         stop(peer.proc)
+        stop(tls_peer.proc)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
