@@ -562,11 +562,8 @@ def _create_private(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot create the database: {exc.strerror or exc}") \
-            from None
+    except OSError:
+        return                          # there already, or SQLite says why it cannot open it
     os.close(fd)
 
 
