@@ -42,6 +42,7 @@ def test_dev_configuration_is_usable(devconf):
 def jks_conf(tmp_path, ca, names=("chat.example.com",), mode=0o600, extra="", **signing):
     store = tmp_path / "server.jks"
     make_store(store, ca, list(names), storepass=SECRET, **signing)
+    os.chmod(store, 0o600)                  # a keystore holds the key: owner only
     pw = tmp_path / "sslpassword.conf"
     pw.write_text(f"Internal (Software) Token:{SECRET}\n")
     os.chmod(pw, mode)
@@ -52,6 +53,7 @@ def jks_conf(tmp_path, ca, names=("chat.example.com",), mode=0o600, extra="", **
     conf.write_text('iim_server.domainname = "chat.example.com"\n'
                     'iim_server.sslkeystore = "server.jks"\n'
                     'iim_server.muxlink_secretfile = "muxlink-secret.conf"\n' + extra)
+    os.chmod(conf, 0o600)                   # some tests add passwords to it
     return conf, store
 
 
