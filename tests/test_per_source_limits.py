@@ -97,7 +97,7 @@ class Raw:
         """What arrives first; b"" when the connection closes without a byte."""
         try:
             return await asyncio.wait_for(self.reader.read(65536), timeout)
-        except (ConnectionResetError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):   # reset, or a write of ours (TLS) into the closed socket
             return b""
 
     async def until_closed(self, timeout: float = 20) -> bytes:
@@ -105,7 +105,7 @@ class Raw:
         while True:
             try:
                 chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
-            except (ConnectionResetError, ssl.SSLError):
+            except (ConnectionError, ssl.SSLError):   # reset, or a write of ours (TLS) into the closed socket
                 chunk = b""
             if not chunk:
                 return b"".join(chunks)

@@ -145,6 +145,8 @@ class World:
                   Subscription.FROM: Subscription.TO, Subscription.NONE: Subscription.NONE}
         self.storage.set_roster_item(a, RosterItem(f"{b}@{DOMAIN}", subscription=state))
         self.storage.set_roster_item(b, RosterItem(f"{a}@{DOMAIN}", subscription=mirror[state]))
+        for user in (a, b):            # written behind the router's back: drop what it holds
+            self.router.roster.forget(JID.parse(f"{user}@{DOMAIN}"))
 
 
 def make_storage(tmp_path, **options) -> Storage:
