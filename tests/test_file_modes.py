@@ -47,10 +47,11 @@ def database_files(db: Path) -> list[Path]:
 def test_dev_setup_writes_every_secret_file_0600(tmp_path):
     run_admin("dev-setup", "--dir", str(tmp_path / "dev"))
     dev = tmp_path / "dev"
-    secret = [dev / "sslpassword.conf", dev / "server-keystore.p12", dev / "dev-users.txt",
-              *database_files(dev / "iim.db"), *sorted((dev / "nssdb").iterdir())]
+    public = {"ca.pem", "iim.conf", ".iim-dev-setup"}       # what anyone may read
+    secret = [p for p in sorted(dev.rglob("*")) if p.is_file() and p.name not in public]
 
-    assert dev / "iim.db" in secret and len(secret) >= 7
+    assert {dev / "sslpassword.conf", dev / "server-keystore.p12", dev / "dev-users.txt",
+            dev / "iim.db", dev / "nssdb" / "key4.db"} <= set(secret)
     assert modes(secret) == private(secret)
     assert mode(dev / "nssdb") == 0o700
 
