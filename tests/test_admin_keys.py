@@ -514,10 +514,17 @@ def check(conf: Path) -> list[str]:
 
 @pytest.mark.parametrize("store", ["server-keystore.p12", "server-keystore.jks"])
 def test_check_calls_the_produced_configuration_usable(walk, store):
+    secret = walk.dir / "muxlink-secret.conf"
+    if not secret.exists():
+        printed = ok(keys("link-secret", secret.name, cwd=walk.dir))
+        assert 'iim_server.muxlink_secretfile = "muxlink-secret.conf"' in printed
+        assert oct(secret.stat().st_mode & 0o777) == "0o600"
     conf = walk.dir / f"iim-{store}.conf"
     conf.write_text(f'iim_server.domainname = "{DOMAIN}"\n'
                     f'iim_server.sslkeystore = "{store}"\n'
                     'iim_server.keystorepasswordfile = "sslpassword.conf"\n'
+                    'iim_server.muxlink_secretfile = "muxlink-secret.conf"\n'
+                    'iim_mux.muxlink_secretfile = "muxlink-secret.conf"\n'
                     'iim_mux.usessl = "on"\n'
                     'iim_mux.secconfigdir = "mux-nss"\n'
                     'iim_mux.certdbprefix = "mux-"\n'
@@ -701,7 +708,7 @@ def keys_actions():
 
 def test_every_action_has_a_description_every_option_help_and_an_example():
     actions = keys_actions()
-    assert set(actions) == {"password-file", "build-ca", "gen-req", "sign-req",
+    assert set(actions) == {"password-file", "link-secret", "build-ca", "gen-req", "sign-req",
                             "make-keystore", "make-nssdb"}
     for name, action in actions.items():
         assert len(action.description) > 200, name
