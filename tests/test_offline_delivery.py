@@ -13,7 +13,8 @@ from dataclasses import replace
 from xml.etree.ElementTree import fromstring
 
 from iim.conf.limits import ServerLimits
-from iim.server.router import Router, parse_stored
+from iim.server.offline import parse_stored
+from iim.server.router import Router
 from iim.xmpp.ns import DELAY_NS, q
 
 from test_router import (  # noqa: F401 - fixtures

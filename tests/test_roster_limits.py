@@ -157,8 +157,8 @@ def test_the_broadcast_touches_the_subscribers_only(world, counted):
     world.subscribed("juliet", "benvolio", Subscription.TO)    # juliet sees him, not he her
     juliet = world.login("juliet@example.com/balcony")
     touched, walked = [], []
-    deliver_presence = world.router.deliver_presence
-    world.router.deliver_presence = lambda to, stanza: (touched.append(str(to)),
+    deliver_presence = world.router.presence.deliver
+    world.router.presence.deliver = lambda to, stanza: (touched.append(str(to)),
                                                         deliver_presence(to, stanza))
     items = world.router.roster.items
     world.router.roster.items = lambda user: walked.append(user) or items(user)

@@ -16,7 +16,9 @@ from xml.etree.ElementTree import Element
 import pytest
 
 from iim.conf.limits import ServerLimits
-from iim.server.router import MessageType, Router, bounce, parse_stored
+from iim.server.offline import parse_stored
+from iim.server.router import Router
+from iim.server.stanzas import MessageType, bounce
 from iim.server.storage import RosterItem, Storage, Subscription
 from iim.xmpp.errors import (
     STANZA_ERRORS_NS, StanzaError, StanzaErrorCondition as Cond, StreamErrorCondition,

@@ -21,7 +21,7 @@ itself, one per (user, contact) in a table of its own
 (``Storage.put_subscription_request``). RFC 6121 §3.1.3 wants the request
 kept until the contact answers it, delivered whenever the contact comes online,
 and no roster item for a "None + Pending In" contact; a stored request is
-exactly that. ``Router.deliver_offline`` hands the stored requests out at
+exactly that. ``OfflineStore.deliver`` hands the stored requests out at
 every initial presence and *keeps* them; they are deleted here when the
 request is approved, refused or withdrawn. A repeated request finds its state
 unchanged and is neither stored nor delivered again; asking whether one is
@@ -40,7 +40,14 @@ subscribed to, the contact's roster is checked and its resources' last
 presence is handed straight to the new session (the answer a probe would get);
 the user's other resources' presence comes the same way. Then stored messages
 and requests are delivered. Probes to other domains go through
-``Router.route_remote``.
+``RemoteDomains.send``.
+
+What presence stands on: the session registry (``iim.server.sessions``: who
+is available, delivery), the rosters, the offline store (pending requests,
+stored messages) and the way out to other domains; never the router, which
+calls ``from_client``, ``session_gone`` and ``roster_item_removed``, nor the
+inbound side, which calls ``inbound_subscription``, ``answer_remote_probe``,
+``deliver`` and ``state``.
 """
 
 from __future__ import annotations
@@ -49,20 +56,20 @@ import enum
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 from xml.etree.ElementTree import Element
 
-from iim.server.roster import Roster
-from iim.server.storage import RosterItem, StorageFull, Subscription
 from iim.xmpp.errors import StanzaError, StanzaErrorCondition
 from iim.xmpp.jid import JID, InvalidJID
 from iim.xmpp.ns import CLIENT_NS, q
 
-if TYPE_CHECKING:
-    from iim.server.router import Router, SessionHandle
+from .offline import OfflineStore
+from .remote import RemoteDomains
+from .roster import Roster
+from .sessions import SessionHandle, Sessions
+from .stanzas import PRESENCE, copy_stanza, recipient
+from .storage import RosterItem, Subscription
 
 Cond = StanzaErrorCondition
-PRESENCE = q(CLIENT_NS, "presence")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,4}")
 
 
@@ -174,7 +181,7 @@ del S, P
 class _Resource:
     """What presence remembers about one session."""
 
-    session: "SessionHandle"
+    session: SessionHandle
     last: Element | None = None  # last broadcast available presence
     directed: set[JID] = field(default_factory=set)  # §4.6: owed an unavailable
 
@@ -182,18 +189,18 @@ class _Resource:
 class Presence:
     """Presence and subscriptions for the router's users."""
 
-    def __init__(self, router: "Router", roster: Roster, *, log: logging.Logger | None = None):
-        self.router = router
-        self.roster = roster
+    def __init__(self, sessions: Sessions, roster: Roster, offline: OfflineStore,
+                 remote: RemoteDomains, *, log: logging.Logger | None = None) -> None:
+        self.sessions, self.roster, self.offline, self.remote = sessions, roster, offline, remote
         self.log = log or logging.getLogger("iim.server.presence")
         self._resources: dict[JID, _Resource] = {}
 
     # -- entry points ------------------------------------------------------------
 
-    def from_client(self, session: "SessionHandle", stanza: Element) -> None:
+    def from_client(self, session: SessionHandle, stanza: Element) -> None:
         """A presence stanza from a client (``from`` already stamped)."""
         ptype = PresenceType.of(stanza)
-        to = self.router.address(stanza)
+        to = recipient(stanza)
         if ptype.is_subscription:
             self._outbound_subscription(session, stanza, ptype, to)
         elif to is None:
@@ -203,7 +210,7 @@ class Presence:
         else:
             self._directed(session, stanza, ptype, to)
 
-    def session_gone(self, session: "SessionHandle") -> None:
+    def session_gone(self, session: SessionHandle) -> None:
         """The session ended (already unregistered): unavailable to all who saw it."""
         resource = self._resources.get(session.jid)
         if resource is not None and resource.session is session:
@@ -219,7 +226,7 @@ class Presence:
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------
 
-    def _broadcast(self, session: "SessionHandle", stanza: Element, ptype: PresenceType) -> None:
+    def _broadcast(self, session: SessionHandle, stanza: Element, ptype: PresenceType) -> None:
         if ptype is PresenceType.AVAILABLE:
             self._available(session, stanza)
         elif ptype is PresenceType.UNAVAILABLE:
@@ -227,7 +234,7 @@ class Presence:
         else:
             raise StanzaError(Cond.BAD_REQUEST, f"a presence of type {ptype.value} needs a 'to'")
 
-    def _available(self, session: "SessionHandle", stanza: Element) -> None:
+    def _available(self, session: SessionHandle, stanza: Element) -> None:
         priority = _priority(stanza)
         initial, before = not session.available, session.priority
         session.available, session.priority = True, priority
@@ -235,14 +242,14 @@ class Presence:
         user = session.jid.bare
         for contact in self._subscribers(user):
             self._send(stanza, contact)
-        for own in self.router.available(user):  # the sender too (§4.2.2)
+        for own in self.sessions.available(user):  # the sender too (§4.2.2)
             own.deliver(_addressed(stanza, own.jid))
         if initial:
             self._probe_all(session)
         if initial or (before is not None and before < 0 <= priority):
-            self.router.deliver_offline(session)
+            self.offline.deliver(session)
 
-    def _unavailable(self, session: "SessionHandle", stanza: Element,
+    def _unavailable(self, session: SessionHandle, stanza: Element,
                      resource: _Resource | None) -> None:
         was_available = session.available
         session.available, session.priority = False, None
@@ -252,7 +259,7 @@ class Presence:
             for contact in self._subscribers(user):
                 self._send(stanza, contact)
                 told.add(contact)
-            for own in self.router.available(user):
+            for own in self.sessions.available(user):
                 own.deliver(_addressed(stanza, own.jid))
         if resource is not None:
             for target in resource.directed:
@@ -263,7 +270,7 @@ class Presence:
 
     # -- directed presence (§4.6) --------------------------------------------------
 
-    def _directed(self, session: "SessionHandle", stanza: Element, ptype: PresenceType,
+    def _directed(self, session: SessionHandle, stanza: Element, ptype: PresenceType,
                   to: JID) -> None:
         directed = self._resource(session).directed
         if ptype is PresenceType.AVAILABLE:
@@ -271,11 +278,11 @@ class Presence:
             directed.add(to)
         elif ptype is PresenceType.UNAVAILABLE:
             directed.discard(to)
-        self.router.deliver_presence(to, stanza)
+        self.deliver(to, stanza)
 
     # -- probes (§4.3), answered locally --------------------------------------------
 
-    def _probe_all(self, session: "SessionHandle") -> None:
+    def _probe_all(self, session: SessionHandle) -> None:
         user = session.jid.bare
         for contact in self._publishers(user):
             self._answer_probe(contact, session)
@@ -283,16 +290,16 @@ class Presence:
             if own.session is not session:
                 session.deliver(_addressed(own.last, session.jid))
 
-    def _answer_probe(self, contact: JID, session: "SessionHandle") -> None:
+    def _answer_probe(self, contact: JID, session: SessionHandle) -> None:
         """What ``contact``'s server answers to a probe from the session's user.
 
         A local contact with no available resource has nothing to say: that
         is checked first, so probing offline contacts reads no storage, and
         an online contact's roster is in memory (``iim.server.roster``)."""
         user = session.jid.bare
-        if not self.router.is_local(contact):
+        if not self.sessions.is_local(contact):
             probe = Element(PRESENCE, {"from": str(user), "to": str(contact), "type": "probe"})
-            self.router.route_remote(probe)
+            self.remote.send(probe)
         elif contact.local is not None:
             resources = self._available_resources(contact)
             if resources and self._sees(user, contact):
@@ -322,7 +329,7 @@ class Presence:
 
     # -- subscriptions (§3, Appendix A) -----------------------------------------------
 
-    def _outbound_subscription(self, session: "SessionHandle", stanza: Element,
+    def _outbound_subscription(self, session: SessionHandle, stanza: Element,
                                ptype: PresenceType, to: JID | None) -> None:
         if to is None:
             raise StanzaError(Cond.BAD_REQUEST, "a subscription stanza needs a 'to'")
@@ -339,7 +346,7 @@ class Presence:
     def inbound_subscription(self, user: JID, sender: JID, ptype: PresenceType,
                              stanza: Element) -> None:
         """``sender`` sent ``user`` a subscription stanza (Appendix A.3)."""
-        if not self.router.user_exists(user):
+        if not self.sessions.user_exists(user):
             if ptype is PresenceType.SUBSCRIBE:  # §3.1.3: no such contact
                 self._reply(user, sender, PresenceType.UNSUBSCRIBED)
             return
@@ -352,7 +359,7 @@ class Presence:
         if new is old:
             return
         self._apply(user, sender, old, new, request=stanza)
-        for session in self.router.available(user):
+        for session in self.sessions.available(user):
             session.deliver(stanza)
         self._follow_up(user, sender, old, new)
 
@@ -402,8 +409,8 @@ class Presence:
 
     def _route_subscription(self, stanza: Element, ptype: PresenceType, sender: JID,
                             contact: JID) -> None:
-        if not self.router.is_local(contact):
-            self.router.route_remote(stanza)
+        if not self.sessions.is_local(contact):
+            self.remote.send(stanza)
         elif contact.local is not None:  # the server itself keeps no roster
             self.inbound_subscription(contact, sender, ptype, stanza)
 
@@ -415,22 +422,18 @@ class Presence:
     # -- pending-in requests, kept in the offline store ----------------------------------
 
     def _has_request(self, user: JID, contact: JID) -> bool:
-        return self.router.has_request(user, contact)
+        return self.offline.has_request(user, contact)
 
     def _remember_request(self, user: JID, contact: JID, request: Element | None) -> None:
-        if request is None:
-            return
-        try:
-            self.router.remember_request(user, contact, request)
-        except StorageFull as full:
-            raise self.router.refused(full) from None
+        if request is not None:
+            self.offline.remember_request(user, contact, request)
 
     def _forget_requests(self, user: JID, contact: JID) -> None:
-        self.router.forget_request(user, contact)
+        self.offline.forget_request(user, contact)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _resource(self, session: "SessionHandle") -> _Resource:
+    def _resource(self, session: SessionHandle) -> _Resource:
         resource = self._resources.get(session.jid)
         if resource is None or resource.session is not session:
             resource = self._resources[session.jid] = _Resource(session)
@@ -438,7 +441,7 @@ class Presence:
 
     def _available_resources(self, user: JID) -> list[_Resource]:
         found = []
-        for session in self.router.available(user):
+        for session in self.sessions.available(user):
             resource = self._resources.get(session.jid)
             if resource is not None and resource.session is session and resource.last is not None:
                 found.append(resource)
@@ -454,14 +457,26 @@ class Presence:
         return self.roster.publishers(user)
 
     def _send(self, stanza: Element, to: JID) -> None:
-        self.router.deliver_presence(to, _addressed(stanza, to))
+        self.deliver(to, _addressed(stanza, to))
+
+    def deliver(self, to: JID, stanza: Element) -> None:
+        """Presence (not subscriptions) to ``to``: RFC 6121 §8.5.2.1.1, §8.5.3."""
+        if not self.sessions.is_local(to):
+            self.remote.send(stanza)
+        elif to.local is None:
+            return  # the server itself keeps no presence
+        elif to.resource is None:
+            for session in self.sessions.available(to):
+                session.deliver(stanza)
+        else:
+            self.sessions.deliver_to(to, stanza)
 
     def _send_current(self, owner: JID, contact: JID) -> None:
         for resource in self._available_resources(owner):
             self._send(resource.last, contact)
 
     def _send_unavailable(self, owner: JID, contact: JID) -> None:
-        for session in self.router.available(owner):
+        for session in self.sessions.available(owner):
             self._send(_unavailable_from(session.jid), contact)
 
 
@@ -476,18 +491,6 @@ def _priority(stanza: Element) -> int:
     return int(text)
 
 
-def copy_stanza(stanza: Element) -> Element:
-    """A shallow copy whose attributes and child list are its own (children shared).
-
-    Not ``copy.copy``: the C ElementTree's copy shares the attribute dict, so
-    readdressing the copy would readdress the original.
-    """
-    duplicate = Element(stanza.tag, dict(stanza.attrib))
-    duplicate.text, duplicate.tail = stanza.text, stanza.tail
-    duplicate.extend(stanza)
-    return duplicate
-
-
 def _addressed(stanza: Element, to: JID) -> Element:
     """A copy of ``stanza`` with a new 'to'."""
     readdressed = copy_stanza(stanza)
@@ -498,11 +501,3 @@ def _addressed(stanza: Element, to: JID) -> Element:
 def _unavailable_from(jid: JID) -> Element:
     return Element(PRESENCE, {"from": str(jid), "type": "unavailable"})
 
-
-def _bare(text: str | None) -> JID | None:
-    if text is None:
-        return None
-    try:
-        return JID.parse(text).bare
-    except InvalidJID:
-        return None

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 from xml.etree.ElementTree import Element, SubElement
 
 from iim.conf.limits import ServerLimits
@@ -65,8 +65,7 @@ from iim.xmpp.errors import StanzaError, StanzaErrorCondition
 from iim.xmpp.jid import JID, InvalidJID
 from iim.xmpp.ns import CLIENT_NS, ROSTER_NS, q
 
-if TYPE_CHECKING:
-    from iim.server.router import SessionHandle
+from .sessions import SessionHandle, Sessions
 
 Cond = StanzaErrorCondition
 QUERY = q(ROSTER_NS, "query")
@@ -122,17 +121,15 @@ class Roster:
     def __init__(
         self,
         storage: Storage,
-        interested: Callable[[JID], Iterable["SessionHandle"]],
+        sessions: Sessions,
         *,
         on_remove: Callable[[JID, RosterItem], None] | None = None,
-        online: Callable[[JID], bool] = lambda user: False,
         limits: ServerLimits = ServerLimits(),
     ) -> None:
         self._storage = storage
-        self._interested = interested
+        self._sessions = sessions       # who is online, and who gets pushes
         self.on_remove = on_remove
         """Called with (user, item) before an item is removed at the user's request."""
-        self._online = online
         self.limits = limits
         self._held: dict[JID, _Held] = {}
 
@@ -176,7 +173,7 @@ class Roster:
     def _hold(self, user: JID) -> _Held | None:
         """The user's roster in memory; loaded now if the user is online."""
         held = self._held.get(user)
-        if held is None and self._online(user):
+        if held is None and self._sessions.is_online(user):
             items = {item.jid: item for item in self._storage.roster(user.local)}
             held = self._held[user] = _Held(items, self._storage.roster_version(user.local))
         return held
@@ -190,7 +187,7 @@ class Roster:
 
     # -- client requests (§2.2, §2.3, §2.5) -----------------------------------
 
-    def get(self, session: "SessionHandle", query: Element) -> Element | None:
+    def get(self, session: SessionHandle, query: Element) -> Element | None:
         """Roster get; the session becomes an interested resource (§2.1.6)."""
         session.interested = True
         user = session.jid.bare
@@ -202,7 +199,7 @@ class Roster:
         result.extend(item_element(item) for item in self.items(user))
         return result
 
-    def set(self, session: "SessionHandle", query: Element) -> None:
+    def set(self, session: SessionHandle, query: Element) -> None:
         """Roster set: add or update one item, or remove it (§2.3, §2.5)."""
         element = _single_item(query)
         user, contact = session.jid.bare, _item_jid(element)
@@ -256,7 +253,7 @@ class Roster:
                               f"the roster is full ({limit} items, iim_server.max_roster_items)")
 
     def _push(self, user: JID, item: Element, version: int) -> None:
-        for session in self._interested(user):
+        for session in self._sessions.interested(user):
             iq = Element(q(CLIENT_NS, "iq"),
                          {"type": "set", "id": "push-" + secrets.token_hex(6),
                           "to": str(session.jid)})

@@ -18,7 +18,6 @@ return the child of the ``result`` IQ (or None for an empty result) and raise
 
 from __future__ import annotations
 
-import enum
 from typing import Callable
 from xml.etree.ElementTree import Element, SubElement
 
@@ -26,23 +25,12 @@ from iim import __version__
 from iim.xmpp.errors import StanzaError, StanzaErrorCondition
 from iim.xmpp.ns import DISCO_INFO_NS, PING_NS, ROSTER_NS, VERSION_NS, q
 
+from .stanzas import IqType
+
 DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"   # XEP-0030 §4
 OFFLINE_FEATURE = "msgoffline"                               # XEP-0160 §5 (disco feature)
 
 Cond = StanzaErrorCondition
-
-
-class IqType(enum.Enum):
-    """The 'type' of an IQ (RFC 6120 §8.2.3)."""
-
-    GET = "get"
-    SET = "set"
-    RESULT = "result"
-    ERROR = "error"
-
-    @property
-    def is_request(self) -> bool:
-        return self in (IqType.GET, IqType.SET)
 
 
 Handler = Callable[[Element], "Element | None"]
