@@ -87,13 +87,33 @@ class Carrier(Protocol):
     def pending(self) -> int: ...
 
 
+class SessionRouter(Protocol):
+    """What a session asks of the router (``iim.server.router.Router`` is one)."""
+
+    def bind_refusal(self, jid: JID) -> StanzaErrorCondition | None:
+        """Why ``jid`` may not be bound now (RFC 6120 §7.6.2.1), or None."""
+
+    def session_bound(self, session: "ClientSession") -> None: ...
+    def stanza_from(self, session: "ClientSession", stanza: Element) -> None: ...
+    def session_ended(self, session: "ClientSession") -> None: ...
+
+    def keep_for_later(self, session: "ClientSession", stanza: Element) -> bool:
+        """A stanza the session could not send: to offline storage, or bounced."""
+
+    def keep_all_for_later(self, session: "ClientSession", stanzas: list[Element]) -> int:
+        """The same for a whole backlog, in one storage transaction."""
+
+    def bounce_to_local(self, stanza: Element, condition: StanzaErrorCondition) -> None:
+        """An error for ``stanza`` to its local sender."""
+
+
 @dataclass
 class SessionContext:
     """What every session of one server shares."""
 
     policy: ServerPolicy
     tls_context: object | None          # ssl.SSLContext when a keystore is configured
-    router: object                      # iim.server.router.Router
+    router: SessionRouter               # iim.server.router.Router
     storage: object                     # iim.server.storage.Storage
     log: logging.Logger
     negotiation_timeout: float = 30.0
