@@ -13,11 +13,11 @@ import secrets
 from xml.etree.ElementTree import Element, SubElement
 
 from . import sasl
-from .errors import StreamError, StreamErrorCondition
+from .errors import RemoteProtocolError, StreamError, StreamErrorCondition
 from .events import Authenticated, Event, SessionEstablished, StanzaReceived
 from .jid import JID, InvalidJID
 from .ns import BIND_NS, CLIENT_NS, SASL_NS, STREAMS_NS, TLS_NS, q
-from .stream import Phase, Stream
+from .stream import COMMON_TRANSITIONS, Phase, Stream, Transitions
 from .xml import StreamOpened, stream_header
 
 Cond = StreamErrorCondition
@@ -29,8 +29,22 @@ class TLSMode(enum.Enum):
     NEVER = "never"            # never ask (tests of servers that require it)
 
 
+P = Phase
+CLIENT_TRANSITIONS: Transitions = {
+    **COMMON_TRANSITIONS,
+    (P.OPENING, P.NEGOTIATING): "the server's header; its features follow (RFC 6120 §4.3.2)",
+    (P.NEGOTIATING, P.AUTHENTICATING): "we sent <auth/> (§6.4.2)",
+    (P.AUTHENTICATING, P.OPENING): "<success/>: a new stream, our header first (§6.4.6)",
+    (P.NEGOTIATING, P.BINDING): "features after SASL: we ask to bind a resource (§7.2)",
+    (P.BINDING, P.ESTABLISHED): "the bind result with our full JID (§7.6.1)",
+}
+"""The initiating entity of a client stream: TLS, then SASL, then binding."""
+
+
 class ClientStream(Stream):
     """A user's stream to the server, as a client library would run it."""
+
+    transitions = CLIENT_TRANSITIONS
 
     def __init__(self, jid: JID, password: str, *, tls: TLSMode = TLSMode.REQUIRED,
                  mechanisms=tuple(sasl.Mechanism), secure_transport: bool = False,
@@ -51,7 +65,7 @@ class ClientStream(Stream):
         self._header_sent = True
 
     def _after_tls(self) -> None:
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
         self.start()
 
     def _ensure_header(self) -> None:
@@ -61,7 +75,7 @@ class ClientStream(Stream):
     def _on_header(self, header: StreamOpened) -> list[Event]:
         if header.ns != CLIENT_NS:
             raise StreamError(Cond.INVALID_NAMESPACE)
-        self.phase = Phase.NEGOTIATING
+        self._enter(Phase.NEGOTIATING)
         return []
 
     def _on_element(self, element: Element) -> list[Event]:
@@ -85,6 +99,9 @@ class ClientStream(Stream):
     # -- features ---------------------------------------------------------------
 
     def _on_features(self, features: Element) -> list[Event]:
+        if self.phase is not Phase.NEGOTIATING:          # one features element per stream
+            raise RemoteProtocolError(Cond.UNSUPPORTED_STANZA_TYPE,
+                                      f"<stream:features/> while {self.phase.value}")
         starttls = features.find(q(TLS_NS, "starttls"))
         if not self.secure and starttls is not None and self.tls_mode is not TLSMode.NEVER:
             self._out += f"<starttls xmlns='{TLS_NS}'/>".encode()
@@ -110,7 +127,7 @@ class ClientStream(Stream):
         auth = Element(q(SASL_NS, "auth"), {"mechanism": self.mechanism.value})
         auth.text = sasl.encode_payload(self._auth.start())
         self._send(auth)
-        self.phase = Phase.AUTHENTICATING
+        self._enter(Phase.AUTHENTICATING)
         return []
 
     def _on_challenge(self, element: Element) -> list[Event]:
@@ -125,13 +142,14 @@ class ClientStream(Stream):
         return []
 
     def _on_success(self, element: Element) -> list[Event]:
+        self._peer_may(Phase.OPENING, "<success/>")
         try:
             self._auth.verify_success(sasl.decode_payload(element.text or "") or b"")
         except (ValueError, sasl.ClientAuthError) as exc:
             return self._give_up(StreamError(Cond.NOT_AUTHORIZED, f"SASL: {exc}"))
         self.authenticated = True
         self._restart()
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
         self.start()
         return [Authenticated(self.jid.local, self.mechanism.value)]
 
@@ -150,7 +168,7 @@ class ClientStream(Stream):
         if self.jid.resource:
             SubElement(bind, q(BIND_NS, "resource")).text = self.jid.resource
         self._send(iq)
-        self.phase = Phase.BINDING
+        self._enter(Phase.BINDING)
         return []
 
     def _on_bind_result(self, iq: Element) -> list[Event]:
@@ -161,5 +179,5 @@ class ClientStream(Stream):
             return self._give_up(StreamError(Cond.UNDEFINED_CONDITION,
                                              f"resource binding failed ({iq.get('type')})"))
         self.jid = bound
-        self.phase = Phase.ESTABLISHED
+        self._enter(Phase.ESTABLISHED)
         return [SessionEstablished(bound)]

@@ -65,7 +65,7 @@ from .events import Event, StanzaReceived
 from .jid import JID, InvalidJID, prepare_domainpart
 from .ns import CLIENT_NS, SASL_NS, SERVER_NS, STREAMS_NS, TLS_NS, q
 from .sasl import decode_payload, encode_payload
-from .stream import Phase, Stream
+from .stream import COMMON_TRANSITIONS, Phase, Stream, Transitions
 from .xml import DEFAULT_MAX_STANZA_BYTES, StreamOpened, stream_header
 
 Cond = StreamErrorCondition
@@ -225,9 +225,24 @@ class _ServerStreamBase(Stream):
 
 # -- the receiving end --------------------------------------------------------------------
 
+P = Phase
+INCOMING_TRANSITIONS: Transitions = {
+    **COMMON_TRANSITIONS,
+    (P.OPENING, P.NEGOTIATING): "the peer's header: features offer STARTTLS, EXTERNAL, "
+                                "dialback (RFC 6120 §4.3.2)",
+    (P.OPENING, P.ESTABLISHED): "the header after SASL EXTERNAL success (XEP-0178 §3)",
+    (P.NEGOTIATING, P.OPENING): "SASL EXTERNAL <success/>: a new stream (RFC 6120 §6.4.6)",
+    (P.NEGOTIATING, P.ESTABLISHED): "the authoritative server says the dialback key is "
+                                    "valid (XEP-0220 §2.1.2)",
+}
+"""The receiving server: TLS, then SASL EXTERNAL or dialback; a coserver's
+proof comes once established (its stanzas wait for it, see ``_stanza``)."""
+
 
 class IncomingServerStream(_ServerStreamBase):
     """A stream another server opened to us."""
+
+    transitions = INCOMING_TRANSITIONS
 
     def __init__(self, policy: S2SPolicy) -> None:
         super().__init__(policy)
@@ -253,7 +268,7 @@ class IncomingServerStream(_ServerStreamBase):
         if _domain(header.to) != self.domain:
             raise StreamError(Cond.HOST_UNKNOWN, "this server does not serve that domain")
         self._send(self._features())
-        self.phase = Phase.ESTABLISHED if self._sasl_done else Phase.NEGOTIATING
+        self._enter(Phase.ESTABLISHED if self._sasl_done else Phase.NEGOTIATING)
         return []
 
     def _ensure_header(self) -> None:
@@ -287,7 +302,7 @@ class IncomingServerStream(_ServerStreamBase):
                        q(db.COSERVER_NS, "required"))
 
     def _after_tls(self) -> None:
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
 
     # -- elements --------------------------------------------------------------------
 
@@ -313,8 +328,13 @@ class IncomingServerStream(_ServerStreamBase):
         raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE)
 
     def _starttls(self) -> list[Event]:
-        return self._answer_starttls(self.policy.tls_offered and not self.secure and
-                                     not self.authenticated and self.phase is Phase.NEGOTIATING)
+        allowed = self.policy.tls_offered and not self.secure and not self.authenticated \
+            and self.phase is Phase.NEGOTIATING
+        if allowed:
+            # keys asked about on the old stream: their answers would land in the
+            # middle of the TLS handshake; the peer sends them again on the new one
+            self._pending.clear()
+        return self._answer_starttls(allowed)
 
     # -- SASL EXTERNAL (XEP-0178 §3) ----------------------------------------------------
 
@@ -338,7 +358,7 @@ class IncomingServerStream(_ServerStreamBase):
         self.authenticated[claimed] = "SASL EXTERNAL"
         self.peer_from = claimed
         self._restart()
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
         return [PeerAuthenticated(claimed, "SASL EXTERNAL")]
 
     def _sasl_failure(self, condition: str) -> list[Event]:
@@ -385,7 +405,8 @@ class IncomingServerStream(_ServerStreamBase):
         if valid:
             self._send(db.answer(request, db.DialbackType.VALID))
             self.authenticated[originating] = "dialback"
-            self.phase = Phase.ESTABLISHED
+            if self.phase is Phase.NEGOTIATING:     # else: established already, or restarting
+                self._enter(Phase.ESTABLISHED)
             return [PeerAuthenticated(originating, "dialback")]
         if valid is None:
             self._send(db.answer(request, db.DialbackType.ERROR,
@@ -444,8 +465,20 @@ class IncomingServerStream(_ServerStreamBase):
 # -- the initiating end ----------------------------------------------------------------------
 
 
+OUTGOING_TRANSITIONS: Transitions = {
+    **COMMON_TRANSITIONS,
+    (P.OPENING, P.NEGOTIATING): "the peer's header; its features follow (RFC 6120 §4.3.2)",
+    (P.NEGOTIATING, P.OPENING): "SASL EXTERNAL <success/>: a new stream (XEP-0178 §3)",
+    (P.NEGOTIATING, P.ESTABLISHED): "authenticated (EXTERNAL, or dialback valid, XEP-0220 "
+                                    "§2.1.1), and a coserver's proof answered",
+}
+"""The initiating server: TLS, then SASL EXTERNAL or dialback, then stanzas."""
+
+
 class OutgoingServerStream(_ServerStreamBase):
     """A stream this server opens to ``remote`` to send it stanzas."""
+
+    transitions = OUTGOING_TRANSITIONS
 
     def __init__(self, policy: S2SPolicy, remote: str, *, tls_required_by: str | None = None,
                  use_external: bool = False) -> None:
@@ -470,7 +503,7 @@ class OutgoingServerStream(_ServerStreamBase):
         self._header(to=self.remote, stream_id=None)
 
     def _after_tls(self) -> None:
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
         self.ready_for_dialback = False
         self.start()
 
@@ -484,7 +517,7 @@ class OutgoingServerStream(_ServerStreamBase):
         if not _is_version_1(header.version):
             raise StreamError(Cond.UNSUPPORTED_VERSION, "the peer does not speak XMPP 1.0")
         self.stream_id = header.id or ""
-        self.phase = Phase.NEGOTIATING
+        self._enter(Phase.NEGOTIATING)
         return []
 
     def _on_element(self, element: Element) -> list[Event]:
@@ -508,11 +541,11 @@ class OutgoingServerStream(_ServerStreamBase):
     # -- features -----------------------------------------------------------------------
 
     def _on_features(self, features: Element) -> list[Event]:
+        if self.method is not None:         # authenticated or waiting for the verdict
+            return []
         if self._sasl_done:
             self.ready_for_dialback = True
             return [ReadyForDialback()] + self._authenticated("SASL EXTERNAL")
-        if self.method is not None:
-            return []
         starttls = features.find(q(TLS_NS, "starttls"))
         if not self.secure and starttls is not None and self.policy.tls_offered:
             self._out += f"<starttls xmlns='{TLS_NS}'/>".encode()
@@ -539,9 +572,10 @@ class OutgoingServerStream(_ServerStreamBase):
     # -- SASL EXTERNAL ----------------------------------------------------------------
 
     def _on_success(self, element: Element) -> list[Event]:
+        self._peer_may(Phase.OPENING, "<success/>")
         self._sasl_done = True
         self._restart()
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
         self.start()
         return []
 
@@ -613,7 +647,7 @@ class OutgoingServerStream(_ServerStreamBase):
             self._send(proof)
             self._awaiting_proof = True
             return events
-        self.phase = Phase.ESTABLISHED
+        self._enter(Phase.ESTABLISHED)
         return events
 
     def _on_coserver_proof(self, element: Element) -> list[Event]:
@@ -626,7 +660,7 @@ class OutgoingServerStream(_ServerStreamBase):
             return self.close(StreamError(Cond.NOT_AUTHORIZED,
                                           "wrong coserver serverid/password"))
         self._awaiting_proof = False
-        self.phase = Phase.ESTABLISHED
+        self._enter(Phase.ESTABLISHED)
         return [CoserverVerified(self.remote, pair.serverid)]
 
     def send_stanza(self, stanza: Element) -> None:

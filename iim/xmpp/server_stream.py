@@ -41,7 +41,7 @@ from .events import (
 )
 from .jid import JID, InvalidJID, prepare_domainpart, prepare_resourcepart
 from .ns import BIND_NS, CLIENT_NS, LIMITS_NS, SASL_NS, SESSION_NS, STREAMS_NS, TLS_NS, q
-from .stream import Phase, Stream
+from .stream import COMMON_TRANSITIONS, Phase, Stream, Transitions
 from .xml import DEFAULT_MAX_STANZA_BYTES, DEFAULT_MAX_XMLNS, StreamOpened, stream_header
 
 Cond = StreamErrorCondition
@@ -77,8 +77,27 @@ BindCheck = Callable[[JID], StanzaErrorCondition | None]
 (``<resource-constraint/>`` when the account has its most sessions)."""
 
 
+P = Phase
+SERVER_TRANSITIONS: Transitions = {
+    **COMMON_TRANSITIONS,
+    (P.OPENING, P.NEGOTIATING): "the client's header: features offer STARTTLS, SASL (§4.3.2)",
+    (P.OPENING, P.BINDING): "the header after SASL success: features offer binding (§6.4.6)",
+    (P.NEGOTIATING, P.AUTHENTICATING): "<auth/> answered with a <challenge/> (§6.4.2)",
+    (P.AUTHENTICATING, P.AUTHENTICATING): "a <response/> answered with another <challenge/>",
+    (P.AUTHENTICATING, P.NEGOTIATING): "<failure/>: the client may try again (§6.4.5)",
+    (P.NEGOTIATING, P.NEGOTIATING): "<failure/> at once (an unknown mechanism, a stray "
+                                    "<response/>): the client may try again",
+    (P.NEGOTIATING, P.OPENING): "<success/> at once (PLAIN): a new stream (§6.4.6)",
+    (P.AUTHENTICATING, P.OPENING): "<success/> after the exchange: a new stream (§6.4.6)",
+    (P.BINDING, P.ESTABLISHED): "the bind result with the full JID (§7.6.1)",
+}
+"""The receiving entity of a client stream: TLS, then SASL, then binding."""
+
+
 class ServerStream(Stream):
     """One client's stream as the server sees it."""
+
+    transitions = SERVER_TRANSITIONS
 
     def __init__(self, policy: ServerPolicy, authenticator: Authenticator, *,
                  secure_transport: bool = False, bind_check: BindCheck | None = None) -> None:
@@ -107,7 +126,7 @@ class ServerStream(Stream):
         if header.to is not None and not self._is_us(header.to):
             raise StreamError(Cond.HOST_UNKNOWN)
         self._send(self._features())
-        self.phase = Phase.BINDING if self.username else Phase.NEGOTIATING
+        self._enter(Phase.BINDING if self.username else Phase.NEGOTIATING)
         return []
 
     def _ensure_header(self) -> None:
@@ -156,7 +175,7 @@ class ServerStream(Stream):
         return self.secure or self.transport_secure
 
     def _after_tls(self) -> None:
-        self.phase = Phase.OPENING
+        self._enter(Phase.OPENING)
 
     # -- elements -----------------------------------------------------------------
 
@@ -212,19 +231,19 @@ class ServerStream(Stream):
 
     def _sasl_step(self, step) -> list[Event]:
         if isinstance(step, sasl.Challenge):
-            self.phase = Phase.AUTHENTICATING
+            self._enter(Phase.AUTHENTICATING)
             self._sasl_element("challenge", step.data)
             return []
         if isinstance(step, sasl.Success):
             self._sasl_element("success", step.additional_data)
             self.username = step.username
             self._restart()
-            self.phase = Phase.OPENING
+            self._enter(Phase.OPENING)
             return [Authenticated(step.username, self._mechanism)]
         return self._sasl_failure(step)
 
     def _sasl_failure(self, failure: sasl.Failure) -> list[Event]:
-        self.phase = Phase.NEGOTIATING
+        self._enter(Phase.NEGOTIATING)
         self._auth = None
         element = Element(q(SASL_NS, "failure"))
         SubElement(element, q(SASL_NS, failure.condition.value))
@@ -282,7 +301,7 @@ class ServerStream(Stream):
         result = self._iq_result(iq, send=False)
         SubElement(SubElement(result, q(BIND_NS, "bind")), q(BIND_NS, "jid")).text = str(self.jid)
         self._send(result)
-        self.phase = Phase.ESTABLISHED
+        self._enter(Phase.ESTABLISHED)
         return [SessionEstablished(self.jid)]
 
     # -- established ------------------------------------------------------------

@@ -29,14 +29,25 @@ response header before the error even when the peer has not opened the new
 stream (§4.9.1.2), and the initiating entity sends the initial header it owes
 after TLS (§5.4.3.3) and then the error, so that the peer learns why instead
 of failing to parse ``<stream:error>`` with an undeclared prefix.
+
+Phases move only through a table (h11's shape): each role lists the
+``(from, to)`` pairs it may take, each with the protocol step that takes it,
+and ``_enter`` is the one place ``phase`` changes; any other move is a bug of
+ours and raises ``LocalProtocolError``. A move the *peer* asks for (its
+``<proceed/>``, its ``<success/>``) is checked first with ``_peer_may``: one
+the table does not allow at that moment is the peer breaking the protocol, a
+``RemoteProtocolError`` stream error, never a crash.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Mapping
 from xml.etree.ElementTree import Element
 
-from .errors import STREAMS_NS, LocalProtocolError, StreamError
+from .errors import (
+    STREAMS_NS, LocalProtocolError, RemoteProtocolError, StreamError, StreamErrorCondition,
+)
 from .events import Event, StartTLS, StreamEnded
 from .xml import (
     CLIENT_NS, DEFAULT_MAX_STANZA_BYTES, DEFAULT_MAX_XMLNS, STREAM_CLOSE, ElementReceived,
@@ -54,10 +65,24 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+Transitions = Mapping[tuple[Phase, Phase], str]
+"""A role's allowed ``(from, to)`` phase moves, each with the step that takes it."""
+
+COMMON_TRANSITIONS: Transitions = {
+    **{(phase, Phase.CLOSED): "the stream ends (either side, or a stream error)"
+       for phase in Phase if phase is not Phase.CLOSED},
+    (Phase.NEGOTIATING, Phase.TLS_PENDING): "<proceed/>: TLS starts with the next bytes "
+                                            "(RFC 6120 §5.4.2.3)",
+    (Phase.TLS_PENDING, Phase.OPENING): "TLS is up: a new stream starts (RFC 6120 §5.4.3.3)",
+}
+"""What every role shares: a stream may end in any phase, and STARTTLS."""
+
+
 class Stream:
     """The machinery both roles use; see ServerStream and ClientStream."""
 
     ns = CLIENT_NS
+    transitions: Transitions = COMMON_TRANSITIONS    # each role adds its own steps
 
     def __init__(self, *, max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
                  max_xmlns: int = DEFAULT_MAX_XMLNS) -> None:
@@ -65,10 +90,31 @@ class Stream:
         self._parser = StreamParser(max_stanza_bytes=max_stanza_bytes, max_xmlns=max_xmlns,
                                     content_namespaces=(self.ns,))
         self._out = bytearray()
-        self.phase = Phase.OPENING
+        self._phase = Phase.OPENING
         self.secure = False
         self._header_sent = False
         self._cut = False          # drop what is left of the current read
+
+    # -- phases ---------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """Where the stream is; it changes only through ``_enter``."""
+        return self._phase
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to ``phase``: LocalProtocolError when the role's table has no such move."""
+        if (self._phase, phase) not in self.transitions:
+            raise LocalProtocolError(f"{type(self).__name__}: no move from {self._phase.name} "
+                                     f"to {phase.name}")
+        self._phase = phase
+
+    def _peer_may(self, phase: Phase, what: str) -> None:
+        """The peer's ``what`` would move us to ``phase``: a stream error when
+        the table does not allow that now (the peer broke the protocol)."""
+        if (self._phase, phase) not in self.transitions:
+            raise RemoteProtocolError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE,
+                                      f"{what} while {self._phase.value}")
 
     # -- the adapter's API ----------------------------------------------------
 
@@ -140,12 +186,13 @@ class Stream:
 
     def _on_proceed(self, element: Element) -> list[Event]:
         """The initiating entity's side: TLS starts with the next bytes (§5.4.2.3)."""
+        self._peer_may(Phase.TLS_PENDING, "<proceed/>")
         return self._await_tls()
 
     def _await_tls(self) -> list[Event]:
         """``<proceed/>`` ends the stream: the next one starts under TLS."""
         self._restart()
-        self.phase = Phase.TLS_PENDING
+        self._enter(Phase.TLS_PENDING)
         return [StartTLS()]
 
     def _dispatch(self, item) -> list[Event]:
@@ -186,7 +233,7 @@ class Stream:
 
     def _closed(self) -> None:
         """The stream is over: the parser and what it holds are freed now."""
-        self.phase = Phase.CLOSED
+        self._enter(Phase.CLOSED)
         self._parser.close()
 
     def _restart(self) -> None:
