@@ -15,7 +15,7 @@ import asyncio
 import time
 from xml.etree.ElementTree import Element, SubElement
 
-from iim.server.tls import TLSFailed, TLSLayer
+from iim.tlsbio import TLSFailed, TLSLayer
 from iim.xmpp.client_stream import ClientStream, TLSMode
 from iim.xmpp.errors import XML_NS
 from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, StreamEnded

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from iim.server.tls import TLSLayer
+from iim.tlsbio import TLSLayer
 from iim.xmpp.client_stream import ClientStream
 from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, StreamEnded
 from iim.xmpp.jid import JID

@@ -27,7 +27,7 @@ from iim.server.c2s import HIGH_WATER, SessionContext
 from iim.server.muxlink import start_mux_listener
 from iim.server.router import Router
 from iim.server.storage import Storage
-from iim.server.tls import TLSLayer
+from iim.tlsbio import TLSLayer
 from iim.xmpp.client_stream import ClientStream
 from iim.xmpp.errors import StreamErrorCondition
 from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, StreamEnded

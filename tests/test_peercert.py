@@ -16,7 +16,7 @@ from iim.keys.context import client_context, server_context
 from iim.keys.material import KeyMaterial
 from iim.keys.peercert import request_any_client_certificate
 from iim.keys.trust import TrustFailure, verify_peer
-from iim.server.tls import TLSLayer
+from iim.tlsbio import TLSLayer
 
 from pki import CA, self_signed
 

@@ -1,4 +1,5 @@
-"""TLS over memory BIOs: two TLSLayers wired back to back, no sockets."""
+"""iim.tlsbio, alone in memory: two TLSLayers (or pumps) wired back to back,
+certificates made on the fly (tests/pki.py), no sockets, no event loop."""
 
 import ssl
 import warnings
@@ -8,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 
 from iim.keys.context import client_context, server_context
 from iim.keys.material import KeyMaterial
-from iim.server.tls import TLSFailed, TLSLayer
+from iim.admin.verify import TLSTransport
+from iim.tlsbio import UNEXPECTED_EOF, TLSFailed, TLSLayer, TLSPump
 
 
 def pair(ca, sub_ca, *, client_cert=False):
@@ -89,3 +91,142 @@ def test_tls_1_1_client_hello_is_refused_by_the_server(ca, sub_ca):
         server.receive(hello)
     assert str(err.value) == "UNSUPPORTED_PROTOCOL"
     assert err.value.alert[:1] == b"\x15"          # a TLS alert record for the peer
+
+
+# -- the ends of a connection --------------------------------------------------
+
+
+def test_close_notify_reaches_the_peer(ca, sub_ca):
+    client, server, _ = pair(ca, sub_ca)
+    shake(client, server)
+    plain, _ = server.receive(client.send(b"<presence/>") + client.close())
+    assert plain == b"<presence/>" and server.peer_closed
+    assert not client.peer_closed
+
+
+def test_end_of_file_during_the_handshake_fails_with_a_reason(ca, sub_ca):
+    client, server, _ = pair(ca, sub_ca)
+    server.receive(client.start())
+    with pytest.raises(TLSFailed) as err:
+        client.receive_eof()
+    assert str(err.value) == UNEXPECTED_EOF
+
+
+def test_end_of_file_after_the_handshake_is_no_failure(ca, sub_ca):
+    client, server, _ = pair(ca, sub_ca)
+    shake(client, server)
+    server.receive_eof()
+    assert server.handshake_done
+
+
+def test_info_names_the_cipher_and_its_strength(ca, sub_ca):
+    client, server, _ = pair(ca, sub_ca)
+    shake(client, server)
+    info = server.info()
+    assert info.cipher and info.bits >= 128 and info.version == client.info().version
+
+
+# -- TLSPump: what a session holds ---------------------------------------------
+
+
+def test_pump_passes_bytes_through_before_starttls(ca, sub_ca):
+    pump = TLSPump()
+    assert pump.receive(b"<stream:stream>") == (b"<stream:stream>", b"", False)
+    assert pump.send(b"<proceed/>") == b"<proceed/>"
+    assert pump.close() == b"" and pump.info() is None
+    assert not pump.started and not pump.handshaking and not pump.handshake_done
+
+
+def test_pump_reports_the_handshake_finishing_once(ca, sub_ca):
+    client, _, _ = pair(ca, sub_ca)
+    leaf = sub_ca.issue("chat.example.com")
+    pump = TLSPump()
+    assert pump.start(server_context(KeyMaterial(leaf.key, leaf.chain, (ca.cert,))),
+                      server_side=True) == b""                 # a server speaks second
+    assert pump.started and pump.handshaking
+    finished, to_server = [], client.start()
+    while to_server:
+        plain, to_client, up = pump.receive(to_server)
+        finished.append(up)
+        _, to_server = client.receive(to_client)
+    assert finished == [False, True]                   # TLS 1.3: one round trip
+    assert pump.handshake_done and not pump.handshaking
+    assert pump.receive(client.send(b"<auth/>")) == (b"<auth/>", b"", False)
+    assert client.receive(pump.send(b"<success/>"))[0] == b"<success/>"
+    assert pump.info().version == client.info().version
+
+
+def test_pump_application_data_right_behind_the_handshake_comes_out(ca, sub_ca):
+    """TLS 1.3: the client's Finished and its first record in one read."""
+    leaf = sub_ca.issue("chat.example.com")
+    pump = TLSPump()
+    pump.start(server_context(KeyMaterial(leaf.key, leaf.chain, (ca.cert,))), server_side=True)
+    client = TLSLayer(client_context(None, anchors=[ca.cert]), server_side=False,
+                      server_hostname="chat.example.com")
+    _, to_client, _ = pump.receive(client.start())
+    _, finished = client.receive(to_client)
+    assert client.handshake_done and not pump.handshake_done
+    plain, _, up = pump.receive(finished + client.send(b"<stream:stream>"))
+    assert up and plain == b"<stream:stream>"
+
+
+def test_pump_failure_carries_the_alert_for_the_peer(ca, sub_ca):
+    leaf = sub_ca.issue("chat.example.com")
+    pump = TLSPump()
+    pump.start(server_context(KeyMaterial(leaf.key, leaf.chain)), server_side=True)
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises(TLSFailed) as err:
+        pump.receive(TLSLayer(old, server_side=False).start())
+    assert str(err.value) == "UNSUPPORTED_PROTOCOL" and err.value.alert[:1] == b"\x15"
+
+
+# -- TLSTransport (iim.admin.verify): the blocking mover over the same layer -------------
+
+
+class ServerBehind:
+    """A blocking transport whose far end is a server TLSLayer, answered at once."""
+
+    where = "memory"
+
+    def __init__(self, server: TLSLayer, *, hang_up: bool = False) -> None:
+        self.server, self.hang_up, self.inbox = server, hang_up, []
+        self.received = b""
+
+    def send(self, data: bytes) -> None:
+        if data:
+            plain, out = self.server.receive(data)
+            self.received += plain
+            if out and not self.hang_up:
+                self.inbox.append(out)
+
+    def recv(self) -> bytes:
+        return self.inbox.pop(0) if self.inbox else b""       # nothing more: end of file
+
+
+def test_transport_handshakes_and_moves_plaintext(ca, sub_ca):
+    _, server, leaf = pair(ca, sub_ca)
+    lower = ServerBehind(server)
+    tls = TLSTransport(lower, client_context(None, anchors=[ca.cert]), "chat.example.com")
+    tls.handshake()
+    assert tls.version() in ("TLSv1.2", "TLSv1.3") and tls.cipher()[1] >= 128
+    assert tls.peer_chain()[0] == leaf.cert
+    tls.send(b"<stream:stream>")
+    assert lower.received == b"<stream:stream>"
+    lower.inbox.append(server.send(b"<stream:features/>"))
+    assert tls.recv() == b"<stream:features/>"
+    lower.inbox.append(server.close())
+    assert tls.recv() == b""
+
+
+def test_transport_names_a_hang_up_during_the_handshake(ca, sub_ca):
+    _, server, _ = pair(ca, sub_ca)
+    tls = TLSTransport(ServerBehind(server, hang_up=True),
+                       client_context(None, anchors=[ca.cert]), "chat.example.com")
+    with pytest.raises(TLSFailed) as err:
+        tls.handshake()
+    assert str(err.value) == UNEXPECTED_EOF

@@ -2,14 +2,14 @@
 
 This is the tests' adapter: it moves bytes between the two sans-I/O cores
 and, when both sides have said StartTLS, runs real TLS between them over
-memory BIOs (iim.server.tls.TLSLayer). No sockets, no event loop.
+memory BIOs (iim.tlsbio.TLSLayer). No sockets, no event loop.
 """
 
 from __future__ import annotations
 
 from iim.keys.context import client_context, server_context
 from iim.keys.material import KeyMaterial
-from iim.server.tls import TLSLayer
+from iim.tlsbio import TLSLayer
 from iim.xmpp import sasl
 from iim.xmpp.events import StartTLS
 from iim.xmpp.server_stream import ServerPolicy, ServerStream

@@ -12,9 +12,10 @@ binding). This module only moves its bytes, blocking, over a socket:
 
     socket  ->  [TLS from the first byte: legacy SSL]  ->  [STARTTLS]  ->  XMPP
 
-Each TLS layer is an ``ssl.SSLObject`` over two ``ssl.MemoryBIO`` objects
-(``TLSTransport``) stacked on the transport below it, so STARTTLS inside
-legacy SSL is one layer stacked on another, with nothing special about it.
+Each TLS layer is an ``iim.tlsbio.TLSLayer`` (TLS over memory BIOs; its
+theory of operation is there) moved by a ``TLSTransport`` stacked on the
+transport below it, so STARTTLS inside legacy SSL is one layer stacked on
+another, with nothing special about it.
 
 Trust is decided here, not by OpenSSL: the handshake runs with
 ``CERT_NONE`` so that the chain can be shown whatever it is worth, and the
@@ -58,7 +59,7 @@ from iim import conf
 from iim.keys.errors import KeyMaterialError
 from iim.keys.passwords import TOKEN_NAMES, read_password_file
 from iim.keys.trust import Verdict, certificate_summary, verify_peer
-from iim.server.tls import peer_chain
+from iim.tlsbio import UNEXPECTED_EOF, TLSFailed, TLSLayer
 from iim.xmpp import sasl
 from iim.xmpp.client_stream import ClientStream, TLSMode
 from iim.xmpp.errors import StreamErrorCondition
@@ -112,64 +113,55 @@ class SocketTransport:
 
 
 class TLSTransport:
-    """TLS (client side) over any transport below it, with memory BIOs."""
+    """TLS (client side) over any transport below it: a ``TLSLayer`` whose
+    bytes this moves, blocking, to and from ``lower``."""
 
     def __init__(self, lower, ctx: ssl.SSLContext, server_hostname: str) -> None:
         self.lower = lower
         self.where = lower.where
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = ctx.wrap_bio(self._in, self._out, server_side=False,
-                                 server_hostname=server_hostname)
+        self.layer = TLSLayer(ctx, server_side=False, server_hostname=server_hostname)
+        self._early = b""           # plaintext that came in with the handshake's end
 
     def handshake(self) -> None:
-        """Run the handshake to its end (ssl.SSLError when it fails)."""
-        while True:
-            try:
-                self._tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                if not self._fill():
-                    raise ssl.SSLEOFError("the peer closed the connection during the handshake")
-        self._flush()
+        """Run the handshake to its end (TLSFailed when it fails)."""
+        self.lower.send(self.layer.start())
+        while not self.layer.handshake_done:
+            data = self.lower.recv()
+            if not data:
+                self.layer.receive_eof()
+            plain, out = self.layer.receive(data)
+            self.lower.send(out)
+            self._early += plain
 
     def send(self, data: bytes) -> None:
         if data:
-            self._tls.write(data)
-            self._flush()
+            self.lower.send(self.layer.send(data))
 
     def recv(self) -> bytes:
-        while True:
-            try:
-                data = self._tls.read(65536)
-                self._flush()          # TLS 1.3 may answer a key update
-                return data
-            except ssl.SSLWantReadError:
-                if not self._fill():
-                    return b""
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        """Plaintext; b"" when the peer closed (close_notify or end of file)."""
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        while not self.layer.peer_closed:
+            data = self.lower.recv()
+            if not data:
                 return b""
+            plain, out = self.layer.receive(data)
+            self.lower.send(out)            # TLS 1.3 may answer a key update
+            if plain:
+                return plain
+        return b""
 
     def version(self) -> str:
-        return self._tls.version() or ""
+        return self.layer.info().version
 
     def cipher(self) -> tuple[str, int]:
-        name, _, bits = self._tls.cipher() or ("", "", 0)
-        return name, bits
+        info = self.layer.info()
+        return info.cipher, info.bits
 
     def peer_chain(self) -> tuple[x509.Certificate, ...]:
         """The chain the peer sent, leaf first."""
-        return tuple(x509.load_der_x509_certificate(der) for der in peer_chain(self._tls))
-
-    def _flush(self) -> None:
-        self.lower.send(self._out.read())
-
-    def _fill(self) -> bool:
-        data = self.lower.recv()
-        if not data:
-            return False
-        self._in.write(data)
-        return True
+        return tuple(x509.load_der_x509_certificate(der) for der in self.layer.info().peer_chain)
 
 
 def client_context(*, alpn: bool) -> ssl.SSLContext:
@@ -310,9 +302,8 @@ class Checker:
             self.report.problems.append(
                 f"no answer from {self.report.target.where} within {self.timeout:g} s "
                 f"({self.probe.phase.value})")
-        except ssl.SSLError as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            self.report.problems.append(f"TLS failed after the handshake (OpenSSL: {reason})")
+        except TLSFailed as exc:
+            self.report.problems.append(f"TLS failed after the handshake (OpenSSL: {exc})")
         except OSError as exc:
             self.report.problems.append(
                 f"connection to {self.report.target.where} lost ({self.probe.phase.value}): "
@@ -359,7 +350,7 @@ class Checker:
         tls = TLSTransport(lower, client_context(alpn=kind == "legacy SSL"), self.report.domain)
         try:
             tls.handshake()
-        except ssl.SSLError as exc:
+        except TLSFailed as exc:
             self.report.problems.append(_handshake_problem(exc, kind, self.report.target))
             raise _Stop from None
         chain = tls.peer_chain()
@@ -431,14 +422,14 @@ def _component(target: Target) -> str:
     return "the multiplexor" if target.via_mux else "the server"
 
 
-def _handshake_problem(exc: ssl.SSLError, kind: str, target: Target) -> str:
-    reason = getattr(exc, "reason", None) or type(exc).__name__
+def _handshake_problem(exc: TLSFailed, kind: str, target: Target) -> str:
+    reason = str(exc)
     if reason in OLD_TLS_REASONS:
         return f"{kind}: the peer offers only TLS older than 1.2 (OpenSSL: {reason})"
     if reason in NOT_TLS_REASONS and kind == "legacy SSL":
         return (f"legacy SSL: {target.where} did not answer with TLS (OpenSSL: {reason}); is "
                 f"iim_mux.usessl off? then verify without --legacy-ssl")
-    if isinstance(exc, ssl.SSLEOFError):
+    if reason == UNEXPECTED_EOF:
         return f"{kind}: the peer closed the connection during the TLS handshake"
     return f"{kind}: TLS handshake failed (OpenSSL: {reason})"
 

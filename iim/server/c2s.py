@@ -55,6 +55,7 @@ from typing import Protocol
 from xml.etree.ElementTree import Element
 
 from iim.conf.limits import ServerLimits
+from iim.tlsbio import TLSFailed, TLSPump
 from iim.xmpp import sasl
 from iim.xmpp.errors import (
     LocalProtocolError, StanzaErrorCondition, StreamError, StreamErrorCondition,
@@ -69,7 +70,6 @@ from iim.xmpp.stream import Phase
 
 from .logins import LoginThrottle
 from .quota import LimitLog, source_of
-from .tls import TLSFailed, TLSLayer, TLSPump
 
 Cond = StreamErrorCondition
 HIGH_WATER = 256 * 1024
@@ -130,7 +130,7 @@ class SessionContext:
             self.logins = LoginThrottle(self.limits)
 
 
-class ClientSession(TLSPump):
+class ClientSession:
     """One client stream; implements the router's SessionHandle."""
 
     def __init__(self, ctx: SessionContext, carrier: Carrier, *,
@@ -144,7 +144,7 @@ class ClientSession(TLSPump):
         self.stream = ServerStream(ctx.policy, partial(_authenticator, ctx, self.source),
                                    secure_transport=secure_transport,
                                    bind_check=getattr(ctx.router, "bind_refusal", None))
-        self.tls: TLSLayer | None = None
+        self.tls = TLSPump()                # nothing until STARTTLS
         self.jid: JID | None = None
         self.priority: int | None = None
         self.available = False
@@ -168,7 +168,24 @@ class ClientSession(TLSPump):
 
     # -- bytes in -------------------------------------------------------------
 
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            plain, out, tls_up = self.tls.receive(data)
+        except TLSFailed as exc:
+            self._tls_failed(exc)
+            return
+        if out:
+            self.carrier.write(out)
+        if tls_up:
+            self._tls_up()
+        if plain and not self.closed:
+            self._feed(plain)
+
     def _tls_failed(self, exc: TLSFailed) -> None:
+        if exc.alert:
+            self.carrier.write(exc.alert)   # the peer learns why
         self.ctx.log.info("c2s %s: TLS failed: %s", self.carrier.peer, exc)
         self._finish(write=False)
 
@@ -236,7 +253,7 @@ class ClientSession(TLSPump):
         if isinstance(event, StanzaReceived):
             self.ctx.router.stanza_from(self, event.stanza)
         elif isinstance(event, StartTLS):
-            self.tls = TLSLayer(self.ctx.tls_context, server_side=True)
+            self.tls.start(self.ctx.tls_context, server_side=True)
         elif isinstance(event, Authenticated):
             self.ctx.logins.succeeded(event.username, self.source)
             self.ctx.log.info("c2s %s: login %s (%s)", self.carrier.peer, event.username,
@@ -259,8 +276,8 @@ class ClientSession(TLSPump):
     def security(self) -> str:
         """How this session is protected, for logs and status."""
         parts = []
-        if self.tls is not None and self.tls.handshake_done:
-            info = self.tls.info()
+        info = self.tls.info()
+        if info is not None:
             parts.append(f"{info.version} {info.cipher}")
         if self.stream.transport_secure:
             parts.append("TLS at the multiplexor")
@@ -271,7 +288,7 @@ class ClientSession(TLSPump):
         """For status: ``none``, ``legacy-ssl`` (TLS from the first byte, ended at
         the multiplexor), ``tls`` (STARTTLS with this server: end to end) or
         ``both`` (STARTTLS inside legacy SSL)."""
-        starttls = self.tls is not None and self.tls.handshake_done
+        starttls = self.tls.handshake_done
         legacy = self.stream.transport_secure
         return {(False, False): "none", (True, False): "legacy-ssl",
                 (False, True): "tls", (True, True): "both"}[(legacy, starttls)]
@@ -294,12 +311,11 @@ class ClientSession(TLSPump):
         out = self.stream.data_to_send()
         if not out or self.closed:
             return
-        if self.tls is not None and self.tls.handshake_done:
-            try:
-                out = self.tls.send(out)
-            except TLSFailed:
-                self._finish()
-                return
+        try:
+            out = self.tls.send(out)
+        except TLSFailed:
+            self._finish()
+            return
         self._written += len(out)
         self.carrier.write(out)
 
@@ -407,7 +423,7 @@ class ClientSession(TLSPump):
             return
         if error is not None:
             self.ctx.log.info("c2s %s: closing: %s", self.carrier.peer, error)
-        if self.tls is not None and not self.tls.handshake_done:
+        if self.tls.handshaking:
             self.stream.close(None)     # no plaintext into a TLS handshake
             self.stream.data_to_send()
         else:
@@ -433,7 +449,7 @@ class ClientSession(TLSPump):
         self.ctx.sessions.discard(self)
         unsent = self._unsent(unreachable)      # before closing: the carrier still counts
         try:
-            if write and self.tls is not None and self.tls.handshake_done:
+            if write and self.tls.handshake_done:
                 self.carrier.write(self.tls.close())
             self.carrier.close()
         except (OSError, TLSFailed) as exc:     # the peer is gone already: carry on

@@ -6,7 +6,7 @@ Theory of operation
 ``iim_server.port`` (the listener hands it over once the stream header says
 ``jabber:server``); ``OutgoingServerSession`` opens one to a remote domain.
 Both move bytes between a carrier and the sans-I/O stream, run TLS over memory
-BIOs (``iim.server.tls``) after STARTTLS, and report to the ``Federation``
+BIOs (``iim.tlsbio``) after STARTTLS, and report to the ``Federation``
 (``iim.server.federation``), which owns routing, queues and dialback checks.
 
 The certificate is judged here, right after the TLS handshake, with
@@ -36,6 +36,7 @@ from xml.etree.ElementTree import Element
 from cryptography import x509
 
 from iim.keys.trust import Verdict, certificate_summary, verify_peer
+from iim.tlsbio import TLSFailed, TLSPump
 from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
 from iim.xmpp.events import StanzaReceived, StartTLS, StreamEnded
 from iim.xmpp.s2s import (
@@ -46,7 +47,6 @@ from iim.xmpp.s2s import (
 from iim.xmpp.stream import Phase
 
 from .c2s import HIGH_WATER, _printable
-from .tls import TLSFailed, TLSLayer, TLSPump
 
 if TYPE_CHECKING:
     from .federation import Federation
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 Cond = StreamErrorCondition
 
 
-class _ServerLink(TLSPump):
+class _ServerLink:
     """What both directions share: TLS, byte pumping, timers, ending."""
 
     direction = ""
@@ -63,7 +63,7 @@ class _ServerLink(TLSPump):
         self.fed = fed
         self.carrier = carrier
         self.stream = stream
-        self.tls: TLSLayer | None = None
+        self.tls = TLSPump()                # nothing until STARTTLS
         self.chain: list[x509.Certificate] = []
         self.closed = False
         self.last_used = time.monotonic()
@@ -84,7 +84,24 @@ class _ServerLink(TLSPump):
 
     # -- bytes in -------------------------------------------------------------
 
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            plain, out, tls_up = self.tls.receive(data)
+        except TLSFailed as exc:
+            self._tls_failed(exc)
+            return
+        if out:
+            self.carrier.write(out)
+        if tls_up:
+            self._tls_up()
+        if plain and not self.closed:
+            self._feed(plain)
+
     def _tls_failed(self, exc: TLSFailed) -> None:
+        if exc.alert:
+            self.carrier.write(exc.alert)   # the peer learns why
         self.log("warning", "TLS failed: %s", exc)
         self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
 
@@ -133,23 +150,28 @@ class _ServerLink(TLSPump):
         out = self.stream.data_to_send()
         if not out or self.carrier is None:
             return
-        if self.tls is not None and self.tls.handshake_done:
-            try:
-                out = self.tls.send(out)
-            except TLSFailed as exc:
-                self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
-                return
+        try:
+            out = self.tls.send(out)
+        except TLSFailed as exc:
+            self._finish(Cond.REMOTE_CONNECTION_FAILED, f"TLS failed: {exc}", write=False)
+            return
         self.carrier.write(out)
 
     def _start_tls(self, context, **kw) -> None:
-        self.tls = TLSLayer(context, **kw)
+        first = self.tls.start(context, **kw)
+        if first:                           # a ClientHello (we opened the stream)
+            self.carrier.write(first)
+
+    def _tls_version(self) -> str:
+        info = self.tls.info()
+        return info.version if info is not None else "no TLS"
 
     # -- ending -----------------------------------------------------------------
 
     def close(self, error: StreamError | None = None) -> None:
         if self.closed:
             return
-        if self.tls is not None and not self.tls.handshake_done:
+        if self.tls.handshaking:
             self.stream.close(None)
             self.stream.data_to_send()
         else:
@@ -170,7 +192,7 @@ class _ServerLink(TLSPump):
         self._idle.cancel()
         try:
             if self.carrier is not None:
-                if write and self.tls is not None and self.tls.handshake_done:
+                if write and self.tls.handshake_done:
                     self.carrier.write(self.tls.close())
                 self.carrier.close()
         except (OSError, TLSFailed):
@@ -214,7 +236,7 @@ class _ServerLink(TLSPump):
         self._timer.cancel()
 
     def describe(self) -> dict:
-        info = self.tls.info() if self.tls is not None and self.tls.handshake_done else None
+        info = self.tls.info()
         return {"domain": self.name, "direction": self.direction,
                 "tls": f"{info.version} {info.cipher}" if info else None,
                 "auth": self.auth_method, "state": self.state}
@@ -276,8 +298,8 @@ class IncomingServerSession(_ServerLink):
             self._on_stream_ended(event)
 
     def _authenticated(self, event: PeerAuthenticated) -> None:
-        tls = f"{self.tls.info().version}" if self.tls and self.tls.handshake_done else "no TLS"
-        self.log("info", "%s authenticated with %s (%s)", event.domain, event.method, tls)
+        self.log("info", "%s authenticated with %s (%s)", event.domain, event.method,
+                 self._tls_version())
         self._negotiated()
         self.fed.incoming_authenticated(self, event.domain)
 
@@ -385,7 +407,6 @@ class OutgoingServerSession(_ServerLink):
         if isinstance(event, StartTLS):
             self._start_tls(self.fed.client_tls, server_side=False,
                             server_hostname=_sni(self.remote))
-            self.carrier.write(self.tls.start())
         elif isinstance(event, ReadyForDialback):
             for request in self.verifies:
                 self.stream.request_verify(*request)
@@ -394,9 +415,7 @@ class OutgoingServerSession(_ServerLink):
         elif isinstance(event, DialbackVerifyAnswered):
             self.fed.dialback_answered(self, event)
         elif isinstance(event, PeerAuthenticated):
-            tls = f"{self.tls.info().version}" if self.tls and self.tls.handshake_done \
-                else "no TLS"
-            self.log("info", "authenticated with %s (%s)", event.method, tls)
+            self.log("info", "authenticated with %s (%s)", event.method, self._tls_version())
         elif isinstance(event, CoserverVerified):
             self.log("info", "coserver %s proved its serverid", event.serverid)
         elif isinstance(event, StreamEnded):
