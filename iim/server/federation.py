@@ -3,7 +3,7 @@ happens when there is none (RFC 6120 §8.3.3.13-14, §13.9; XEP-0220).
 
 Theory of operation
 -------------------
-``send`` (the router's ``route_remote``) looks up the outgoing session for
+``send`` (called by ``iim.server.remote.RemoteDomains``) looks up the outgoing session for
 the stanza's domain and creates one when there is none: its address comes
 from ``iim.server.resolve`` (coserver host, ``s2s_hosts``, DNS SRV, then the
 domain itself), each target is tried in order, and the stanza waits in the

@@ -308,10 +308,6 @@ class Router:
 
     # -- for the session layer and the federation ---------------------------------------
 
-    def route_remote(self, stanza: Element) -> None:
-        """Send ``stanza`` to another domain (``RemoteDomains.send``)."""
-        self.remote.send(stanza)
-
     def bounce_to_local(self, stanza: Element, condition: StanzaErrorCondition) -> None:
         """An error for a stanza that could not leave, to its local sender."""
         self.remote.bounce_to_local(stanza, condition)
