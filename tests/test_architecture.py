@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("iim/xmpp", "iim/server", "iim/mux")
 
 KNOWN_CYCLES = {
-    frozenset({"iim.server.app", "iim.server.control"}),        # issue 13 item 4
     frozenset({"iim.server.federation", "iim.server.s2s"}),     # issue 13 item 4: s2s context
 }
 KNOWN_PRIVATE = {

@@ -4,16 +4,41 @@ Python's ``ssl`` loads a certificate chain and key only from a path. We
 write the PEM into an anonymous memory file (``memfd_create``), hand ssl the
 path ``/proc/self/fd/N`` and close it at once: the clear key lives only in
 process memory, never in a file system. TLS 1.2 is the minimum everywhere.
+
+``ServerTLS`` keeps the server's context and the material it was made from
+side by side, explicitly: the federation makes its s2s contexts, and the mux
+link its TLS context, from the same material, and status shows its
+certificate.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
 from .material import KeyMaterial, is_self_signed
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's TLS: the context client streams use, and its key material."""
+
+    context: ssl.SSLContext
+    """For STARTTLS on client streams, over a socket or a mux link."""
+    material: KeyMaterial
+    """What ``context`` presents; s2s and mux-link contexts are made from it too."""
+
+    @classmethod
+    def from_material(cls, material: KeyMaterial) -> "ServerTLS":
+        return cls(server_context(material), material)
+
+    @property
+    def certificate(self):
+        """The certificate presented (for ``iim.admin status``)."""
+        return self.material.certificate
 
 
 def server_context(material: KeyMaterial, *, alpn=()) -> ssl.SSLContext:

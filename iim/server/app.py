@@ -11,48 +11,31 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import ssl
 
 from iim._fastmux import LinkTlsContext, LinkTlsError
 from iim.conf import Config
-from iim.keys.context import server_context
-from iim.keys.keystore import load_server_material
+from iim.keys.context import ServerTLS
 from iim.keys.passwords import read_password_file, secret_file_warnings
 from iim.limits import raise_nofile
+from iim.text import host_port
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 from iim.xmpp.jid import InvalidJID, prepare_domainpart
 from iim.xmpp.server_stream import ServerPolicy
 
 from .admission import Admission, Negotiating
 from .c2s import SessionContext
+from .control import apply_refresh, describe
 from .federation import Federation
 from .listener import ClientProtocol
 from .muxlink import link_tls_context, start_mux_listener
 from .quota import LimitLog
 from .router import Router
+from .servertls import load_server_tls
 from .storage import Storage, StorageError
 
 
 class StartupError(Exception):
     """One line for the operator; the server does not start."""
-
-
-def load_tls_context(config: Config, log: logging.Logger | None = None) -> ssl.SSLContext | None:
-    """The server's TLS context from iim_server.sslkeystore, or None without one."""
-    server = config.server
-    if server.sslkeystore is None:
-        return None
-    material, warnings = load_server_material(server)
-    for warning in warnings:
-        if log:
-            log.warning("%s", warning)
-    if log:
-        log.info("certificate %s from %s (alias %s)",
-                 material.certificate.subject.rfc4514_string(), material.source, material.alias)
-    context = server_context(material)
-    context.iim_certificate = material.certificate      # for iim.admin status
-    context.iim_material = material                     # for the federation's contexts
-    return context
 
 
 class Server:
@@ -65,13 +48,15 @@ class Server:
         self.mux_listener = None
         self.admission: Admission | None = None
         self.federation: Federation | None = None
+        self.tls: ServerTLS | None = None       # the keystore's context and material
 
     async def start(self) -> None:
         soft, _ = raise_nofile()
         server = self.config.server
         for warning in secret_file_warnings(self.config, "server"):
             self.log.warning("%s", warning)
-        tls_context = load_tls_context(self.config, self.log)
+        self.tls = load_server_tls(self.config, self.log)
+        tls_context = self.tls.context if self.tls is not None else None
         self._warn_about_policy(tls_context)
         try:
             self.storage = Storage.open(server.database, limits=server.limits)
@@ -100,7 +85,7 @@ class Server:
         self.admission = Admission.for_context(self.ctx)
         if server.useport:
             self.federation = Federation(self.config, self.ctx.router,
-                                         getattr(tls_context, "iim_material", None), self.log,
+                                         _material(self.tls), self.log,
                                          negotiating=self.ctx.negotiating,
                                          limit_log=self.ctx.limit_log)
             self.ctx.router.federation = self.federation
@@ -137,7 +122,7 @@ class Server:
         self.listeners.append(listener)
         for sock in listener.sockets:
             self.log.info("listening for client and server streams on %s",
-                          _address(sock.getsockname()))
+                          host_port(*sock.getsockname()[:2]))
 
     async def _listen_for_mux(self) -> None:
         server, where = self.config.server, self.config.mux.serverport
@@ -145,7 +130,7 @@ class Server:
         if server.muxlink_secretfile is not None:
             secret = read_password_file(server.muxlink_secretfile,
                                         "iim_server.muxlink_secretfile").password.encode()
-        link_tls = self._link_tls_context(self.ctx.tls_context)
+        link_tls = self._link_tls_context(self.tls)
         if self.config.mux.maxsessions > server.limits.muxlink_max_sessions:
             self.log.warning("iim_mux.maxsessions (%d) is above iim_server.muxlink_max_sessions "
                              "(%d): a busy link would be closed with overload",
@@ -161,9 +146,9 @@ class Server:
             raise StartupError(f"iim_mux.serverport: cannot listen on {where}: "
                                f"{exc.strerror or exc}") from None
 
-    def _link_tls_context(self, tls_context) -> LinkTlsContext | None:
+    def _link_tls_context(self, tls: ServerTLS | None) -> LinkTlsContext | None:
         """TLS for mux links, with the keystore's certificate (None without a keystore)."""
-        material = getattr(tls_context, "iim_material", None)
+        material = _material(tls)
         if material is None:
             if self.config.server.muxlink_tls == "on":
                 raise StartupError("iim_server.muxlink_tls is on but iim_server.sslkeystore is "
@@ -182,12 +167,12 @@ class Server:
     def reload_certificates(self) -> None:
         """New handshakes use the re-read keystore; established sessions keep theirs."""
         try:
-            self.ctx.tls_context = load_tls_context(self.config, self.log) or \
-                self.ctx.tls_context
+            self.tls = load_server_tls(self.config, self.log) or self.tls
+            self.ctx.tls_context = self.tls.context if self.tls is not None else None
             if self.federation is not None:
-                self.federation.use_material(getattr(self.ctx.tls_context, "iim_material", None))
+                self.federation.use_material(_material(self.tls))
             if self.mux_listener is not None and self.config.server.muxlink_tls != "off":
-                self.mux_listener.use_tls_context(self._link_tls_context(self.ctx.tls_context))
+                self.mux_listener.use_tls_context(self._link_tls_context(self.tls))
         except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the server
             self.log.error("certificate reload failed, keeping the old one: %s", exc)
 
@@ -195,14 +180,12 @@ class Server:
 
     def status(self) -> dict:
         """Sessions by transport security, mux links, s2s peers, certificate (JSON-ready)."""
-        from .control import describe
         return describe(self)
 
     def refresh(self, new_config: Config) -> dict:
         """Apply a re-read iim.conf and keystore to new connections without dropping
         a session; which changed parameters need a restart. RefreshRefused (one
         line, nothing changed) when it cannot be applied."""
-        from .control import apply_refresh
         return apply_refresh(self, new_config)
 
     async def stop(self) -> None:
@@ -267,6 +250,6 @@ async def _return_memory_after_logouts(sessions: set) -> None:
         high = max(high, now)
 
 
-def _address(sockname) -> str:
-    host, port = sockname[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _material(tls: ServerTLS | None):
+    """The key material of ``tls``, or None without a keystore."""
+    return tls.material if tls is not None else None

@@ -31,7 +31,11 @@ from iim import conf, control
 from iim.control import certificate_info, one_line
 from iim.conf import Config, ConfigError
 from iim.conf.changes import changed, merge
+from iim.keys.context import ServerTLS
 from iim.keys.errors import KeyMaterialError
+from iim.text import host_port
+
+from .servertls import load_server_tls
 
 __all__ = ["LIVE", "ControlServer", "apply_refresh", "certificate_info", "describe"]
 
@@ -65,13 +69,13 @@ def describe(server) -> dict:
         "component": "server",
         "pid": os.getpid(),
         "domain": server.config.server.domainname,
-        "listening": [_address(a) for a in server.addresses],
+        "listening": [host_port(*a[:2]) for a in server.addresses],
         "mux_listening": _mux_addresses(server),
         "requiressl": ctx.policy.tls_required,
         **_sessions(ctx.sessions),
         "mux_links": _links(server),
         **_s2s(server),
-        "certificate": certificate_info(getattr(ctx.tls_context, "iim_certificate", None)),
+        "certificate": certificate_info(_certificate(server.tls)),
     }
 
 
@@ -100,7 +104,8 @@ def _links(server) -> list[dict]:
 
 def _mux_addresses(server) -> list[str]:
     listener = server.mux_listener
-    return [] if listener is None else [_address(s.getsockname()) for s in listener.sockets]
+    return [] if listener is None else [host_port(*s.getsockname()[:2])
+                                        for s in listener.sockets]
 
 
 def _s2s(server) -> dict:
@@ -113,11 +118,6 @@ def _s2s(server) -> dict:
     except Exception as exc:  # noqa: BLE001 - status must answer even if a peer is odd
         server.log.exception("status: federation.describe() failed")
         return {"s2s": [], "s2s_error": f"{type(exc).__name__}: {exc}"}
-
-
-def _address(sockname) -> str:
-    host, port = sockname[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- refresh ------------------------------------------------------------------------------
@@ -135,63 +135,53 @@ def reread(server) -> Config:
 
 def apply_refresh(server, new: Config) -> dict:
     """Apply ``new`` to a running server (see the module docstring); RefreshRefused."""
-    from .app import load_tls_context
     old = server.config
     differences = [p for p in changed(old, new) if concerns_server(p)]
     running = merge(old, new, LIVE)
     try:
-        tls_context = load_tls_context(running, server.log)
+        tls = load_server_tls(running, server.log)
     except KeyMaterialError as err:
         raise RefreshRefused(str(err)) from None
-    policy = _policy(server.ctx.policy, running, tls_context)
-    _swap(server, running, tls_context, policy)
+    policy = _policy(server.ctx.policy, running, tls)
+    _swap(server, running, tls, policy)
     for warning in new.warnings:
         server.log.warning("%s", warning)
     applied = [p for p in differences if p in LIVE]
     restart = [p for p in differences if p not in LIVE]
     _log_refresh(server.log, running, applied, restart)
     return {"applied": applied, "restart": restart,
-            "certificate": certificate_info(getattr(tls_context, "iim_certificate", None)),
+            "certificate": certificate_info(_certificate(tls)),
             "warnings": [str(w) for w in new.warnings]}
 
 
-def _policy(current, running: Config, tls_context):
+def _policy(current, running: Config, tls: ServerTLS | None):
     settings = running.server
-    if settings.requiressl and tls_context is None:
+    if settings.requiressl and tls is None:
         raise RefreshRefused("iim_server.requiressl is true but iim_server.sslkeystore is "
                              "not set: clients could never log in")
-    return dataclasses.replace(current, tls_offered=tls_context is not None,
+    return dataclasses.replace(current, tls_offered=tls is not None,
                                tls_required=settings.requiressl,
                                max_stanza_bytes=settings.maxstanzasize)
 
 
-def _swap(server, running: Config, tls_context, policy) -> None:
+def _swap(server, running: Config, tls: ServerTLS | None, policy) -> None:
     """One event-loop step: new connections see all of it, established ones none."""
     ctx = server.ctx
-    ctx.tls_context = tls_context
+    server.tls = tls
+    ctx.tls_context = tls.context if tls is not None else None
     ctx.policy = policy
     ctx.negotiation_timeout = running.server.negotiation_timeout
     ctx.stanza_timeout = running.server.stanza_timeout
     server.config = running
     logging.getLogger("iim").setLevel(running.log.server.severity.logging_level)
-    _refresh_federation(server, running, tls_context)
+    if server.federation is not None:
+        # new s2s connections: the renewed certificate and the new TLS policy
+        # (requiressl, trust_all_cert, stanza size); established ones keep theirs
+        server.federation.refresh(running, tls.material if tls is not None else None)
 
 
-def _refresh_federation(server, running: Config, tls_context) -> None:
-    """New s2s connections: the renewed certificate and the new TLS policy
-    (requiressl, trust_all_cert, stanza size); established ones keep theirs."""
-    federation = getattr(server, "federation", None)
-    if federation is None:
-        return
-    material = getattr(tls_context, "iim_material", None)
-    hook = getattr(federation, "refresh", None)
-    if hook is not None:                     # the federation's own, when it has one
-        hook(running, material)
-        return
-    federation.use_material(material)
-    federation.config = running
-    federation.trust_all_cert = running.server.trust_all_cert
-    federation.policy = federation._policy(running, material is not None)
+def _certificate(tls: ServerTLS | None):
+    return tls.certificate if tls is not None else None
 
 
 def _log_refresh(log: logging.Logger, running: Config, applied, restart) -> None:
