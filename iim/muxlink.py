@@ -6,12 +6,18 @@ flags, reserved, session id, payload length; big-endian) and a payload of at
 most ``MAX_PAYLOAD`` bytes. This module turns frames into bytes
 (``encode_frame``) and bytes into frames (``FrameDecoder.feed``, which
 accepts any split of the byte stream), and encodes and decodes each payload.
-It knows nothing of sockets, clocks or sessions: the server end
-(iim.server.muxlink) and the relay keep the state.
+It knows nothing of sockets, clocks or sessions: the server end's state is
+iim.linkconnection.LinkConnection (under iim.server.muxlink), the mux's set-up
+iim.mux.link, and the relay core (iim/_fastmux.pyx) keeps C copies of the
+constants, which tests/test_muxlink_constants.py compares with these.
 
-Everything the peer can get wrong raises ``LinkProtocolError`` carrying the
-``CloseReason`` to close the link with; ``ValueError`` means *we* misused the
-API (a value that cannot be encoded). The decoder checks a header as soon as
+This module is the one definition of the protocol (docs/muxlink.md): magic,
+version, header layout, frame types, close reasons, proof labels and the
+limits of the wire.
+
+Everything the peer can get wrong raises ``RemoteProtocolError`` carrying the
+``CloseReason`` to close the link with; ``LocalProtocolError`` (a ValueError)
+means *we* misused the API (a value that cannot be encoded). The decoder checks a header as soon as
 its 12 bytes are in, so an absurd length closes the link before we buffer it.
 
 The link authentication (docs/muxlink.md "Link set-up") is a challenge and
@@ -31,14 +37,25 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+# -- the protocol: the one definition (the relay core's C constants are checked
+#    against it by tests/test_muxlink_constants.py) ------------------------------------
+
 VERSION = 2
-MAGIC = b"IIMX"
+MAGIC = b"IIMX"                         # HELLO's first 4 bytes
 MAX_PAYLOAD = 65536
 NONCE_BYTES = 32
 PROOF_BYTES = 32
+PING_BYTES = 8                          # PING and PONG payloads
 BINDING_BYTES = 32                      # RFC 9266 tls-exporter
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"    # RFC 9266 section 2, no context
+MUX_LABEL = b"iim-muxlink-2 mux"        # the HMAC labels of the two proofs
+SERVER_LABEL = b"iim-muxlink-2 server"
 DEFAULT_WINDOW = 65536
 MAX_SID = MAX_CREDIT = 2**32 - 1
+TLS_HANDSHAKE = 0x16                    # a link's first byte when it starts with TLS
+SETUP_SECONDS = 30.0                    # connect to READY
+KEEPALIVE_SECONDS = 30.0                # PING after this long without a frame; as long for PONG
+LINGER_SECONDS = 2.0                    # a LINKCLOSE's sender reads and discards this long
 
 HEADER = struct.Struct("!BBHII")        # type, flags, reserved, session id, length
 HEADER_BYTES = HEADER.size              # 12
@@ -64,6 +81,8 @@ class FrameType(enum.IntEnum):
 
 
 class CloseReason(enum.IntEnum):
+    """LINKCLOSE and CLOSE reasons (one table); ``str()`` is the name the doc uses."""
+
     NORMAL = 0
     PROTOCOL = 1
     AUTH = 2
@@ -77,12 +96,28 @@ class CloseReason(enum.IntEnum):
         return self.name.lower()
 
 
-class LinkProtocolError(Exception):
+def reason_name(code: int) -> str:
+    """A close reason's name for a log line, also for a code outside the table."""
+    try:
+        return str(CloseReason(code))
+    except ValueError:
+        return f"reason {code}"
+
+
+class RemoteProtocolError(Exception):
     """The peer broke the link protocol; close the link with ``reason``."""
 
     def __init__(self, message: str, reason: CloseReason = CloseReason.PROTOCOL) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+#: The name the codec's callers have used since version 1.
+LinkProtocolError = RemoteProtocolError
+
+
+class LocalProtocolError(ValueError):
+    """We misused the API (a value that cannot be encoded, DATA beyond the credit)."""
 
 
 # -- frames -----------------------------------------------------------------------------
@@ -101,11 +136,11 @@ class Frame:
 def encode_frame(type: FrameType | int, sid: int, payload: bytes = b"", flags: int = 0) -> bytes:
     """Header + payload. Checks only that the values fit the header (ValueError)."""
     if not 0 <= type <= 0xFF or not 0 <= flags <= 0xFF:
-        raise ValueError(f"frame type {type!r} / flags {flags!r} do not fit a byte")
+        raise LocalProtocolError(f"frame type {type!r} / flags {flags!r} do not fit a byte")
     if not 0 <= sid <= MAX_SID:
-        raise ValueError(f"session id {sid} out of range")
+        raise LocalProtocolError(f"session id {sid} out of range")
     if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(type, flags, 0, sid, len(payload)) + payload
 
 
@@ -115,9 +150,14 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._header: tuple[FrameType, int, int] | None = None   # type, sid, length
-        self._error: LinkProtocolError | None = None
+        self._error: RemoteProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
+        return [Frame(ftype, sid, payload) for ftype, sid, payload in self.frames(data)]
+
+    def frames(self, data: bytes) -> list[tuple[FrameType, int, bytes]]:
+        """Like ``feed``, as (type, session id, payload) tuples: no object per frame.
+        A bad header raises before any frame of ``data`` is returned."""
         if self._error is not None:
             raise self._error
         self._buffer += data
@@ -125,7 +165,7 @@ class FrameDecoder:
         try:
             while (frame := self._next()) is not None:
                 frames.append(frame)
-        except LinkProtocolError as exc:
+        except RemoteProtocolError as exc:
             self._error = exc
             self._buffer.clear()
             raise
@@ -136,7 +176,7 @@ class FrameDecoder:
         """Bytes of an unfinished frame waiting for the rest."""
         return len(self._buffer)
 
-    def _next(self) -> Frame | None:
+    def _next(self) -> tuple[FrameType, int, bytes] | None:
         if self._header is None:
             if len(self._buffer) < HEADER_BYTES:
                 return None
@@ -148,7 +188,7 @@ class FrameDecoder:
         payload = bytes(self._buffer[:length])
         del self._buffer[:length]
         self._header = None
-        return Frame(ftype, sid, payload)
+        return ftype, sid, payload
 
 
 def _check_header(ftype: int, flags: int, reserved: int, sid: int,
@@ -156,16 +196,16 @@ def _check_header(ftype: int, flags: int, reserved: int, sid: int,
     try:
         ftype = FrameType(ftype)
     except ValueError:
-        raise LinkProtocolError(f"unknown frame type 0x{ftype:02x}") from None
+        raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}") from None
     if length > MAX_PAYLOAD:
-        raise LinkProtocolError(f"{ftype.name} frame of {length} bytes exceeds {MAX_PAYLOAD}")
+        raise RemoteProtocolError(f"{ftype.name} frame of {length} bytes exceeds {MAX_PAYLOAD}")
     if flags or reserved:
-        raise LinkProtocolError(f"{ftype.name} frame with flags 0x{flags:02x} / "
+        raise RemoteProtocolError(f"{ftype.name} frame with flags 0x{flags:02x} / "
                                 f"reserved 0x{reserved:04x} (version {VERSION} defines none)")
     if ftype.is_session and sid == 0:
-        raise LinkProtocolError(f"{ftype.name} frame without a session id")
+        raise RemoteProtocolError(f"{ftype.name} frame without a session id")
     if not ftype.is_session and sid != 0:
-        raise LinkProtocolError(f"{ftype.name} frame with session id {sid} (a link frame)")
+        raise RemoteProtocolError(f"{ftype.name} frame with session id {sid} (a link frame)")
     return ftype, sid, length
 
 
@@ -179,7 +219,7 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.at + n > len(self.data):
-            raise LinkProtocolError(f"{self.what} payload too short ({len(self.data)} bytes)")
+            raise RemoteProtocolError(f"{self.what} payload too short ({len(self.data)} bytes)")
         chunk = self.data[self.at:self.at + n]
         self.at += n
         return chunk
@@ -197,18 +237,18 @@ class _Reader:
         try:
             return self.take(n).decode("utf-8")
         except UnicodeDecodeError:
-            raise LinkProtocolError(f"{self.what}: text is not UTF-8") from None
+            raise RemoteProtocolError(f"{self.what}: text is not UTF-8") from None
 
     def end(self) -> None:
         if self.at != len(self.data):
-            raise LinkProtocolError(f"{self.what} payload has {len(self.data) - self.at} "
+            raise RemoteProtocolError(f"{self.what} payload has {len(self.data) - self.at} "
                                     "bytes too many")
 
 
 def _short_text(value: str, what: str) -> bytes:
     raw = value.encode("utf-8")
     if len(raw) > 255:
-        raise ValueError(f"{what} longer than 255 bytes")
+        raise LocalProtocolError(f"{what} longer than 255 bytes")
     return bytes([len(raw)]) + raw
 
 
@@ -231,10 +271,10 @@ class Hello:
     def decode(cls, payload: bytes) -> "Hello":
         r = _Reader(payload, "HELLO")
         if r.take(4) != MAGIC:
-            raise LinkProtocolError("HELLO without the IIMX magic: not a multiplexor")
+            raise RemoteProtocolError("HELLO without the IIMX magic: not a multiplexor")
         version = r.u16()
         if version != VERSION:
-            raise LinkProtocolError(f"link version {version} (this end speaks {VERSION})",
+            raise RemoteProtocolError(f"link version {version} (this end speaks {VERSION})",
                                     CloseReason.VERSION)
         instance, thread, nonce = r.u16(), r.u16(), r.take(NONCE_BYTES)
         r.end()
@@ -258,11 +298,11 @@ class Challenge:
         r = _Reader(payload, "CHALLENGE")
         version = r.u16()
         if version != VERSION:
-            raise LinkProtocolError(f"link version {version} (this end speaks {VERSION})",
+            raise RemoteProtocolError(f"link version {version} (this end speaks {VERSION})",
                                     CloseReason.VERSION)
         required = r.u8()
         if required > 1:
-            raise LinkProtocolError(f"CHALLENGE secret-required {required} (0 or 1)")
+            raise RemoteProtocolError(f"CHALLENGE secret-required {required} (0 or 1)")
         nonce = r.take(NONCE_BYTES)
         r.end()
         return cls(bool(required), nonce, version)
@@ -281,7 +321,7 @@ class Auth:
     @classmethod
     def decode(cls, payload: bytes) -> "Auth":
         if len(payload) not in (0, PROOF_BYTES):
-            raise LinkProtocolError(f"AUTH payload of {len(payload)} bytes (0 or 32)")
+            raise RemoteProtocolError(f"AUTH payload of {len(payload)} bytes (0 or 32)")
         return cls(bytes(payload))
 
 
@@ -295,27 +335,27 @@ class Ready:
     def encode(self) -> bytes:
         _check_proof(self.proof)
         if not 1 <= self.window <= MAX_CREDIT:
-            raise ValueError(f"initial window {self.window} out of range")
+            raise LocalProtocolError(f"initial window {self.window} out of range")
         return self.proof + self.window.to_bytes(4, "big")
 
     @classmethod
     def decode(cls, payload: bytes) -> "Ready":
         if len(payload) not in (4, PROOF_BYTES + 4):
-            raise LinkProtocolError(f"READY payload of {len(payload)} bytes (4 or 36)")
+            raise RemoteProtocolError(f"READY payload of {len(payload)} bytes (4 or 36)")
         window = int.from_bytes(payload[-4:], "big")
         if window == 0:
-            raise LinkProtocolError("READY with an initial window of 0")
+            raise RemoteProtocolError("READY with an initial window of 0")
         return cls(window, bytes(payload[:-4]))
 
 
 def _check_nonce(nonce: bytes) -> None:
     if len(nonce) != NONCE_BYTES:
-        raise ValueError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
+        raise LocalProtocolError(f"a nonce is {NONCE_BYTES} bytes, not {len(nonce)}")
 
 
 def _check_proof(proof: bytes) -> None:
     if len(proof) not in (0, PROOF_BYTES):
-        raise ValueError(f"a proof is {PROOF_BYTES} bytes (or empty), not {len(proof)}")
+        raise LocalProtocolError(f"a proof is {PROOF_BYTES} bytes (or empty), not {len(proof)}")
 
 
 def mux_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
@@ -342,17 +382,13 @@ def check_server_proof(secret: bytes, mux_nonce: bytes, server_nonce: bytes,
     return hmac.compare_digest(server_proof(secret, mux_nonce, server_nonce, binding), proof)
 
 
-MUX_LABEL = b"iim-muxlink-2 mux"
-SERVER_LABEL = b"iim-muxlink-2 server"
-
-
 def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes,
            binding: bytes) -> bytes:
     """``binding``: the link's tls-exporter (32 bytes), or empty on a plain link."""
     _check_nonce(mux_nonce)
     _check_nonce(server_nonce)
     if len(binding) not in (0, BINDING_BYTES):
-        raise ValueError(f"a channel binding is {BINDING_BYTES} bytes (or empty), "
+        raise LocalProtocolError(f"a channel binding is {BINDING_BYTES} bytes (or empty), "
                          f"not {len(binding)}")
     return hmac.new(secret, label + mux_nonce + server_nonce + binding, hashlib.sha256).digest()
 
@@ -373,7 +409,7 @@ class SessionOpen:
     def encode(self) -> bytes:
         address = ipaddress.ip_address(self.client_address)
         if not self.legacy_tls and (self.tls_version or self.cipher):
-            raise ValueError("TLS version and cipher are for legacy-SSL sessions only")
+            raise LocalProtocolError("TLS version and cipher are for legacy-SSL sessions only")
         return (bytes([address.version]) + address.packed.ljust(16, b"\0")
                 + struct.pack("!HHB", self.client_port, self.local_port, int(self.legacy_tls))
                 + _short_text(self.tls_version, "TLS version")
@@ -385,12 +421,12 @@ class SessionOpen:
         address = _address(r.u8(), r.take(16))
         client_port, local_port, transport = r.u16(), r.u16(), r.u8()
         if transport > 1:
-            raise LinkProtocolError(f"OPEN transport {transport} (0 plain, 1 legacy SSL)")
+            raise RemoteProtocolError(f"OPEN transport {transport} (0 plain, 1 legacy SSL)")
         tls_version = r.text(r.u8())
         cipher = r.text(r.u8())
         r.end()
         if not transport and (tls_version or cipher):
-            raise LinkProtocolError("OPEN of a plain session with TLS details")
+            raise RemoteProtocolError("OPEN of a plain session with TLS details")
         return cls(str(address), client_port, local_port, bool(transport), tls_version, cipher)
 
     @property
@@ -404,11 +440,11 @@ class SessionOpen:
 def _address(family: int, raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if family == 4:
         if any(raw[4:]):
-            raise LinkProtocolError("OPEN: IPv4 address with bytes after the first 4")
+            raise RemoteProtocolError("OPEN: IPv4 address with bytes after the first 4")
         return ipaddress.IPv4Address(raw[:4])
     if family == 6:
         return ipaddress.IPv6Address(raw)
-    raise LinkProtocolError(f"OPEN address family {family} (4 or 6)")
+    raise RemoteProtocolError(f"OPEN address family {family} (4 or 6)")
 
 
 @dataclass(frozen=True)
@@ -429,32 +465,32 @@ class Close:
         try:
             reason = CloseReason(code)
         except ValueError:
-            raise LinkProtocolError(f"unknown close reason {code}") from None
+            raise RemoteProtocolError(f"unknown close reason {code}") from None
         return cls(reason, r.text(len(payload) - 1))
 
 
 def encode_window(credit: int) -> bytes:
     if not 0 <= credit <= MAX_CREDIT:
-        raise ValueError(f"window credit {credit} out of range")
+        raise LocalProtocolError(f"window credit {credit} out of range")
     return credit.to_bytes(4, "big")
 
 
 def decode_window(payload: bytes) -> int:
     if len(payload) != 4:
-        raise LinkProtocolError(f"WINDOW payload of {len(payload)} bytes (4)")
+        raise RemoteProtocolError(f"WINDOW payload of {len(payload)} bytes (4)")
     return int.from_bytes(payload, "big")
 
 
 def check_ping(payload: bytes) -> bytes:
     """PING and PONG carry exactly 8 opaque bytes."""
-    if len(payload) != 8:
-        raise LinkProtocolError(f"PING/PONG payload of {len(payload)} bytes (8)")
+    if len(payload) != PING_BYTES:
+        raise RemoteProtocolError(f"PING/PONG payload of {len(payload)} bytes ({PING_BYTES})")
     return bytes(payload)
 
 
 def check_data(payload: bytes) -> bytes:
     if not payload:
-        raise LinkProtocolError("empty DATA frame")
+        raise RemoteProtocolError("empty DATA frame")
     return payload
 
 

@@ -46,18 +46,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import ipaddress
 import logging
-import secrets
 from dataclasses import dataclass, field
 
 from iim._fastmux import LinkTls, LinkTlsContext, LinkTlsError
 from iim.conf.limits import ServerLimits
+from iim.linkconnection import (
+    Flow, HelloReceived, LinkClosed, LinkConnection, LinkSettings, LinkState, LinkUp,
+    SessionClosed, SessionCredit, SessionData, SessionOpened,
+)
 from iim.muxlink import (
-    MAX_CREDIT, MAX_PAYLOAD, Auth, Challenge, Close, CloseReason, Frame, FrameDecoder,
-    FrameType, Hello, LinkProtocolError, Ready, SessionOpen, check_mux_proof, decode_payload,
-    encode_frame, encode_window, server_proof,
+    LINGER_SECONDS, MAX_CREDIT, MAX_PAYLOAD, TLS_HANDSHAKE, CloseReason,
 )
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 
@@ -65,10 +65,11 @@ from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
 from .quota import TokenBucket, source_of
 
+__all__ = ["LinkState", "MuxCarrier", "MuxLinkConfig", "MuxLinkProtocol", "MuxListener",
+           "link_tls_context", "start_mux_listener"]
+
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
-LINGER_SECONDS = 2.0
 LOW_WATER = HIGH_WATER // 4
-TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
 UNAUTHENTICATED = ("mux links are not authenticated (no iim_server.muxlink_secretfile): "
                    "accepted from loopback only")
 
@@ -104,6 +105,8 @@ class MuxLinkConfig:
     open_rate: int = ServerLimits.muxlink_open_rate
     """OPENs per second on one link, bursts of twice that (``iim_server.muxlink_open_rate``)."""
     networks: tuple = field(init=False, repr=False)
+    settings: LinkSettings = field(init=False, repr=False)
+    """What each link's LinkConnection is told (the protocol's part of the above)."""
 
     def __post_init__(self) -> None:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allow)
@@ -111,6 +114,11 @@ class MuxLinkConfig:
             raise ValueError(f"initial window {self.initial_window} out of range")
         if self.ping_timeout is None:
             self.ping_timeout = self.ping_interval
+        self.settings = LinkSettings(
+            secret=self.secret, initial_window=self.initial_window,
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            handshake_timeout=self.handshake_timeout, max_sessions=self.max_sessions,
+            open_rate=self.open_rate)
 
     def allows(self, host: str) -> bool:
         address = _ip(host)
@@ -125,25 +133,18 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return getattr(address, "ipv4_mapped", None) or address
 
 
-class LinkState(enum.Enum):
-    HELLO = "waiting for HELLO"
-    AUTH = "waiting for AUTH"
-    UP = "up"
-    CLOSED = "closed"
-
-
 class MuxCarrier:
-    """A ClientSession's carrier over one session of a link."""
+    """A ClientSession's carrier over one session of a link. Its credit and allowance
+    are the connection's ``Flow``; what waits for credit waits here."""
 
-    def __init__(self, link: "MuxLinkProtocol", sid: int, peer: str, window: int,
+    def __init__(self, link: "MuxLinkProtocol", sid: int, peer: str, flow: Flow,
                  source: str | None = None) -> None:
         self.link = link
         self.sid = sid
         self.peer = peer
         self.source = source        # the client's, from OPEN: what per-source limits count
+        self.flow = flow
         self.close_reason = CloseReason.NORMAL      # what our CLOSE will say
-        self.credit = window        # bytes we may still send (granted by the mux)
-        self.allowance = window     # bytes the mux may still send us (granted by us)
         self.closed = False         # close() called or the mux closed: no more writes
         self.ended = False          # CLOSE sent or received: the id is forgotten
         self.blocked = False        # above HIGH_WATER: the session holds its stanzas
@@ -152,6 +153,16 @@ class MuxCarrier:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def credit(self) -> int:
+        """Bytes we may still send (granted by the mux)."""
+        return self.flow.credit
+
+    @property
+    def allowance(self) -> int:
+        """Bytes the mux may still send us (granted by us)."""
+        return self.flow.allowance
 
     # -- the Carrier protocol (iim.server.c2s) --------------------------------------
 
@@ -180,30 +191,31 @@ class MuxCarrier:
 
     # -- the link's side ------------------------------------------------------------
 
-    def granted(self, credit: int) -> None:
-        """WINDOW from the mux."""
-        if self.credit + credit > MAX_CREDIT:
-            raise LinkProtocolError(f"WINDOW raises session {self.sid}'s credit above 2^32-1")
-        self.credit += credit
-        self.flush()
-
     def flush(self) -> None:
-        while self._queue and self.credit > 0 and self.link.can_send_data:
-            chunk = self._take(min(self.credit, MAX_PAYLOAD))
-            self.credit -= len(chunk)
-            self.link.send(FrameType.DATA, self.sid, chunk)
+        flow, link = self.flow, self.link
+        while self._queue and flow.credit > 0 and link.can_send_data:
+            link.send_data(self.sid, self._take(min(flow.credit, MAX_PAYLOAD)))
         if self.closed and not self._queue:
             self.end()
         elif self.blocked and self._queued <= LOW_WATER:
             self._unblock()
+
+    def received(self, size: int) -> None:
+        """The session consumed ``size`` bytes of DATA: grant them back, unless its
+        own output is backed up (then owe them, as a socket client is not read)."""
+        if self.closed:
+            return
+        if self.blocked:
+            self.owed += size
+            return
+        self.link.grant(self.sid, size)
 
     def _unblock(self) -> None:
         """Drained: the session sends its held stanzas; the mux gets its withheld credit."""
         self.blocked = False
         _call(self.session, "resume_writing")
         if self.owed and not self.closed:
-            self.allowance += self.owed
-            self.link.send(FrameType.WINDOW, self.sid, encode_window(self.owed))
+            self.link.grant(self.sid, self.owed)
             self.owed = 0
 
     def _take(self, size: int) -> bytes:
@@ -231,7 +243,11 @@ class MuxCarrier:
 
 
 class MuxLinkProtocol(asyncio.Protocol):
-    """One link from a multiplexor relay thread."""
+    """One link from a multiplexor relay thread: the asyncio adapter over a
+    LinkConnection (iim/linkconnection.py). It moves bytes (through the link's
+    TLS session when there is one), arms the connection's one timer, and turns
+    session events into ClientSession calls; the protocol decisions are the
+    connection's."""
 
     def __init__(self, ctx: SessionContext, config: MuxLinkConfig | None = None,
                  links: set | None = None) -> None:
@@ -239,28 +255,24 @@ class MuxLinkProtocol(asyncio.Protocol):
         self.config = config or MuxLinkConfig()
         self.links = links if links is not None else set()
         self.log = ctx.log
-        self.state = LinkState.HELLO
+        self.conn: LinkConnection | None = None
         self.sessions: dict[int, ClientSession] = {}
         self.name = "mux link"
         self.transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder()
-        self._nonce = secrets.token_bytes(32)
-        self._hello: Hello | None = None
-        self._last_sid = 0
-        self._out: list[bytes] = []
         self._flush_scheduled = False
         self._paused = False
         self._closed_why: str | None = None
         self._severity = logging.INFO
         self._timer: asyncio.TimerHandle | None = None
-        self._last_rx = 0.0
-        self._ping: bytes | None = None
-        self._ping_deadline = 0.0
+        self._timer_at = 0.0
+        self._linger: asyncio.TimerHandle | None = None
         self._loopback = False
         self._started = False           # the first byte arrived (TLS or plain decided)
         self._tls: LinkTls | None = None
-        self._binding = b""             # the TLS session's tls-exporter (RFC 9266)
-        self._opens = TokenBucket(self.config.open_rate)
+
+    @property
+    def state(self) -> LinkState:
+        return self.conn.state if self.conn is not None else LinkState.CLOSED
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -271,34 +283,32 @@ class MuxLinkProtocol(asyncio.Protocol):
         self.name = f"mux link from {_address(host, port)}"
         if not self.config.allows(host):
             self._closed_why = "refused"
-            self.state = LinkState.CLOSED
             self.log.warning("%s refused: not an allowed source (iim_server.muxlink_allow)",
                              self.name)
             transport.abort()
             return
         self._loopback = _ip(host).is_loopback
+        self.conn = LinkConnection(self.config.settings, now=self.loop.time(),
+                                   loopback=self._loopback,
+                                   admit_open=TokenBucket(self.config.open_rate).allow)
         self.links.add(self)
         _connections(self.ctx).add(self)
-        self._timer = self.loop.call_later(self.config.handshake_timeout, self._set_up_expired)
+        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self.state is LinkState.CLOSED:
+        conn = self.conn
+        if conn is None or conn.state is LinkState.CLOSED:
             return
-        self._last_rx = self.loop.time()
         if not self._started and not self._start(data[0]):
             return
         if self._tls is not None:
             data = self._decrypt(data)
             if not data:
                 return
-        try:
-            for frame in self._decoder.feed(data):
-                self._receive(frame)
-                if self.state is LinkState.CLOSED:
-                    break
-        except LinkProtocolError as exc:
-            self.close_link(exc.reason, str(exc))
+        conn.receive_data(data, self.loop.time())
+        self._handle_events()
         self._flush_out()
+        self._arm_timer()
 
     def eof_received(self) -> bool:
         return False
@@ -324,7 +334,6 @@ class MuxLinkProtocol(asyncio.Protocol):
                    "iim_server.muxlink_tls is off and it leaves the host")
             self.close_link(CloseReason.TLS, f"this link must use TLS ({why})",
                             log=f"refused without TLS: {why}")
-            self._flush_out()
             return False
         return True
 
@@ -339,13 +348,14 @@ class MuxLinkProtocol(asyncio.Protocol):
         out = tls.outgoing()
         if out:
             self.transport.write(out)
-        if not self._binding and tls.handshake_done:
-            self._binding = tls.exporter()
+        if not self.conn.binding and tls.handshake_done:
+            self.conn.set_binding(tls.exporter())
         return plain
 
     def _refuse(self, why: str) -> None:
         """Close without a LINKCLOSE (none can be read here): one log line."""
         self._closed_why, self._severity = why, logging.WARNING
+        self.conn.abort()
         self._shut(linger=False)
 
     def pause_writing(self) -> None:
@@ -357,115 +367,69 @@ class MuxLinkProtocol(asyncio.Protocol):
             session.carrier.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed_why == "refused":
-            return
+        if self.conn is None:
+            return                          # refused at connection_made
         self.links.discard(self)
         _connections(self.ctx).discard(self)
         self._cancel_timer()
-        if self.state is not LinkState.CLOSED:
+        if self._linger is not None:
+            self._linger.cancel()
+        if self.conn.state is not LinkState.CLOSED:
             why = f"{exc}" if exc else "the multiplexor closed the connection"
             self._closed_why, self._severity = f"lost ({why})", logging.WARNING
-            self.state = LinkState.CLOSED
+            self.conn.abort()
             self._end_sessions()
 
-    # -- frames in --------------------------------------------------------------------
+    # -- events in --------------------------------------------------------------------
 
-    def _receive(self, frame: Frame) -> None:
-        if frame.type is FrameType.LINKCLOSE:
-            self._on_linkclose(decode_payload(frame))
-            return
-        expected = {LinkState.HELLO: (FrameType.HELLO,), LinkState.AUTH: (FrameType.AUTH,),
-                    LinkState.UP: _UP_FRAMES}[self.state]
-        if frame.type not in expected:
-            raise LinkProtocolError(f"unexpected {frame.type.name} ({self.state.value})")
-        getattr(self, f"_on_{frame.type.name.lower()}")(frame)
+    def _handle_events(self) -> None:
+        """Act on the connection's events, one frame at a time (see LinkConnection)."""
+        conn, handlers = self.conn, self._handlers
+        while (event := conn.next_event()) is not None:
+            handlers[type(event)](self, event)
 
-    def _on_hello(self, frame: Frame) -> None:
-        self._hello = Hello.decode(frame.payload)
-        self.name += f" (instance {self._hello.instance}, thread {self._hello.thread})"
-        if self.config.secret is None and not self._loopback:
-            self.close_link(CloseReason.AUTH, "links from beyond the server's host need the "
-                            "shared secret", log="refused: not loopback, and no shared secret "
-                            "(iim_server.muxlink_secretfile)")
-            return
-        self.state = LinkState.AUTH
-        challenge = Challenge(self.config.secret is not None, self._nonce)
-        self.send(FrameType.CHALLENGE, 0, challenge.encode())
+    def _on_hello(self, event: HelloReceived) -> None:
+        self.name += f" (instance {event.hello.instance}, thread {event.hello.thread})"
 
-    def _on_auth(self, frame: Frame) -> None:
-        proof = Auth.decode(frame.payload).proof
-        secret = self.config.secret
-        problem = _auth_problem(secret, proof, self._hello.nonce, self._nonce, self._binding)
-        if problem:
-            self.close_link(CloseReason.AUTH, "authentication failed",
-                            log=f"authentication failed: {problem}")
-            return
-        ours = server_proof(secret, self._hello.nonce, self._nonce, self._binding) \
-            if secret else b""
-        self.send(FrameType.READY, 0, Ready(self.config.initial_window, ours).encode())
-        self.state = LinkState.UP
-        self.log.info("%s up%s%s", self.name, " (shared secret proved)" if secret else "",
+    def _on_up(self, event: LinkUp) -> None:
+        self.log.info("%s up%s%s", self.name,
+                      " (shared secret proved)" if event.secret_proved else "",
                       f" ({self._tls.version} {self._tls.cipher})" if self._tls else "")
-        self._cancel_timer()
-        self._keepalive()
 
-    def _on_linkclose(self, close: Close) -> None:
-        text = f" ({_printable(close.text)})" if close.text else ""
-        self._closed_why = f"by the multiplexor: {close.reason}{text}"
-        self._severity = logging.INFO if close.reason in _CALM else logging.WARNING
-        self._shut(linger=False)
+    def _on_link_closed(self, event: LinkClosed) -> None:
+        why = event.why
+        if event.by_peer and event.text:
+            why += f" ({_printable(event.text)})"
+        if event.limit is not None:
+            limit_log = getattr(self.ctx, "limit_log", None)
+            if limit_log is not None:
+                limit_log.hit(event.limit, self.loop.time(), self.name)
+        self._closed_why = why
+        self._severity = logging.INFO if event.reason in _CALM else logging.WARNING
+        self._shut(linger=not event.by_peer)
 
-    def _on_ping(self, frame: Frame) -> None:
-        self.send(FrameType.PONG, 0, decode_payload(frame))
-
-    def _on_pong(self, frame: Frame) -> None:
-        if decode_payload(frame) == self._ping:
-            self._ping = None
-
-    def _on_open(self, frame: Frame) -> None:
-        opened = SessionOpen.decode(frame.payload)
-        if frame.sid <= self._last_sid:
-            raise LinkProtocolError(f"OPEN of session {frame.sid}: ids must increase "
-                                    f"(last was {self._last_sid})")
-        self._last_sid = frame.sid
-        if self._over_link_limits():
-            return
+    def _on_open(self, event: SessionOpened) -> None:
+        opened, sid = event.opened, event.sid
         source = source_of(opened.client_address)
         admission = self.config.admission
         refusal = admission.refusal(source) if admission is not None else None
         if refusal is Refusal.RATE:         # at once, as the listener closes a socket
-            self.send(FrameType.CLOSE, frame.sid,
-                      Close(CloseReason.OVERLOAD, refusal.stream_error().text).encode())
+            self.conn.close_session(sid, CloseReason.OVERLOAD, refusal.stream_error().text)
+            self._want_flush()
             return
-        carrier = MuxCarrier(self, frame.sid, opened.peer, self.config.initial_window, source)
+        carrier = MuxCarrier(self, sid, opened.peer, self.conn.flows[sid], source)
         session = ClientSession(self.ctx, carrier, secure_transport=opened.legacy_tls,
                                 loop=self.loop)
         carrier.session = session
-        self.sessions[frame.sid] = session
+        self.sessions[sid] = session
         tls = f", legacy SSL {opened.tls_version} {opened.cipher}" if opened.legacy_tls else ""
-        self.log.debug("%s: session %d for %s to port %d%s", self.name, frame.sid,
+        self.log.debug("%s: session %d for %s to port %d%s", self.name, sid,
                        carrier.peer, opened.local_port, tls)
         if refusal is Refusal.COUNT:        # the client reads the stream error, then CLOSE
             carrier.close_reason = CloseReason.OVERLOAD
             session.close(refusal.stream_error())
             return
         self._refuse_if_flooded(session)
-
-    def _over_link_limits(self) -> bool:
-        """``muxlink_max_sessions`` and ``muxlink_open_rate``: beyond, the whole link goes
-        (a mux that floods is broken or not ours), logged by the limit log."""
-        config, now = self.config, self.loop.time()
-        if len(self.sessions) >= config.max_sessions:
-            param, text = "muxlink_max_sessions", f"more than {config.max_sessions} sessions"
-        elif not self._opens.allow(now):
-            param, text = "muxlink_open_rate", f"more than {config.open_rate} OPENs per second"
-        else:
-            return False
-        limit_log = getattr(self.ctx, "limit_log", None)
-        if limit_log is not None:
-            limit_log.hit(f"iim_server.{param}", now, self.name)
-        self.close_link(CloseReason.OVERLOAD, f"{text} on one link (iim_server.{param})")
-        return True
 
     def _refuse_if_flooded(self, session: ClientSession) -> None:
         limit = self.config.max_unauthenticated
@@ -475,88 +439,77 @@ class MuxLinkProtocol(asyncio.Protocol):
             session.close(StreamError(StreamErrorCondition.RESOURCE_CONSTRAINT,
                                       "too many connections negotiating"))
 
-    def _on_data(self, frame: Frame) -> None:
-        data = decode_payload(frame)
-        session = self._session(frame)
+    def _on_data(self, event: SessionData) -> None:
+        session = self.sessions.get(event.sid)
         if session is None:
-            return
-        carrier = session.carrier
-        if len(data) > carrier.allowance:
-            raise LinkProtocolError(f"session {frame.sid}: {len(data)} bytes of DATA beyond "
-                                    f"the {carrier.allowance} bytes of credit granted")
-        carrier.allowance -= len(data)
-        self._consume(session, data)
-        if carrier.closed:
-            return
-        if carrier.blocked:                 # its client is not reading: nor do we
-            carrier.owed += len(data)
-            return
-        carrier.allowance += len(data)
-        self.send(FrameType.WINDOW, frame.sid, encode_window(len(data)))
-
-    def _consume(self, session: ClientSession, data: bytes) -> None:
-        """One session's failure must not take the link's other sessions with it."""
+            return                          # we closed it, in this same read
         try:
-            session.data_received(data)
+            session.data_received(event.data)
         except Exception:  # noqa: BLE001 - logged with its traceback, the session ends
             self.log.exception("c2s %s: internal error; closing the session",
                                session.carrier.peer)
             session.connection_lost()
+        session.carrier.received(len(event.data))
 
-    def _on_window(self, frame: Frame) -> None:
-        credit = decode_payload(frame)
-        session = self._session(frame)
+    def _on_credit(self, event: SessionCredit) -> None:
+        session = self.sessions.get(event.sid)
         if session is not None:
-            session.carrier.granted(credit)
+            session.carrier.flush()
 
-    def _on_close(self, frame: Frame) -> None:
-        close = decode_payload(frame)
-        session = self._session(frame)
+    def _on_session_closed(self, event: SessionClosed) -> None:
+        session = self.sessions.pop(event.sid, None)
         if session is None:
             return
-        del self.sessions[frame.sid]
         session.carrier.detach()
         self.log.debug("%s: session %d closed by the multiplexor: %s %s", self.name,
-                       frame.sid, close.reason, _printable(close.text))
+                       event.sid, event.reason, _printable(event.text))
         session.connection_lost()
 
-    def _session(self, frame: Frame) -> ClientSession | None:
-        """The open session a frame is for; None when it crossed our CLOSE."""
-        session = self.sessions.get(frame.sid)
-        if session is None and frame.sid > self._last_sid:
-            raise LinkProtocolError(f"{frame.type.name} for session {frame.sid}, never opened")
-        return session
+    _handlers = {
+        HelloReceived: _on_hello,
+        LinkUp: _on_up,
+        LinkClosed: _on_link_closed,
+        SessionOpened: _on_open,
+        SessionData: _on_data,
+        SessionCredit: _on_credit,
+        SessionClosed: _on_session_closed,
+    }
 
     # -- frames out -------------------------------------------------------------------
 
     @property
     def can_send_data(self) -> bool:
-        return self.state is LinkState.UP and not self._paused
+        return self.conn.state is LinkState.UP and not self._paused
 
-    def send(self, ftype: FrameType, sid: int, payload: bytes = b"") -> None:
-        if self.state is LinkState.CLOSED:
-            return
-        self._out.append(encode_frame(ftype, sid, payload))
+    def send_data(self, sid: int, data: bytes) -> None:
+        self.conn.send_data(sid, data)
+        self._want_flush()
+
+    def grant(self, sid: int, credit: int) -> None:
+        self.conn.grant(sid, credit)
+        self._want_flush()
+
+    def _want_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         self._flush_scheduled = False
-        if self._out and not self.transport.is_closing():
-            data = b"".join(self._out)
+        data = self.conn.data_to_send()
+        if data and not self.transport.is_closing():
             if self._tls is not None:
                 self._tls.send(data)
                 data = self._tls.outgoing()
             self.transport.write(data)
-        self._out.clear()
 
     def session_ended(self, carrier: MuxCarrier, reason: CloseReason) -> None:
         """A carrier is done (its session closed): tell the mux, forget the id."""
         session = self.sessions.get(carrier.sid)
         if session is not None and session.carrier is carrier:
             del self.sessions[carrier.sid]
-            self.send(FrameType.CLOSE, carrier.sid, Close(reason).encode())
+            self.conn.close_session(carrier.sid, reason)
+            self._want_flush()
 
     # -- ending the link ----------------------------------------------------------------
 
@@ -570,9 +523,9 @@ class MuxLinkProtocol(asyncio.Protocol):
         before the mux reads why."""
         if self.state is LinkState.CLOSED:
             return
+        self.conn.close(reason, text)
         self._closed_why = log or f"{reason} ({text})"
         self._severity = logging.INFO if reason in _CALM else logging.WARNING
-        self.send(FrameType.LINKCLOSE, 0, Close(reason, text).encode())
         self._shut(linger=True)
 
     def shutdown(self) -> None:
@@ -584,13 +537,13 @@ class MuxLinkProtocol(asyncio.Protocol):
         self.close_link(CloseReason.SHUTDOWN, "the server is stopping")
 
     def _shut(self, linger: bool) -> None:
+        """The connection is closed: send its last bytes, end the sessions, close."""
         self._flush_out()
-        self.state = LinkState.CLOSED
         self._cancel_timer()
         self._end_sessions()
         if linger and self.transport.can_write_eof():
             self.transport.write_eof()
-            self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
+            self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
         else:
             self.transport.close()
 
@@ -604,30 +557,27 @@ class MuxLinkProtocol(asyncio.Protocol):
         self.log.log(self._severity, "%s closed: %s; %d session%s ended", self.name,
                      self._closed_why, len(sessions), "" if len(sessions) == 1 else "s")
 
-    # -- timers -------------------------------------------------------------------------
+    # -- the connection's timer -------------------------------------------------------------
 
-    def _set_up_expired(self) -> None:
+    def _arm_timer(self) -> None:
+        """One asyncio timer at the connection's next deadline. A later deadline
+        (every frame moves the keepalive's) leaves an earlier timer armed: it
+        fires, finds nothing due, and is armed again."""
+        when = self.conn.get_timer()
+        if when is None:
+            self._cancel_timer()
+        elif self._timer is None or when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = self.loop.call_at(when, self._on_timer), when
+
+    def _on_timer(self) -> None:
         self._timer = None
-        self.close_link(CloseReason.TIMEOUT, f"link set-up not finished in "
-                                        f"{self.config.handshake_timeout:g}s")
-
-    def _keepalive(self) -> None:
-        now, config = self.loop.time(), self.config
-        if self._ping is not None and now >= self._ping_deadline:
-            self.close_link(CloseReason.TIMEOUT, f"no PONG in {config.ping_timeout:g}s")
-            return
-        if self._ping is None:
-            idle = now - self._last_rx
-            if idle < config.ping_interval:
-                self._schedule(config.ping_interval - idle)
-                return
-            self._ping = secrets.token_bytes(8)
-            self._ping_deadline = now + config.ping_timeout
-            self.send(FrameType.PING, 0, self._ping)
-        self._schedule(self._ping_deadline - now)
-
-    def _schedule(self, delay: float) -> None:
-        self._timer = self.loop.call_later(max(delay, 0.0), self._keepalive)
+        self.conn.handle_timer(self.loop.time())
+        self._handle_events()
+        self._flush_out()
+        if self.conn.state is not LinkState.CLOSED:
+            self._arm_timer()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -636,8 +586,6 @@ class MuxLinkProtocol(asyncio.Protocol):
 
 
 _CALM = (CloseReason.NORMAL, CloseReason.SHUTDOWN)
-_UP_FRAMES = (FrameType.OPEN, FrameType.DATA, FrameType.CLOSE, FrameType.WINDOW,
-              FrameType.PING, FrameType.PONG)
 
 
 def link_tls_context(material) -> LinkTlsContext:
@@ -650,20 +598,6 @@ def link_tls_context(material) -> LinkTlsContext:
                                      serialization.NoEncryption())
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in wire_chain(material))
     return LinkTlsContext(server=True, key_pem=key, chain_pem=chain)
-
-
-def _auth_problem(secret: bytes | None, proof: bytes, mux_nonce: bytes,
-                  server_nonce: bytes, binding: bytes = b"") -> str | None:
-    """Why AUTH fails (a line for the log), or None. Never includes the secret."""
-    if secret is None:
-        return ("the multiplexor sent a proof but no iim_server.muxlink_secretfile is "
-                "configured") if proof else None
-    if not proof:
-        return "no proof, and a shared secret is required (iim_mux.muxlink_secretfile)"
-    if not check_mux_proof(secret, mux_nonce, server_nonce, proof, binding):
-        return ("wrong proof: the shared secrets differ" + (
-            ", or the set-up was relayed from another TLS session" if binding else ""))
-    return None
 
 
 def _call(session: ClientSession | None, hook: str) -> None:
