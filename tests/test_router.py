@@ -9,6 +9,7 @@ test_roster and test_services.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from datetime import datetime, timezone
 from xml.etree.ElementTree import Element
@@ -17,7 +18,8 @@ import pytest
 
 from iim.conf.limits import ServerLimits
 from iim.server.offline import parse_stored
-from iim.server.router import Router
+from iim.server.c2s import SessionRouter
+from iim.server.router import Addressing, Router
 from iim.server.stanzas import MessageType, bounce
 from iim.server.storage import RosterItem, Storage, Subscription
 from iim.xmpp.errors import (
@@ -616,6 +618,26 @@ def test_shutdown_closes_sessions_and_later_messages_are_stored(world):
     latecomer = world.login("juliet@example.com/again")
     latecomer.send(chat("romeo@example.com"))
     assert len(world.storage.offline_messages("romeo")) == 1
+
+
+# ---------------------------------------------------------------------------
+# The shape: what a session asks of the router, and the dispatch table
+
+
+def test_the_router_answers_every_call_a_session_makes():
+    """``SessionContext.router`` is a ``SessionRouter``: the router has each of
+    its calls, with the same parameters."""
+    calls = [name for name in vars(SessionRouter) if not name.startswith("_")]
+    assert len(calls) == 7
+    for name in calls:
+        wanted = inspect.signature(getattr(SessionRouter, name)).parameters
+        assert list(inspect.signature(getattr(Router, name)).parameters) == list(wanted), name
+
+
+def test_every_message_and_iq_has_a_handler_wherever_it_is_addressed(world):
+    table = world.router._table
+    for kind in (C + "message", C + "iq"):
+        assert {addressing for k, addressing in table if k == kind} == set(Addressing)
 
 
 def test_stanzas_that_are_not_message_presence_or_iq_are_ignored(world):

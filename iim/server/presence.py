@@ -187,7 +187,7 @@ class _Resource:
 
 
 class Presence:
-    """Presence and subscriptions for the router's users."""
+    """Presence and subscriptions for the users of one domain."""
 
     def __init__(self, sessions: Sessions, roster: Roster, offline: OfflineStore,
                  remote: RemoteDomains, *, log: logging.Logger | None = None) -> None:
