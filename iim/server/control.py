@@ -239,7 +239,7 @@ class ControlServer:
         if problem:
             return {"ok": False, "error": problem}, None
         try:
-            return getattr(self, "_" + request["op"])()
+            return self._answers[request["op"]](self)
         except Exception as exc:  # noqa: BLE001 - a bug must not leave iim.admin waiting
             self.server.log.exception("control: %s failed", request["op"])
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}, None
@@ -258,6 +258,9 @@ class ControlServer:
     def _stop(self):
         self.server.log.info("stop requested on the control socket")
         return {"ok": True, "pid": os.getpid()}, self.on_stop
+
+    #: One answer per request (iim.control.OPS, which bad_request checked).
+    _answers = {"status": _status, "refresh": _refresh, "stop": _stop}
 
     def close(self) -> None:
         if self._listener is not None:
