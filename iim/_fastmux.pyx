@@ -90,6 +90,9 @@ from iim.includes.posix cimport ssize_t
 
 
 # --- wire format (docs/muxlink.md) -------------------------------------------
+# C copies of what iim/muxlink.py defines (the one definition), for the loop's
+# speed; wire_constants() hands them to tests/test_muxlink_constants.py, which
+# fails when one differs. Every name in this block is one of them.
 
 cdef enum:
     HEADER = 12
@@ -106,7 +109,20 @@ cdef enum:
     R_PROTOCOL = 1
     R_SHUTDOWN = 4
     R_TIMEOUT = 6
+
+cdef enum:
     NO_CLOSE = -1               # session_free: send nothing upstream
+
+
+def wire_constants():
+    """The relay core's copies of the link protocol's constants, by their C names."""
+    return {"HEADER": HEADER, "MAX_PAYLOAD": MAX_PAYLOAD, "T_HELLO": T_HELLO,
+            "T_LINKCLOSE": T_LINKCLOSE, "T_PING": T_PING, "T_PONG": T_PONG,
+            "T_OPEN": T_OPEN, "T_DATA": T_DATA, "T_CLOSE": T_CLOSE, "T_WINDOW": T_WINDOW,
+            "R_NORMAL": R_NORMAL, "R_PROTOCOL": R_PROTOCOL, "R_SHUTDOWN": R_SHUTDOWN,
+            "R_TIMEOUT": R_TIMEOUT, "REASON_NAMES": REASON_NAMES,
+            "EXPORTER_LABEL": <bytes>EXPORTER_LABEL,
+            "CHANNEL_BINDING_BYTES": CHANNEL_BINDING_BYTES}
 
 # --- loop tuning and state ---------------------------------------------------
 
