@@ -33,14 +33,14 @@ def refreshed(fed: Federation, text: str, tmp_path) -> Federation:
 def test_refresh_applies_the_new_policy_and_keeps_a_random_dialback_secret(tmp_path):
     async def run():
         fed = federation("", tmp_path)
-        key = dialback_key(fed.policy.dialback_secret, "b.example", "a.example", "S1")
+        key = dialback_key(fed.context.policy.dialback_secret, "b.example", "a.example", "S1")
         refreshed(fed, 'iim_server.requiressl = "false"\niim_server.trust_all_cert = "true"\n'
                        'iim_server.s2s_queue_limit = "7"\n', tmp_path)
         return fed, key
 
     fed, key = asyncio.run(run())
-    assert fed.trust_all_cert and fed.queue_limit == 7
-    assert key_is_valid(fed.policy.dialback_secret, "b.example", "a.example", "S1", key)
+    assert fed.context.trust_all_cert and fed.queue_limit == 7
+    assert key_is_valid(fed.context.policy.dialback_secret, "b.example", "a.example", "S1", key)
 
 
 def test_refresh_rereads_a_dialback_secret_file(tmp_path):
@@ -51,9 +51,9 @@ def test_refresh_rereads_a_dialback_secret_file(tmp_path):
 
     async def run():
         fed = federation(line, tmp_path)
-        before = fed.policy.dialback_secret
+        before = fed.context.policy.dialback_secret
         secret.write_text("Internal (Software) Token:second-secret\n")
         refreshed(fed, line, tmp_path)
-        return before, fed.policy.dialback_secret
+        return before, fed.context.policy.dialback_secret
 
     assert asyncio.run(run()) == (b"first-secret", b"second-secret")

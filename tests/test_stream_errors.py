@@ -30,7 +30,7 @@ import pytest
 from iim.keys.material import KeyMaterial
 from iim.server.federation import _contexts
 from iim.server.resolve import Target
-from iim.server.s2s import IncomingServerSession, OutgoingServerSession
+from iim.server.s2s import IncomingServerSession, OutgoingServerSession, S2SContext
 from iim.xmpp.client_stream import ClientStream, TLSMode
 from iim.xmpp.errors import StreamError
 from iim.xmpp.errors import StreamErrorCondition as Cond
@@ -443,16 +443,16 @@ class MemoryCarrier:
 
 
 class FakeFederation:
-    """What a session asks of its Federation, for one domain."""
-
-    trust_all_cert = False
-    negotiation_timeout = idle_timeout = 3600
+    """What a session reports to its Federation, for one domain; ``context`` is
+    what the session is given (iim.server.s2s.S2SContext)."""
 
     def __init__(self, domain: str, material: KeyMaterial) -> None:
-        self.log = logging.getLogger(f"iim.test.{domain}")
-        self.anchors = tuple(material.trust_anchors)
-        self.server_tls, self.client_tls = _contexts(material)
-        self.policy = s2s_policy(domain, tls_offered=True)
+        server_tls, client_tls = _contexts(material)
+        self.context = S2SContext(s2s_policy(domain, tls_offered=True),
+                                  logging.getLogger(f"iim.test.{domain}"), self,
+                                  server_tls=server_tls, client_tls=client_tls,
+                                  anchors=tuple(material.trust_anchors),
+                                  negotiation_timeout=3600, idle_timeout=3600)
         self.closed: list = []
 
     def incoming_opened(self, session) -> None:
@@ -496,8 +496,8 @@ def federate(ca, a_names, b_names):
     wire_a, wire_b = MemoryCarrier(), MemoryCarrier()
 
     async def run():
-        out = OutgoingServerSession(fed_a, B, None)
-        inc = IncomingServerSession(fed_b, wire_b)
+        out = OutgoingServerSession(fed_a.context, B, None)
+        inc = IncomingServerSession(fed_b.context, wire_b)
         taps = tap(out), tap(inc)
         out.connected(wire_a, Target("127.0.0.1", 5269, "test"))
         for _ in range(30):

@@ -73,7 +73,7 @@ from .c2s import HIGH_WATER
 from .listener import SocketCarrier
 from .quota import LimitLog, TokenBucket
 from .resolve import Resolver, Target, Unresolvable
-from .s2s import IncomingServerSession, OutgoingServerSession
+from .s2s import IncomingServerSession, OutgoingServerSession, S2SContext
 
 CONNECT_TIMEOUT = 15.0
 
@@ -87,9 +87,6 @@ class Federation:
         server = config.server
         self.config, self.router, self.log = config, router, log
         self.domain = router.domain
-        self.trust_all_cert = server.trust_all_cert
-        self.negotiation_timeout = server.negotiation_timeout
-        self.idle_timeout = server.s2s_idle_timeout
         self.queue_limit = server.s2s_queue_limit
         self.limits: ServerLimits = server.limits
         self.limit_log = limit_log or LimitLog(log, server.limits.limit_log_interval)
@@ -97,9 +94,12 @@ class Federation:
         self._turn: asyncio.TimerHandle | None = None
         self.negotiating = negotiating
         self.coservers = {c.domain: c for c in config.coservers}
-        self.anchors = tuple(material.trust_anchors) if material is not None else ()
-        self.server_tls, self.client_tls = _contexts(material)
-        self.policy = self._policy(config, material is not None)
+        self.context = S2SContext(self._policy(config, material is not None), log, self,
+                                  trust_all_cert=server.trust_all_cert,
+                                  negotiation_timeout=server.negotiation_timeout,
+                                  idle_timeout=server.s2s_idle_timeout)
+        """What the s2s sessions share: settings they read, and this federation."""
+        self.use_material(material)
         self.resolver = Resolver(self._overrides(config), server.s2s_nameservers,
                                  negative_ttl=server.limits.s2s_retry_delay)
         self.outgoing: dict[str, OutgoingServerSession] = {}
@@ -114,23 +114,24 @@ class Federation:
         policy; established ones keep what they negotiated. The dialback secret
         is kept unless it comes from a file (keys handed out a moment ago must
         still verify)."""
-        server = config.server
+        server, context = config.server, self.context
         self.use_material(material)
-        self.config, self.trust_all_cert = config, server.trust_all_cert
-        self.negotiation_timeout = server.negotiation_timeout
-        self.idle_timeout, self.queue_limit = server.s2s_idle_timeout, server.s2s_queue_limit
+        self.config, self.queue_limit = config, server.s2s_queue_limit
+        context.trust_all_cert = server.trust_all_cert
+        context.negotiation_timeout = server.negotiation_timeout
+        context.idle_timeout = server.s2s_idle_timeout
         self.limits = server.limits
         self.gate.configure(server.limits.s2s_connect_rate, server.limits.s2s_retry_delay)
-        secret = self.policy.dialback_secret if server.dialback_secretfile is None else None
-        policy = self._policy(config, material is not None or self.server_tls is not None)
-        self.policy = policy if secret is None else dataclasses.replace(
+        secret = context.policy.dialback_secret if server.dialback_secretfile is None else None
+        policy = self._policy(config, context.server_tls is not None)
+        context.policy = policy if secret is None else dataclasses.replace(
             policy, dialback_secret=secret)
 
     def use_material(self, material: KeyMaterial | None) -> None:
         """New key material (certificate refresh): new s2s handshakes use it."""
         if material is not None:
-            self.anchors = tuple(material.trust_anchors)
-            self.server_tls, self.client_tls = _contexts(material)
+            self.context.anchors = tuple(material.trust_anchors)
+            self.context.server_tls, self.context.client_tls = _contexts(material)
 
     def _policy(self, config: Config, tls: bool) -> S2SPolicy:
         server = config.server
@@ -201,7 +202,7 @@ class Federation:
             self.limit_log.hit("iim_server.s2s_connect_rate", now,
                                f"no connection slot for {domain}")
             return None, StanzaErrorCondition.RESOURCE_CONSTRAINT
-        session = OutgoingServerSession(self, domain, self.tls_required_by(domain))
+        session = OutgoingServerSession(self.context, domain, self.tls_required_by(domain))
         self.outgoing[domain] = session
         if start:
             self._start(session)
@@ -317,7 +318,7 @@ class Federation:
 
     def accept(self, carrier) -> IncomingServerSession:
         """A connection on ``iim_server.port`` turned out to carry a server stream."""
-        return IncomingServerSession(self, carrier)
+        return IncomingServerSession(self.context, carrier)
 
     def incoming_opened(self, session: IncomingServerSession) -> None:
         self.incoming.add(session)

@@ -8,10 +8,13 @@ Theory of operation
 Both move bytes between a carrier and the sans-I/O stream, run TLS over memory
 BIOs (``iim.tlsbio``) after STARTTLS, and report to the ``Federation``
 (``iim.server.federation``), which owns routing, queues and dialback checks.
+What a session knows of the federation is its ``S2SContext``: the settings
+it reads (policy, TLS contexts, trust anchors, timeouts) and the
+``FederationReports`` it makes; this module never imports the federation.
 
 The certificate is judged here, right after the TLS handshake, with
-``iim.keys.trust.verify_peer`` for the peer's domain (DESIGN.md "TLS
-policy"): with ``trust_all_cert = false`` a certificate that fails is a
+``iim.keys.trust.verify_peer`` for the peer's domain (docs/architecture.md,
+"TLS policy"): with ``trust_all_cert = false`` a certificate that fails is a
 refusal, logged with its one reason (expired, self-signed, unknown CA, name
 mismatch, ...); with ``trust_all_cert = true`` it is accepted and its summary
 logged. Either way SASL EXTERNAL is offered (incoming) only for a certificate
@@ -28,30 +31,74 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 from xml.etree.ElementTree import Element
 
 from cryptography import x509
 
 from iim.keys.trust import Verdict, certificate_summary, verify_peer
 from iim.tlsbio import TLSFailed, TLSPump
-from iim.xmpp.errors import LocalProtocolError, StreamError, StreamErrorCondition
+from iim.text import printable
+from iim.xmpp.errors import (
+    LocalProtocolError, StanzaErrorCondition, StreamError, StreamErrorCondition,
+)
 from iim.xmpp.events import StanzaReceived, StartTLS, StreamEnded
 from iim.xmpp.s2s import (
     CoserverVerified, DialbackRefused, DialbackVerifyAnswered, DialbackVerifyNeeded,
-    IncomingServerStream,
-    OutgoingServerStream, PeerAuthenticated, ReadyForDialback,
+    IncomingServerStream, OutgoingServerStream, PeerAuthenticated, ReadyForDialback, S2SPolicy,
 )
 from iim.xmpp.stream import Phase
 
-from .c2s import HIGH_WATER, _printable
-
-if TYPE_CHECKING:
-    from .federation import Federation
+from .c2s import HIGH_WATER
 
 Cond = StreamErrorCondition
+
+
+class FederationReports(Protocol):
+    """What an s2s session tells the federation (``Federation`` implements it)."""
+
+    def incoming_opened(self, session: IncomingServerSession) -> None: ...
+    def incoming_authenticated(self, session: IncomingServerSession, domain: str) -> None: ...
+    def incoming_closed(self, session: IncomingServerSession) -> None: ...
+    def stanza_received(self, session: IncomingServerSession, stanza: Element) -> None: ...
+
+    def verify_dialback(self, session: IncomingServerSession, request: DialbackVerifyNeeded
+                        ) -> StanzaErrorCondition | None:
+        """Ask the authoritative server; or the dialback error to answer at once."""
+
+    def dialback_refused(self, session: IncomingServerSession, event: DialbackRefused) -> None: ...
+    def dialback_answered(self, session: OutgoingServerSession,
+                          answer: DialbackVerifyAnswered) -> None: ...
+    def outgoing_closed(self, session: OutgoingServerSession, condition, reason: str) -> None: ...
+
+
+@dataclass
+class S2SContext:
+    """What every s2s session of one server shares (c2s has ``SessionContext``).
+
+    The federation makes it and, on refresh, replaces its settings in place:
+    a session reads them when it needs them, so new negotiations use the new
+    certificate and policy while established streams keep what they agreed."""
+
+    policy: S2SPolicy
+    log: logging.Logger
+    federation: FederationReports
+    server_tls: ssl.SSLContext | None = None
+    """Incoming STARTTLS: presents our certificate, asks for the peer's (None: no keystore)."""
+    client_tls: ssl.SSLContext | None = None
+    """Outgoing STARTTLS: presents ours; the peer's is judged here, not in OpenSSL."""
+    anchors: tuple = ()
+    """The CAs a peer's certificate must chain to (the keystore's trusted entries)."""
+    trust_all_cert: bool = False
+    """``iim_server.trust_all_cert``: accept (and log) what does not verify."""
+    negotiation_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    """``iim_server.s2s_idle_timeout``: an authenticated stream carrying nothing is closed."""
 
 
 class _ServerLink:
@@ -59,8 +106,8 @@ class _ServerLink:
 
     direction = ""
 
-    def __init__(self, fed: "Federation", carrier, stream) -> None:
-        self.fed = fed
+    def __init__(self, ctx: S2SContext, carrier, stream) -> None:
+        self.ctx = ctx
         self.carrier = carrier
         self.stream = stream
         self.tls = TLSPump()                # nothing until STARTTLS
@@ -68,15 +115,15 @@ class _ServerLink:
         self.closed = False
         self.last_used = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(fed.negotiation_timeout, self._negotiation_expired)
-        self._idle = loop.call_later(fed.idle_timeout, self._check_idle)
+        self._timer = loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
+        self._idle = loop.call_later(ctx.idle_timeout, self._check_idle)
 
     @property
     def peer(self) -> str:
         return self.carrier.peer if self.carrier is not None else "?"
 
     def log(self, level: str, message: str, *args) -> None:
-        getattr(self.fed.log, level)(f"s2s {self.direction} %s: {message}", self.name, *args)
+        getattr(self.ctx.log, level)(f"s2s {self.direction} %s: {message}", self.name, *args)
 
     @property
     def name(self) -> str:
@@ -124,7 +171,7 @@ class _ServerLink:
     # -- certificates -------------------------------------------------------------
 
     def verdict(self, domain: str) -> Verdict:
-        return verify_peer(self.chain, self.fed.anchors, domain)
+        return verify_peer(self.chain, self.ctx.anchors, domain)
 
     def judge(self, domain: str) -> bool:
         """Apply the trust policy to the certificate for ``domain``: False when
@@ -132,7 +179,7 @@ class _ServerLink:
         verdict = self.verdict(domain)
         if verdict.ok:
             return True
-        if self.fed.trust_all_cert:
+        if self.ctx.trust_all_cert:
             self.log("warning", "certificate for %s accepted by iim_server.trust_all_cert "
                      "although %s: %s", domain, verdict, certificate_summary(self.chain[0]))
             return True
@@ -205,11 +252,11 @@ class _ServerLink:
 
     def _on_stream_ended(self, event: StreamEnded) -> None:
         if event.error is not None and not event.sent_by_peer and self.direction == "out":
-            self.log("warning", "abandoned: %s", _printable(str(event.error)))
+            self.log("warning", "abandoned: %s", printable(str(event.error)))
             self._finish(event.error.condition, str(event.error))
         elif event.error is not None:
             who = "peer sent" if event.sent_by_peer else "sent"
-            self.log("info", "stream error (%s): %s", who, _printable(str(event.error)))
+            self.log("info", "stream error (%s): %s", who, printable(str(event.error)))
             self._finish(event.error.condition, str(event.error))
         else:
             self._finish(None, "closed by the peer" if event.sent_by_peer else "closed")
@@ -218,19 +265,19 @@ class _ServerLink:
 
     def _negotiation_expired(self) -> None:
         if not self.closed:
-            self.log("info", "negotiation not finished in %ss", self.fed.negotiation_timeout)
+            self.log("info", "negotiation not finished in %ss", self.ctx.negotiation_timeout)
             self.close(StreamError(Cond.CONNECTION_TIMEOUT, "negotiation took too long"))
 
     def _check_idle(self) -> None:
         if self.closed:
             return
         quiet = time.monotonic() - self.last_used
-        if quiet >= self.fed.idle_timeout:
+        if quiet >= self.ctx.idle_timeout:
             self.log("info", "idle for %.0fs, closing", quiet)
             self.close()
             return
         self._idle = asyncio.get_running_loop().call_later(
-            self.fed.idle_timeout - quiet + 0.05, self._check_idle)
+            self.ctx.idle_timeout - quiet + 0.05, self._check_idle)
 
     def _negotiated(self) -> None:
         self._timer.cancel()
@@ -247,10 +294,10 @@ class IncomingServerSession(_ServerLink):
 
     direction = "in"
 
-    def __init__(self, fed: "Federation", carrier) -> None:
-        super().__init__(fed, carrier, IncomingServerStream(fed.policy))
+    def __init__(self, ctx: S2SContext, carrier) -> None:
+        super().__init__(ctx, carrier, IncomingServerStream(ctx.policy))
         self.stream.certificate_ok = self._certificate_ok
-        fed.incoming_opened(self)
+        ctx.federation.incoming_opened(self)
 
     @property
     def name(self) -> str:
@@ -271,7 +318,7 @@ class IncomingServerSession(_ServerLink):
     def _certificate_refused(self) -> bool:
         if not self.chain:
             return False
-        if self.fed.trust_all_cert:
+        if self.ctx.trust_all_cert:
             self.log("info", "peer certificate: %s", certificate_summary(self.chain[0]))
         claimed = self.stream.peer_from
         return claimed is not None and not self.judge(claimed)
@@ -279,17 +326,17 @@ class IncomingServerSession(_ServerLink):
     def _handle(self, event) -> None:
         if isinstance(event, StanzaReceived):
             self.last_used = time.monotonic()
-            self.fed.stanza_received(self, event.stanza)
+            self.ctx.federation.stanza_received(self, event.stanza)
         elif isinstance(event, StartTLS):
-            self._start_tls(self.fed.server_tls, server_side=True)
+            self._start_tls(self.ctx.server_tls, server_side=True)
         elif isinstance(event, DialbackVerifyNeeded):
             if self.chain and not self.judge(event.originating):
                 return
-            refusal = self.fed.verify_dialback(self, event)
+            refusal = self.ctx.federation.verify_dialback(self, event)
             if refusal is not None:                 # a limit: counted in the limit log
                 self._answer_dialback(event.originating, None, refusal)
         elif isinstance(event, DialbackRefused):
-            self.fed.dialback_refused(self, event)
+            self.ctx.federation.dialback_refused(self, event)
         elif isinstance(event, PeerAuthenticated):
             self._authenticated(event)
         elif isinstance(event, CoserverVerified):
@@ -301,7 +348,7 @@ class IncomingServerSession(_ServerLink):
         self.log("info", "%s authenticated with %s (%s)", event.domain, event.method,
                  self._tls_version())
         self._negotiated()
-        self.fed.incoming_authenticated(self, event.domain)
+        self.ctx.federation.incoming_authenticated(self, event.domain)
 
     def dialback_verified(self, originating: str, valid: bool | None, condition=None) -> None:
         if self.closed:
@@ -321,7 +368,7 @@ class IncomingServerSession(_ServerLink):
             self._handle(event)
 
     def _ended(self, condition, reason: str) -> None:
-        self.fed.incoming_closed(self)
+        self.ctx.federation.incoming_closed(self)
 
 
 class OutgoingServerSession(_ServerLink):
@@ -329,10 +376,10 @@ class OutgoingServerSession(_ServerLink):
 
     direction = "out"
 
-    def __init__(self, fed: "Federation", remote: str, tls_required_by: str | None) -> None:
-        stream = OutgoingServerStream(fed.policy, remote, tls_required_by=tls_required_by,
-                                      use_external=fed.client_tls is not None)
-        super().__init__(fed, None, stream)
+    def __init__(self, ctx: S2SContext, remote: str, tls_required_by: str | None) -> None:
+        stream = OutgoingServerStream(ctx.policy, remote, tls_required_by=tls_required_by,
+                                      use_external=ctx.client_tls is not None)
+        super().__init__(ctx, None, stream)
         self.remote = stream.remote
         self.queue: deque[Element] = deque()
         self.verifies: list[tuple[str, str, str]] = []     # (originating, stream id, key)
@@ -367,7 +414,7 @@ class OutgoingServerSession(_ServerLink):
         self._flush()
 
     def _certificate_refused(self) -> bool:
-        if self.fed.trust_all_cert and self.chain:
+        if self.ctx.trust_all_cert and self.chain:
             self.log("info", "peer certificate: %s", certificate_summary(self.chain[0]))
         return not self.judge(self.remote)
 
@@ -405,7 +452,7 @@ class OutgoingServerSession(_ServerLink):
 
     def _handle(self, event) -> None:
         if isinstance(event, StartTLS):
-            self._start_tls(self.fed.client_tls, server_side=False,
+            self._start_tls(self.ctx.client_tls, server_side=False,
                             server_hostname=_sni(self.remote))
         elif isinstance(event, ReadyForDialback):
             for request in self.verifies:
@@ -413,7 +460,7 @@ class OutgoingServerSession(_ServerLink):
             self.verifies.clear()
             self._flush()
         elif isinstance(event, DialbackVerifyAnswered):
-            self.fed.dialback_answered(self, event)
+            self.ctx.federation.dialback_answered(self, event)
         elif isinstance(event, PeerAuthenticated):
             self.log("info", "authenticated with %s (%s)", event.method, self._tls_version())
         elif isinstance(event, CoserverVerified):
@@ -434,7 +481,7 @@ class OutgoingServerSession(_ServerLink):
         self._finish(condition, reason, write=False)
 
     def _ended(self, condition, reason: str) -> None:
-        self.fed.outgoing_closed(self, condition, reason)
+        self.ctx.federation.outgoing_closed(self, condition, reason)
 
 
 def _sni(domain: str) -> str | None:
