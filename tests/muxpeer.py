@@ -1,7 +1,9 @@
 """A stand-in for the server end of the multiplexor link, for the mux tests.
 
 :class:`LinkPeer` listens on 127.0.0.1 and speaks docs/muxlink.md from the
-server's side, written from the document (independently of the relay):
+server's side, written from the document (independently of the relay and of
+the server's LinkConnection; the constants, payload layouts' HELLO and the
+proofs come from the one definition, iim/muxlink.py):
 it performs the set-up (CHALLENGE, checks AUTH, READY with a window), then
 records every OPEN, DATA and CLOSE per link, grants WINDOW as it consumes,
 echoes DATA back within the credit the mux grants, answers PING, and checks
@@ -15,8 +17,6 @@ peer, as a worker's relay thread would.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 import socket
@@ -28,12 +28,18 @@ from dataclasses import dataclass
 
 from iim import _fastmux
 from iim.mux import link as muxlink
+from iim.muxlink import (
+    HEADER, HEADER_BYTES, MAGIC, MAX_PAYLOAD, NONCE_BYTES, VERSION, CloseReason, Close,
+    FrameType, check_mux_proof, server_proof,
+)
 
-HEADER = struct.Struct("!BBHII")
-HELLO, CHALLENGE, AUTH, READY, LINKCLOSE, PING, PONG = range(1, 8)
-OPEN, DATA, CLOSE, WINDOW = 0x10, 0x11, 0x12, 0x13
-MAX_PAYLOAD = 65536
-VERSION = 2                 # docs/muxlink.md; plain loopback links: no channel binding
+# The frame types by their short names, for the tests' transcripts.
+HELLO, CHALLENGE, AUTH, READY, LINKCLOSE = (FrameType.HELLO, FrameType.CHALLENGE,
+                                            FrameType.AUTH, FrameType.READY,
+                                            FrameType.LINKCLOSE)
+PING, PONG = FrameType.PING, FrameType.PONG
+OPEN, DATA, CLOSE, WINDOW = FrameType.OPEN, FrameType.DATA, FrameType.CLOSE, FrameType.WINDOW
+HELLO_BYTES = len(MAGIC) + 6 + NONCE_BYTES      # magic, version, instance, thread, nonce
 
 
 def frame(ftype: int, sid: int = 0, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -159,16 +165,16 @@ class PeerLink:
     def _set_up(self) -> bool:
         peer = self.peer
         ftype, sid, payload = self._read_frame()
-        if ftype != HELLO or len(payload) != 42 or payload[:4] != b"IIMX":
+        if ftype != HELLO or len(payload) != HELLO_BYTES or payload[:4] != MAGIC:
             self.errors.append(f"bad HELLO: type {ftype}, {len(payload)} bytes")
             return False
-        version, instance, thread = struct.unpack_from("!HHH", payload, 4)
-        mux_nonce = payload[10:]
+        version, instance, thread = struct.unpack_from("!HHH", payload, len(MAGIC))
+        mux_nonce = payload[len(MAGIC) + 6:]
         self.hello = (instance, thread)
         if version != VERSION:
-            self._send(frame(LINKCLOSE, 0, b"\x03version"))
+            self._send(frame(LINKCLOSE, 0, Close(CloseReason.VERSION, "version").encode()))
             return False
-        nonce = secrets.token_bytes(32)
+        nonce = secrets.token_bytes(NONCE_BYTES)
         self._send(frame(CHALLENGE, 0, struct.pack("!HB", VERSION, peer.secret is not None)
                          + nonce))
         ftype, sid, proof = self._read_frame()
@@ -176,14 +182,12 @@ class PeerLink:
             self.errors.append(f"expected AUTH, got {ftype}")
             return False
         if peer.secret is not None:
-            want = hmac.new(peer.secret, b"iim-muxlink-2 mux" + mux_nonce + nonce,
-                            hashlib.sha256).digest()
-            if not hmac.compare_digest(want, proof):
-                self._send(frame(LINKCLOSE, 0, b"\x02authentication failed"))
+            if not check_mux_proof(peer.secret, mux_nonce, nonce, proof):
+                self._send(frame(LINKCLOSE, 0,
+                                 Close(CloseReason.AUTH, "authentication failed").encode()))
                 return False
             key = peer.proof_secret if peer.proof_secret is not None else peer.secret
-            ours = hmac.new(key, b"iim-muxlink-2 server" + mux_nonce + nonce,
-                            hashlib.sha256).digest()
+            ours = server_proof(key, mux_nonce, nonce)
         else:
             if proof:
                 self.errors.append("AUTH carries a proof but no secret was asked for")
@@ -192,7 +196,7 @@ class PeerLink:
         return True
 
     def _read_frame(self):
-        head = self._recv_exact(12)
+        head = self._recv_exact(HEADER_BYTES)
         ftype, flags, reserved, sid, length = HEADER.unpack(head)
         return ftype, sid, self._recv_exact(length)
 
@@ -226,13 +230,13 @@ class PeerLink:
     def _frames(self, buf: bytearray, grants: Counter) -> int:
         at = 0
         view = memoryview(buf)
-        while len(buf) - at >= 12:
+        while len(buf) - at >= HEADER_BYTES:
             ftype, flags, reserved, sid, length = HEADER.unpack_from(buf, at)
             self._check_header(ftype, flags, reserved, sid, length)
-            if len(buf) - at - 12 < length:
+            if len(buf) - at - HEADER_BYTES < length:
                 break
-            payload = bytes(view[at + 12:at + 12 + length])
-            at += 12 + length
+            payload = bytes(view[at + HEADER_BYTES:at + HEADER_BYTES + length])
+            at += HEADER_BYTES + length
             self.frames[ftype] += 1
             self._frame(ftype, sid, payload, grants)
         view.release()

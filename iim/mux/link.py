@@ -25,8 +25,6 @@ message is one line for the log.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import secrets
 import socket
@@ -37,24 +35,13 @@ from typing import Callable
 
 from iim._fastmux import LinkTls, LinkTlsContext, LinkTlsError
 from iim.keys.passwords import read_password_file
+from iim.muxlink import (
+    HEADER, LINGER_SECONDS, MAX_PAYLOAD, NONCE_BYTES, PROOF_BYTES, VERSION, CloseReason,
+    FrameType, Hello, check_server_proof, encode_frame, mux_proof, reason_name,
+)
 
 __all__ = ["Link", "LinkError", "TLS_MODES", "connect", "load_secret", "set_up", "wants_tls"]
 
-VERSION = 2
-MAGIC = b"IIMX"
-MAX_PAYLOAD = 65536
-NONCE_BYTES = 32
-PROOF_BYTES = 32
-HEADER = struct.Struct("!BBHII")     # type, flags, reserved, session id, length
-
-HELLO, CHALLENGE, AUTH, READY, LINKCLOSE = 0x01, 0x02, 0x03, 0x04, 0x05
-REASONS = ("normal", "protocol", "auth", "version", "shutdown", "overload", "timeout", "tls")
-R_PROTOCOL, R_AUTH, R_VERSION = 1, 2, 3
-
-LINGER_SECONDS = 2.0
-
-MUX_LABEL = b"iim-muxlink-2 mux"
-SERVER_LABEL = b"iim-muxlink-2 server"
 #: iim_mux.muxlink_tls: TLS unless loopback, always, never (then loopback only).
 TLS_MODES = ("auto", "on", "off")
 
@@ -144,72 +131,71 @@ def set_up(sock, *, instance: int, thread: int, secret: bytes | None,
     """HELLO, CHALLENGE, AUTH, READY on a connected socket (or LinkTls); (window, proved).
     ``binding``: the tls-exporter of the link's TLS session, b"" without TLS."""
     mux_nonce = secrets.token_bytes(NONCE_BYTES)
-    _send(sock, HELLO, MAGIC + struct.pack("!HHH", VERSION, instance, thread) + mux_nonce)
-    required, server_nonce = _challenge(sock, _expect(sock, CHALLENGE))
+    _send(sock, FrameType.HELLO, Hello(instance, thread, mux_nonce).encode())
+    required, server_nonce = _challenge(sock, _expect(sock, FrameType.CHALLENGE))
     _check_secret_policy(sock, required, secret)
-    proof = _proof(MUX_LABEL, secret, mux_nonce, server_nonce, binding) if secret else b""
-    _send(sock, AUTH, proof)
-    return _ready(sock, _expect(sock, READY), secret, mux_nonce, server_nonce, binding)
+    proof = mux_proof(secret, mux_nonce, server_nonce, binding) if secret else b""
+    _send(sock, FrameType.AUTH, proof)
+    return _ready(sock, _expect(sock, FrameType.READY), secret, mux_nonce, server_nonce,
+                  binding)
 
 
 def _challenge(sock: socket.socket, payload: bytes) -> tuple[bool, bytes]:
     if len(payload) != 3 + NONCE_BYTES:
-        _abort(sock, R_PROTOCOL, f"CHALLENGE of {len(payload)} bytes (expected 35)")
+        _abort(sock, CloseReason.PROTOCOL,
+               f"CHALLENGE of {len(payload)} bytes (expected {3 + NONCE_BYTES})")
     version, required = struct.unpack_from("!HB", payload)
     if version != VERSION:
-        _abort(sock, R_VERSION, f"the server speaks link version {version}, we speak {VERSION}")
+        _abort(sock, CloseReason.VERSION,
+               f"the server speaks link version {version}, we speak {VERSION}")
     if required > 1:
-        _abort(sock, R_PROTOCOL, f"CHALLENGE secret-required is {required} (0 or 1)")
+        _abort(sock, CloseReason.PROTOCOL, f"CHALLENGE secret-required is {required} (0 or 1)")
     return bool(required), payload[3:]
 
 
 def _check_secret_policy(sock: socket.socket, required: bool, secret: bytes | None) -> None:
     if required and secret is None:
-        _abort(sock, R_AUTH, "the server requires a shared secret and none is configured "
-                             "(IIM_MUXLINK_SECRET_FILE / iim_mux.muxlink_secretfile)")
+        _abort(sock, CloseReason.AUTH, "the server requires a shared secret and none is "
+                                       "configured (iim_mux.muxlink_secretfile)")
     if secret is not None and not required:
-        _abort(sock, R_AUTH, "the server does not ask for the shared secret, so it cannot "
-                             "prove it knows it; no clients are relayed to it")
+        _abort(sock, CloseReason.AUTH, "the server does not ask for the shared secret, so it "
+                                       "cannot prove it knows it; no clients are relayed to it")
 
 
 def _ready(sock: socket.socket, payload: bytes, secret: bytes | None, mux_nonce: bytes,
            server_nonce: bytes, binding: bytes) -> tuple[int, bool]:
     if len(payload) not in (4, PROOF_BYTES + 4):
-        _abort(sock, R_PROTOCOL, f"READY of {len(payload)} bytes (expected 4 or 36)")
+        _abort(sock, CloseReason.PROTOCOL,
+               f"READY of {len(payload)} bytes (expected 4 or {PROOF_BYTES + 4})")
     proof, window = payload[:-4], int.from_bytes(payload[-4:], "big")
-    if secret is not None:
-        expected = _proof(SERVER_LABEL, secret, mux_nonce, server_nonce, binding)
-        if not hmac.compare_digest(proof, expected):
-            _abort(sock, R_AUTH, "the server's proof is wrong: the shared secrets differ, "
-                                 "or this is not our server (or a relay in between)")
+    if secret is not None and not check_server_proof(secret, mux_nonce, server_nonce, proof,
+                                                     binding):
+        _abort(sock, CloseReason.AUTH, "the server's proof is wrong: the shared secrets "
+                                       "differ, or this is not our server (or a relay in "
+                                       "between)")
     if window == 0:
-        _abort(sock, R_PROTOCOL, "READY grants an initial window of 0")
+        _abort(sock, CloseReason.PROTOCOL, "READY grants an initial window of 0")
     return window, secret is not None
-
-
-def _proof(label: bytes, secret: bytes, mux_nonce: bytes, server_nonce: bytes,
-           binding: bytes) -> bytes:
-    return hmac.new(secret, label + mux_nonce + server_nonce + binding, hashlib.sha256).digest()
 
 
 # -- frames ----------------------------------------------------------------------------
 
-def _send(sock: socket.socket, ftype: int, payload: bytes = b"") -> None:
-    sock.sendall(HEADER.pack(ftype, 0, 0, 0, len(payload)) + payload)
+def _send(sock: socket.socket, ftype: FrameType, payload: bytes = b"") -> None:
+    sock.sendall(encode_frame(ftype, 0, payload))
 
 
-def _expect(sock: socket.socket, ftype: int) -> bytes:
+def _expect(sock: socket.socket, ftype: FrameType) -> bytes:
     """The payload of the next frame, which must be `ftype` (LINKCLOSE: LinkError)."""
     got, flags, reserved, sid, length = HEADER.unpack(_recv_exact(sock, HEADER.size))
     if length > MAX_PAYLOAD or flags or reserved or sid:
-        _abort(sock, R_PROTOCOL, "malformed frame header during set-up")
+        _abort(sock, CloseReason.PROTOCOL, "malformed frame header during set-up")
     payload = _recv_exact(sock, length)
-    if got == LINKCLOSE and payload:
-        reason = REASONS[payload[0]] if payload[0] < len(REASONS) else f"reason {payload[0]}"
+    if got == FrameType.LINKCLOSE and payload:
         text = payload[1:201].decode("utf-8", "replace")
-        raise LinkError(f"the server refused the link ({reason})" + (f": {text}" if text else ""))
+        raise LinkError(f"the server refused the link ({reason_name(payload[0])})"
+                        + (f": {text}" if text else ""))
     if got != ftype:
-        _abort(sock, R_PROTOCOL, f"expected frame type 0x{ftype:02x}, got 0x{got:02x}")
+        _abort(sock, CloseReason.PROTOCOL, f"expected frame type 0x{ftype:02x}, got 0x{got:02x}")
     return payload
 
 
@@ -223,12 +209,12 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(data)
 
 
-def _abort(sock: socket.socket, reason: int, text: str):
+def _abort(sock: socket.socket, reason: CloseReason, text: str):
     """Close the link with LINKCLOSE `reason` and raise. As the sender of
     LINKCLOSE, read and discard until the server closes its end (briefly),
     so a TCP reset cannot destroy the LINKCLOSE before it is read."""
     try:
-        _send(sock, LINKCLOSE, bytes([reason]) + text.encode("utf-8")[:200])
+        _send(sock, FrameType.LINKCLOSE, bytes([reason]) + text.encode("utf-8")[:200])
         sock.settimeout(LINGER_SECONDS)
         while sock.recv(4096):
             pass
