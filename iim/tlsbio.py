@@ -162,11 +162,6 @@ class TLSPump:
         self.layer: TLSLayer | None = None
 
     @property
-    def started(self) -> bool:
-        """STARTTLS began (the handshake may still be running)."""
-        return self.layer is not None
-
-    @property
     def handshake_done(self) -> bool:
         return self.layer is not None and self.layer.handshake_done
 

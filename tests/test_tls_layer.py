@@ -134,7 +134,7 @@ def test_pump_passes_bytes_through_before_starttls(ca, sub_ca):
     assert pump.receive(b"<stream:stream>") == (b"<stream:stream>", b"", False)
     assert pump.send(b"<proceed/>") == b"<proceed/>"
     assert pump.close() == b"" and pump.info() is None
-    assert not pump.started and not pump.handshaking and not pump.handshake_done
+    assert pump.layer is None and not pump.handshaking and not pump.handshake_done
 
 
 def test_pump_reports_the_handshake_finishing_once(ca, sub_ca):
@@ -143,7 +143,7 @@ def test_pump_reports_the_handshake_finishing_once(ca, sub_ca):
     pump = TLSPump()
     assert pump.start(server_context(KeyMaterial(leaf.key, leaf.chain, (ca.cert,))),
                       server_side=True) == b""                 # a server speaks second
-    assert pump.started and pump.handshaking
+    assert pump.handshaking and not pump.handshake_done
     finished, to_server = [], client.start()
     while to_server:
         plain, to_client, up = pump.receive(to_server)
