@@ -3,8 +3,9 @@
 Theory of operation. A session is fed bytes by a *carrier* (a TCP socket
 today, a multiplexor link tomorrow) through ``data_received`` and writes
 through the carrier's ``write``. It owns everything between those bytes and
-the router: the TLS layer (memory BIOs, so STARTTLS works the same over a
-socket and over a mux link), the sans-I/O ServerStream, and three timers:
+the router: its TLS (``iim.tlsbio.TLSPump``: memory BIOs, so STARTTLS works
+the same over a socket and over a mux link), the sans-I/O ServerStream, and
+three timers:
 
 * negotiation: TLS, SASL and binding must be done within
   ``negotiation_timeout`` or the stream ends with ``<connection-timeout/>``;
