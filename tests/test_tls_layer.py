@@ -230,3 +230,27 @@ def test_transport_names_a_hang_up_during_the_handshake(ca, sub_ca):
     with pytest.raises(TLSFailed) as err:
         tls.handshake()
     assert str(err.value) == UNEXPECTED_EOF
+
+
+# -- where the module stands ------------------------------------------------------
+
+
+def _imported(path) -> set[str]:
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_module_is_neutral_and_the_core_does_not_use_it():
+    """Server and admin both import it, so it imports neither (nor asyncio);
+    the sans-I/O XMPP core knows nothing of TLS records."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "iim"
+    assert _imported(root / "tlsbio.py") <= {"__future__", "ssl", "dataclasses"}
+    for path in (root / "xmpp").rglob("*.py"):
+        assert "iim.tlsbio" not in _imported(path), path
