@@ -59,10 +59,11 @@ C2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
 S2S_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
               f"xmlns:stream='{STREAM_NS}' xmlns:db='jabber:server:dialback' "
               "to='{to}' from='{frm}' version='1.0'>")
-STREAM_ERROR = re.compile(rb"<(?:stream:)?error[^>]*>\s*<([a-z-]+)")
-SASL_FAILURE = re.compile(rb"<failure[^>]*>\s*<([a-z-]+)")
-STANZA_ERROR = re.compile(rb"<(message|presence|iq)[^>]*type=['\"]error['\"].*?<error[^>]*>\s*<([a-z-]+)",
-                          re.S)
+STREAM_ERROR = re.compile(rb"<stream:error[^>]*>\s*<([a-z-]+)[\s/>]")
+SASL_FAILURE = re.compile(rb"<failure[^>]*>\s*<([a-z-]+)[\s/>]")
+STANZA_ERROR = re.compile(rb"<(message|presence|iq|db:result|db:verify)[^>]*type=['\"]error['\"]"
+                          rb"[^>]*>(?:(?!</(?:message|presence|iq|db:result|db:verify)>).)*?"
+                          rb"<error[^>]*>\s*<([a-z-]+)[\s/>]", re.S)
 
 
 def password_of(account: str) -> str:
