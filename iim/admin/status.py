@@ -20,7 +20,7 @@ import sys
 
 from iim import control, runtime
 
-from .daemon import (
+from .instance import (
     CHOICES, COMPONENTS, SERVER, AdminError, Component, Instance, err, out, untrusted_pid,
 )
 
