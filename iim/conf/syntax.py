@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from iim.text import printable
+
 from .diagnostics import ConfigError, Diagnostic, Severity, is_secret
 
 __all__ = ["RawConfig", "RawValue", "Lexed", "lex", "lex_bytes", "parse_text", "split_lines"]
@@ -259,7 +261,7 @@ class _ValueScanner:
     def _escape(self, char: str) -> str:
         if char in _UNESCAPE:
             return _UNESCAPE[char]
-        shown = "" if self.secret else "\\" + _printable(char) + " "
+        shown = "" if self.secret else "\\" + printable(char, limit=None) + " "
         self._problem(self.index, f'invalid escape {shown}in a quoted value '
                                   f'(use \\", \\\\, \\n, \\r or \\t)')
         return char
@@ -306,7 +308,7 @@ def _key_problem(key: str) -> str | None:
 def _lang_problem(lang: str | None) -> str | None:
     if lang is None or _LANG_TAG.fullmatch(lang):
         return None
-    return f'expected a language variant like ";lang-fr", got ";{_printable(lang[:40])}"'
+    return f'expected a language variant like ";lang-fr", got ";{printable(lang[:40], limit=None)}"'
 
 
 def _lang_code(lang: str) -> str:
@@ -349,7 +351,3 @@ def _undecodable(char: str) -> str:
     code = ord(char)
     return f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
 
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100
-                   else f"\\u{ord(c):04x}" for c in text)

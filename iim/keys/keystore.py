@@ -59,11 +59,6 @@ def load_server_material(server) -> tuple[KeyMaterial, tuple[str, ...]]:
     return material, pwfile.warnings
 
 
-def keystore_kind(data: bytes) -> str:
-    return {JKS_MAGIC: "JKS", JCEKS_MAGIC: "JCEKS"}.get(data[:4],
-                                                       "PKCS12" if data[:1] == b"\x30" else "?")
-
-
 def _read(path: Path, where: str) -> bytes:
     try:
         data = path.read_bytes()

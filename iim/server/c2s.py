@@ -1,7 +1,7 @@
 """A client session: one XMPP client stream, whatever carries its bytes.
 
-Theory of operation. A session is fed bytes by a *carrier* (a TCP socket
-today, a multiplexor link tomorrow) through ``data_received`` and writes
+Theory of operation. A session is fed bytes by a *carrier* (a TCP socket,
+or one session of a multiplexor link) through ``data_received`` and writes
 through the carrier's ``write``. It owns everything between those bytes and
 the router: its TLS (``iim.tlsbio.TLSPump``: memory BIOs, so STARTTLS works
 the same over a socket and over a mux link), the sans-I/O ServerStream, and
@@ -56,6 +56,7 @@ from typing import Protocol
 from xml.etree.ElementTree import Element
 
 from iim.conf.limits import ServerLimits
+from iim.text import printable
 from iim.tlsbio import TLSFailed, TLSPump
 from iim.xmpp import sasl
 from iim.xmpp.errors import (
@@ -269,7 +270,7 @@ class ClientSession:
         self._timer.cancel()
         self.ctx.negotiating.discard(self)
         security = self.security()
-        self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, _printable(str(jid)),
+        self.ctx.log.info("c2s %s: session %s (%s)", self.carrier.peer, printable(str(jid)),
                           security)
         self._bound = True
         self.ctx.router.session_bound(self)
@@ -303,7 +304,7 @@ class ClientSession:
         if event.error is not None:
             who = "peer sent" if event.sent_by_peer else "sent"
             self.ctx.log.info("c2s %s: stream error (%s): %s", self.carrier.peer, who,
-                              _printable(str(event.error)))
+                              printable(str(event.error)))
         self._finish()
 
     # -- bytes out -----------------------------------------------------------
@@ -342,7 +343,7 @@ class ClientSession:
     def _overflow(self, waiting: int) -> None:
         if self.ctx.limit_log is not None:
             self.ctx.limit_log.hit("iim_server.max_backlog", time.monotonic(),
-                                   f"{_printable(str(self.jid))}: {waiting} bytes unread")
+                                   f"{printable(str(self.jid))}: {waiting} bytes unread")
         limit = self.ctx.limits.max_backlog
         self.close(StreamError(Cond.POLICY_VIOLATION,
                                f"more than {limit} bytes waiting for a client that does not "
@@ -403,7 +404,7 @@ class ClientSession:
         except Exception as exc:  # noqa: BLE001 - a full disk must not leave a ghost session
             self.ctx.log.error("c2s %s: %d stanzas for %s could not be kept, bounced to their "
                                "senders: %s", self.carrier.peer, len(unsent),
-                               _printable(str(self.jid)), _printable(str(exc)))
+                               printable(str(self.jid)), printable(str(exc)))
             self._bounce(unsent)
 
     def _bounce(self, stanzas: list[Element]) -> None:
@@ -466,7 +467,7 @@ class ClientSession:
             if self._bound:
                 self.ctx.router.session_ended(self)
                 self.ctx.log.info("c2s %s: logout %s", self.carrier.peer,
-                                  _printable(str(self.jid)))
+                                  printable(str(self.jid)))
 
     # -- timers --------------------------------------------------------------------
 
@@ -511,7 +512,7 @@ def _admit(ctx: SessionContext, source: str, username: str) -> bool:
     if refused_by is None:
         return True
     if ctx.limit_log is not None:
-        ctx.limit_log.hit(refused_by, now, f"{_printable(username)} from {source}")
+        ctx.limit_log.hit(refused_by, now, f"{printable(username)} from {source}")
     return False
 
 
@@ -525,17 +526,3 @@ def held_size(stanza: Element) -> int:
         for name, value in element.attrib.items():
             size += len(name) + len(value)
     return size
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """Peer-supplied text made safe for one log line: no control characters,
-    no line or paragraph separators (U+2028, U+2029: no forged lines), each
-    shown escaped (``\\u2028``), and short."""
-    cleaned = "".join(c if c.isprintable() else _escaped(c) for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
-        else f"\\U{code:08x}"
