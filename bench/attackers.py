@@ -548,7 +548,7 @@ async def authoritative(reader, writer) -> None:
             for frm, to in re.findall(rb"<db:result[^>]*?from=['\"]([^'\"]+)['\"][^>]*?"
                                       rb"to=['\"]([^'\"]+)['\"][^>]*>[^<]+</db:result>", buffer):
                 writer.write(b"<db:result from='%s' to='%s' type='valid'/>" % (to, frm))
-            C["presence bounces to remote.attack"] += len(
+            C["refused presence:bounced to remote.attack"] += len(
                 re.findall(rb"<presence[^>]*type=['\"]error", buffer))
             buffer = buffer[buffer.rfind(b">") + 1:]
     except (ConnectionError, OSError):

@@ -1020,6 +1020,9 @@ def main(argv=None) -> int:
         left = leftovers(tsung, epmd_before)
     if left:
         print("LEFT RUNNING: " + "; ".join(left), file=sys.stderr)
+    if interrupted and not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+        return 130
     if interrupted or outcome is None:
         if run is not None:
             run.watch.update()
