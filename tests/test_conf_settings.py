@@ -1,4 +1,4 @@
-"""Typed settings (DESIGN.md, "Parameters this system reads"): defaults, types,
+"""Typed settings (conf/iim.conf, the documented sample of every parameter): defaults, types,
 validation messages, path resolution and file checks."""
 
 import ipaddress

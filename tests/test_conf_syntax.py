@@ -1,4 +1,4 @@
-"""iim.conf syntax, rule by rule (DESIGN.md, "iim.conf syntax").
+"""iim.conf syntax, rule by rule (the rules in iim/conf/syntax.py's theory of operation).
 
 Each test states one rule; error tests assert the exact line a user sees.
 """

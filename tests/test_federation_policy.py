@@ -1,4 +1,4 @@
-"""Federation policy end to end (DESIGN.md "TLS policy"): requiressl globally and
+"""Federation policy end to end (docs/architecture.md, "TLS policy"): requiressl globally and
 per coserver against a peer without TLS, trust_all_cert false against bad
 certificates (each refused with its own reason in the log) and true (accepted,
 certificate summary logged, dialback authenticates), coserver serverid/password

@@ -1,5 +1,5 @@
 """Server-to-server streams in memory (iim/xmpp/s2s.py): XEP-0178, XEP-0220, the
-TLS policy of DESIGN.md, RFC 6120 §4.9 stream errors. The two ends are wired
+TLS policy of docs/architecture.md, RFC 6120 §4.9 stream errors. The two ends are wired
 back to back; "TLS" here is the moment both ends call tls_established() (the
 real TLS runs in tests/test_federation.py)."""
 
@@ -230,7 +230,7 @@ def test_an_invalid_key_for_a_second_domain_gets_forbidden_and_the_stream_stays(
     assert w.inc.authenticated == {A: "dialback"}
 
 
-# -- requiressl (DESIGN.md "TLS policy") -------------------------------------------------------
+# -- requiressl (docs/architecture.md, "TLS policy") ---------------------------------------------
 
 @pytest.mark.parametrize("nonza", [
     "<db:result from='a.example' to='b.example'>k</db:result>",

@@ -1,4 +1,4 @@
-"""iim_server.requiressl = true: STARTTLS or nothing (DESIGN.md, TLS policy)."""
+"""iim_server.requiressl = true: STARTTLS or nothing (docs/architecture.md, "TLS policy")."""
 
 import asyncio
 import socket

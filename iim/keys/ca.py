@@ -1,6 +1,6 @@
 """A small certificate authority: keys, a root, requests, signing (RFC 5280).
 
-What it makes follows the TLS policy in DESIGN.md:
+What it makes follows the TLS policy in docs/architecture.md:
 
 * the root: CA:TRUE (critical), keyUsage keyCertSign + cRLSign (critical),
   a subject key identifier;

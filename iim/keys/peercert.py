@@ -8,7 +8,7 @@ it by the certificate it presents. For OpenSSL to ask for that certificate
 offers that only as ``CERT_OPTIONAL``/``CERT_REQUIRED``, where OpenSSL's
 default verification runs inside the handshake and *aborts* it on any
 failure, with OpenSSL's own rules: a certificate whose EKU says serverAuth
-only fails the "SSL client" purpose (DESIGN.md wants it accepted: peers are
+only fails the "SSL client" purpose (docs/architecture.md wants it accepted: peers are
 servers acting as clients), ``trust_all_cert = true`` could not accept an
 unknown CA, and the reason would come back as an OpenSSL code rather than
 iim's ``TrustFailure``.

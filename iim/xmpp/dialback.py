@@ -11,8 +11,8 @@ in lower-case hex. Only the server that made a key ever checks it (as the
 recomputed from the secret and the three values the request carries.
 
 Coserver proof (iim's own, for peers listed as coservers in iim.conf, on top
-of EXTERNAL or dialback): the mirrored ``serverid``/``password`` pair of
-DESIGN.md is proved with an HMAC keyed by the password over a label, the
+of EXTERNAL or dialback): the mirrored ``serverid``/``password`` pair
+(docs/architecture.md) is proved with an HMAC keyed by the password over a label, the
 serverid, both domains and the *receiving* stream's id, so the password never
 travels and a proof is good for one stream only. The receiving server answers
 with its own proof (a different label), so both ends know the other holds its

@@ -8,7 +8,7 @@ stream the other server opens. ``OutgoingServerStream`` is the initiating end,
 ``IncomingServerStream`` the receiving end. Both speak ``jabber:server`` and
 declare the ``db:`` prefix for dialback on their headers.
 
-Negotiation, strongest first (DESIGN.md "TLS policy"):
+Negotiation, strongest first (docs/architecture.md, "TLS policy"):
 
 1. STARTTLS (RFC 6120 §5). The receiving server offers it whenever it has a
    certificate, *required* when ``requiressl`` covers the peer (globally or
@@ -78,7 +78,7 @@ EXTERNAL = "EXTERNAL"
 
 @dataclass(frozen=True)
 class CoserverPair:
-    """A serverid/password pair (DESIGN.md: mirrored between coservers)."""
+    """A serverid/password pair (mirrored between coservers: docs/architecture.md)."""
 
     serverid: str
     password: str = field(repr=False)
