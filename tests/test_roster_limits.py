@@ -15,6 +15,7 @@ from iim.conf.limits import ServerLimits
 from iim.server.router import Router
 from iim.server.storage import RosterItem, Subscription
 from iim.xmpp.jid import JID
+from iim.xmpp.xml import to_bytes
 from test_router import DOMAIN, NOW, World, condition, is_error, make_storage  # noqa: F401
 
 R = "{jabber:iq:roster}"
@@ -95,6 +96,32 @@ def test_a_subscription_request_that_would_add_an_eleventh_item_is_refused(world
 
     assert is_error(reply_to(juliet, "sub1"), "resource-constraint")
     assert "romeo@example.com" not in [i.jid for i in world.storage.roster("juliet")]
+
+
+def test_a_roster_that_could_not_be_fetched_in_one_stanza_is_refused_growth(counted):
+    """Each item within max_roster_item_size, but together more than one roster
+    result may carry under the server's maxstanzasize: the item that would
+    cross it is refused, and the roster juliet has still comes back whole."""
+    world = World(counted)
+    world.router = Router(DOMAIN, counted, clock=lambda: NOW, max_stanza_bytes=12000,
+                          limits=ServerLimits(max_roster_items=100, max_roster_item_size=4096))
+    juliet = world.login("juliet@example.com/balcony")
+    refused = None
+    for n in range(20):                                  # 20 x ~2.1 KB > 12000 - 1024
+        juliet.send(roster_set(f"friend{n}@example.net", name="n" * 1000,
+                               groups=["g" * 1000], id=f"s{n}"))
+        reply = reply_to(juliet, f"s{n}")
+        if reply.get("type") == "error":
+            refused = n
+            break
+    assert refused is not None and refused >= 4, "the roster grew past the stanza limit"
+    assert is_error(reply, "resource-constraint")
+    assert "iim_server.maxstanzasize" in reply.find(C + "error").findtext(
+        "{urn:ietf:params:xml:ns:xmpp-stanzas}text")
+    juliet.send("<iq type='get' id='all'><query xmlns='jabber:iq:roster'/></iq>")
+    result = reply_to(juliet, "all")
+    assert len(to_bytes(result)) <= 12000
+    assert len(result[0]) == refused                     # every item stored before it
 
 
 def test_an_item_over_max_roster_item_size_gets_not_acceptable(world):

@@ -75,7 +75,7 @@ class Server:
         self.ctx = SessionContext(
             policy=policy, tls_context=tls_context,
             router=Router(server.domainname, self.storage, log=self.log, limits=server.limits,
-                          limit_log=limit_log),
+                          limit_log=limit_log, max_stanza_bytes=server.maxstanzasize),
             storage=self.storage, log=self.log,
             negotiation_timeout=server.negotiation_timeout,
             stanza_timeout=server.stanza_timeout,

@@ -77,6 +77,7 @@ MAX_TEXT = 1023
 
 _GROUP_MARKUP = len("<group></group>")
 _NAME_MARKUP = len(" name=''")
+_ITEM_MARKUP = len("<item jid='' subscription='both' ask='subscribe'></item>")
 _FROM_STATES = (Subscription.FROM, Subscription.BOTH)
 _TO_STATES = (Subscription.TO, Subscription.BOTH)
 
@@ -125,12 +126,17 @@ class Roster:
         *,
         on_remove: Callable[[JID, RosterItem], None] | None = None,
         limits: ServerLimits = ServerLimits(),
+        max_bytes: int | None = None,
     ) -> None:
         self._storage = storage
         self._sessions = sessions       # who is online, and who gets pushes
         self.on_remove = on_remove
         """Called with (user, item) before an item is removed at the user's request."""
         self.limits = limits
+        self.max_bytes = max_bytes
+        """Bytes the whole roster may take as its items are written in a roster
+        result: a roster the owner could not fetch in one stanza no larger than
+        the server's own iim_server.maxstanzasize is refused growth."""
         self._held: dict[JID, _Held] = {}
 
     # -- reading --------------------------------------------------------------
@@ -226,7 +232,7 @@ class Roster:
     def put(self, user: JID, item: RosterItem) -> None:
         """Store ``item`` (added or changed) and push it. A new item in a full
         roster is ``<resource-constraint/>`` (nothing stored)."""
-        self._check_room(user, item.jid)
+        self._check_room(user, item)
         version = self._storage.set_roster_item(user.local, item)
         held = self._held.get(user)
         if held is not None:
@@ -244,13 +250,22 @@ class Roster:
         self._push(user, Element(ITEM, {"jid": str(contact), "subscription": "remove"}),
                    version)
 
-    def _check_room(self, user: JID, jid: str) -> None:
+    def _check_room(self, user: JID, new: RosterItem) -> None:
         held = self._hold(user)
         items = held.items if held is not None else {i.jid: i for i in self.items(user)}
         limit = self.limits.max_roster_items
-        if jid not in items and len(items) >= limit:
+        if new.jid not in items and len(items) >= limit:
             raise StanzaError(Cond.RESOURCE_CONSTRAINT,
                               f"the roster is full ({limit} items, iim_server.max_roster_items)")
+        if self.max_bytes is None:
+            return
+        old = items.get(new.jid)
+        total = (sum(written_size(item) for item in items.values())
+                 - (written_size(old) if old is not None else 0) + written_size(new))
+        if total > self.max_bytes:
+            raise StanzaError(Cond.RESOURCE_CONSTRAINT,
+                              f"the roster would take more than {self.max_bytes} bytes, more "
+                              f"than one roster result may carry (iim_server.maxstanzasize)")
 
     def _push(self, user: JID, item: Element, version: int) -> None:
         for session in self._sessions.interested(user):
@@ -294,6 +309,12 @@ def item_size(name: str | None, groups: Iterable[str]) -> int:
     and each ``<group>...</group>``): what ``max_roster_item_size`` bounds."""
     size = len(name.encode()) + _NAME_MARKUP if name else 0
     return size + sum(len(group.encode()) + _GROUP_MARKUP for group in groups)
+
+
+def written_size(item: RosterItem) -> int:
+    """About the bytes ``item`` takes in a roster result: its name and groups,
+    its JID and the markup around them (``<item jid='' subscription=''/>``)."""
+    return item_size(item.name, item.groups) + len(item.jid.encode()) + _ITEM_MARKUP
 
 
 def _check_size(name: str | None, groups: tuple[str, ...], limit: int) -> None:

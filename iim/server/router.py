@@ -65,6 +65,7 @@ from iim.conf.limits import ServerLimits
 from iim.xmpp.errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
 from iim.xmpp.jid import JID
 from iim.xmpp.ns import ROSTER_NS, q
+from iim.xmpp.xml import DEFAULT_MAX_STANZA_BYTES
 
 from .inbound import RemoteStanzas
 from .messages import Messages
@@ -95,6 +96,11 @@ class Addressing(enum.Enum):
     REMOTE = "another domain"
 
 
+ROSTER_RESULT_ENVELOPE = 1024
+"""Bytes of a roster result that are not its items (the iq, the query, the
+addresses): the roster's own bound is the stanza limit less this."""
+
+
 class Router:
     """Stanza dispatch for one domain, over its sessions, presence and storage."""
 
@@ -107,6 +113,7 @@ class Router:
         clock: Callable[[], datetime] | None = None,
         limits: ServerLimits = ServerLimits(),
         limit_log=None,
+        max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
     ) -> None:
         self.log = log or logging.getLogger("iim.server.router")
         self.storage = storage
@@ -115,7 +122,8 @@ class Router:
         self.remote = RemoteDomains(self.sessions)
         self.offline = OfflineStore(storage, self.sessions, self.remote, clock=clock,
                                     limits=limits, limit_log=limit_log, log=self.log)
-        self.roster = Roster(storage, self.sessions, limits=limits)
+        self.roster = Roster(storage, self.sessions, limits=limits,
+                             max_bytes=max_stanza_bytes - ROSTER_RESULT_ENVELOPE)
         self.presence = Presence(self.sessions, self.roster, self.offline, self.remote,
                                  log=self.log)
         self.roster.on_remove = self.presence.roster_item_removed
