@@ -22,10 +22,16 @@ def sub_ca(ca):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The run's own secret sweep (tests/secretsweep.py): a leak fails the run."""
+    """The run's own secret sweep (tests/secretsweep.py) and process sweep: a
+    leaked password or a process left running fails the run.
+
+    With pytest-xdist (./dev test) they run once, in the controller, after
+    every worker has finished: each worker's base folder is a folder of the
+    controller's (popen-gw0, popen-gw1...), so one sweep covers them all; a
+    worker does not sweep (its exit status would not reach the run's)."""
     from secretsweep import leaks, passwords_written
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None or exitstatus not in (0, 1):
+    if factory is None or exitstatus not in (0, 1) or hasattr(session.config, "workerinput"):
         return
     base = factory.getbasetemp()
     found = leaks(base)
@@ -54,7 +60,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 def leftover_processes(marker: str) -> list[tuple[int, str]]:
     """Processes whose command line names a file of this run's temporary folder
-    (a server or multiplexor a test started and did not stop)."""
+    (a server or multiplexor a test started and did not stop): an argument that
+    is the folder or a path in it, not one that merely starts with the same
+    characters (another run's /tmp/bt-x-other beside this run's /tmp/bt-x)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -63,6 +71,7 @@ def leftover_processes(marker: str) -> list[tuple[int, str]]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline:
+        paths = (arg.split("=", 1)[-1] for arg in cmdline.split())     # --option=path too
+        if any(path == marker or path.startswith(marker + os.sep) for path in paths):
             found.append((int(entry.name), cmdline.strip()))
     return found

@@ -12,14 +12,12 @@ one of them and wait until they serve.
 from __future__ import annotations
 
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from live import free_port
+from support import Process, free_port
+from support.process import count_in
 
 TOKEN = "Internal (Software) Token"
 
@@ -41,7 +39,7 @@ class DevSystem:
             jid, password = line.split(" ", 1)
             self.users[jid.split("@")[0]] = password
         self.store_password = self.password_in(self.folder / "sslpassword.conf")
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[Process] = []
 
     @staticmethod
     def password_in(path: Path) -> str:
@@ -70,65 +68,49 @@ class DevSystem:
         match = re.search(rf'^{re.escape(key)}\s*=\s*"(.*)"$', path.read_text(), re.MULTILINE)
         return match[1]
 
-    def start_server(self, conf: Path | None = None) -> subprocess.Popen:
+    def start_server(self, conf: Path | None = None) -> Process:
         conf = conf or self.conf
         port = int(self.param(conf, "iim_server.port").rsplit(":", 1)[1])
-        proc = self._spawn("iim.server", conf)
-        wait_for_port(port, proc)
-        return proc
+        return self.spawn("iim.server", conf).wait_port(port)
 
-    def start_mux(self, conf: Path | None = None, instances: int = 1) -> subprocess.Popen:
+    def start_mux(self, conf: Path | None = None, instances: int = 1) -> Process:
         """Start the multiplexor and wait until every relay thread has its link."""
         conf = conf or self.conf
         log = self.folder / self.param(conf, "iim.log.iim_mux.url")
-        before = _count_up(log)
-        proc = self._spawn("iim.mux", conf, "--instances", str(instances))
+        before = count_in(log, UP)
+        proc = self.spawn("iim.mux", conf, "--instances", str(instances))
         wanted = before + instances * int(self.param(conf, "iim_mux.maxthreads"))
-        deadline = time.monotonic() + 30
-        while _count_up(log) < wanted:
-            assert proc.poll() is None, f"the multiplexor exited: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "the multiplexor's links never came up"
-            time.sleep(0.05)
-        return proc
+        return proc.wait_log(log, UP, wanted)
 
-    def _spawn(self, module: str, conf: Path, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", module, "-c", str(conf), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def spawn(self, module: str, conf: Path, *args: str) -> Process:
+        """``python -m module -c conf args``, its output in this folder (module.stderr...)."""
+        proc = Process([sys.executable, "-m", module, "-c", str(conf), *args], self.folder,
+                       module.replace(".", "-"))
         self.procs.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen) -> tuple[int, str]:
+    def stop(self, proc: Process) -> tuple[int, str]:
         """SIGTERM; (exit status, what it wrote on stderr)."""
-        proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise AssertionError("a process did not stop on SIGTERM")
-        self.procs.remove(proc)
-        return proc.returncode, err
+            code = proc.stop()
+        finally:
+            self.procs.remove(proc)
+        return code, proc.stderr()
 
     def stop_all(self) -> list[str]:
         """Stop everything still running; the stderr of each."""
         return [self.stop(proc)[1] for proc in list(reversed(self.procs))]
 
 
-def _count_up(log: Path) -> int:
-    return log.read_text().count(" up to 127.0.0.1:") if log.exists() else 0
+UP = " up to 127.0.0.1:"                  # the multiplexor's line for a relay thread's link
 
 
-def wait_for_port(port: int, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"exited with status {proc.returncode}: {proc.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
+def wait_for_port(port: int, proc: Process | None = None) -> None:
+    if proc is not None:
+        proc.wait_port(port)
+        return
+    from support import wait_until, listening
+    wait_until(lambda: listening("127.0.0.1", port), f"127.0.0.1:{port} to answer")
 
 
 def run_admin(*args: str, env=None, stdin: str = "",

@@ -11,35 +11,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import slixmpp
 from cryptography.hazmat.primitives import serialization
 
 from keytool import make_store
+from support import Process, free_port, listening  # noqa: F401  (the tests import these two from here)
 
 DOMAIN = "localhost"
 STOREPASS = "Live-Store-Pw-9"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def listening(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on ``host``:``port`` now."""
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 class LiveServer:
@@ -73,37 +57,26 @@ class LiveServer:
             lines.append('iim_server.sslkeystore = "server.jks"')
         self.conf = folder / "iim.conf"
         self.conf.write_text("\n".join(lines) + "\n" + extra)
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
 
     def add_users(self) -> None:
         for user, password in self.users.items():
             admin("user", "add", "-c", str(self.conf), user, stdin=password + "\n")
 
     def start(self) -> "LiveServer":
-        self.proc = subprocess.Popen([sys.executable, "-m", "iim.server", "-c", str(self.conf)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read().decode()}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start listening")
+        self.proc = Process([sys.executable, "-m", "iim.server", "-c", str(self.conf)],
+                            self.folder, "server")
+        try:
+            self.proc.wait_port(self.port, self.host)
+        except AssertionError:
+            self.proc.kill()
+            raise
+        return self
 
     def stop(self) -> int:
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError("server did not stop on SIGTERM")
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+        code = self.proc.stop()
         self.proc = None
         return code
 
@@ -137,22 +110,25 @@ class LiveMux:
         lines += [f'iim_mux.{k} = "{v}"' for k, v in (params or {}).items()]
         self.conf = folder / f"{name}.conf"
         self.conf.write_text("\n".join(lines) + "\n")
-        self.stderr = folder / f"{name}.stderr"
-        with self.stderr.open("w") as stderr:
-            self.proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(self.conf),
-                                          "--instances", str(instances)],
-                                         stderr=stderr, cwd=folder)
-        self.wait_links(threads * instances)
+        self.proc = Process([sys.executable, "-m", "iim.mux", "-c", str(self.conf),
+                             "--instances", str(instances)], folder, name, cwd=folder)
+        self.stderr = self.proc.stderr_file
+        try:
+            self.wait_links(threads * instances)
+        except AssertionError:
+            self.kill()
+            raise
 
     def links_up(self) -> int:
         return self.log().count(" up to 127.0.0.1:")
 
-    def wait_links(self, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.links_up() < count:
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, f"only {self.links_up()}/{count} links came up"
-            time.sleep(0.05)
+    def wait_links(self, count: int, timeout: float = 60) -> None:
+        """Until ``count`` relay-thread links are logged as up (the deadline bounds a failure)."""
+        try:
+            self.proc.wait_until(lambda: self.links_up() >= count, f"{count} links up",
+                                 timeout=timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- {self.log_file.name} ---\n{self.log()[-3000:]}") from None
 
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
@@ -175,14 +151,7 @@ class LiveMux:
         return found
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the multiplexor did not stop on SIGTERM")
+        return self.proc.stop()
 
     def kill(self) -> None:
         for pid in self.workers().values():
@@ -190,9 +159,7 @@ class LiveMux:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.kill()
 
 
 def admin(*args: str, stdin: str = "") -> subprocess.CompletedProcess:

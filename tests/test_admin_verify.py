@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from devsystem import DevSystem, run_admin, wait_for_port
-from live import free_port
+from devsystem import DevSystem, run_admin
+from support import Process, free_port
 
 ALICE = "alice@localhost"
 
@@ -292,17 +292,15 @@ def test_tls_older_than_1_2_is_not_secure(dev, ca, tmp_path):
     (tmp_path / "cert.pem").write_bytes(issued.cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "key.pem").write_bytes(issued.key_pem())
     port = free_port()
-    server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert",
-                               str(tmp_path / "cert.pem"), "-key", str(tmp_path / "key.pem"),
-                               "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-quiet"],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = Process(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert",
+                      str(tmp_path / "cert.pem"), "-key", str(tmp_path / "key.pem"),
+                      "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0", "-quiet"],
+                     tmp_path, "s_server", stdin=subprocess.PIPE)   # open: s_server ends on EOF
     try:
-        wait_for_port(port, server)
+        server.wait_port(port)
         result = verify(dev.conf, "--port", str(port), "--legacy-ssl")
     finally:
         server.kill()
-        server.wait()
     assert result.returncode == 1
     assert rows(result.stdout)["lock"][0].startswith(
         "NOT secure: legacy SSL: the peer offers only TLS older than 1.2")

@@ -67,11 +67,9 @@ def test_dev_users_can_log_in(tmp_path):
 def test_the_development_system_serves_its_users(tmp_path):
     """What ./dev run starts: the server on the dev configuration, alice and bob log in."""
     import asyncio
-    import signal
-    import socket
-    import time
 
-    from live import Client, free_port, next_item
+    from live import Client, next_item
+    from support import Process, free_port
 
     conf = dev_setup(tmp_path / "dev")
     port = free_port()
@@ -79,17 +77,9 @@ def test_the_development_system_serves_its_users(tmp_path):
         out.write(f'iim_server.port = "127.0.0.1:{port}"\n'
                   f'iim_mux.serverport = "127.0.0.1:{free_port()}"\n')
     users = dict(line.split() for line in (conf.parent / "dev-users.txt").read_text().splitlines())
-    proc = subprocess.Popen([sys.executable, "-m", "iim.server", "-c", str(conf)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = Process([sys.executable, "-m", "iim.server", "-c", str(conf)], tmp_path, "server")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
+        proc.wait_port(port)
 
         async def chat():
             ca = conf.parent / "ca.pem"
@@ -103,8 +93,8 @@ def test_the_development_system_serves_its_users(tmp_path):
 
         assert asyncio.run(asyncio.wait_for(chat(), 60)) == "dev works"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        stderr = proc.communicate(timeout=20)[1]
-    assert proc.returncode == 0
+        code = proc.stop()
+    stderr = proc.stderr()
+    assert code == 0, proc.report()
     assert "iim_server.port: set twice" in stderr
     assert users["alice@localhost"] not in stderr

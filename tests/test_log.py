@@ -338,7 +338,7 @@ def test_worker_severity_is_applied_in_the_worker(dev):
     """WARNING: the workers' start lines (INFO) are not written, their failed
     links (WARNING, no server here) are."""
     conf_path = dev.variant("quiet.conf", {"iim.log.iim_mux.severity": "WARNING"})
-    proc = dev._spawn("iim.mux", conf_path, "--instances", "2")
+    proc = dev.spawn("iim.mux", conf_path, "--instances", "2")
     wait_until(lambda: len(set(re.findall(r"WARNING iim\.mux\[(\d+)\]: link \d\.\d: ",
                                           _mux_text(dev)))) == 2, "both workers' warnings")
     assert dev.stop(proc)[0] == 0
@@ -443,11 +443,10 @@ def _failed_starts(dev: DevSystem) -> list[str]:
     """The server and the multiplexor refusing wrong keystore/NSS passwords."""
     outputs = []
     for module, name in (("iim.server", "bad-server.conf"), ("iim.mux", "bad-mux.conf")):
-        proc = dev._spawn(module, dev.folder / name)
-        out, err = proc.communicate(timeout=60)
+        proc = dev.spawn(module, dev.folder / name)
         dev.procs.remove(proc)
-        assert proc.returncode != 0, err
-        outputs.append(out + err)
+        assert proc.wait() != 0, proc.report()
+        outputs.append(proc.stdout() + proc.stderr())
     return outputs
 
 

@@ -314,8 +314,6 @@ def test_server_killed_and_restarted_under_500_sessions(server, mux_factory):
         return ends, closed_in
 
     ends, closed_in = run(kill_and_watch())
-    server.proc.stdout.close()
-    server.proc.stderr.close()
     server.proc = None
     assert all(e is not None for e in ends), f"{ends.count(None)} clients never closed"
     assert mux.proc.poll() is None and mux.workers() == {0: worker}     # it survived

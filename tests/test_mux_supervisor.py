@@ -17,13 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port
 from muxpeer import LinkPeer, closed_by_peer, recv_exact, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_conf(tmp_path: Path, listen: int, server: int, **extra) -> Path:

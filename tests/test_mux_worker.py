@@ -10,13 +10,8 @@ import pytest
 from iim.conf import HostPort
 from iim.mux.__main__ import nofile_warning
 from iim.mux.worker import Backoff, StartupError, Worker, WorkerSettings, stats_line
+from support import free_port
 from muxpeer import LinkPeer, closed_by_peer, recv_exact, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings(peer: LinkPeer, port: int, **kw) -> WorkerSettings:
