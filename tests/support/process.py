@@ -25,10 +25,11 @@ class StartFailed(AssertionError):
     """The process ended, or what a test waited for never came."""
 
 
-def wait_until(predicate: Callable[[], T], what: str, *, timeout: float = DEADLINE,
+def wait_until(predicate: Callable[[], T], what: str = "", *, timeout: float = DEADLINE,
                interval: float = 0.02, alive: Callable[[], str | None] | None = None) -> T:
     """``predicate()``'s first true value. ``alive()`` returns why waiting is
-    pointless (a process has ended) or None."""
+    pointless (a process has ended) or None. ``timeout`` bounds a failure: a
+    busy machine only makes the wait longer, never the test fail."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -37,7 +38,7 @@ def wait_until(predicate: Callable[[], T], what: str, *, timeout: float = DEADLI
         if alive is not None and (reason := alive()) is not None:
             raise StartFailed(f"while waiting for {what}: {reason}")
         if time.monotonic() > deadline:
-            raise StartFailed(f"{what}: not within {timeout:g} s")
+            raise StartFailed(f"{what or predicate}: not within {timeout:g} s")
         time.sleep(interval)
 
 
