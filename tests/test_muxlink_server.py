@@ -366,7 +366,7 @@ def test_link_up_without_a_secret_and_closed_by_the_mux(server):
                      Close(CloseReason.SHUTDOWN, "bye\nERROR forged line").encode())
             await asyncio.wait_for(mux.eof.wait(), 5)
             await settle(lambda: srv.log_lines.has(
-                "closed: by the multiplexor: shutdown (bye?ERROR forged line); 0 sessions"))
+                "closed: by the multiplexor: shutdown (bye\\x0aERROR forged line); 0 sessions"))
             assert not any("\n" in line for line in srv.log_lines.lines)
             await mux.close()
             return srv.log_lines

@@ -70,7 +70,7 @@ def _link_findings(config) -> list[Finding]:
 
 
 def _federation_findings(config) -> list[Finding]:
-    """Coserver pairs (DESIGN.md: mirrored serverid/password) that cannot work."""
+    """Coserver pairs (docs/federation.md: mirrored serverid/password) that cannot work."""
     server, found = config.server, []
     own = bool(server.serverid and server.password)
     if bool(server.serverid) != bool(server.password):

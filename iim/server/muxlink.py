@@ -59,6 +59,7 @@ from iim.linkconnection import (
 from iim.muxlink import (
     LINGER_SECONDS, MAX_CREDIT, MAX_PAYLOAD, TLS_HANDSHAKE, CloseReason,
 )
+from iim.text import host_port, printable
 from iim.xmpp.errors import StreamError, StreamErrorCondition
 
 from .admission import Admission, Refusal
@@ -280,7 +281,7 @@ class MuxLinkProtocol(asyncio.Protocol):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         host, port = transport.get_extra_info("peername")[:2]
-        self.name = f"mux link from {_address(host, port)}"
+        self.name = f"mux link from {host_port(host, port)}"
         if not self.config.allows(host):
             self._closed_why = "refused"
             self.log.warning("%s refused: not an allowed source (iim_server.muxlink_allow)",
@@ -399,7 +400,7 @@ class MuxLinkProtocol(asyncio.Protocol):
     def _on_link_closed(self, event: LinkClosed) -> None:
         why = event.why
         if event.by_peer and event.text:
-            why += f" ({_printable(event.text)})"
+            why += f" ({printable(event.text)})"
         if event.limit is not None:
             limit_log = getattr(self.ctx, "limit_log", None)
             if limit_log is not None:
@@ -462,7 +463,7 @@ class MuxLinkProtocol(asyncio.Protocol):
             return
         session.carrier.detach()
         self.log.debug("%s: session %d closed by the multiplexor: %s %s", self.name,
-                       event.sid, event.reason, _printable(event.text))
+                       event.sid, event.reason, printable(event.text))
         session.connection_lost()
 
     _handlers = {
@@ -613,16 +614,6 @@ def _connections(ctx: SessionContext) -> set:
     return connections if connections is not None else set()
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """The mux's close text for one log line: no control characters, short."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class MuxListener(asyncio.AbstractServer):
     """The listening socket and its links; ``close()`` also ends the links."""
 
@@ -685,7 +676,7 @@ async def start_mux_listener(ctx: SessionContext, host: str | None, port: int, *
                                       reuse_address=True)
     for sock in server.sockets:
         ctx.log.info("listening for multiplexor links on %s (from %s; %s; TLS %s)",
-                     _address(*sock.getsockname()[:2]), ", ".join(map(str, config.networks)),
+                     host_port(*sock.getsockname()[:2]), ", ".join(map(str, config.networks)),
                      "shared secret required" if secret is not None else "no shared secret",
                      tls_mode if tls_context is not None else "unavailable (no keystore)")
     if secret is None:
