@@ -7,9 +7,11 @@ as a trusted entry, import the signed reply.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -67,7 +69,48 @@ def add_trusted(store: Path, cert: x509.Certificate, alias: str, *, storetype="J
 
 def make_store(store: Path, ca, names, *, alias="Server", storetype="JKS", storepass="storepw",
                keypass=None, keyalg="RSA", **signing) -> x509.Certificate:
-    """A store with the CA root trusted and one signed key entry; returns the leaf."""
+    """A store with the CA root trusted and one signed key entry; returns the leaf.
+
+    keytool runs four times for it (a JVM start each), so a new ``store`` is a
+    copy of the one made before with the same parameters in this run (same CA,
+    names, alias, type, passwords, key algorithm, signing options), key and
+    leaf included; a store that already exists gets the entries added for real."""
+    params = dict(alias=alias, storetype=storetype, storepass=storepass, keypass=keypass,
+                  keyalg=keyalg, **signing)
+    if store.exists():
+        return _make_store(store, ca, names, **params)
+    key = (_identity(ca), tuple(names), repr(sorted(params.items())))
+    if key not in _stores:
+        _stores[key] = _made_once(store.name, ca, names, params)
+    folder, name, leaf = _stores[key]
+    store.parent.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():                 # the store and its side files (CA, CSR, reply)
+        shutil.copyfile(path, store if path.name == name else store.with_name(path.name))
+    return leaf
+
+
+_stores: dict[tuple, tuple[Path, str, x509.Certificate]] = {}  # -> (folder, store name, leaf)
+_cache_root: Path | None = None
+
+
+def _made_once(name: str, ca, names, params: dict) -> tuple[Path, str, x509.Certificate]:
+    """The store made by keytool in a folder of this process's cache."""
+    global _cache_root
+    if _cache_root is None:
+        _cache_root = Path(tempfile.mkdtemp(prefix="iim-keystores-"))
+        atexit.register(shutil.rmtree, _cache_root, True)
+    folder = _cache_root / str(len(_stores))
+    folder.mkdir()
+    return folder, name, _make_store(folder / name, ca, names, **params)
+
+
+def _identity(ca) -> tuple[bytes, ...]:
+    """The CA chain by certificate fingerprints (the signer's key goes with its certificate)."""
+    return tuple(c.fingerprint(hashes.SHA256()) for c in (ca.cert, *ca.parents))
+
+
+def _make_store(store: Path, ca, names, *, alias="Server", storetype="JKS", storepass="storepw",
+                keypass=None, keyalg="RSA", **signing) -> x509.Certificate:
     add_trusted(store, ca.root_cert, "iim-test-ca", storetype=storetype, storepass=storepass)
     return add_key_entry(store, ca, alias, names, storetype=storetype, storepass=storepass,
                          keypass=keypass, keyalg=keyalg, **signing)
