@@ -8,6 +8,6 @@ failure). Every wait is for an event; its deadline only bounds a failure.
 """
 
 from support.ports import free_port, listening
-from support.process import Process, StartFailed, wait_until
+from support.process import Process, StartFailed, eventually, wait_until
 
-__all__ = ["Process", "StartFailed", "free_port", "listening", "wait_until"]
+__all__ = ["Process", "StartFailed", "eventually", "free_port", "listening", "wait_until"]

@@ -9,6 +9,7 @@ failure takes to be reported, and the process ending first fails at once.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -40,6 +41,17 @@ def wait_until(predicate: Callable[[], T], what: str = "", *, timeout: float = D
         if time.monotonic() > deadline:
             raise StartFailed(f"{what or predicate}: not within {timeout:g} s")
         time.sleep(interval)
+
+
+async def eventually(predicate: Callable[[], T], what: str = "", *, timeout: float = DEADLINE,
+                     interval: float = 0.05) -> T:
+    """``wait_until`` for a coroutine: the event loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise StartFailed(f"{what or predicate}: not within {timeout:g} s")
+        await asyncio.sleep(interval)
+    return value
 
 
 class Process:
