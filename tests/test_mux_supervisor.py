@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from support import free_port
-from muxpeer import LinkPeer, closed_by_peer, recv_exact, wait_until
+from muxpeer import LinkPeer, closed_by_peer, recv_exact
+from support import Process, StartFailed, free_port, wait_until
 
 
 def write_conf(tmp_path: Path, listen: int, server: int, **extra) -> Path:
@@ -31,11 +31,11 @@ def write_conf(tmp_path: Path, listen: int, server: int, **extra) -> Path:
     return path
 
 
-def start(conf: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    log = conf.parent / "mux.stderr"
-    proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(conf), *args],
-                            stderr=log.open("w"), cwd=conf.parent)
-    return proc, log
+def start(conf: Path, *args: str) -> tuple[Process, Path]:
+    """The multiplexor on ``conf``; the file of its stderr (where it logs here)."""
+    proc = Process([sys.executable, "-m", "iim.mux", "-c", str(conf), *args], conf.parent, "mux",
+                   cwd=conf.parent)
+    return proc, proc.stderr_file
 
 
 def workers(supervisor: int) -> dict[int, int]:
@@ -78,7 +78,7 @@ def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, pee
     conf = write_conf(tmp_path, port, peer.port, maxsessions=big)
     proc, log = start(conf, "--instances", "2")
     try:
-        links = peer.wait_links(4, timeout=20)
+        links = peer.wait_links(4, timeout=60)
         assert sorted(ln.hello for ln in links) == [(0, 0), (0, 1), (1, 0), (1, 1)]
         clients = {0: [], 1: []}
         while min(len(v) for v in clients.values()) < 2:
@@ -97,7 +97,7 @@ def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, pee
         assert not any(ln.ended.is_set() for ln in survivors)
         wait_until(lambda: len([ln for ln in peer.live_links()
                                 if ln.hello[0] == 0 and ln not in links]) == 2,
-                   timeout=15, what="the restarted worker's links")
+                   what="the restarted worker's links")
         assert all(ln.ended.is_set() for ln in links if ln.hello[0] == 0)
         new = wait_until(lambda: len(workers(proc.pid)) == 2 and workers(proc.pid))
         assert new[1] == pids[1] and new[0] != pids[0]
@@ -107,17 +107,14 @@ def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, pee
                 assert echo(c, b"new") == b"new"
                 served.add(instance_of(peer, c))
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.stop() == 0
         for c in clients[1]:
             assert closed_by_peer(c, 5)
             c.close()
         wait_until(lambda: all(ln.linkclose == (4, "multiplexor stopping")
                                for ln in peer.links if ln.hello[0] == 1 or ln not in links))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.kill()
     text = log.read_text()
     assert (f"iim_mux.maxsessions = {big} needs about {big * 2 + 100} open files; "
             f"the hard limit here is {hard}") in text
@@ -127,14 +124,12 @@ def test_two_instances_restart_a_killed_worker_and_stop_on_sigterm(tmp_path, pee
     assert all(ln.errors == [] for ln in peer.links)
 
 
-def refusal(proc: subprocess.Popen, log: Path) -> str:
+def refusal(proc: Process, log: Path) -> str:
     """The one line of a multiplexor that refused to start (exit status 1)."""
     try:
-        status = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()                                 # it started: the test fails, nothing is left
-        proc.wait()
-        raise AssertionError("the multiplexor started instead of refusing") from None
+        status = proc.wait()                        # killed if it does not end: nothing is left
+    except StartFailed as e:
+        raise AssertionError(f"the multiplexor started instead of refusing: {e}") from None
     assert status == 1
     text = log.read_text()
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -166,7 +161,7 @@ def test_a_second_multiplexor_on_the_port_refuses_and_the_first_serves_everyone(
     first, _ = start(write_conf(tmp_path / "first", port, first_peer.port), "--instances", "2")
     second = None
     try:
-        first_peer.wait_links(4, timeout=20)
+        first_peer.wait_links(4, timeout=60)
         second, log = start(write_conf(tmp_path / "second", port, second_peer.port),
                             "--instances", "2")
         line = refusal(second, log)
@@ -183,22 +178,19 @@ def test_a_second_multiplexor_on_the_port_refuses_and_the_first_serves_everyone(
             served.add(instance_of(first_peer, c))
         assert second_peer.links == []
         # Stopped (its clients' connections left in TIME_WAIT), the port is free again.
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(20) == 0
+        assert first.stop() == 0
         for c in clients:
             c.close()
         second, _ = start(write_conf(tmp_path / "second", port, second_peer.port))
-        second_peer.wait_links(2, timeout=20)
+        second_peer.wait_links(2, timeout=60)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             assert echo(c, b"now this one") == b"now this one"
             instance_of(second_peer, c)
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(20) == 0
+        assert second.stop() == 0
     finally:
         for proc in (first, second):
-            if proc is not None and proc.poll() is None:
+            if proc is not None:
                 proc.kill()
-                proc.wait()
         first_peer.close()
         second_peer.close()
 

@@ -10,8 +10,8 @@ import pytest
 from iim.conf import HostPort
 from iim.mux.__main__ import nofile_warning
 from iim.mux.worker import Backoff, StartupError, Worker, WorkerSettings, stats_line
-from support import free_port
-from muxpeer import LinkPeer, closed_by_peer, recv_exact, wait_until
+from muxpeer import LinkPeer, closed_by_peer, recv_exact
+from support import free_port, wait_until
 
 
 def settings(peer: LinkPeer, port: int, **kw) -> WorkerSettings:
@@ -77,7 +77,7 @@ def test_threads_relay_reconnect_with_backoff_and_refuse_while_down(peer, caplog
         wait_until(lambda: worker.stats()["refused"] >= 1)
         # The server is back: the threads reconnect by themselves.
         peer.refuse_links = False
-        wait_until(lambda: worker.stats()["links_up"] == 2, timeout=5)
+        wait_until(lambda: worker.stats()["links_up"] == 2)
         assert round_trip(port, b"again") == b"again"
         wait_until(lambda: worker.stats()["closed"] == 6)
         assert worker.stats()["opened"] == 6
