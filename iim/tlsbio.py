@@ -186,6 +186,22 @@ class TLSPump:
         plain, out = layer.receive(data)
         return plain, out, layer.handshake_done and not was_done
 
+    def pass_in(self, data: bytes, write, tls_up, tls_failed) -> bytes:
+        """``receive`` for a session: what TLS has to send goes to ``write``,
+        ``tls_up()`` is called when the handshake has just finished and
+        ``tls_failed(exc)`` on a ``TLSFailed`` (then nothing is returned);
+        returns the plaintext for the session's stream."""
+        try:
+            plain, out, up = self.receive(data)
+        except TLSFailed as exc:
+            tls_failed(exc)
+            return b""
+        if out:
+            write(out)
+        if up:
+            tls_up()
+        return plain
+
     def send(self, plaintext: bytes) -> bytes:
         """What to write for ``plaintext``: encrypted once the handshake is done."""
         return self.layer.send(plaintext) if self.handshake_done else plaintext

@@ -173,15 +173,7 @@ class ClientSession:
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        try:
-            plain, out, tls_up = self.tls.receive(data)
-        except TLSFailed as exc:
-            self._tls_failed(exc)
-            return
-        if out:
-            self.carrier.write(out)
-        if tls_up:
-            self._tls_up()
+        plain = self.tls.pass_in(data, self.carrier.write, self._tls_up, self._tls_failed)
         if plain and not self.closed:
             self._feed(plain)
 
