@@ -604,21 +604,37 @@ cdef bint source_admit(Core *c, uint8_t family, const uint8_t *addr) noexcept no
 # client_read / client_write return bytes moved (> 0), 0 at end of stream,
 # -1 when the socket (or TLS) must wait for readiness, -2 on error.
 
+cdef inline ssize_t sock_recv(int fd, uint8_t *p, size_t n) noexcept nogil:
+    """recv() retried on EINTR: bytes (>= 0), -1 on EAGAIN, -2 on error (errno)."""
+    cdef ssize_t r
+    while True:
+        r = posix.recv(fd, p, n, 0)
+        if r >= 0:
+            return r
+        if posix.errno != posix.EINTR:
+            return -1 if posix.errno == posix.EAGAIN else -2
+
+
+cdef inline ssize_t sock_send(int fd, const uint8_t *p, size_t n) noexcept nogil:
+    """send() without SIGPIPE, retried on EINTR: bytes, -1 on EAGAIN, -2 on error."""
+    cdef ssize_t r
+    while True:
+        r = posix.send(fd, p, n, posix.MSG_NOSIGNAL)
+        if r >= 0:
+            return r
+        if posix.errno != posix.EINTR:
+            return -1 if posix.errno == posix.EAGAIN else -2
+
+
 cdef ssize_t client_read(Session *s, uint8_t *p, size_t n) noexcept nogil:
     cdef ssize_t r
     cdef size_t got = 0
     cdef int err
     if s.ssl == NULL:
-        while True:
-            r = posix.recv(s.fd, p, n, 0)
-            if r >= 0:
-                return r
-            if posix.errno == posix.EINTR:
-                continue
-            if posix.errno == posix.EAGAIN:
-                s.flags &= ~F_READABLE
-                return -1
-            return -2
+        r = sock_recv(s.fd, p, n)
+        if r == -1:
+            s.flags &= ~F_READABLE
+        return r
     if openssl.SSL_read_ex(s.ssl, p, n, &got) == 1:
         return <ssize_t>got
     err = openssl.SSL_get_error(s.ssl, 0)
@@ -638,16 +654,10 @@ cdef ssize_t client_write(Session *s, const uint8_t *p, size_t n) noexcept nogil
     cdef size_t done = 0
     cdef int err
     if s.ssl == NULL:
-        while True:
-            r = posix.send(s.fd, p, n, posix.MSG_NOSIGNAL)
-            if r >= 0:
-                return r
-            if posix.errno == posix.EINTR:
-                continue
-            if posix.errno == posix.EAGAIN:
-                s.flags &= ~F_WRITABLE
-                return -1
-            return -2
+        r = sock_send(s.fd, p, n)
+        if r == -1:
+            s.flags &= ~F_WRITABLE
+        return r
     if openssl.SSL_write_ex(s.ssl, p, n, &done) == 1:
         return <ssize_t>done
     err = openssl.SSL_get_error(s.ssl, 0)
@@ -1156,13 +1166,7 @@ cdef ssize_t link_recv(Core *c, uint8_t *p, size_t n) noexcept nogil:
     cdef size_t got = 0
     cdef int err
     if c.link_ssl == NULL:
-        while True:
-            r = posix.recv(c.link_fd, p, n, 0)
-            if r >= 0:
-                return r
-            if posix.errno == posix.EINTR:
-                continue
-            return -1 if posix.errno == posix.EAGAIN else -2
+        return sock_recv(c.link_fd, p, n)
     if openssl.SSL_read_ex(c.link_ssl, p, n, &got) == 1:
         return <ssize_t>got
     err = openssl.SSL_get_error(c.link_ssl, 0)
@@ -1187,13 +1191,8 @@ cdef ssize_t link_send(Core *c, const uint8_t *p, size_t n) noexcept nogil:
     cdef size_t done = 0
     cdef int err
     if c.link_ssl == NULL:
-        while True:
-            r = posix.send(c.link_fd, p, n, posix.MSG_NOSIGNAL)
-            if r > 0:
-                return r
-            if r < 0 and posix.errno == posix.EINTR:
-                continue
-            return -1 if r < 0 and posix.errno == posix.EAGAIN else -2
+        r = sock_send(c.link_fd, p, n)
+        return -2 if r == 0 else r
     if openssl.SSL_write_ex(c.link_ssl, p, n, &done) == 1:
         return <ssize_t>done
     err = openssl.SSL_get_error(c.link_ssl, 0)
