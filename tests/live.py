@@ -180,6 +180,7 @@ class Client(slixmpp.ClientXMPP):
         self.enable_direct_tls = False
         self.enable_starttls = True
         self.received: asyncio.Queue = asyncio.Queue()
+        self.errors: asyncio.Queue = asyncio.Queue()     # messages bounced back as errors
         self.presences: asyncio.Queue = asyncio.Queue()
         self.roster_pushes: asyncio.Queue = asyncio.Queue()
         self.subscribe_requests: asyncio.Queue = asyncio.Queue()
@@ -190,6 +191,7 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("session_start", self._start)
         self.add_event_handler("failed_auth", lambda *_: self.failed.set())
         self.add_event_handler("message", lambda m: self.received.put_nowait(m))
+        self.add_event_handler("message_error", lambda m: self.errors.put_nowait(m))
         self.add_event_handler("presence_available", lambda p: self.presences.put_nowait(p))
         self.add_event_handler("presence_unavailable", lambda p: self.presences.put_nowait(p))
         self.add_event_handler("roster_update", self._roster_update)

@@ -157,14 +157,10 @@ class Pair:
 
     async def alice(self) -> Client:
         client = Client(self.alice_jid, self.iim.users["alice"], self.iim.ca_file)
-        client.errors = asyncio.Queue()
-        client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
         return await client.online(self.iim.port, host=self.iim.host)
 
     async def bob(self) -> Client:
         client = Client(self.bob_jid, BOB_PASSWORD, self.ejabberd.bob_trusts[self.vhost])
-        client.errors = asyncio.Queue()
-        client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
         return await client.online(self.ejabberd.c2s_port, host=self.ejabberd.host)
 
     def run(self, scenario) -> None:

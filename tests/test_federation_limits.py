@@ -83,8 +83,6 @@ class Attacker:
 
 async def online(server, user):
     client = Client(f"{user}@{server.domain}", server.users[user], server.ca_file)
-    client.errors = asyncio.Queue()
-    client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
     return await client.online(server.port, host=server.host)
 
 

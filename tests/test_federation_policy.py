@@ -33,8 +33,6 @@ def servers(tmp_path, ca, a=None, b=None):
 
 async def online(server, user):
     client = Client(f"{user}@{server.domain}", server.users[user], server.ca_file)
-    client.errors = asyncio.Queue()
-    client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
     if "sslkeystore" not in server.conf.read_text():
         client.enable_plaintext = True          # a server without TLS (the peer under test)
         client.plugin["feature_mechanisms"].unencrypted_scram = True

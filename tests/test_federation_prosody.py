@@ -142,8 +142,6 @@ class Federation:
 
     async def alice(self) -> Client:
         client = Client(ALICE, self.iim.users["alice"], self.iim.ca_file)
-        client.errors = asyncio.Queue()
-        client.add_event_handler("message_error", lambda m: client.errors.put_nowait(m))
         if not self.iim_tls:
             client.enable_plaintext = True           # iim without a certificate
             client.plugin["feature_mechanisms"].unencrypted_scram = True
