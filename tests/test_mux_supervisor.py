@@ -202,3 +202,19 @@ def test_bad_configuration_is_one_line_and_nothing_starts(tmp_path):
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode == 1
     assert "iim_mux.maxthreads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("listen,why", [
+    ("192.0.2.1", "Cannot assign requested address"),      # not an address of this host
+    ("no-such-host.invalid", ""),                            # a name that does not resolve
+])
+def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path, listen, why):
+    conf = tmp_path / "iim.conf"
+    conf.write_text(f'iim_mux.listenport = "{listen}:{free_port()}"\n'
+                    f'iim_mux.serverport = "127.0.0.1:{free_port()}"\n')
+    proc = subprocess.run([sys.executable, "-m", "iim.mux", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"iim_mux.listenport: cannot listen on {listen}:") and why in last

@@ -51,14 +51,14 @@ def main(argv=None) -> int:
 
 def _supervise(config, args, log) -> int:
     from .supervisor import Supervisor
-    from .port import PortClaim, PortInUse
+    from .port import CannotListen, PortClaim
     instances = args.instances or config.mux.numinstances
     try:
         with runtime.claimed(config, "mux", args.managed) as claim, \
                 PortClaim(config.mux.listenport):     # no other listener, before any worker
             return Supervisor(conf.config_path(args.config), instances, log, config=config,
                               runtime=claim).run()
-    except (runtime.AlreadyRunning, runtime.RuntimeFolderError, PortInUse) as err:
+    except (runtime.AlreadyRunning, runtime.RuntimeFolderError, CannotListen) as err:
         log.critical("%s", err)
         print(err, file=sys.stderr)
         return 1

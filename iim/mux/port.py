@@ -43,11 +43,15 @@ from pathlib import Path
 
 from iim.conf import HostPort
 
-__all__ = ["PortClaim", "PortInUse", "holder_of_port"]
+__all__ = ["CannotListen", "PortClaim", "PortInUse", "holder_of_port"]
 
 
-class PortInUse(Exception):
-    """Another process listens on iim_mux.listenport (one line for the operator)."""
+class CannotListen(Exception):
+    """iim_mux.listenport cannot be listened on (one line for the operator)."""
+
+
+class PortInUse(CannotListen):
+    """Another process listens on iim_mux.listenport."""
 
 
 class PortClaim:
@@ -56,7 +60,11 @@ class PortClaim:
 
     def __init__(self, where: HostPort) -> None:
         self.where = where
-        family, address, dual = bind_address(where)
+        try:
+            family, address, dual = bind_address(where)
+        except OSError as exc:                  # a host name that does not resolve
+            raise CannotListen(f"iim_mux.listenport: cannot listen on {where}: "
+                               f"{exc.strerror or exc}") from None
         self._lock = _lock(where, family, address)
         try:
             _probe(where, family, address, dual)
@@ -109,8 +117,9 @@ def _probe(where: HostPort, family: int, address: tuple, dual: bool) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
+            if exc.errno != errno.EADDRINUSE:       # not an address of this host, say
+                raise CannotListen(f"iim_mux.listenport: cannot listen on {where}: "
+                                   f"{exc.strerror}") from None
             holder = holder_of_port(where.port) or "a process this user cannot see"
             raise PortInUse(f"iim_mux.listenport: cannot listen on {where}: Address already "
                             f"in use by {holder}") from None
