@@ -12,7 +12,6 @@ have its own password (keytool's ``-keypass``); iim's reader then needs
 
 from __future__ import annotations
 
-import jks
 from cryptography.hazmat.primitives import serialization
 
 from .pkcs12write import check_aliases
@@ -22,6 +21,7 @@ def build(key, chain, anchors, *, alias: str, password: str,
           key_password: str | None = None) -> bytes:
     """The JKS file: ``key`` + ``chain`` (leaf first) under ``alias`` and
     ``anchors`` (``[(certificate, alias), ...]``) as trusted entries."""
+    import jks      # loaded only when a JKS store is written (see keystore._parse_jks)
     check_aliases(alias, [a for _, a in anchors])
     pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jks
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -111,6 +110,7 @@ def _from_jks(data, password, alias, key_password, where, kind) -> KeyMaterial:
 
 
 def _parse_jks(data, password, where, kind):
+    import jks      # pyjks (and pyasn1, pycryptodome) load only for a JKS or JCEKS store: ~0.15 s
     try:
         return jks.KeyStore.loads(data, password, try_decrypt_keys=True)
     except jks.util.KeystoreSignatureException:
@@ -124,6 +124,7 @@ def _decrypt_entry(entry, name, key_password, where) -> None:
     if key_password is None:
         raise KeyMaterialError(f'{where}: the key of entry "{name}" has a password other '
                                "than the store password: set iim_server.keypasswordfile")
+    import jks
     try:
         entry.decrypt(key_password)
     except jks.util.DecryptionFailureException:
