@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, SubElement
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
@@ -115,6 +116,21 @@ class StanzaErrorCondition(enum.Enum):
         return self._default_type
 
 
+@dataclass(frozen=True)
+class AppCondition:
+    """An application-specific condition, the optional third child of a
+    ``<stream:error/>`` (RFC 6120 §4.9.4), e.g. XEP-0198's
+    ``<handled-count-too-high/>``: an empty element with attributes."""
+
+    ns: str
+    name: str
+    attrs: dict = field(default_factory=dict)
+
+    def to_xml(self) -> str:
+        attrs = "".join(f" {k}='{_escape(v)}'" for k, v in self.attrs.items())
+        return f"<{self.name} xmlns='{_escape(self.ns)}'{attrs}/>"
+
+
 class XMPPError(Exception):
     """Base class of every exception the XMPP core raises."""
 
@@ -128,7 +144,8 @@ class StreamError(XMPPError):
 
     ``text`` is a human-readable explanation for the peer's logs (it goes on the
     wire: never put secrets in it). ``other_host`` is the new address carried by
-    ``see-other-host`` (RFC 6120 §4.9.3.19) and is ignored otherwise.
+    ``see-other-host`` (RFC 6120 §4.9.3.19) and is ignored otherwise;
+    ``application`` an application-specific condition (§4.9.4).
     """
 
     def __init__(
@@ -137,17 +154,20 @@ class StreamError(XMPPError):
         text: str | None = None,
         *,
         other_host: str | None = None,
+        application: AppCondition | None = None,
     ) -> None:
         if not isinstance(condition, StreamErrorCondition):
             raise TypeError(f"condition must be a StreamErrorCondition, not {condition!r}")
         self.condition = condition
         self.text = text
         self.other_host = other_host
+        self.application = application
         super().__init__(_describe(condition.value, text))
 
     def to_xml(self) -> bytes:
         """The ``<stream:error/>`` element to send before closing the stream."""
-        return stream_error_xml(self.condition, self.text, other_host=self.other_host)
+        return stream_error_xml(self.condition, self.text, other_host=self.other_host,
+                                application=self.application)
 
     @classmethod
     def from_element(cls, element: Element) -> "StreamError":
@@ -205,6 +225,7 @@ def stream_error_xml(
     *,
     lang: str | None = None,
     other_host: str | None = None,
+    application: AppCondition | None = None,
 ) -> bytes:
     """Serialize ``<stream:error>`` for a stream we opened with ``stream_header``.
 
@@ -214,6 +235,8 @@ def stream_error_xml(
     b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
     """
     parts = ["<stream:error>", _condition_xml(condition, other_host)]
+    if application is not None:
+        parts.append(application.to_xml())
     if text is not None:
         lang_attr = f" xml:lang='{_escape(lang)}'" if lang else ""
         parts.append(f"<text xmlns='{STREAM_ERRORS_NS}'{lang_attr}>{_escape(text)}</text>")

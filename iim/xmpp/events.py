@@ -53,6 +53,27 @@ class StanzaReceived:
 
 
 @dataclass(frozen=True)
+class StreamManaged:
+    """XEP-0198 is enabled (``<enabled/>`` is in ``data_to_send()``);
+    ``resumption_id`` is None when the stream cannot be resumed, else the id
+    the adapter keeps, bound to the account, for ``max_seconds`` after the
+    connection is lost."""
+
+    resumption_id: str | None
+    max_seconds: int
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    """Instead of binding, the client asks to resume the session ``previd``,
+    having handled ``h`` of our stanzas (XEP-0198 §5). The adapter answers
+    with ``ServerStream.resume`` or ``ServerStream.refuse_resumption``."""
+
+    previd: str
+    h: int
+
+
+@dataclass(frozen=True)
 class StreamEnded:
     """The stream is over: ``error`` is what ended it (sent or received), None
     for a clean close. Send ``data_to_send()``, then close the transport."""
@@ -61,4 +82,5 @@ class StreamEnded:
     sent_by_peer: bool = False
 
 
-Event = StartTLS | Authenticated | AuthenticationFailed | SessionEstablished | StanzaReceived | StreamEnded
+Event = (StartTLS | Authenticated | AuthenticationFailed | SessionEstablished | StanzaReceived
+         | StreamManaged | ResumeRequested | StreamEnded)

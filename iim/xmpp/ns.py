@@ -2,6 +2,7 @@
 
 from .errors import STANZA_ERRORS_NS, STREAM_ERRORS_NS, STREAMS_NS  # noqa: F401
 from .sasl import SASL_NS  # noqa: F401
+from .sm import SM_NS  # noqa: F401 - XEP-0198
 from .stream import TLS_NS  # noqa: F401 - RFC 6120 §5
 from .xml import CLIENT_NS, SERVER_NS  # noqa: F401
 

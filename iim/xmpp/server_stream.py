@@ -20,7 +20,11 @@ Negotiation order, each step announced in ``<stream:features/>``:
    failure on credentials is also reported as ``AuthenticationFailed``, so
    that the adapter can count it and delay the answer (item 7).
 3. Resource binding (§7), plus the legacy RFC 3921 session IQ, answered with
-   an empty result so that older clients carry on.
+   an empty result so that older clients carry on. XEP-0198 Stream
+   Management is offered beside binding: ``<resume/>`` takes the place of
+   binding (the adapter finds the session: ``ResumeRequested``), and
+   ``<enable/>`` follows it (``iim.xmpp.sm`` holds the counters and says
+   what is refused with ``<failed/>``).
 
 Every features element also carries the XEP-0478 stream limits. Stanzas from
 the client get ``from`` stamped with the session's full JID (§8.1.2.1); a
@@ -34,10 +38,13 @@ from dataclasses import dataclass
 from typing import Callable
 from xml.etree.ElementTree import Element, SubElement
 
-from . import sasl
-from .errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
+from . import sasl, sm
+from .errors import (
+    LocalProtocolError, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
+)
 from .events import (
-    Authenticated, AuthenticationFailed, Event, SessionEstablished, StanzaReceived,
+    Authenticated, AuthenticationFailed, Event, ResumeRequested, SessionEstablished,
+    StanzaReceived, StreamManaged,
 )
 from .jid import JID, InvalidJID, prepare_domainpart, prepare_resourcepart
 from .ns import BIND_NS, CLIENT_NS, LIMITS_NS, SASL_NS, SESSION_NS, STREAMS_NS, TLS_NS, q
@@ -65,6 +72,9 @@ class ServerPolicy:
     """Namespace declarations in one stanza, and on the stream header."""
     idle_seconds: int | None = None
     """Advertised in XEP-0478 limits when set."""
+    sm_resume_seconds: int = 0
+    """``iim_server.sm_resume_timeout``: how long a XEP-0198 session may be
+    resumed after its connection is lost; 0: acks only, no resumption."""
 
     def __post_init__(self) -> None:
         if self.tls_required and not self.tls_offered:
@@ -89,7 +99,8 @@ SERVER_TRANSITIONS: Transitions = {
                                     "<response/>): the client may try again",
     (P.NEGOTIATING, P.OPENING): "<success/> at once (PLAIN): a new stream (§6.4.6)",
     (P.AUTHENTICATING, P.OPENING): "<success/> after the exchange: a new stream (§6.4.6)",
-    (P.BINDING, P.ESTABLISHED): "the bind result with the full JID (§7.6.1)",
+    (P.BINDING, P.ESTABLISHED): "the bind result with the full JID (§7.6.1), or "
+                                "<resumed/> in its place (XEP-0198 §5)",
 }
 """The receiving entity of a client stream: TLS, then SASL, then binding."""
 
@@ -114,6 +125,7 @@ class ServerStream(Stream):
         self.username: str | None = None
         self.jid: JID | None = None
         self.stream_id = ""
+        self.sm: sm.Management | None = None     # XEP-0198, once enabled or resumed
 
     # -- header and features ------------------------------------------------------
 
@@ -150,6 +162,7 @@ class ServerStream(Stream):
         if self.username:
             SubElement(features, q(BIND_NS, "bind"))
             SubElement(SubElement(features, q(SESSION_NS, "session")), q(SESSION_NS, "optional"))
+            features.append(sm.feature())
         else:
             self._offer_security(features)
         limits = SubElement(features, q(LIMITS_NS, "limits"))
@@ -274,6 +287,10 @@ class ServerStream(Stream):
     # -- binding (RFC 6120 §7) ----------------------------------------------------
 
     def _bind_phase(self, element: Element) -> list[Event]:
+        if element.tag == sm.tag("enable"):
+            return self._refuse(sm.Refusal.NOT_BOUND)
+        if element.tag == sm.tag("resume"):
+            return self._resume_requested(element)
         if element.tag != q(CLIENT_NS, "iq"):
             raise StreamError(Cond.NOT_AUTHORIZED, "bind a resource first")
         if element.find(q(SESSION_NS, "session")) is not None:
@@ -308,7 +325,9 @@ class ServerStream(Stream):
 
     def _established(self, element: Element) -> list[Event]:
         if element.tag not in STANZAS:
-            raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE)
+            return self._managing(element)
+        if self.sm is not None:
+            self.sm.received()
         if element.find(q(SESSION_NS, "session")) is not None and element.tag.endswith("}iq"):
             self._iq_result(element)
             return []
@@ -325,6 +344,77 @@ class ServerStream(Stream):
             if not ok:
                 raise StreamError(Cond.INVALID_FROM)
         stanza.set("from", str(self.jid))
+
+    def send_stanza(self, stanza: Element, size: int = 0) -> None:
+        """Queue a stanza for the client; under XEP-0198 it waits, ``size``
+        bytes held, until acknowledged, and every ``sm.ACK_REQUEST_AT``
+        unacknowledged stanzas an ``<r/>`` follows it."""
+        super().send_stanza(stanza)
+        if self.sm is not None and self.sm.sent_stanza(stanza, size):
+            self._send(sm.request())
+
+    # -- XEP-0198 stream management ----------------------------------------------
+
+    def _managing(self, element: Element) -> list[Event]:
+        handler = {sm.tag("enable"): self._enable, sm.tag("r"): self._ack_requested,
+                   sm.tag("a"): self._acked,
+                   sm.tag("resume"): lambda e: self._refuse(sm.Refusal.RESUME_TOO_LATE),
+                   }.get(element.tag)
+        if handler is None:
+            raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE)
+        return handler(element)
+
+    def _enable(self, element: Element) -> list[Event]:
+        if self.sm is not None:
+            return self._refuse(sm.Refusal.ALREADY_ENABLED)
+        seconds = sm.wanted_seconds(element, self.policy.sm_resume_seconds)
+        resumable = sm.wants_resumption(element) and seconds > 0
+        self.sm = sm.Management(sm.new_id() if resumable else None, seconds if resumable else 0)
+        self._send(sm.enabled(self.sm))
+        return [StreamManaged(self.sm.resumption_id, self.sm.max_seconds)]
+
+    def _ack_requested(self, element: Element) -> list[Event]:
+        if self.sm is None:
+            raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE, "stream management is not enabled")
+        self._send(sm.ack(self.sm))
+        return []
+
+    def _acked(self, element: Element) -> list[Event]:
+        if self.sm is None:
+            raise StreamError(Cond.UNSUPPORTED_STANZA_TYPE, "stream management is not enabled")
+        h = sm.parse_h(element.get("h"))
+        if h is None:
+            raise StreamError(Cond.BAD_FORMAT, "<a/> needs an 'h' between 0 and 2^32 - 1")
+        self.sm.acknowledge(h)                      # sm.TooHigh ends the stream
+        return []
+
+    def _refuse(self, refusal: sm.Refusal) -> list[Event]:
+        self._send(sm.failed(refusal))
+        return []
+
+    def _resume_requested(self, element: Element) -> list[Event]:
+        h, previd = sm.parse_h(element.get("h")), element.get("previd")
+        if h is None or not previd:
+            return self._refuse(sm.Refusal.BAD_REQUEST)
+        return [ResumeRequested(previd, h)]
+
+    def resume(self, management: sm.Management, jid: JID) -> None:
+        """The adapter's answer to ``ResumeRequested`` when it holds the session
+        (``management`` acknowledged the client's ``h`` already: see
+        ``sm.Management.acknowledge``): ``<resumed/>``, and the stream goes on
+        as ``jid`` with the old counters. The adapter then sends again what
+        ``management.rewind()`` gives back."""
+        if self.phase is not Phase.BINDING or self.username != jid.local:
+            raise LocalProtocolError(f"resume() while {self.phase.value}, or another user")
+        self.jid, self.sm = jid, management
+        self._send(sm.resumed(management))
+        self._enter(Phase.ESTABLISHED)
+
+    def refuse_resumption(self) -> None:
+        """The adapter's answer to ``ResumeRequested`` when it holds no such
+        session for this user (unknown, expired, another account's): the
+        client may bind a resource instead."""
+        self._refuse(sm.Refusal.NOT_RESUMABLE)
 
     # -- IQ replies ---------------------------------------------------------------
 
