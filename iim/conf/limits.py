@@ -64,6 +64,7 @@ SERVER_LIMITS = (
     Limit("max_resources", positive, (1, 1000)),
     Limit("max_roster_items", positive, (10, 100_000)),
     Limit("max_roster_item_size", parse_size, (512, 1 << 20)),
+    Limit("sm_resume_timeout", _seconds, (0, 3600)),
     # -- logins (11.7)
     Limit("auth_failure_delay", _seconds, (0, 10)),
     Limit("auth_failure_window", _seconds_min_1, (10, 86_400)),
@@ -123,6 +124,11 @@ class ServerLimits:
     max_resources: int = 10
     """Sessions (resources) of one account at once; one more is refused with
     resource-constraint (RFC 6120 §7.6.2.1)."""
+    sm_resume_timeout: int = 300
+    """Seconds a XEP-0198 session whose connection was lost stays (available,
+    its stanzas queued within max_backlog) for the client to resume; then what
+    it had not acknowledged goes to offline storage. 0: no resumption (acks
+    only). Its detached sessions count within max_resources."""
     max_roster_items: int = 1000
     """Contacts in one roster."""
     max_roster_item_size: int = 4096

@@ -68,7 +68,8 @@ class Server:
                                   tls_required=server.requiressl,
                                   max_stanza_bytes=server.maxstanzasize,
                                   max_auth_attempts=server.limits.max_auth_attempts,
-                                  max_xmlns_per_stanza=server.limits.max_xmlns_per_stanza)
+                                  max_xmlns_per_stanza=server.limits.max_xmlns_per_stanza,
+                                  sm_resume_seconds=server.limits.sm_resume_timeout)
         except InvalidJID as exc:
             raise StartupError(f"iim_server.domainname: {server.domainname!r}: {exc}") from None
         limit_log = LimitLog(self.log, server.limits.limit_log_interval)
