@@ -115,6 +115,14 @@ class PeerLink:
         with self.cond:
             return next((sid for sid, o in self.opens.items() if o.port == client_port), None)
 
+    def wait_for(self, predicate, timeout: float = 5.0, what: str = ""):
+        """``predicate()``'s first true value, looked at each time a read of the
+        link is taken in (or the link ends): no polling interval to wait out."""
+        with self.cond:
+            if value := self.cond.wait_for(predicate, timeout):
+                return value
+        raise AssertionError(f"timed out waiting for {what or predicate}")
+
     def send_data(self, sid: int, data: bytes) -> None:
         """Queue bytes for session `sid`; sent as the mux grants credit."""
         with self.cond:
@@ -405,8 +413,8 @@ class RelayHarness:
     def opened(self, sock: socket.socket, timeout: float = 5.0) -> int:
         """The session id the peer got for client `sock`."""
         port = sock.getsockname()[1]
-        return wait_until(lambda: self.link.session_for_port(port), timeout,
-                          what=f"OPEN for client port {port}")
+        return self.link.wait_for(lambda: self.link.session_for_port(port), timeout,
+                                  what=f"OPEN for client port {port}")
 
     def stats(self) -> dict:
         return self.relay.stats()
