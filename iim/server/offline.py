@@ -194,6 +194,10 @@ class OfflineStore:
         if priority(session) >= 0:
             self.deliveries.start(session, lambda: self._wants(session))
 
+    def session_moved(self, old: SessionHandle, new: SessionHandle) -> None:
+        """``new`` resumed ``old`` (XEP-0198): a delivery to ``old`` goes on to ``new``."""
+        self.deliveries.moved(old, new, lambda: self._wants(new))
+
     def _wants(self, session: SessionHandle) -> bool:
         return self.sessions.is_current(session) and session.available and priority(session) >= 0
 
@@ -262,6 +266,11 @@ class Deliveries:
         while loop is None and delivery.step():
             pass
         del self._running[user]
+
+    def moved(self, old: SessionHandle, new: SessionHandle, wanted: Callable[[], bool]) -> None:
+        delivery = self._running.get(old.jid.bare)
+        if delivery is not None and delivery.session is old:
+            delivery.session, delivery.wanted = new, wanted
 
     def keep_in_place(self, session: SessionHandle, stanza: Element) -> bool:
         """True when ``stanza`` is in flight from storage to ``session``: its

@@ -226,6 +226,12 @@ class Presence:
 
     # -- broadcast (§4.2, §4.4, §4.5) --------------------------------------------
 
+    def session_moved(self, old: SessionHandle, new: SessionHandle) -> None:
+        """``new`` resumed ``old`` (XEP-0198): what presence knows is now its."""
+        resource = self._resources.get(old.jid)
+        if resource is not None and resource.session is old:
+            resource.session = new
+
     def _broadcast(self, session: SessionHandle, stanza: Element, ptype: PresenceType) -> None:
         if ptype is PresenceType.AVAILABLE:
             self._available(session, stanza)

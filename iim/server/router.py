@@ -23,7 +23,10 @@ The session layer (``iim.server.c2s``) calls ``bind_refusal`` before it binds,
 ``session_bound`` when a resource is bound, ``stanza_from`` for every stanza the
 client sends (``from`` already stamped with its full JID), ``session_ended``
 when the stream is gone, ``keep_for_later`` for what it could not send, and
-``shutdown``. The federation calls ``stanza_from_remote`` and
+``shutdown``; for XEP-0198, ``resumable`` when a session may be resumed,
+``resumption`` to find it again, and ``session_resumed`` when a new session
+takes an old one's place (in the registry, in presence, in an offline
+delivery under way: nothing else holds a session). The federation calls ``stanza_from_remote`` and
 ``bounce_to_local``.
 
 Sessions. A second login with the same full JID wins (RFC 6120 §7.7.2.2, the
@@ -178,6 +181,7 @@ class Router:
 
     def session_ended(self, session: SessionHandle) -> None:
         """Unregister; its unavailable presence goes out (RFC 6121 §4.6)."""
+        self.sessions.forget_resumption(session)
         if self.sessions.is_current(session):
             self._unregister(session)
 
@@ -186,6 +190,25 @@ class Router:
         self.presence.session_gone(session)
         if not self.sessions.is_online(session.jid.bare):
             self.roster.forget(session.jid.bare)
+
+    # -- XEP-0198 resumption --------------------------------------------------------
+
+    def resumable(self, session: SessionHandle, resumption_id: str) -> None:
+        """The session may be resumed with ``resumption_id`` (its account only)."""
+        self.sessions.resumable(session, resumption_id)
+
+    def resumption(self, resumption_id: str, username: str | None) -> SessionHandle | None:
+        """The registered session ``username`` may resume with this id, or None."""
+        return self.sessions.resumption(resumption_id, username)
+
+    def session_resumed(self, old: SessionHandle, new: SessionHandle) -> None:
+        """``new`` resumed ``old``: it takes its place everywhere; nobody sees a change."""
+        self.sessions.replace(old, new)
+        self.presence.session_moved(old, new)
+        self.offline.session_moved(old, new)
+        self.sessions.forget_resumption(old)
+        if getattr(new, "resumption_id", None) is not None:
+            self.sessions.resumable(new, new.resumption_id)
 
     def sessions_of(self, bare: JID) -> list[SessionHandle]:
         return self.sessions.sessions_of(bare)

@@ -17,6 +17,12 @@ account has at most ``iim_server.max_resources`` sessions: the stream asks
 replaces a session, so the count stays as it was and overriding cannot be used
 to exceed the limit.
 
+XEP-0198 resumption ids (``resumable``, ``resumption``): each names one
+session and answers only to that session's own account, so an id of another
+user is as unknown as one never issued. A detached session (its connection
+lost, waiting to be resumed) stays in the table, so it counts within
+``max_resources``; ``replace`` puts the session that resumed it in its place.
+
 Local delivery, the part of RFC 6121 §8.5 every sender shares: to a full JID
 the one session; to a bare JID the available resources of non-negative
 priority, or only those with the highest priority (§8.5.2.1.1). What happens
@@ -68,6 +74,7 @@ class Sessions:
         self.limits = limits
         self.limit_log = limit_log      # iim.server.quota.LimitLog, or None
         self._by_user: dict[JID, dict[str, SessionHandle]] = {}
+        self._resumable: dict[str, SessionHandle] = {}     # XEP-0198 id -> session
 
     # -- the table -----------------------------------------------------------------
 
@@ -96,10 +103,34 @@ class Sessions:
         del self._by_user[session.jid.bare]
         return True
 
+    def replace(self, old: SessionHandle, new: SessionHandle) -> None:
+        """``new`` resumed ``old`` (XEP-0198 §5): same place, same state."""
+        new.available, new.priority, new.interested = old.available, old.priority, old.interested
+        self._by_user[old.jid.bare][old.jid.resource] = new
+
+    # -- XEP-0198 resumption ids ----------------------------------------------------------
+
+    def resumable(self, session: SessionHandle, resumption_id: str) -> None:
+        self._resumable[resumption_id] = session
+
+    def resumption(self, resumption_id: str, username: str | None) -> SessionHandle | None:
+        """The session of ``username``'s account with this id, if it is still held."""
+        session = self._resumable.get(resumption_id)
+        if session is None or username is None or session.jid.local != username \
+                or not self.is_current(session):
+            return None
+        return session
+
+    def forget_resumption(self, session: SessionHandle) -> None:
+        resumption_id = getattr(session, "resumption_id", None)
+        if resumption_id is not None and self._resumable.get(resumption_id) is session:
+            del self._resumable[resumption_id]
+
     def clear(self) -> list[SessionHandle]:
         """Empty the table; the sessions that were in it."""
         sessions = [s for resources in self._by_user.values() for s in resources.values()]
         self._by_user.clear()
+        self._resumable.clear()
         return sessions
 
     # -- looking up --------------------------------------------------------------------
