@@ -5,7 +5,10 @@ keystore, NSS database by certutil, users alice and bob, free ports), with
 the server keystore rebuilt by the real keytool from the test CA so that a
 test can renew it. The components run as daemons started by the real
 ``python -m iim.admin start``; clients are slixmpp, openssl s_client and
-the project's raw client.
+the project's raw client. ``start`` and ``stop``, whose processes and
+signals are checked, run as processes; ``status`` and ``refresh``, which
+only ask the daemons on their control sockets, run in the test's process
+(``Instance.ask``), as does the start of a test that is about something else.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from devsystem import DevSystem
+from devsystem import DevSystem, admin_here
 from keytool import make_store
 from live import Client, free_port, next_item
 from nsstools import run as nss_tool
@@ -106,15 +109,20 @@ class Instance:
     # the command under test
 
     def admin(self, *args: str) -> subprocess.CompletedProcess:
+        """``python -m iim.admin ARGS -c iim.conf``: a process."""
         return admin(*args, "-c", str(self.conf))
 
+    def ask(self, *args: str) -> subprocess.CompletedProcess:
+        """The same command run in this process (devsystem.admin_here)."""
+        return admin_here(*args, "-c", str(self.conf))
+
     def status(self, *args: str) -> dict:
-        proc = self.admin("status", "--json", *args)
+        proc = self.ask("status", "--json", *args)
         return json.loads(proc.stdout)
 
     def kill_leftovers(self) -> None:
         """Whatever a failed test left running."""
-        self.admin("stop", "--timeout", "20")
+        self.ask("stop", "--timeout", "20")
         for stem in ("server", "mux"):
             found = runtime.probe(self.pidfile(stem))
             if found.state == "running" and found.pid:
@@ -135,7 +143,7 @@ def instance(tmp_path, ca):
 
 @pytest.fixture
 def running(instance):
-    started = instance.admin("start")
+    started = instance.ask("start")
     assert started.returncode == 0, started.stderr
     return instance
 
@@ -144,8 +152,13 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 90))
 
 
+async def ask_async(inst: Instance, *args: str) -> subprocess.CompletedProcess:
+    """``Instance.ask`` while this event loop keeps the clients' sessions alive."""
+    return await asyncio.to_thread(inst.ask, *args)
+
+
 async def admin_async(inst: Instance, *args: str) -> subprocess.CompletedProcess:
-    """iim.admin while this event loop keeps the clients' sessions alive."""
+    """``Instance.admin`` (a process) while this event loop keeps the clients' sessions alive."""
     return await asyncio.to_thread(inst.admin, *args)
 
 
@@ -250,8 +263,8 @@ def test_status_counts_sessions_by_transport_security(running):
         double = await RawClient(f"bob@{DOMAIN}/double", inst.password("bob"),
                                  inst.bundle).connect(
             inst.mux_port, outer_tls=ssl.create_default_context(cafile=str(inst.bundle)))
-        human = await admin_async(inst, "status")
-        as_json = json.loads((await admin_async(inst, "status", "--json")).stdout)
+        human = await ask_async(inst, "status")
+        as_json = json.loads((await ask_async(inst, "status", "--json")).stdout)
         as_json["presented"] = await asyncio.to_thread(legacy_certificate, inst.mux_port,
                                                        inst.bundle)
         for client in (plain, double):
@@ -285,7 +298,7 @@ def test_status_counts_sessions_by_transport_security(running):
 
 
 def test_status_of_a_stopped_instance_fails_and_says_why(instance):
-    proc = instance.admin("status")
+    proc = instance.ask("status")
 
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == ["server: not running", "multiplexor: not running"]
@@ -305,7 +318,7 @@ def test_a_multiplexor_the_instance_does_not_use_is_not_required(instance):
     instance.set(**{"iim_server.usemuxport": "false"})
 
     started = instance.admin("start")
-    status = instance.admin("status")
+    status = instance.ask("status")
 
     assert started.stdout.splitlines() == [f"server started (pid {instance.pid('server')})"]
     assert not instance.pidfile("mux").exists()
@@ -331,7 +344,7 @@ def test_a_stale_pid_file_is_reported_then_removed_by_start(instance):
     gone.wait()
     instance.pidfile("server").write_text(f"{gone.pid}\n")
 
-    status = instance.admin("status", "server")
+    status = instance.ask("status", "server")
     started = instance.admin("start", "server")
 
     assert status.returncode == 1
@@ -410,11 +423,11 @@ def test_refresh_renews_the_server_certificate_without_dropping_a_session(runnin
         bob = await LegacyClient(f"bob@{DOMAIN}/kept", inst.password("bob"),
                                  inst.bundle).online(inst.mux_port)
         renewed = await asyncio.to_thread(inst.renew_server_certificate, 400)
-        refreshed = await admin_async(inst, "refresh")
+        refreshed = await ask_async(inst, "refresh")
         seen = await asyncio.to_thread(starttls_certificate, inst.server_port, inst.bundle)
         alice.send_message(mto=f"bob@{DOMAIN}/kept", mbody="after the refresh", mtype="chat")
         got = await next_item(bob.received)
-        status = json.loads((await admin_async(inst, "status", "--json")).stdout)
+        status = json.loads((await ask_async(inst, "status", "--json")).stdout)
         await alice.offline()
         await bob.offline()
         return renewed, refreshed, seen, got["body"], status
@@ -443,7 +456,7 @@ def test_refresh_reloads_the_multiplexor_nss_certificate_for_new_clients(running
         kept = await LegacyClient(f"alice@{DOMAIN}/kept", inst.password("alice"),
                                   inst.bundle).online(inst.mux_port)
         renewed = await asyncio.to_thread(inst.renew_mux_certificate)
-        refreshed = await admin_async(inst, "refresh", "multiplexor")
+        refreshed = await ask_async(inst, "refresh", "multiplexor")
         seen = await asyncio.to_thread(legacy_certificate, inst.mux_port, inst.bundle)
         pong = await kept.plugin["xep_0199"].ping(jid=DOMAIN, timeout=10)
         await kept.offline()
@@ -471,7 +484,7 @@ def test_refresh_applies_live_parameters_and_names_those_that_need_a_restart(run
                     "iim_server.stanza_timeout": "45",
                     "iim.log.iim_server.severity": "DEBUG",
                     "iim_mux.maxsessions": "100"})
-        refreshed = await admin_async(inst, "refresh")
+        refreshed = await ask_async(inst, "refresh")
         offered_after = await asyncio.to_thread(stream_features, inst.server_port)
         await asyncio.to_thread(legacy_certificate, inst.mux_port, inst.bundle)
         pong = await ping(before)
@@ -545,7 +558,7 @@ def test_refresh_with_a_broken_iim_conf_is_refused_and_the_server_keeps_running(
     inst = running
     inst.set(**{"iim_server.negotiation_timeout": "soon"})
 
-    proc = inst.admin("refresh")
+    proc = inst.ask("refresh")
 
     assert proc.returncode == 1
     errors = proc.stderr.splitlines()
@@ -556,7 +569,7 @@ def test_refresh_with_a_broken_iim_conf_is_refused_and_the_server_keeps_running(
     assert proc.stdout == ""
     assert starttls_certificate(inst.server_port, inst.bundle).serial_number == \
         inst.server_cert.serial_number
-    assert inst.admin("status").returncode == 0
+    assert inst.ask("status").returncode == 0
 
 
 def test_refresh_with_an_unreadable_keystore_is_refused_by_the_server_which_keeps_its_own(
@@ -564,7 +577,7 @@ def test_refresh_with_an_unreadable_keystore_is_refused_by_the_server_which_keep
     inst = running
     inst.keystore.write_bytes(b"not a keystore at all")
 
-    proc = inst.admin("refresh", "server")
+    proc = inst.ask("refresh", "server")
 
     assert proc.returncode == 1
     line = proc.stderr.strip()
@@ -606,7 +619,7 @@ def test_stop_closes_every_stream_cleanly_then_both_are_gone(running):
     assert not any(alive(pid) for pid in pids)
     for stem in ("server", "mux"):
         assert not inst.pidfile(stem).exists() and not inst.socket_path(stem).exists()
-    again = inst.admin("stop")
+    again = inst.ask("stop")
     assert again.returncode == 0
     assert again.stdout.splitlines() == ["server: not running", "multiplexor: not running"]
 
@@ -642,13 +655,13 @@ def test_another_user_gets_no_answer_even_with_access_to_the_socket(instance, tm
     try:
         os.chmod(rundir, 0o711)
         instance.set(**{"iim.instancevardir": str(rundir)})
-        assert instance.admin("start", "server").returncode == 0
+        assert instance.ask("start", "server").returncode == 0
         path = rundir / "server.sock"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         os.chmod(path, 0o666)                   # defeat the file mode: SO_PEERCRED remains
         answer = _connect_as_nobody(path)
     finally:
-        stopped = instance.admin("stop").returncode == 0      # even when a check above failed
+        stopped = instance.ask("stop").returncode == 0        # even when a check above failed
         for leftover in rundir.iterdir():
             leftover.unlink()
         rundir.rmdir()
@@ -741,9 +754,9 @@ def test_status_lists_s2s_peers_with_their_tls_state(tmp_path, ca):
                 b.port, host=b.host)
             alice.send_message(mto="bob@b.example", mbody="across", mtype="chat")
             got = await next_item(bob.received, 20)
-            human = await asyncio.to_thread(admin, "status", "server", "-c", str(a.conf))
+            human = await asyncio.to_thread(admin_here, "status", "server", "-c", str(a.conf))
             report = json.loads((await asyncio.to_thread(
-                admin, "status", "server", "--json", "-c", str(a.conf))).stdout)
+                admin_here, "status", "server", "--json", "-c", str(a.conf))).stdout)
             await alice.offline()
             await bob.offline()
             return got["body"], human, report
