@@ -16,6 +16,10 @@ three timers:
   wait in an in-order backlog, sent as the carrier drains
   (``resume_writing``).
 
+The timers, and the time the stanza watchdog and the login throttle read,
+come from ``SessionContext.clock`` (iim/server/clock.py): the event loop in
+the server, a clock moved by hand in the tests about timeouts.
+
 A client that does not read (issue 11.5). What waits for it is bounded in
 bytes by ``iim_server.max_backlog``: the bytes in the carrier (written, not
 yet taken by the kernel) plus the backlog, each stanza there counted as it is
@@ -48,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from functools import partial
 from collections import deque
 from dataclasses import dataclass, field
@@ -70,6 +73,7 @@ from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
 
+from .clock import Clock, Timer, clock_of
 from .logins import LoginThrottle
 from .quota import LimitLog, source_of
 
@@ -126,10 +130,15 @@ class SessionContext:
     limits: ServerLimits = ServerLimits()           # iim_server.* limits (iim/conf/limits.py)
     limit_log: LimitLog | None = None               # one line per limit per interval
     logins: LoginThrottle | None = None             # failed logins by account and source
+    clock: Clock | None = None                      # the sessions' timers; None: the event loop
 
     def __post_init__(self) -> None:
         if self.logins is None:
             self.logins = LoginThrottle(self.limits)
+
+    def now(self) -> float:
+        """The time on the sessions' clock (iim/server/clock.py)."""
+        return clock_of(self.clock).time()
 
 
 class ClientSession:
@@ -141,6 +150,7 @@ class ClientSession:
         self.ctx = ctx
         self.carrier = carrier
         self.loop = loop or asyncio.get_running_loop()
+        self.clock = ctx.clock if ctx.clock is not None else self.loop
         self.source = carrier_source(carrier)
         # The authenticator must not hold the session: no session <-> stream cycle.
         self.stream = ServerStream(ctx.policy, partial(_authenticator, ctx, self.source),
@@ -159,12 +169,12 @@ class ClientSession:
         self._written = 0                                        # bytes given to the carrier
         self._high_water = min(HIGH_WATER, ctx.limits.max_backlog // 2)
         self._paused = False
-        self._progress = time.monotonic()
+        self._progress = self.clock.time()
         self._partial = False
-        self._answer_held: asyncio.TimerHandle | None = None    # a failed login's answer
+        self._answer_held: Timer | None = None    # a failed login's answer
         self._input_held = bytearray()                          # what came meanwhile
-        self._timer = self.loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
-        self._watchdog = self.loop.call_later(ctx.stanza_timeout, self._check_progress)
+        self._timer = self.clock.call_later(ctx.negotiation_timeout, self._negotiation_expired)
+        self._watchdog = self.clock.call_later(ctx.stanza_timeout, self._check_progress)
         ctx.negotiating.add(self)
         ctx.sessions.add(self)
 
@@ -199,7 +209,7 @@ class ClientSession:
         if failures:
             self._count_failures(failures)
             if self.ctx.limits.auth_failure_delay > 0:
-                self._answer_held = self.loop.call_later(
+                self._answer_held = self.clock.call_later(
                     self.ctx.limits.auth_failure_delay, self._answer, events)
                 return
         self._answer(events)
@@ -223,7 +233,7 @@ class ClientSession:
     # client sends in that time waits too, up to one stanza's worth.
 
     def _count_failures(self, failures: list) -> None:
-        now = time.monotonic()
+        now = self.clock.time()
         for failure in failures:
             if failure.condition == sasl.SASLFailure.NOT_AUTHORIZED.value:
                 self.ctx.logins.failed(failure.username, self.source, now)
@@ -237,9 +247,9 @@ class ClientSession:
 
     def _note_progress(self, completed: bool) -> None:
         if completed or not self.stream.unit_in_progress:
-            self._progress, self._partial = time.monotonic(), False
+            self._progress, self._partial = self.clock.time(), False
         elif not self._partial:
-            self._progress, self._partial = time.monotonic(), True
+            self._progress, self._partial = self.clock.time(), True
 
     # -- events ---------------------------------------------------------------
 
@@ -334,7 +344,7 @@ class ClientSession:
 
     def _overflow(self, waiting: int) -> None:
         if self.ctx.limit_log is not None:
-            self.ctx.limit_log.hit("iim_server.max_backlog", time.monotonic(),
+            self.ctx.limit_log.hit("iim_server.max_backlog", self.clock.time(),
                                    f"{printable(str(self.jid))}: {waiting} bytes unread")
         limit = self.ctx.limits.max_backlog
         self.close(StreamError(Cond.POLICY_VIOLATION,
@@ -472,12 +482,12 @@ class ClientSession:
     def _check_progress(self) -> None:
         if self.closed:
             return
-        stalled = time.monotonic() - self._progress
+        stalled = self.clock.time() - self._progress
         if self._partial and stalled >= self.ctx.stanza_timeout:
             self.ctx.log.info("c2s %s: stanza stalled for %.0fs", self.carrier.peer, stalled)
             self.close(StreamError(Cond.CONNECTION_TIMEOUT, "a stanza took too long"))
             return
-        self._watchdog = self.loop.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
+        self._watchdog = self.clock.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
 
 
 
@@ -499,7 +509,7 @@ def _authenticator(ctx: SessionContext, source: str, tls: bool) -> sasl.ServerAu
 
 def _admit(ctx: SessionContext, source: str, username: str) -> bool:
     """The login throttle's word, asked before a named account is checked."""
-    now = time.monotonic()
+    now = ctx.now()
     refused_by = ctx.logins.refusal(username, source, now)
     if refused_by is None:
         return True

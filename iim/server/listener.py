@@ -9,6 +9,7 @@ from iim.xmpp.xml import CLIENT_NS, SERVER_NS, StreamOpened, StreamParser
 
 from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
+from .clock import Timer, clock_of
 from .quota import source_of
 
 
@@ -81,7 +82,7 @@ class ClientProtocol(asyncio.Protocol):
         self.admission = admission
         self.session = None
         self._sniffer: HeaderSniffer | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
@@ -104,7 +105,7 @@ class ClientProtocol(asyncio.Protocol):
             self.session = ClientSession(self.ctx, self.carrier)
         else:
             self._sniffer = HeaderSniffer()
-            self._timer = asyncio.get_running_loop().call_later(
+            self._timer = clock_of(self.ctx.clock).call_later(
                 self.ctx.negotiation_timeout, self._no_header)
             self.ctx.negotiating.add(self)
 

@@ -29,11 +29,9 @@ Timers: negotiation must finish within ``negotiation_timeout``
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import ssl
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,6 +53,7 @@ from iim.xmpp.s2s import (
 from iim.xmpp.stream import Phase
 
 from .c2s import HIGH_WATER
+from .clock import Clock, clock_of
 
 Cond = StreamErrorCondition
 
@@ -99,6 +98,8 @@ class S2SContext:
     negotiation_timeout: float = 30.0
     idle_timeout: float = 600.0
     """``iim_server.s2s_idle_timeout``: an authenticated stream carrying nothing is closed."""
+    clock: Clock | None = None
+    """The timers' clock (iim/server/clock.py); None: the running event loop."""
 
 
 class _ServerLink:
@@ -113,10 +114,10 @@ class _ServerLink:
         self.tls = TLSPump()                # nothing until STARTTLS
         self.chain: list[x509.Certificate] = []
         self.closed = False
-        self.last_used = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(ctx.negotiation_timeout, self._negotiation_expired)
-        self._idle = loop.call_later(ctx.idle_timeout, self._check_idle)
+        self.clock = clock_of(ctx.clock)
+        self.last_used = self.clock.time()
+        self._timer = self.clock.call_later(ctx.negotiation_timeout, self._negotiation_expired)
+        self._idle = self.clock.call_later(ctx.idle_timeout, self._check_idle)
 
     @property
     def peer(self) -> str:
@@ -263,13 +264,13 @@ class _ServerLink:
     def _check_idle(self) -> None:
         if self.closed:
             return
-        quiet = time.monotonic() - self.last_used
+        quiet = self.clock.time() - self.last_used
         if quiet >= self.ctx.idle_timeout:
             self.log("info", "idle for %.0fs, closing", quiet)
             self.close()
             return
-        self._idle = asyncio.get_running_loop().call_later(
-            self.ctx.idle_timeout - quiet + 0.05, self._check_idle)
+        self._idle = self.clock.call_later(self.ctx.idle_timeout - quiet + 0.05,
+                                           self._check_idle)
 
     def _negotiated(self) -> None:
         self._timer.cancel()
@@ -317,7 +318,7 @@ class IncomingServerSession(_ServerLink):
 
     def _handle(self, event) -> None:
         if isinstance(event, StanzaReceived):
-            self.last_used = time.monotonic()
+            self.last_used = self.clock.time()
             self.ctx.federation.stanza_received(self, event.stanza)
         elif isinstance(event, StartTLS):
             self._start_tls(self.ctx.server_tls, server_side=True)
@@ -414,7 +415,7 @@ class OutgoingServerSession(_ServerLink):
         """Write now, or queue: while negotiating, and while the peer does not
         read (more than HIGH_WATER bytes unsent), stanzas wait in ``queue``,
         which the federation keeps below ``s2s_queue_limit``."""
-        self.last_used = time.monotonic()
+        self.last_used = self.clock.time()
         if self.established and not self.queue and self._writable():
             self._write(stanza)
         else:
