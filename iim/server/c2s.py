@@ -46,6 +46,24 @@ after them.
 Teardown (``_finish``) always unregisters the session from the router, even
 when returning the backlog fails (a full disk): the failure is one log line,
 and the messages that could not be kept are bounced to their senders.
+
+XEP-0198 (``iim.xmpp.sm``). Under stream management every stanza sent waits
+in the stream's unacknowledged queue until the client's ``<a/>``; what the
+client did not acknowledge is what it has not received, so it replaces the
+in-flight ledger's guess (the ledger still covers messages sent before
+``<enable/>``), and its bytes count within ``max_backlog`` like the
+backlog's. A resumable session whose connection is lost is *detached*, not
+ended: it stays registered and available, stanzas for it wait in the backlog
+(within ``max_backlog``), and for ``sm_resume_timeout`` seconds (less if the
+client asked for less) a new stream of the same account may resume it. The
+new session takes over the old one's place in the router
+(``Router.session_resumed``: the registry, presence, an offline delivery
+under way), its counters, and what it had not sent: what the client did not
+acknowledge is sent again, then the backlog. The old session ends quietly
+(no logout, no unavailable presence); if its connection was still up (a cut
+the server had not noticed yet) it gets ``<conflict/>``. When the time runs
+out the session ends as any other: what was unacknowledged or queued goes to
+offline storage, or bounces when storage refuses.
 """
 
 from __future__ import annotations
@@ -66,11 +84,12 @@ from iim.xmpp.errors import (
     LocalProtocolError, StanzaErrorCondition, StreamError, StreamErrorCondition,
 )
 from iim.xmpp.events import (
-    Authenticated, AuthenticationFailed, SessionEstablished, StanzaReceived, StartTLS,
-    StreamEnded,
+    Authenticated, AuthenticationFailed, ResumeRequested, SessionEstablished, StanzaReceived,
+    StartTLS, StreamEnded, StreamManaged,
 )
 from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
+from iim.xmpp.sm import Management, TooHigh
 from iim.xmpp.stream import Phase
 
 from .clock import Clock, Timer, clock_of
@@ -111,6 +130,15 @@ class SessionRouter(Protocol):
 
     def bounce_to_local(self, stanza: Element, condition: StanzaErrorCondition) -> None:
         """An error for ``stanza`` to its local sender."""
+
+    def resumable(self, session: "ClientSession", resumption_id: str) -> None:
+        """XEP-0198: the session may be resumed with ``resumption_id``."""
+
+    def resumption(self, resumption_id: str, username: str | None) -> "ClientSession | None":
+        """The session ``username`` may resume with ``resumption_id``, or None."""
+
+    def session_resumed(self, old: "ClientSession", new: "ClientSession") -> None:
+        """``new`` resumed ``old``: it takes its place."""
 
 
 @dataclass
@@ -173,6 +201,9 @@ class ClientSession:
         self._partial = False
         self._answer_held: Timer | None = None    # a failed login's answer
         self._input_held = bytearray()                          # what came meanwhile
+        self.resumption_id: str | None = None                   # XEP-0198, when resumable
+        self.detached = False                                   # connection lost, resumable
+        self._resume_timer: Timer | None = None
         self._timer = self.clock.call_later(ctx.negotiation_timeout, self._negotiation_expired)
         self._watchdog = self.clock.call_later(ctx.stanza_timeout, self._check_progress)
         ctx.negotiating.add(self)
@@ -264,6 +295,10 @@ class ClientSession:
                               event.mechanism)
         elif isinstance(event, SessionEstablished):
             self._established(event.jid)
+        elif isinstance(event, StreamManaged):
+            self._managed(event)
+        elif isinstance(event, ResumeRequested):
+            self._resume(event)
         elif isinstance(event, StreamEnded):
             self._ended(event)
 
@@ -276,6 +311,112 @@ class ClientSession:
                           security)
         self._bound = True
         self.ctx.router.session_bound(self)
+
+    # -- XEP-0198 resumption ------------------------------------------------------
+
+    def _managed(self, event: StreamManaged) -> None:
+        if event.resumption_id is not None:
+            self.resumption_id = event.resumption_id
+            self.ctx.router.resumable(self, event.resumption_id)
+
+    def _resume(self, event: ResumeRequested) -> None:
+        """A new stream asks to resume an old session (XEP-0198 §5)."""
+        old = self.ctx.router.resumption(event.previd, self.stream.username)
+        if old is None or old is self:
+            self.ctx.log.info("c2s %s: resumption refused: no such session for %s",
+                              self.carrier.peer, printable(self.stream.username or ""))
+            self.stream.refuse_resumption()
+            self._flush()
+            return
+        try:
+            old.stream.sm.acknowledge(event.h)
+        except TooHigh as exc:
+            self.close(exc)
+            return
+        self._take_over(old)
+
+    def _take_over(self, old: "ClientSession") -> None:
+        management, backlog = old.hand_over()
+        self.stream.resume(management, old.jid)
+        self.jid, self.resumption_id, self._bound = old.jid, old.resumption_id, True
+        self._timer.cancel()
+        self.ctx.negotiating.discard(self)
+        self.ctx.router.session_resumed(old, self)
+        self._flush()
+        again = management.rewind()
+        self.ctx.log.info("c2s %s: session %s resumed (%s), %d stanzas sent again, %d queued",
+                          self.carrier.peer, printable(str(self.jid)), self.security(),
+                          len(again), len(backlog))
+        for stanza in again + backlog:
+            self.deliver(stanza)
+
+    def hand_over(self) -> tuple[Management, list[Element]]:
+        """A new stream resumed this session: end it quietly (no logout) and
+        give up its counters and what it had not sent. A connection still up
+        is told ``<conflict/>``."""
+        if not self.detached:
+            self._let_go(StreamError(Cond.CONFLICT, "the session was resumed elsewhere"))
+        self.closed = True
+        self._cancel_timers()
+        self.ctx.negotiating.discard(self)
+        self.ctx.sessions.discard(self)
+        backlog = [stanza for stanza, _ in self._backlog]
+        self._backlog, self._backlog_bytes = deque(), 0
+        return self.stream.sm, backlog
+
+    def _resumable(self) -> bool:
+        sm = self.stream.sm
+        return (self._bound and not self.detached and self.resumption_id is not None
+                and sm is not None and sm.max_seconds > 0)
+
+    def _detach(self) -> None:
+        """The connection is lost: wait for a resumption, at most the agreed time."""
+        seconds = self.stream.sm.max_seconds
+        self.ctx.log.info("c2s %s: connection lost; %s kept %ss for resumption",
+                          self.carrier.peer, printable(str(self.jid)), seconds)
+        self._let_go(None)
+        self.carrier = _Lost(self.carrier.peer)
+        self.detached = True
+        self._resume_timer = self.clock.call_later(seconds, self._resume_expired)
+
+    def _let_go(self, error: StreamError | None) -> None:
+        """Leave the connection: the stream ends (with ``error`` on the wire
+        when it is still up); messages the carrier held that the client was
+        never asked to acknowledge wait in the backlog for what comes next."""
+        taken = self._written - self.carrier.pending()
+        unacked = {id(stanza) for stanza, _ in self.stream.sm.unacked}
+        lost = [(stanza, held_size(stanza)) for stanza, end in self._in_flight
+                if end > taken and id(stanza) not in unacked]
+        self._backlog.extendleft(reversed(lost))
+        self._backlog_bytes += sum(size for _, size in lost)
+        self._in_flight = deque()
+        self._watchdog.cancel()
+        if error is None:
+            self.stream.close(None)
+            self.stream.data_to_send()
+            return
+        self._last_words(error)
+        try:
+            if self.tls.handshake_done:
+                self.carrier.write(self.tls.close())
+            self.carrier.close()
+        except (OSError, TLSFailed) as exc:
+            self.ctx.log.debug("c2s %s: while closing: %s", self.carrier.peer, exc)
+
+    def _last_words(self, error: StreamError | None) -> None:
+        """The stream ends, ``error`` on the wire unless TLS is mid-handshake."""
+        if self.tls.handshaking:
+            self.stream.close(None)     # no plaintext into a TLS handshake
+            self.stream.data_to_send()
+        else:
+            self.stream.close(error)
+            self._flush()
+
+    def _resume_expired(self) -> None:
+        if self.detached and not self.closed:
+            self.ctx.log.info("c2s %s: %s not resumed within %ss", self.carrier.peer,
+                              printable(str(self.jid)), self.stream.sm.max_seconds)
+            self._finish(write=False)
 
     def security(self) -> str:
         """How this session is protected, for logs and status."""
@@ -325,6 +466,9 @@ class ClientSession:
 
     def deliver(self, stanza: Element) -> None:
         """Send a stanza to this client (the router's SessionHandle API)."""
+        if self.detached and not self.closed:
+            self._hold(stanza)                  # for a resumption, within max_backlog
+            return
         if self.closed or self.stream.phase is not Phase.ESTABLISHED:
             self.ctx.router.keep_for_later(self, stanza)
             return
@@ -338,7 +482,13 @@ class ClientSession:
         size = held_size(stanza)
         self._backlog.append((stanza, size))
         self._backlog_bytes += size
-        waiting = self._backlog_bytes + self.carrier.pending()
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """The backlog, what the client has not acknowledged (XEP-0198) and
+        what the carrier holds: within ``max_backlog``, or the session ends."""
+        sm = self.stream.sm
+        waiting = self._backlog_bytes + self.carrier.pending() + (sm.unacked_bytes if sm else 0)
         if waiting > self.ctx.limits.max_backlog:
             self._overflow(waiting)
 
@@ -354,13 +504,15 @@ class ClientSession:
 
     def _send_stanza(self, stanza: Element) -> None:
         try:
-            self.stream.send_stanza(stanza)
+            self.stream.send_stanza(stanza, held_size(stanza) if self.stream.sm else 0)
         except LocalProtocolError as exc:          # a name XML allows but we cannot write
             self.ctx.log.warning("c2s %s: stanza for %s not sent: %s", self.carrier.peer,
                                  self.jid, exc)
             return
         self._flush()
         self._note_in_flight(stanza)
+        if self.stream.sm is not None:
+            self._check_backlog()
 
     def _note_in_flight(self, stanza: Element) -> None:
         """Ledger: a message the carrier still holds (see the module docstring)."""
@@ -390,6 +542,12 @@ class ClientSession:
         """What the client has not received: the backlog, and when the carrier's
         buffer will not reach it either, the messages still in that buffer."""
         unsent = [stanza for stanza, _ in self._backlog]
+        sm = self.stream.sm
+        if sm is not None:                      # unacknowledged: not received (XEP-0198)
+            unacked = sm.release()
+            seen = {id(stanza) for stanza in unacked}
+            unsent[:0] = unacked
+            self._in_flight = deque((s, end) for s, end in self._in_flight if id(s) not in seen)
         if unreachable:
             taken = self._written - self.carrier.pending()
             unsent[:0] = [stanza for stanza, end in self._in_flight if end > taken]
@@ -427,16 +585,20 @@ class ClientSession:
             return
         if error is not None:
             self.ctx.log.info("c2s %s: closing: %s", self.carrier.peer, error)
-        if self.tls.handshaking:
-            self.stream.close(None)     # no plaintext into a TLS handshake
-            self.stream.data_to_send()
-        else:
-            self.stream.close(error)
-            self._flush()
+        if self.detached:                       # nothing to write to
+            self._finish(write=False)
+            return
+        self._last_words(error)
         self._finish(unreachable=unreachable)
 
     def connection_lost(self) -> None:
-        """The carrier is gone (socket closed, mux link down)."""
+        """The carrier is gone (socket closed, mux link down); a resumable
+        session is detached instead of ended (XEP-0198 §5)."""
+        if self._resumable() and not self.closed:
+            self._detach()
+            return
+        if self.detached:
+            return
         if not self.closed:
             self.ctx.log.info("c2s %s: connection closed", self.carrier.peer)
         self._finish(write=False, unreachable=True)
@@ -445,10 +607,7 @@ class ClientSession:
         if self.closed:
             return
         self.closed = True
-        self._timer.cancel()
-        self._watchdog.cancel()
-        if self._answer_held is not None:
-            self._answer_held.cancel()
+        self._cancel_timers()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
         unsent = self._unsent(unreachable)      # before closing: the carrier still counts
@@ -473,6 +632,13 @@ class ClientSession:
 
     # -- timers --------------------------------------------------------------------
 
+    def _cancel_timers(self) -> None:
+        self._timer.cancel()
+        self._watchdog.cancel()
+        for timer in (self._answer_held, self._resume_timer):
+            if timer is not None:
+                timer.cancel()
+
     def _negotiation_expired(self) -> None:
         if not self.closed and not self._bound:
             self.ctx.log.info("c2s %s: negotiation not finished in %ss", self.carrier.peer,
@@ -489,6 +655,22 @@ class ClientSession:
             return
         self._watchdog = self.clock.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
 
+
+
+class _Lost:
+    """The carrier of a detached session: its connection is gone, nothing is written."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def pending(self) -> int:
+        return 0
 
 
 def carrier_source(carrier: Carrier) -> str:
