@@ -9,11 +9,14 @@ child process and waits until its port answers.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import slixmpp
@@ -60,6 +63,24 @@ class LiveServer:
         self.proc: Process | None = None
 
     def add_users(self) -> None:
+        """``users``, each added by the real ``python -m iim.admin user add``.
+
+        A run gives the same few users to hundreds of servers, a process start
+        each (~0.25 CPU-s), so a new database is a copy of the one made for the
+        same users before in this process; a database that exists already gets
+        them added for real."""
+        db = self.folder / "iim.db"
+        key = tuple(sorted(self.users.items()))
+        if key in _user_dbs and not db.exists():
+            shutil.copy2(_user_dbs[key], db)                 # its mode (0600) too
+            return
+        new = not db.exists()
+        self._admin_add_users()
+        if new and key and not db.with_name("iim.db-wal").exists():
+            _user_dbs[key] = _cache_folder() / f"users-{len(_user_dbs)}.db"
+            shutil.copy2(db, _user_dbs[key])
+
+    def _admin_add_users(self) -> None:
         for user, password in self.users.items():
             admin("user", "add", "-c", str(self.conf), user, stdin=password + "\n")
 
@@ -160,6 +181,18 @@ class LiveMux:
             except ProcessLookupError:
                 pass
         self.proc.kill()
+
+
+_user_dbs: dict[tuple, Path] = {}         # sorted (user, password) pairs -> database made
+_cache: Path | None = None
+
+
+def _cache_folder() -> Path:
+    global _cache
+    if _cache is None:
+        _cache = Path(tempfile.mkdtemp(prefix="iim-userdbs-"))
+        atexit.register(shutil.rmtree, _cache, True)
+    return _cache
 
 
 def admin(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
