@@ -2,10 +2,15 @@
 
 Everything runs for real on 127.0.0.1: the configuration written by
 ``iim.admin dev-setup``, ``python -m iim.server``, ``python -m iim.mux`` (plain
-and legacy SSL), and the verify command as a subprocess, exactly as an
-operator runs it. What the command prints is checked against facts taken
-elsewhere: the certificates in the keystore and the NSS database (read with
-cryptography and the real certutil), and the server's own log.
+and legacy SSL), and the verify command. The command runs in the test's
+process (its ``main``, with its own environment, standard input and output:
+devsystem.admin_here), where what it reports is checked, and as a
+subprocess, exactly as an operator runs it, where the process is what is
+checked: a whole check, the password from a terminal or standard input, an
+interrupted prompt, a configuration it cannot read, its help. What the
+command prints is checked against facts taken elsewhere: the certificates in
+the keystore and the NSS database (read with cryptography and the real
+certutil), and the server's own log.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from devsystem import DevSystem, run_admin
+from devsystem import DevSystem, admin_here, run_admin
 from support import Process, free_port
 
 ALICE = "alice@localhost"
@@ -36,9 +41,12 @@ ALICE = "alice@localhost"
 # Helpers
 
 
-def verify(conf: Path, *args: str, password: str | None = None,
-           stdin: str = "") -> subprocess.CompletedProcess:
-    """Run the command with the password in $IIM_PASSWORD (or none at all)."""
+def verify(conf: Path, *args: str, password: str | None = None, stdin: str = "",
+           process: bool = False) -> subprocess.CompletedProcess:
+    """Run the command with the password in $IIM_PASSWORD (or none at all), in
+    this process unless ``process``."""
+    if not process:
+        return admin_here("verify", "-c", str(conf), *args, env=_env(password), stdin=stdin)
     return run_admin("verify", "-c", str(conf), *args, env=_env(password), stdin=stdin,
                      check=False)
 
@@ -118,7 +126,7 @@ def spare(tmp_path):
 
 def test_starttls_through_the_multiplexor_is_secure_and_ends_at_the_server(dev):
     logins_before = _logins(dev, "alice")
-    result = verify(dev.conf, "--user", ALICE, password=dev.users["alice"])
+    result = verify(dev.conf, "--user", ALICE, password=dev.users["alice"], process=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert _logins(dev, "alice") == logins_before + 1
     report = rows(result.stdout)
@@ -356,7 +364,7 @@ def test_a_silent_peer_times_out(dev):
 
 def test_unreadable_configuration(tmp_path):
     missing = tmp_path / "nowhere.conf"
-    result = verify(missing)
+    result = verify(missing, process=True)
     assert result.returncode == 2
     assert one_line(result.stderr) == f"verify: {missing}: cannot read: No such file or directory"
 
@@ -422,9 +430,9 @@ def test_password_file_errors_are_one_line_without_the_password(dev, tmp_path):
 
 
 def test_password_from_stdin_when_it_is_not_a_terminal(dev):
-    result = verify(dev.conf, "--user", ALICE, stdin=dev.users["alice"] + "\n")
+    result = verify(dev.conf, "--user", ALICE, stdin=dev.users["alice"] + "\n", process=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    nothing = verify(dev.conf, "--user", ALICE, stdin="")
+    nothing = verify(dev.conf, "--user", ALICE, stdin="", process=True)
     assert nothing.returncode == 2
     assert one_line(nothing.stderr) == ("verify: no password: give --password-file FILE, set "
                                         "$IIM_PASSWORD, or type it at the prompt")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from devsystem import DevSystem, run_admin
+from devsystem import DevSystem, admin_here
 from iim import conf
 from iim import log as iim_log
 from live import free_port
@@ -404,6 +404,8 @@ def _secret_system(dev: DevSystem, scratch: Path) -> list[str]:
     _private(dev.folder / "nsspassword.conf", f"NSS Certificate DB:{nss_password}\n")
     _private(dev.folder / "muxlink-secret.conf", f"Internal (Software) Token:{link_secret}\n")
     common = {"iim.log.iim_server.severity": "DEBUG", "iim.log.iim_mux.severity": "DEBUG",
+              # eight wrong logins, each answered at once (the delay is not logged)
+              "iim_server.auth_failure_delay": "0",
               "iim_mux.keystorepasswordfile": "nsspassword.conf",
               "iim_server.muxlink_secretfile": "muxlink-secret.conf",
               "iim_mux.muxlink_secretfile": "muxlink-secret.conf"}
@@ -433,10 +435,12 @@ def _private(path: Path, text: str) -> None:
 
 
 def _verify(conf_path: Path, user: str, password: str, mechanism: str, *extra: str):
+    """``iim.admin verify``, run in this process (devsystem.admin_here): what it
+    writes on its standard output and error is searched like the logs."""
     env = {k: v for k, v in os.environ.items() if k != "IIM_CONF"}
     env["IIM_PASSWORD"] = password
-    return run_admin("verify", "-c", str(conf_path), "--user", f"{user}@localhost",
-                     "--mechanism", mechanism, *extra, env=env, check=False)
+    return admin_here("verify", "-c", str(conf_path), "--user", f"{user}@localhost",
+                      "--mechanism", mechanism, *extra, env=env)
 
 
 def _failed_starts(dev: DevSystem) -> list[str]:
