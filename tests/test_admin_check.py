@@ -1,4 +1,9 @@
-"""``python -m iim.admin check``: one line per finding, exit 0 only when usable."""
+"""``python -m iim.admin check``: one line per finding, exit 0 only when usable.
+
+The command runs in the test's process (devsystem.admin_here), its output
+captured as a process's would be; the development configuration is checked
+by a real ``python -m iim.admin check`` process too.
+"""
 
 import os
 import subprocess
@@ -7,15 +12,19 @@ import sys
 import pytest
 
 import pki
+from devsystem import admin_here
 from iim.admin.devsetup import dev_setup
 from keytool import make_store
 
 SECRET = "Check-Pw-4711"
 
 
-def run_check(conf):
-    proc = subprocess.run([sys.executable, "-m", "iim.admin", "check", "-c", str(conf)],
-                          capture_output=True, text=True, timeout=60)
+def run_check(conf, process: bool = False):
+    if process:
+        proc = subprocess.run([sys.executable, "-m", "iim.admin", "check", "-c", str(conf)],
+                              capture_output=True, text=True, timeout=60)
+    else:
+        proc = admin_here("check", "-c", str(conf))
     assert proc.stderr == ""
     assert SECRET not in proc.stdout
     return proc.returncode, proc.stdout.splitlines()
@@ -27,7 +36,7 @@ def devconf(tmp_path_factory):
 
 
 def test_dev_configuration_is_usable(devconf):
-    code, lines = run_check(devconf)
+    code, lines = run_check(devconf, process=True)
     assert code == 0
     assert lines[-1] == f"{devconf}: usable"
     store = devconf.parent / "server-keystore.p12"

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from devsystem import DevSystem, run_admin
+from devsystem import DevSystem, admin_here, run_admin
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "Internal (Software) Token"
 
 
@@ -66,11 +65,12 @@ def test_user_add_creates_the_database_0600(tmp_path):
     assert database_files(db) and modes(database_files(db)) == private(database_files(db))
 
 
-def test_keys_writes_keystores_and_password_files_0600(tmp_path):
-    def keys(*args: str, stdin: str = "") -> None:
-        proc = subprocess.run([sys.executable, "-m", "iim.admin", "keys", *args], cwd=tmp_path,
-                              input=stdin, capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+def test_keys_writes_keystores_and_password_files_0600(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)             # the command's paths are relative
+
+    def keys(*args: str) -> None:
+        """``iim.admin keys`` in this process (devsystem.admin_here), with its umask."""
+        proc = admin_here("keys", *args)
         assert proc.returncode == 0, proc.stderr
 
     keys("password-file", "ca-password.conf", "--generate")
@@ -149,7 +149,7 @@ def test_a_readable_secret_file_draws_one_line_from_server_multiplexor_and_check
         dev.stop(mux)
     finally:
         dev.stop(server)
-    check = run_admin("check", "-c", str(conf), check=False)
+    check = admin_here("check", "-c", str(conf))
 
     for line in server_lines:
         assert log_warnings(dev.folder / "server.log").count(line) == 1
@@ -165,10 +165,10 @@ def test_a_0600_secret_file_draws_no_warning_and_check_names_every_readable_one(
     link = secret_file(dev.folder / "muxlink-secret.conf", 0o600)
     conf = dev.variant("strict.conf", {"iim_server.muxlink_secretfile": str(link),
                                        "iim_mux.muxlink_secretfile": str(link)})
-    quiet = run_admin("check", "-c", str(conf), check=False)
+    quiet = admin_here("check", "-c", str(conf))
     os.chmod(dev.folder / "iim.db", 0o644)
     os.chmod(dev.folder / "server-keystore.p12", 0o640)
-    loud = run_admin("check", "-c", str(conf), check=False)
+    loud = admin_here("check", "-c", str(conf))
 
     assert "readable by group or others" not in quiet.stdout
     db, store = dev.folder / "iim.db", dev.folder / "server-keystore.p12"

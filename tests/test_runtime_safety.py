@@ -4,10 +4,14 @@ Whoever can put a file in ``iim.instancevardir`` could make ``iim.admin
 start`` write through a symbolic link, or ``iim.admin stop`` signal a
 process of their choosing. Each test plants what an attacker would (a
 symbolic link to a file we care about, a locked pid file naming some other
-process, a folder others may write), runs the real ``python -m iim.admin``
-and checks the one-line refusal *and* that nothing happened: the target is
-untouched, the process is alive. The last test runs the real ``./dev run``
-and reads both logs: a clean start logs no WARNING.
+process, a folder others may write), runs ``iim.admin`` and checks the
+one-line refusal *and* that nothing happened: the target is untouched, the
+process is alive. A refusal is decided before anything is started or
+signalled, so those commands run in the test's process (its ``main``, output
+captured); this instance's own server is started, refreshed and stopped by
+real ``python -m iim.admin`` processes, and a component run by hand is one
+too. The last test runs the real ``./dev run`` and reads both logs: a clean
+start logs no WARNING.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from devsystem import DevSystem
+from devsystem import DevSystem, admin_here
 from live import free_port
 
 from iim import runtime
@@ -53,7 +57,13 @@ class Light:
                              f'iim.log.iim_mux.url = "mux.log"\n')
 
     def admin(self, *args: str) -> subprocess.CompletedProcess:
+        """``python -m iim.admin ARGS -c iim.conf``: a process."""
         return admin(*args, "-c", str(self.conf))
+
+    def ask(self, *args: str) -> subprocess.CompletedProcess:
+        """The same command in this process (devsystem.admin_here): for a refusal,
+        which is decided before any process is started or signalled."""
+        return admin_here(*args, "-c", str(self.conf))
 
     def cleanup(self) -> None:
         """Whatever a failing test (or today's code) left running."""
@@ -91,7 +101,7 @@ def test_start_refuses_a_symbolic_link_planted_for_a_runtime_file(light, tmp_pat
     link.symlink_to(target)
     component = "server" if name.startswith("server") else "multiplexor"
 
-    proc = light.admin("start", component, "--timeout", "5")
+    proc = light.ask("start", component, "--timeout", "5")
 
     assert proc.returncode == 1
     assert one_line(proc) == (f"{component}: not started: {link}: a symbolic link; iim makes "
@@ -147,8 +157,8 @@ def test_a_locked_pid_file_naming_a_process_not_ours_is_refused_and_nothing_sign
     try:
         assert runtime.probe(pidfile) == runtime.Probe("running", holder.pid,
                                                        pidfile.stat().st_mtime)
-        proc = light.admin(command, "server", "--timeout", "3") if command == "stop" else \
-            light.admin(command, "server")
+        proc = light.ask(command, "server", "--timeout", "3") if command == "stop" else \
+            light.ask(command, "server")
         time.sleep(0.5)                     # a signal, had one been sent, has arrived
         still_running = holder.poll() is None
     finally:
@@ -168,7 +178,7 @@ def test_stop_refuses_a_pid_file_that_is_a_symbolic_link(light, tmp_path):
     holder = locked_pid_file(target, ["sleep", "60"])
     (light.rundir / "server.pid").symlink_to(target)
     try:
-        proc = light.admin("stop", "server", "--timeout", "3")
+        proc = light.ask("stop", "server", "--timeout", "3")
         time.sleep(0.5)
         still_running = holder.poll() is None
     finally:
@@ -205,7 +215,7 @@ def test_start_refuses_a_runtime_folder_others_may_write(tmp_path, mode):
     os.chmod(rundir, mode)
     system = Light(tmp_path / "inst", rundir)
     try:
-        proc = system.admin("start", "server", "--timeout", "5")
+        proc = system.ask("start", "server", "--timeout", "5")
         by_hand = subprocess.run([sys.executable, "-m", "iim.server", "-c", str(system.conf),
                                   "--managed"], capture_output=True, text=True, timeout=60)
     finally:
@@ -226,7 +236,7 @@ def test_start_refuses_a_runtime_folder_another_user_owns(tmp_path):
     os.chown(rundir, other, -1)
     system = Light(tmp_path / "inst", rundir)
     try:
-        proc = system.admin("start", "server", "--timeout", "5")
+        proc = system.ask("start", "server", "--timeout", "5")
     finally:
         system.cleanup()
 
