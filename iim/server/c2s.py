@@ -376,6 +376,7 @@ class ClientSession:
                           self.carrier.peer, printable(str(self.jid)), seconds)
         self._let_go(None)
         self.carrier = _Lost(self.carrier.peer)
+        self.tls = TLSPump()                    # the old connection's TLS state is freed
         self.detached = True
         self._resume_timer = self.clock.call_later(seconds, self._resume_expired)
 
