@@ -8,6 +8,7 @@ split-horizon deployment would, since the test domains are not in DNS.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from live import LiveServer
@@ -32,11 +33,22 @@ def federated(tmp: Path, ca, specs: dict, common: str = "",
 
 
 def start_all(servers: dict) -> None:
+    """Every server started at once (each waited for until its port answers); if
+    one fails, those that started are stopped and the first failure raised."""
     for server in servers.values():
         server.add_users()
-        server.start()
+    with ThreadPoolExecutor(len(servers)) as pool:
+        started = [pool.submit(server.start) for server in servers.values()]
+    failed = [f.exception() for f in started if f.exception() is not None]
+    if failed:
+        stop_all(servers)
+        raise failed[0]
 
 
 def stop_all(servers: dict) -> None:
-    for server in servers.values():
-        server.stop()
+    """Every server stopped at once; the first failure (one that did not stop) raised
+    once all have ended."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        stopped = [pool.submit(server.stop) for server in servers.values()]
+    for future in stopped:
+        future.result()
