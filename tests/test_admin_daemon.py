@@ -744,7 +744,7 @@ def test_status_lists_s2s_peers_with_their_tls_state(tmp_path, ca):
                                        "b.example": {"host": "127.0.0.2"}})
     for server in servers.values():
         server.add_users()
-        assert admin("start", "server", "-c", str(server.conf)).returncode == 0
+        assert admin_here("start", "server", "-c", str(server.conf)).returncode == 0
     a, b = servers["a.example"], servers["b.example"]
     try:
         async def chat():
@@ -764,7 +764,7 @@ def test_status_lists_s2s_peers_with_their_tls_state(tmp_path, ca):
         body, human, report = run(chat())
     finally:
         for server in servers.values():
-            admin("stop", "server", "-c", str(server.conf))
+            admin_here("stop", "server", "-c", str(server.conf))
 
     assert body == "across"
     peers = report["server"]["status"]["s2s"]
