@@ -3,15 +3,36 @@
 ``make_store`` follows the product's procedure: generate a key pair in the
 store, write a certificate request, have the CA sign it, import the CA root
 as a trusted entry, import the signed reply.
+
+Theory of operation: a keytool run is a JVM start (about 1.3 CPU-seconds)
+for a few milliseconds of work, and the suite runs hundreds. So each test
+process runs all its keytool commands in one JVM: tests/KeytoolBatch.java,
+compiled once by the JDK's javac into a cache folder, hands each command's
+arguments to ``sun.security.tools.keytool.Main.main`` -- the very method the
+``keytool`` launcher calls -- and returns its exit status and what it wrote.
+It is still the real keytool: the JDK's own code, the same JDK, the same
+arguments, the same output, exit status and files, in a JVM made as the
+launcher makes it (the keytool package exported to the class, as the
+launcher's java.base module has it). Its ``System.exit(1)`` on an error ends
+the command, not the JVM (see the Java file). A command with launcher
+options (``-J-D...``), or given from another working directory or environment
+than the JVM's (relative paths, ``-storepass:env``, locale), runs the
+launcher itself, as does every command when javac is missing.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import ipaddress
+import locale
+import os
+import select
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -19,19 +40,167 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 KEYTOOL = shutil.which("keytool") or "/usr/bin/keytool"
+TIMEOUT = 60                    # seconds a command may take
 
 
 # keytool runs briefly, so the JVM's start dominates: the C1 compiler alone and
 # the serial collector start it about a third faster, and change nothing it writes.
-FAST_START = ("-J-XX:TieredStopAtLevel=1", "-J-XX:+UseSerialGC")
+FAST_START = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+# The batch JVM lives for the whole test process: it keeps the C2 compiler, which
+# makes its later RSA key generations several times cheaper.
+BATCH_JVM = ("-XX:+UseSerialGC",)
 
 
 def keytool(*args: str) -> str:
-    proc = subprocess.run([KEYTOOL, *FAST_START, *args], capture_output=True, text=True,
-                          timeout=60)
+    status, out, err = _run(args)
+    if status:
+        raise RuntimeError(f"keytool {_command(args)} failed: {out}{err}")
+    return out
+
+
+def _run(args) -> tuple[int, str, str]:
+    with _Batch.lock:
+        batch = _Batch.current(args)
+        if batch is not None:
+            return batch.run(args)
+    proc = subprocess.run([KEYTOOL, *(f"-J{flag}" for flag in FAST_START), *args],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _command(args) -> str:
+    return " ".join([arg for arg in args if not arg.startswith("-J")][:1])
+
+
+class _Batch:
+    """This process's keytool JVM (tests/KeytoolBatch.java) and its pipes."""
+
+    lock = threading.Lock()
+    _jvm: _Batch | None = None
+    _classes: Path | None | bool = False        # False: not looked for yet
+
+    @classmethod
+    def current(cls, args) -> _Batch | None:
+        """The JVM for ``args`` from here and now, started if need be; None when
+        the launcher must run them (-J options, other directory or environment,
+        no javac)."""
+        if any(arg.startswith("-J") for arg in args):
+            return None
+        jvm = cls._jvm
+        if jvm is not None and jvm.pid == os.getpid() and jvm.proc.poll() is None:
+            return jvm if jvm.serves_here() else None   # kept for the commands that fit
+        if cls._classes is False:
+            cls._classes = _compiled()
+        if cls._classes is not None:
+            cls._jvm = cls(cls._classes)
+            return cls._jvm
+        return None
+
+    def __init__(self, classes: Path):
+        java = Path(os.path.realpath(KEYTOOL)).with_name("java")
+        self.cwd, self.env, self.pid = os.getcwd(), _env(), os.getpid()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [str(java), *BATCH_JVM, "--add-exports", f"{_PACKAGE}=ALL-UNNAMED",
+             "-cp", str(classes), "KeytoolBatch"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        self.pending = b""
+        atexit.register(self.close)
+
+    def serves_here(self) -> bool:
+        return self.cwd == os.getcwd() and self.env == _env()
+
+    def run(self, args) -> tuple[int, str, str]:
+        fields = [str(len(args)).encode(), *map(os.fsencode, args)]
+        try:
+            self.proc.stdin.write(b"".join(f + b"\0" for f in fields))
+            self.proc.stdin.flush()
+            deadline = time.monotonic() + TIMEOUT
+            status, out_size, err_size, *ending = self._read_line(deadline).split()
+            out, err = self._read(int(out_size), deadline), self._read(int(err_size), deadline)
+            if ending:                          # keytool's exit ended it (no security manager)
+                self.proc.wait(TIMEOUT)
+        except (OSError, ValueError, EOFError, TimeoutError, subprocess.TimeoutExpired) as exc:
+            self.close()
+            raise RuntimeError(f"keytool {_command(args)}: the keytool JVM failed ({exc!r}): "
+                               f"{self._jvm_said()}") from None
+        return int(status), _text(out), _text(err)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def _read_line(self, deadline: float) -> bytes:
+        while b"\n" not in self.pending:
+            self._fill(deadline)
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        while len(self.pending) < size:
+            self._fill(deadline)
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+    def _fill(self, deadline: float) -> None:
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError(f"no answer in {TIMEOUT} s")
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            raise EOFError("the JVM ended")
+        self.pending += chunk
+
+    def _jvm_said(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-2000:].decode(errors="replace")
+
+
+_PACKAGE = "java.base/sun.security.tools.keytool"
+_SOURCE = Path(__file__).with_name("KeytoolBatch.java")
+
+
+def _compiled() -> Path | None:
+    """The folder of KeytoolBatch's classes, compiled by javac on first use
+    (one folder per source text and JDK, shared by processes and runs)."""
+    bin_dir = Path(os.path.realpath(KEYTOOL)).parent
+    javac = bin_dir / "javac"
+    if not javac.exists() or not (bin_dir / "java").exists():
+        return None
+    tag = hashlib.sha256(_SOURCE.read_bytes() + bytes(bin_dir)).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"iim-keytool-batch-{os.getuid()}-{tag}"
+    if (folder / "KeytoolBatch.class").exists():
+        return folder
+    building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
+    proc = subprocess.run([str(javac), *(f"-J{flag}" for flag in FAST_START),
+                           "--add-exports", f"{_PACKAGE}=ALL-UNNAMED", "-d", str(building),
+                           str(_SOURCE)], capture_output=True, text=True, timeout=TIMEOUT)
     if proc.returncode:
-        raise RuntimeError(f"keytool {' '.join(args[:1])} failed: {proc.stdout}{proc.stderr}")
-    return proc.stdout
+        shutil.rmtree(building, ignore_errors=True)
+        raise RuntimeError(f"javac {_SOURCE} failed: {proc.stdout}{proc.stderr}")
+    try:
+        building.rename(folder)                 # whole, or not at all
+    except OSError:                             # another process's is there
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+def _env() -> dict[str, str]:
+    """The environment as the JVM would see it (pytest's note of the test aside)."""
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def _text(data: bytes) -> str:
+    """What ``text=True`` makes of a child's output."""
+    text = data.decode(locale.getpreferredencoding(False))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _pem(cert: x509.Certificate) -> bytes:
