@@ -22,6 +22,7 @@ from pathlib import Path
 import slixmpp
 from cryptography.hazmat.primitives import serialization
 
+from iim import control
 from keytool import make_store
 from support import Process, free_port, listening  # noqa: F401  (the tests import these two from here)
 
@@ -32,8 +33,10 @@ STOREPASS = "Live-Store-Pw-9"
 class LiveServer:
     def __init__(self, folder: Path, ca, *, requiressl: bool = False, tls: bool = True,
                  users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2")), extra: str = "",
-                 domain: str = DOMAIN, host: str = "127.0.0.1", names=None):
+                 domain: str = DOMAIN, host: str = "127.0.0.1", names=None,
+                 managed: bool = False):
         self.folder = folder
+        self.managed = managed        # --managed: status and refresh on server.sock (ask)
         self.ca = ca
         self.domain = domain
         self.host = host
@@ -85,14 +88,19 @@ class LiveServer:
             admin("user", "add", "-c", str(self.conf), user, stdin=password + "\n")
 
     def start(self) -> "LiveServer":
-        self.proc = Process([sys.executable, "-m", "iim.server", "-c", str(self.conf)],
-                            self.folder, "server")
+        self.proc = Process([sys.executable, "-m", "iim.server", "-c", str(self.conf)]
+                            + ["--managed"] * self.managed, self.folder, "server")
         try:
             self.proc.wait_port(self.port, self.host)
         except AssertionError:
             self.proc.kill()
             raise
         return self
+
+    def ask(self, op: str) -> dict:
+        """The answer to ``op`` (status, refresh) on the control socket of a
+        ``managed`` server (iim/server/control.py), which is in its folder."""
+        return control.ask(self.folder / "server.sock", op)
 
     def stop(self) -> int:
         if self.proc is None:
