@@ -44,6 +44,26 @@ def test_limits_are_read_with_units():
     assert limits.warnings == ()
 
 
+def test_the_mux_handshake_timeout_reaches_the_worker():
+    """iim_mux.handshake_timeout is what each relay is given (iim.mux.worker)."""
+    from iim.mux.worker import WorkerSettings
+    default = WorkerSettings.from_config(config(""), 0, None)
+    assert default.handshake_timeout == MuxLimits.handshake_timeout == 10
+    loaded = config('iim_mux.handshake_timeout = "45"\n')
+    assert WorkerSettings.from_config(loaded, 0, None).handshake_timeout == 45
+    assert loaded.warnings == ()
+
+
+def test_a_mux_handshake_timeout_of_zero_is_an_error_and_one_second_a_warning():
+    with pytest.raises(Exception) as caught:
+        config('iim_mux.handshake_timeout = "0"\n')
+    assert str(caught.value) == ('iim.conf:2: iim_mux.handshake_timeout: expected a number '
+                                 'of seconds, at least 1, got "0"')
+    assert [str(w) for w in config('iim_mux.handshake_timeout = "1"\n').warnings] == [
+        "iim.conf:2: iim_mux.handshake_timeout: 1 is below 2, the least this limit is meant "
+        "for: it will refuse legitimate use (default 10)"]
+
+
 def test_a_limit_set_absurdly_low_is_warned_about_with_its_line():
     loaded = config('\niim_server.max_backlog = "1K"\n')
     assert [str(w) for w in loaded.warnings] == [

@@ -80,6 +80,7 @@ SERVER_LIMITS = (
 MUX_LIMITS = (
     Limit("maxsessions_per_source", positive, (2, 1_000_000)),
     Limit("accept_rate_per_source", positive, (1, 1_000_000)),
+    Limit("handshake_timeout", _seconds_min_1, (2, 300)),
 )
 
 
@@ -166,6 +167,11 @@ class MuxLimits:
     a whole office may come from one address)."""
     accept_rate_per_source: int = 50
     """New client connections per second from one source (bursts of twice that)."""
+    handshake_timeout: int = 10
+    """Seconds a legacy-SSL client (``iim_mux.usessl``) has from its connection
+    to the end of its TLS handshake, its first byte included; then it is closed
+    and nothing has gone to the server. It holds one of maxsessions and of
+    maxsessions_per_source meanwhile. Unused when usessl is off."""
 
 
 def defaults(dataclass_) -> dict[str, str]:

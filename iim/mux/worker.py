@@ -21,9 +21,10 @@ per process), one SourceLimit (``iim_mux.maxsessions_per_source`` and
 ``iim_mux.accept_rate_per_source``: a client over them is closed as soon as
 accepted, counted in the statistics line, and logged at most once a minute
 per limit) and one TLS context; SIGHUP builds a new context, which new
-clients get, while connected clients keep theirs. The main thread only
-waits for signals and writes a statistics line every
-``iim_mux.stat_frequency`` seconds.
+clients get, while connected clients keep theirs. A legacy-SSL client that
+has not finished its handshake ``iim_mux.handshake_timeout`` seconds after
+it connected is closed by its relay. The main thread only waits for signals
+and writes a statistics line every ``iim_mux.stat_frequency`` seconds.
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 10.0
 #: How often a thread without a link looks at its stop flag.
 REFUSE_SLICE = 0.1
-#: Seconds a legacy-SSL client has to finish its handshake.
-HANDSHAKE_TIMEOUT = 10.0
 #: Link keepalive (docs/muxlink.md): PING after this many idle seconds.
 KEEPALIVE = 30.0
 #: How often the main thread looks for a failed relay thread.
@@ -95,7 +94,7 @@ class WorkerSettings:
     link_cafile: str | None = None
     maxsessions_per_source: int = MuxLimits.maxsessions_per_source
     accept_rate_per_source: int = MuxLimits.accept_rate_per_source
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    handshake_timeout: float = MuxLimits.handshake_timeout
     keepalive: float = KEEPALIVE
     backoff_first: float = BACKOFF_FIRST
     backoff_max: float = BACKOFF_MAX
@@ -110,7 +109,8 @@ class WorkerSettings:
                    usessl=mux.usessl, secret=secret, link_tls=mux.muxlink_tls,
                    link_cafile=str(mux.muxlink_cafile) if mux.muxlink_cafile else None,
                    maxsessions_per_source=mux.limits.maxsessions_per_source,
-                   accept_rate_per_source=mux.limits.accept_rate_per_source)
+                   accept_rate_per_source=mux.limits.accept_rate_per_source,
+                   handshake_timeout=mux.limits.handshake_timeout)
 
 
 class Backoff:
