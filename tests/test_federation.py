@@ -8,16 +8,10 @@ import asyncio
 
 import pytest
 
-import pki
 from fedlive import federated, start_all, stop_all
 from live import Client, next_item
 
 A, B = "a.example", "b.example"
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return pki.CA.root("iim federation test CA")
 
 
 @pytest.fixture

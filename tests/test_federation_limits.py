@@ -20,9 +20,6 @@ import re
 import socket
 import time
 
-import pytest
-
-import pki
 from dnsfake import FakeDNS
 from fedlive import federated, start_all, stop_all
 from live import Client, next_item
@@ -36,11 +33,6 @@ ANSWER = re.compile(r"<db:result from='b\.example' to='([^']+)' type='error'><er
                     r"type='(\w+)'><([a-z-]+) xmlns='" + re.escape(STANZAS) + "'/></error>"
                     r"</db:result>")
 RATE = 5
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return pki.CA.root("iim federation limits CA")
 
 
 class Attacker:

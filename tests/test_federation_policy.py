@@ -20,11 +20,6 @@ A, B = "a.example", "b.example"
 HOSTS = {A: "127.0.0.1", B: "127.0.0.2"}
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return pki.CA.root("iim federation policy CA")
-
-
 def servers(tmp_path, ca, a=None, b=None):
     found = federated(tmp_path, ca, {A: {"host": HOSTS[A], **(a or {})},
                                      B: {"host": HOSTS[B], **(b or {})}})

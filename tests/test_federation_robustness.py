@@ -11,9 +11,6 @@ import os
 import re
 import socket
 
-import pytest
-
-import pki
 from fedlive import federated, start_all, stop_all
 from live import Client, free_port, next_item
 from support import eventually
@@ -24,11 +21,6 @@ HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
           "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
           "version='1.0' to='{to}'{frm}>")
 SECRET = "Dialback-Secret-For-A"
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return pki.CA.root("iim federation robustness CA")
 
 
 class RawPeer:
