@@ -1,9 +1,10 @@
 """Interop: clients on other TLS stacks log in through the multiplexor (issue 10, part 6).
 
 Two clients nobody here wrote (tests/extclients.py): go-sendxmpp (Go's
-crypto/tls) and nbxmpp (GnuTLS through GLib). Each logs in as alice through
-a real ``python -m iim.mux`` in front of a real ``python -m iim.server``, in
-both of the multiplexor's modes:
+crypto/tls) and nbxmpp (GnuTLS through GLib). Each logs in (as alice to send,
+as an account of its own per mode to receive) through a real ``python -m
+iim.mux`` in front of a real ``python -m iim.server``, in both of the
+multiplexor's modes:
 
 * ``starttls``: ``iim_mux.usessl = "off"``; the client says STARTTLS, the
   multiplexor relays the bytes untouched and the server terminates TLS with
@@ -48,11 +49,23 @@ BOB = Account(f"bob@{DOMAIN}", "bob-pw-2")
 WAIT = 30                   # seconds any one step may take
 
 
+def receiver(client, mode: str) -> Account:
+    """The account that receives bob's message in one client's mode: its own, so
+    that what an earlier test left to it cannot come first. (A client that ends
+    its XEP-0198 stream without acknowledging what it got, as nbxmpp does, has it
+    kept in offline storage, rightly: the server cannot know it arrived.)"""
+    return Account(f"{client.name}-{mode}@{DOMAIN}", f"{client.name}-{mode}-pw-4")
+
+
+RECEIVERS = [receiver(client, mode) for client in CLIENTS for mode in MODES]
+
+
 class System:
     """A server, a STARTTLS multiplexor and a legacy-SSL one, and two CA files."""
 
     def __init__(self, folder: Path, ca) -> None:
-        self.server = LiveServer(folder, ca)
+        self.server = LiveServer(folder, ca, users=[(a.jid.split("@")[0], a.password)
+                                                    for a in (ALICE, BOB, *RECEIVERS)])
         self.server.add_users()
         self._nss_database(folder, ca)
         self.server.start()
@@ -178,19 +191,20 @@ def test_client_sends_a_large_message(system, client, mode, tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_client_receives_a_large_message(system, client, mode, tmp_path):
     body = payload(f"receive {client.name} {mode}")
+    to = receiver(client, mode)
     offset = len(system.server.log())
 
     async def scenario():
         bob = await Client(f"{BOB.jid}/writer", BOB.password,
                            system.server.ca_file).online(system.muxes["starttls"].port)
         try:
-            child = await client.listen(ALICE, system.endpoint(mode), BOB.jid, tmp_path)
+            child = await client.listen(to, system.endpoint(mode), BOB.jid, tmp_path)
         except BaseException:
             await bob.offline()
             raise
         try:
-            resource, transport = await wait_for_session(system.server, offset, ALICE, child)
-            bob.send_message(mto=f"{ALICE.jid}/{resource}", mbody=body.decode("utf-8"),
+            resource, transport = await wait_for_session(system.server, offset, to, child)
+            bob.send_message(mto=f"{to.jid}/{resource}", mbody=body.decode("utf-8"),
                              mtype="chat")
 
             def arrived(c):
