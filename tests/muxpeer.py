@@ -103,6 +103,7 @@ class PeerLink:
         self.frames: Counter = Counter()
         self.reads = 0
         self.linkclose: tuple[int, str] | None = None
+        self.pongs: list[bytes] = []                  # answers to our PINGs
         self.errors: list[str] = []
         self.ended = threading.Event()
         self.ready = threading.Event()
@@ -144,6 +145,19 @@ class PeerLink:
             self.hold.discard(sid)
             if self.withheld[sid]:
                 self._send(frame(WINDOW, sid, struct.pack("!I", self.withheld.pop(sid))))
+
+    def round_trip(self, timeout: float = 10.0) -> None:
+        """PING the relay and wait for the PONG, twice: a barrier. The relay
+        answers in the loop turn that reads the PING and sends the answer at
+        the end of that turn, after serving every session queued in it; epoll
+        reports readiness in the order it arose, and after the first answer
+        the link's readiness goes behind whatever is still waiting. So when
+        the second answer is here, every client event that arose before the
+        call has been served."""
+        for _ in range(2):
+            payload = secrets.token_bytes(8)
+            self.send_raw(frame(PING, 0, payload))
+            self.wait_for(lambda: payload in self.pongs, timeout, "the relay's PONG")
 
     def drop(self) -> None:
         """Lose the link abruptly (no LINKCLOSE)."""
@@ -275,6 +289,8 @@ class PeerLink:
         elif ftype == PING:
             if self.peer.answer_pings:
                 self._send(frame(PONG, 0, payload))
+        elif ftype == PONG:
+            self.pongs.append(payload)
         elif ftype == LINKCLOSE:
             self.linkclose = (payload[0], payload[1:].decode("utf-8", "replace"))
         else:
