@@ -34,6 +34,7 @@ from iim.xmpp.events import SessionEstablished, StanzaReceived, StartTLS, Stream
 from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy
 from keytool import make_store
+from support.process import DEADLINE
 
 DOMAIN = "localhost"
 STOREPASS = "Mux-Store-Pw-4"
@@ -669,13 +670,16 @@ def test_link_loss_ends_every_session_of_the_link(server, ca):
 
 
 def test_keepalive_answered_keeps_the_link(server, ca):
+    """A PING every 0.1 s of silence; the PONG may take as long as it takes
+    (60 s: a bound on a failure). A new PING comes only once the last one's
+    PONG was taken, so three PINGs mean two PONGs were."""
     async def scenario():
-        async with server(ping_interval=0.1, ping_timeout=0.2) as srv:
+        async with server(ping_interval=0.1, ping_timeout=60) as srv:
             mux = await TestMux.connect(srv.port)
             await mux.handshake()
-            await asyncio.sleep(0.8)                      # several PINGs, all answered
+            await settle(lambda: mux.pings >= 3 or mux.eof.is_set(), DEADLINE)
             assert not mux.eof.is_set()
-            assert mux.pings >= 2
+            assert mux.pings >= 3
             mux.send(FrameType.PING, 0, b"12345678")       # and the server answers ours
             assert await mux.frame() == Frame(FrameType.PONG, 0, b"12345678")
             await mux.close()
