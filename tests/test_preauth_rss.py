@@ -16,6 +16,11 @@ below one stanza limit (256 KiB) per connection, which is what a leak of
 any parser state would cost. One connection held open half-way through a
 stanza under the limit may cost at most 8 MiB (expat's buffer for the
 unfinished stanza, doubling up to twice its size, plus the TLS buffers).
+
+RSS is read when the server has let go of what it is measured without: the
+hostile streams are gone from its status (iim.admin status, through the
+control socket), and the bytes of the one held open have all been read and
+parsed. No reading waits a fixed time.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
+from pathlib import Path
 
 import pytest
 
 from live import Client, LiveServer, next_item
+from support import eventually
 
 MiB = 1024 * 1024
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -56,7 +62,7 @@ def rss(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def live(ca, tmp_path_factory):
-    server = LiveServer(tmp_path_factory.mktemp("rss"), ca, extra="\n".join([
+    server = LiveServer(tmp_path_factory.mktemp("rss"), ca, managed=True, extra="\n".join([
         'iim_server.max_unauthenticated_per_source = "1000"',
         'iim_server.accept_rate_per_source = "1000"', ""]))
     server.add_users()
@@ -131,27 +137,54 @@ async def chat(alice: Client, bob: Client, stop: asyncio.Event, counter: list) -
         await asyncio.sleep(0.1)
 
 
-async def settle(pid: int) -> int:
-    """RSS once the server's malloc_trim (every 2 s after logouts) had its turn."""
-    await asyncio.sleep(5)
-    return rss(pid)
+def holds(live, negotiating: int, established: int) -> bool:
+    """The server's status counts exactly these client streams."""
+    status = live.ask("status")
+    return (status["negotiating"], sum(status["sessions"].values())) == (negotiating, established)
+
+
+async def settle(live, negotiating: int = 0, established: int = 0) -> int:
+    """RSS once the server holds only the streams it should (the others gone:
+    closed and forgotten, not merely answered)."""
+    await eventually(lambda: holds(live, negotiating, established),
+                     f"{negotiating} streams negotiating and {established} established")
+    return rss(live.proc.pid)
+
+
+def tcp_queue(local_port: int, remote_port: int, field: int) -> int:
+    """The send (0) or receive (1) queue, in bytes, of 127.0.0.1:local_port -> remote_port."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == local_port and \
+                int(fields[2].split(":")[1], 16) == remote_port:
+            return int(fields[4].split(":")[field], 16)
+    raise AssertionError(f"no socket {local_port} -> {remote_port}")
+
+
+async def taken_in(live, writer) -> None:
+    """Until the server has read and parsed all that ``writer`` wrote: nothing
+    left in our buffers or the kernel's, then a status round trip (the
+    server's one event loop answers it after whatever it was parsing)."""
+    ours = writer.get_extra_info("sockname")[1]
+    await eventually(lambda: writer.transport.get_write_buffer_size() == 0
+                     and tcp_queue(ours, live.port, 0) == 0
+                     and tcp_queue(live.port, ours, 1) == 0, "every byte sent taken in")
+    live.ask("status")
 
 
 def test_rss_returns_to_baseline_after_1000_hostile_connections(live):
-    pid = live.proc.pid
-
     async def run():
         alice = await Client("alice@localhost", live.users["alice"], live.ca_file).online(live.port)
         bob = await Client("bob@localhost", live.users["bob"], live.ca_file).online(live.port)
         stop, counter = asyncio.Event(), [0]
         chatting = asyncio.ensure_future(chat(alice, bob, stop, counter))
         await attack(live, 100)                                     # warm-up
-        baseline = await settle(pid)
+        baseline = await settle(live, established=2)                # alice and bob
         peak = baseline
         for start in range(100, 1100, 100):
             await attack(live, 100, start)
-            peak = max(peak, rss(pid))
-        after = await settle(pid)
+            peak = max(peak, rss(live.proc.pid))
+        after = await settle(live, established=2)
         stop.set()
         await asyncio.wait_for(chatting, 60)                        # raises if one was lost
         await alice.offline()
@@ -167,21 +200,19 @@ def test_rss_returns_to_baseline_after_1000_hostile_connections(live):
 
 def test_one_open_hostile_connection_is_bounded(live):
     """Half a stanza under the limit (250 KB of an <auth/>), after STARTTLS, held open."""
-    pid = live.proc.pid
-
     async def run():
         reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
         writer.write(HEADER + STARTTLS)
         await _read_until(reader, b"<proceed")
         await writer.start_tls(ssl.create_default_context(cafile=str(live.ca_file)),
                                server_hostname="localhost")
-        before = await settle(pid)
+        before = await settle(live, negotiating=1)                  # this one
         writer.write(HEADER + b"<auth xmlns='%s' mechanism='PLAIN'>" % SASL
                      + b"".join(b"<x xmlns:q%d='u'/>" % (n % 60) for n in range(1))
                      + b"A" * 250_000)
-        await writer.drain()
-        await asyncio.sleep(2)
-        held = rss(pid)
+        await taken_in(live, writer)
+        assert holds(live, negotiating=1, established=0)            # held open, not refused
+        held = rss(live.proc.pid)
         writer.close()
         return before, held
 
