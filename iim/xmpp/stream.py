@@ -144,6 +144,15 @@ class Stream:
         """Bytes of an unfinished stanza are waiting (see StreamParser)."""
         return self.phase is not Phase.CLOSED and self._parser.unit_in_progress
 
+    def release_parser(self) -> bool:
+        """Free the parser's expat state while no stanza is arriving: the
+        adapter calls this when the stream has gone quiet (iim/xmpp/xml.py,
+        "Idle streams"); the next bytes make a fresh one. True when the
+        parser holds none now."""
+        if self.phase is Phase.CLOSED:
+            return True
+        return self._parser.release()
+
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
         out = bytes(self._out)
