@@ -6,11 +6,17 @@ flowing" is counted in messages, never in seconds: a busy machine makes the
 test slower, not red.
 
 The timers themselves (a negotiation that never ends, a stanza dripped a
-byte at a time) are also tested in memory, on a ClientSession whose clock the
-test moves by hand (tests/support/clock.py): no real waiting.
+byte at a time) are tested in memory, on a ClientSession whose clock the
+test moves by hand (tests/support/clock.py): no real waiting. The live
+server's negotiation_timeout is 120 s, so that no login of alice's or bob's
+can run into it however busy the machine; the two live attacks that wait for
+it to fire shorten it for themselves (``short_negotiation``: iim.conf changed
+and refreshed through the control socket once alice and bob are in, so it
+bounds only connections accepted afterwards, the attacker's).
 """
 
 import asyncio
+import contextlib
 import logging
 import resource
 
@@ -25,16 +31,42 @@ from support.process import DEADLINE
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
-TIMEOUTS = ('iim_server.negotiation_timeout = "4"\niim_server.stanza_timeout = "3"\n'
+NEGOTIATION = 'iim_server.negotiation_timeout = "120"\n'
+#: What the attacks that wait for the negotiation timer set it to, meanwhile.
+SHORT_NEGOTIATION = 2
+TIMEOUTS = (NEGOTIATION +
             # the floods here come from 127.0.0.1 like the users: no per-source limit in the
             # way (tests/test_per_source_limits.py tests those)
             'iim_server.max_unauthenticated_per_source = "100000"\n'
             'iim_server.accept_rate_per_source = "100000"\n')
 
 
+async def refresh(server: LiveServer, conf: str) -> dict:
+    """iim.conf becomes ``conf``, and the (managed) server re-reads it."""
+    server.conf.write_text(conf)
+    answer = await asyncio.to_thread(server.ask, "refresh")
+    assert answer["ok"], answer
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def short_negotiation(server: LiveServer):
+    """negotiation_timeout SHORT_NEGOTIATION for the connections accepted
+    within the block; 120 s again after it."""
+    normal = server.conf.read_text()
+    short = normal.replace(NEGOTIATION, f'iim_server.negotiation_timeout = '
+                                        f'"{SHORT_NEGOTIATION}"\n')
+    answer = await refresh(server, short)
+    assert answer["applied"] == ["iim_server.negotiation_timeout"], answer
+    try:
+        yield
+    finally:
+        await refresh(server, normal)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ca):
-    live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS,
+    live = LiveServer(tmp_path_factory.mktemp("bad"), ca, extra=TIMEOUTS, managed=True,
                       users=(("alice", "alice-pw-1"), ("bob", "bob-pw-2"),
                              ("carol", "carol-pw-3"), ("dave", "dave-pw-4")))
     live.add_users()
@@ -172,7 +204,7 @@ def test_ten_mib_stanza_is_refused_early(server):
 
 def test_one_byte_per_second_client_is_cut_off(server):
     async def scenario():
-        async with Conversation(server) as chat:
+        async with Conversation(server) as chat, short_negotiation(server):
             reader, writer = await raw(server)
             answer = b""
             for byte in HEADER + b"<message to='bob@localhost'><body>slow...":
@@ -199,7 +231,7 @@ def test_a_thousand_connections_that_never_negotiate(server):
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 2200
 
     async def scenario():
-        async with Conversation(server) as chat:
+        async with Conversation(server) as chat, short_negotiation(server):
             idle = [await raw(server, HEADER if i % 2 else b"") for i in range(1000)]
             flowing = await chat.progress()
             answers = await asyncio.gather(*(read_until_closed(r, DEADLINE) for r, _ in idle))
