@@ -110,7 +110,7 @@ def server(tmp_path, tls_context, request):
     return lambda **options: Server(tmp_path, tls_context, request, **options)
 
 
-async def settle(condition, timeout: float = 5.0) -> None:
+async def settle(condition, timeout: float = DEADLINE) -> None:
     """Wait until ``condition()`` holds (the server runs in this same loop)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
@@ -174,7 +174,7 @@ class TestMux:
         else:
             self.link_frames.put_nowait(frame)
 
-    async def frame(self, timeout: float = 5.0) -> Frame:
+    async def frame(self, timeout: float = DEADLINE) -> Frame:
         return await asyncio.wait_for(self.link_frames.get(), timeout)
 
     async def handshake(self, secret: bytes | None = None, instance: int = 0,
@@ -192,7 +192,7 @@ class TestMux:
         self.window = ready.window
         return ready
 
-    async def closed_with(self, timeout: float = 5.0) -> Close:
+    async def closed_with(self, timeout: float = DEADLINE) -> Close:
         """The LINKCLOSE the server sends, then the end of the connection."""
         frame = await self.frame(timeout)
         assert frame.type is FrameType.LINKCLOSE, frame
@@ -677,7 +677,7 @@ def test_keepalive_answered_keeps_the_link(server, ca):
         async with server(ping_interval=0.1, ping_timeout=60) as srv:
             mux = await TestMux.connect(srv.port)
             await mux.handshake()
-            await settle(lambda: mux.pings >= 3 or mux.eof.is_set(), DEADLINE)
+            await settle(lambda: mux.pings >= 3 or mux.eof.is_set())
             assert not mux.eof.is_set()
             assert mux.pings >= 3
             mux.send(FrameType.PING, 0, b"12345678")       # and the server answers ours
