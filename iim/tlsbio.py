@@ -74,6 +74,7 @@ class TLSInfo:
 class TLSLayer:
     """One TLS connection over memory BIOs (server or client side)."""
 
+    __slots__ = ("_in", "_out", "_tls", "handshake_done", "peer_closed")    # one per user
     READ_CHUNK = 65536
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
@@ -157,6 +158,8 @@ class TLSLayer:
 class TLSPump:
     """A stream's bytes, through TLS once STARTTLS started (held by the c2s and
     s2s sessions). No carrier here: every call returns the bytes to write."""
+
+    __slots__ = ("layer",)
 
     def __init__(self) -> None:
         self.layer: TLSLayer | None = None

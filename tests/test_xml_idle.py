@@ -162,3 +162,13 @@ def test_a_released_stream_with_another_root_prefix_closes():
     parser.feed(PRESENCE)
     assert parser.release()
     assert tags(parser.feed(b"</s:stream>")) == ["StreamClosed"]
+
+
+def test_a_released_parser_keeps_none_of_its_names():
+    """The intern table (names, prefixes, namespaces: ~3 KB) goes with expat."""
+    parser = opened()
+    parser.feed(MESSAGE)
+    assert parser._parser._interned
+    assert parser.release()
+    assert not parser._parser._interned
+    assert tags(parser.feed(MESSAGE)) == ["{jabber:client}message"]

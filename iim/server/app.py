@@ -9,7 +9,6 @@ the router, and the client listener on ``iim_server.port``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 
 from iim._fastmux import LinkTlsContext, LinkTlsError
@@ -25,6 +24,7 @@ from iim.xmpp.server_stream import ServerPolicy
 from .admission import Admission, Negotiating
 from .c2s import SessionContext
 from .control import apply_refresh, describe
+from . import heap
 from .federation import Federation
 from .listener import ClientProtocol
 from .muxlink import link_tls_context, start_mux_listener
@@ -93,8 +93,9 @@ class Server:
             await self._listen(server.port)
         if server.usemuxport:
             await self._listen_for_mux()
-        self._trimmer = asyncio.get_running_loop().create_task(
-            _return_memory_after_logouts(self.ctx.sessions))
+        self._trimmer = asyncio.get_running_loop().create_task(heap.trim_after_bursts(
+            lambda: self.ctx.turnover, server.stanza_timeout / 4 + heap.CHECK_SECONDS,
+            self.log))
         self.log.info("serving %s (open-files limit %d)", server.domainname, soft)
 
     def _warn_about_policy(self, tls_context) -> None:
@@ -219,36 +220,6 @@ class Server:
             if asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.05)
-
-
-TRIM_CHECK_SECONDS = 2.0
-TRIM_AFTER_ENDED = 100
-
-
-async def _return_memory_after_logouts(sessions: set) -> None:
-    """Give memory freed by ended sessions back to the system.
-
-    glibc's malloc keeps freed chunks (TLS buffers, parser state) in its
-    arenas; after thousands of logins and logouts a long-running server would
-    sit on them (measured with bench/load.py --cycles 5 --tls: 115 KB per
-    concurrent STARTTLS user after five login/logout cycles of 1,000 users,
-    against 48 KB on a fresh server). ``malloc_trim(0)`` returns free pages to
-    the kernel. It costs milliseconds, so it runs only when at least
-    TRIM_AFTER_ENDED sessions ended since the last time, checked every few
-    seconds. Not glibc: nothing to do.
-    """
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return
-    high = len(sessions)
-    while True:
-        await asyncio.sleep(TRIM_CHECK_SECONDS)
-        now = len(sessions)
-        if high - now >= TRIM_AFTER_ENDED:
-            trim(0)
-            high = now
-        high = max(high, now)
 
 
 def _material(tls: ServerTLS | None):

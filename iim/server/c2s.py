@@ -10,7 +10,12 @@ three timers:
 * negotiation: TLS, SASL and binding must be done within
   ``negotiation_timeout`` or the stream ends with ``<connection-timeout/>``;
 * stanza progress: once bytes of a stanza arrived, the stanza must complete
-  within ``stanza_timeout`` (a client dripping one byte a second is cut off);
+  within ``stanza_timeout`` (a client dripping one byte a second is cut off).
+  The same watchdog, every ``stanza_timeout / 4`` from the start, frees the
+  stream's expat parser whenever no stanza is arriving (``release_parser``,
+  iim/xmpp/xml.py "Idle streams"): an idle user holds ~3 KB of parser instead
+  of ~25 KB, and a fresh parser costs the next stanza ~20 µs, at most once a
+  tick, which is why it is the clock's doing and not every read's;
 * output backpressure: at most ``HIGH_WATER`` bytes wait in the carrier
   (less when ``max_backlog`` is small); beyond that, stanzas for the client
   wait in an in-order backlog, sent as the carrier drains
@@ -100,6 +105,7 @@ Cond = StreamErrorCondition
 HIGH_WATER = 256 * 1024
 _ELEMENT_OVERHEAD = 200     # bytes of objects per held element (measured: ~200 on CPython 3.11)
 _MESSAGE = "{jabber:client}message"
+_NOTHING: tuple = ()        # an empty backlog or ledger: an empty deque costs 760 B a session
 
 
 class Carrier(Protocol):
@@ -159,6 +165,7 @@ class SessionContext:
     limit_log: LimitLog | None = None               # one line per limit per interval
     logins: LoginThrottle | None = None             # failed logins by account and source
     clock: Clock | None = None                      # the sessions' timers; None: the event loop
+    turnover: int = 0                               # sessions opened + ended (iim/server/heap.py)
 
     def __post_init__(self) -> None:
         if self.logins is None:
@@ -171,6 +178,15 @@ class SessionContext:
 
 class ClientSession:
     """One client stream; implements the router's SessionHandle."""
+
+    # One per connected user: slots, not a __dict__ (issue 14, bench/memory.py).
+    __slots__ = (
+        "ctx", "carrier", "loop", "clock", "source", "stream", "tls", "jid", "priority",
+        "available", "interested", "closed", "_bound", "_backlog", "_backlog_bytes",
+        "_in_flight", "_written", "_high_water", "_paused", "_progress", "_partial",
+        "_answer_held", "_input_held", "resumption_id", "detached", "_resume_timer", "_timer",
+        "_watchdog",
+    )
 
     def __init__(self, ctx: SessionContext, carrier: Carrier, *,
                  secure_transport: bool = False,
@@ -191,9 +207,9 @@ class ClientSession:
         self.interested = False
         self.closed = False
         self._bound = False
-        self._backlog: deque[tuple[Element, int]] = deque()     # (stanza, bytes held)
+        self._backlog: deque[tuple[Element, int]] | tuple = _NOTHING    # (stanza, bytes held)
         self._backlog_bytes = 0
-        self._in_flight: deque[tuple[Element, int]] = deque()   # (message, carrier offset)
+        self._in_flight: deque[tuple[Element, int]] | tuple = _NOTHING  # (message, carrier offset)
         self._written = 0                                        # bytes given to the carrier
         self._high_water = min(HIGH_WATER, ctx.limits.max_backlog // 2)
         self._paused = False
@@ -205,9 +221,10 @@ class ClientSession:
         self.detached = False                                   # connection lost, resumable
         self._resume_timer: Timer | None = None
         self._timer = self.clock.call_later(ctx.negotiation_timeout, self._negotiation_expired)
-        self._watchdog = self.clock.call_later(ctx.stanza_timeout, self._check_progress)
+        self._watchdog = self.clock.call_later(ctx.stanza_timeout / 4, self._check_progress)
         ctx.negotiating.add(self)
         ctx.sessions.add(self)
+        ctx.turnover += 1
 
     # -- bytes in -------------------------------------------------------------
 
@@ -360,8 +377,9 @@ class ClientSession:
         self._cancel_timers()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
+        self.ctx.turnover += 1
         backlog = [stanza for stanza, _ in self._backlog]
-        self._backlog, self._backlog_bytes = deque(), 0
+        self._backlog, self._backlog_bytes = _NOTHING, 0
         return self.stream.sm, backlog
 
     def _resumable(self) -> bool:
@@ -388,9 +406,10 @@ class ClientSession:
         unacked = {id(stanza) for stanza, _ in self.stream.sm.unacked}
         lost = [(stanza, held_size(stanza)) for stanza, end in self._in_flight
                 if end > taken and id(stanza) not in unacked]
-        self._backlog.extendleft(reversed(lost))
+        if lost:
+            self._backlog = deque([*lost, *self._backlog])
         self._backlog_bytes += sum(size for _, size in lost)
-        self._in_flight = deque()
+        self._in_flight = _NOTHING
         self._watchdog.cancel()
         if error is None:
             self.stream.close(None)
@@ -481,6 +500,8 @@ class ClientSession:
     def _hold(self, stanza: Element) -> None:
         """Into the backlog; past ``max_backlog`` bytes waiting, the session ends."""
         size = held_size(stanza)
+        if not self._backlog:
+            self._backlog = deque()
         self._backlog.append((stanza, size))
         self._backlog_bytes += size
         self._check_backlog()
@@ -522,7 +543,11 @@ class ClientSession:
         while self._in_flight and self._in_flight[0][1] <= taken:
             self._in_flight.popleft()
         if pending and stanza.tag == _MESSAGE:
+            if not self._in_flight:
+                self._in_flight = deque()
             self._in_flight.append((stanza, self._written))
+        elif not self._in_flight:
+            self._in_flight = _NOTHING
 
     def _writable(self) -> bool:
         return not self._paused and self.carrier.pending() <= self._high_water
@@ -538,6 +563,8 @@ class ClientSession:
             stanza, size = self._backlog.popleft()
             self._backlog_bytes -= size
             self._send_stanza(stanza)
+        if not self._backlog:
+            self._backlog = _NOTHING
 
     def _unsent(self, unreachable: bool) -> list[Element]:
         """What the client has not received: the backlog, and when the carrier's
@@ -552,7 +579,7 @@ class ClientSession:
         if unreachable:
             taken = self._written - self.carrier.pending()
             unsent[:0] = [stanza for stanza, end in self._in_flight if end > taken]
-        self._backlog, self._backlog_bytes, self._in_flight = deque(), 0, deque()
+        self._backlog, self._backlog_bytes, self._in_flight = _NOTHING, 0, _NOTHING
         return unsent
 
     def _return_unsent(self, unsent: list[Element]) -> None:
@@ -611,6 +638,7 @@ class ClientSession:
         self._cancel_timers()
         self.ctx.negotiating.discard(self)
         self.ctx.sessions.discard(self)
+        self.ctx.turnover += 1
         unsent = self._unsent(unreachable)      # before closing: the carrier still counts
         try:
             if write and self.tls.handshake_done:
@@ -654,6 +682,8 @@ class ClientSession:
             self.ctx.log.info("c2s %s: stanza stalled for %.0fs", self.carrier.peer, stalled)
             self.close(StreamError(Cond.CONNECTION_TIMEOUT, "a stanza took too long"))
             return
+        if not self._partial:
+            self.stream.release_parser()        # quiet: no expat parser until the next bytes
         self._watchdog = self.clock.call_later(self.ctx.stanza_timeout / 4, self._check_progress)
 
 

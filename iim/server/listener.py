@@ -115,7 +115,7 @@ class ClientProtocol(asyncio.Protocol):
             if namespace is None:
                 return
             self._choose(namespace)
-            data = self._sniffer.take()
+            data, self._sniffer = self._sniffer.take(), None     # its expat parser goes with it
         self.session.data_received(data)      # a closed session ignores it (lingering)
 
     def _choose(self, namespace: str) -> None:
@@ -131,7 +131,8 @@ class ClientProtocol(asyncio.Protocol):
         """Nothing that parses as a header within the negotiation timeout."""
         if self.session is None:
             self._choose(CLIENT_NS)
-            self.session.data_received(self._sniffer.take())
+            data, self._sniffer = self._sniffer.take(), None
+            self.session.data_received(data)
             if not self.session.closed:
                 self.session.close(StreamError(StreamErrorCondition.CONNECTION_TIMEOUT,
                                                "no stream header"))

@@ -250,6 +250,7 @@ class ServerStream(Stream):
         if isinstance(step, sasl.Success):
             self._sasl_element("success", step.additional_data)
             self.username = step.username
+            self._auth = None               # the exchange's state, for the session's life
             self._restart()
             self._enter(Phase.OPENING)
             return [Authenticated(step.username, self._mechanism)]

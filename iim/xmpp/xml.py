@@ -297,6 +297,15 @@ class StreamParser:
 class _Parser:
     """The state and expat handlers behind a ``StreamParser``."""
 
+    # One per stream, for the stream's life: slots, not a ~1.6 KB __dict__ (issue 14).
+    __slots__ = (
+        "max_stanza_bytes", "max_depth", "max_attributes", "max_names", "max_xmlns",
+        "content_namespaces", "_dead", "_root_namespaces", "_prime", "_root_name", "_expat",
+        "_depth", "_header_done", "_builder", "_closed", "_head", "_sniffed", "_fed", "_mark",
+        "_tail", "_events", "_origin", "_interned", "_names_seen", "_name_chars",
+        "_declarations", "_prefixed", "_renew_due", "_chunk_length",
+    )
+
     def __init__(
         self,
         *,
@@ -361,6 +370,7 @@ class _Parser:
         if self._dead or self._closed or self._depth != 1 or parser.CurrentByteIndex != self._fed:
             return False        # after Parse(), the index is short of _fed by a partial token
         self._expat = None
+        self._interned = {}     # its names (~3 KB): the next parser interns its own
         self._mark = self._fed
         return True
 
