@@ -10,6 +10,31 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pki  # noqa: E402
 
 
+# The files that take longest, longest first (per-file wall time of a full run,
+# pytest --durations or tests/support's timings). ./dev test runs each file whole on
+# one worker (--dist loadfile) in collection order (--no-loadscope-reorder): the
+# long files start first, so that the workers end together instead of one of
+# them starting a long file when the others are done (xdist's own order, most
+# tests first, put the few-but-slow process tests last). A stale entry only
+# costs some balance, never a result.
+SLOW_FIRST = (
+    "test_admin_daemon.py", "test_admin_keys.py", "test_federation_prosody.py",
+    "test_federation_policy.py", "test_federation_robustness.py", "test_trust_keytool.py",
+    "test_keystore.py", "test_admin_verify.py", "test_server_robustness.py",
+    "test_mux_robustness.py", "test_file_modes.py", "test_xml_namespaces.py",
+    "test_presence.py", "test_clients_interop.py", "test_log.py", "test_per_source_limits.py",
+    "test_runtime_safety.py", "test_conf_fuzz.py", "test_session_limits.py",
+    "test_dialback_limits.py", "test_preauth_rss.py", "test_federation_ejabberd.py",
+    "test_muxlink_security.py", "test_offline_quota.py", "test_mux_e2e.py",
+    "test_preauth_limits.py", "test_mux_supervisor.py", "test_federation_limits.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable
+
+
 @pytest.fixture(scope="session")
 def ca():
     """One root CA for the whole run (key generation is the slow part)."""

@@ -180,6 +180,15 @@ def test_the_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
     assert graph()["iim.server.c"] == {"iim.server.a"}
 
 
+def test_the_slow_first_schedule_names_test_files_that_exist():
+    """tests/conftest.py's SLOW_FIRST orders the run; a renamed file must not
+    silently fall out of it."""
+    from conftest import SLOW_FIRST
+    missing = [name for name in SLOW_FIRST if not (ROOT / "tests" / name).is_file()]
+    assert missing == []
+    assert len(set(SLOW_FIRST)) == len(SLOW_FIRST)
+
+
 if __name__ == "__main__":
     for cycle in cycles(graph()):
         print("cycle:", " <-> ".join(sorted(cycle)), "(known)" if cycle in KNOWN_CYCLES else "")
