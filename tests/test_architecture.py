@@ -189,6 +189,17 @@ def test_the_slow_first_schedule_names_test_files_that_exist():
     assert len(set(SLOW_FIRST)) == len(SLOW_FIRST)
 
 
+def test_an_admin_command_loads_only_its_own_module():
+    """python -m iim.admin keys does not import verify's XMPP client, user's
+    SQLite store or the daemons' control client (iim/admin/__main__.py)."""
+    import subprocess
+    probe = ("import sys; from iim.admin.__main__ import parser; parser('keys'); "
+             "print(sorted(m for m in sys.modules if m.startswith('iim.admin.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert ast.literal_eval(out) == ["iim.admin.__main__", "iim.admin.guard", "iim.admin.keytools"]
+
+
 if __name__ == "__main__":
     for cycle in cycles(graph()):
         print("cycle:", " <-> ".join(sorted(cycle)), "(known)" if cycle in KNOWN_CYCLES else "")
