@@ -186,6 +186,7 @@ class ClientSession:
         "_in_flight", "_written", "_high_water", "_paused", "_progress", "_partial",
         "_answer_held", "_input_held", "resumption_id", "detached", "_resume_timer", "_timer",
         "_watchdog",
+        "__weakref__",      # 8 bytes: that a closed session is freed can be checked
     )
 
     def __init__(self, ctx: SessionContext, carrier: Carrier, *,

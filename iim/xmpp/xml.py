@@ -304,6 +304,7 @@ class _Parser:
         "_depth", "_header_done", "_builder", "_closed", "_head", "_sniffed", "_fed", "_mark",
         "_tail", "_events", "_origin", "_interned", "_names_seen", "_name_chars",
         "_declarations", "_prefixed", "_renew_due", "_chunk_length",
+        "__weakref__",      # 8 bytes: that a dropped parser is freed can be checked
     )
 
     def __init__(
