@@ -26,6 +26,8 @@ class SocketCarrier:
     reads it (a client in the middle of sending a 10 MiB stanza, say).
     """
 
+    __slots__ = ("transport", "lingering", "peer", "source")     # one per connection
+
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.lingering = False
@@ -73,6 +75,9 @@ class ClientProtocol(asyncio.Protocol):
     rate is closed at once, and one with ``max_unauthenticated_per_source``
     connections negotiating gets ``<policy-violation/>``.
     """
+
+    __slots__ = ("ctx", "max_unauthenticated", "federation", "admission", "session",
+                 "_sniffer", "_timer", "transport", "carrier")
 
     def __init__(self, ctx: SessionContext, max_unauthenticated: int,
                  federation=None, admission: Admission | None = None) -> None:
