@@ -65,7 +65,8 @@ sys.path.insert(0, str(HERE))
 
 DOMAIN = "localhost"
 SETTLE = 2.0                # seconds between the last login (or logout) and a reading
-SETTLE_AFTER_LOGOUT = 5.0   # the server trims malloc every 2 s after 100 logouts
+SETTLE_AFTER_LOGOUT = 22.0  # the server trims the heap once logins and logouts stopped for
+                            # stanza_timeout / 4 + 2 s (17 s by default; iim/server/heap.py)
 
 #: Owner of a traced allocation: the first rule that matches a frame, frames
 #: read from the innermost outwards (so the c2s session's own attributes are
@@ -349,7 +350,7 @@ def tsung_runner(folder: Path, args, port: int, cafile: Path, cycle: int):
                             for i in range(args.tsung_sources))
             text = Template((HERE / "tsung" / "login.xml").read_text()).substitute(
                 users=args.users, maxusers=args.users + 100, ips=ips, port=port,
-                arrival_seconds=-(-args.users // args.arrival_rate) + 5,
+                arrival_seconds=2 * -(-args.users // args.arrival_rate) + 10,   # room for lag
                 arrival_rate=args.arrival_rate, domain=DOMAIN, cafile=str(cafile),
                 hold=args.hold, duration=args.hold + 600)
             self.config = self.folder / "login.xml"
