@@ -23,6 +23,7 @@ from iim.xmpp.events import StreamEnded
 from iim.xmpp.server_stream import ServerPolicy
 from iim.xmpp.xml import StreamParser
 from xmpp_pair import DOMAIN, server
+from support.carrier import MemoryCarrier
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>")
@@ -250,24 +251,6 @@ def test_a_closed_stream_frees_its_parser_at_once(no_cyclic_gc):
     assert stream() is None and inner() is None
 
 
-class _Carrier:
-    peer = "192.0.2.7:5222"
-    source = "192.0.2.7"
-
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.out += data
-
-    def close(self):
-        self.closed = True
-
-    def pending(self):
-        return 0
-
-
 class _Storage:
     def credentials(self, username):
         return None
@@ -281,7 +264,7 @@ def test_a_closed_client_session_is_freed_by_reference_counting(no_cyclic_gc):
         ctx = SessionContext(policy=ServerPolicy(DOMAIN), tls_context=None, router=None,
                              storage=_Storage(), log=logging.getLogger("test"),
                              limits=ServerLimits(auth_failure_delay=0))
-        session = ClientSession(ctx, _Carrier())
+        session = ClientSession(ctx, MemoryCarrier("192.0.2.7:5222", "192.0.2.7"))
         session.data_received(HEADER + START_SCRAM + ABORT + b"<auth xmlns='" +
                               SASL.encode() + b"' mechanism='PLAIN'>AGFs")
         refs = [weakref.ref(o) for o in (session, session.stream, session.stream._parser._parser)]

@@ -28,6 +28,7 @@ from iim.xmpp.server_stream import ServerPolicy
 from live import DOMAIN, Client, LiveServer, next_item
 from support.clock import ManualClock
 from support.process import DEADLINE
+from support.carrier import MemoryCarrier
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
@@ -329,24 +330,6 @@ def test_a_client_that_never_reads_is_closed_and_its_messages_wait_offline(serve
 
 # -- the timers, in memory, on a clock moved by hand --------------------------------------
 
-class _MemoryCarrier:
-    peer = "memory:1"
-    source = "192.0.2.1"
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pending(self) -> int:
-        return 0
-
-
 class _NoAccounts:
     def credentials(self, username):
         return None
@@ -362,7 +345,7 @@ def _timed_session(negotiation_timeout: float, stanza_timeout: float):
                          storage=_NoAccounts(), log=logging.getLogger("test.timers"),
                          negotiation_timeout=negotiation_timeout,
                          stanza_timeout=stanza_timeout, clock=clock)
-    carrier = _MemoryCarrier()
+    carrier = MemoryCarrier("memory:1", "192.0.2.1")
     return clock, ctx, ClientSession(ctx, carrier), carrier
 
 

@@ -33,6 +33,7 @@ from live import DOMAIN, LiveServer
 from rawclient import RawClient
 from support.process import DEADLINE
 from test_server_robustness import Conversation, _server_rss_kb, run
+from support.carrier import MemoryCarrier
 
 C = "{jabber:client}"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -233,26 +234,6 @@ def test_a_client_that_never_reads_is_ended_with_policy_violation_and_loses_noth
 
 # ---------------------------------------------------------------------------
 # Teardown when storage fails (issue 11.8: "disk full" left a ghost session)
-
-
-class MemoryCarrier:
-    """A carrier in memory; ``held`` plays the bytes a socket has not sent yet."""
-
-    peer = "memory"
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.held = 0
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pending(self) -> int:
-        return self.held
 
 
 async def _logged_in(ctx, jid: str, password: str) -> tuple[ClientSession, MemoryCarrier]:

@@ -29,6 +29,7 @@ from iim.xmpp.jid import JID
 from iim.xmpp.server_stream import ServerPolicy
 from iim.xmpp.xml import ElementReceived, StreamParser
 from support.clock import ManualClock
+from support.carrier import MemoryCarrier
 
 C = "{jabber:client}"
 SM = "{urn:xmpp:sm:3}"
@@ -38,23 +39,6 @@ DOMAIN = "example.com"
 JULIET = JID.parse("juliet@example.com/balcony")
 ENABLE = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
 R = b"<r xmlns='urn:xmpp:sm:3'/>"
-
-
-class MemoryCarrier:
-    peer = "memory"
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pending(self) -> int:
-        return 0
 
 
 class Romeo:

@@ -40,6 +40,7 @@ from iim.xmpp.s2s import IncomingServerStream, OutgoingServerStream, S2SPolicy
 from iim.xmpp.server_stream import ServerPolicy, ServerStream
 from iim.xmpp.stream import Phase
 from xmpp_pair import DOMAIN, authenticator, server
+from support.carrier import MemoryCarrier
 
 STREAMS = "http://etherx.jabber.org/streams"
 ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
@@ -420,27 +421,6 @@ def test_an_error_right_after_the_tls_handshake_opens_the_new_stream_first(make)
 
 
 # -- the s2s sessions with real TLS: a certificate refused after STARTTLS ----------------------------
-
-class MemoryCarrier:
-    peer = "memory"
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pending(self) -> int:
-        return 0
-
-    def take(self) -> bytes:
-        data, self.written = bytes(self.written), bytearray()
-        return data
-
 
 class FakeFederation:
     """What a session reports to its Federation, for one domain; ``context`` is
