@@ -9,9 +9,13 @@ test_roster and test_services.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
+import shutil
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 from xml.etree.ElementTree import Element
 
 import pytest
@@ -154,10 +158,25 @@ class World:
 
 
 def make_storage(tmp_path, **options) -> Storage:
-    storage = Storage.open(tmp_path / "iim.db", **options)
-    for user in USERS:
-        storage.add_user(user, "secret")
-    return storage
+    """A database with USERS, password "secret". The users are added once per
+    process, to a template database copied for each test (mode 0600 kept):
+    deriving their SCRAM credentials (4096 PBKDF2 rounds per mechanism and
+    user) was most of the CPU of these in-memory tests."""
+    path = tmp_path / "iim.db"
+    key = repr(sorted(options.items()))
+    if key not in _templates:
+        template = Path(tempfile.mkdtemp(prefix="iim-router-")) / "iim.db"
+        atexit.register(shutil.rmtree, template.parent, True)
+        made = Storage.open(template, **options)
+        for user in USERS:
+            made.add_user(user, "secret")
+        made.close()
+        _templates[key] = template
+    shutil.copy2(_templates[key], path)
+    return Storage.open(path, **options)
+
+
+_templates: dict[str, Path] = {}
 
 
 @pytest.fixture
