@@ -49,6 +49,7 @@ class Server:
         self.admission: Admission | None = None
         self.federation: Federation | None = None
         self.tls: ServerTLS | None = None       # the keystore's context and material
+        self._trimmer: asyncio.Task | None = None   # heap.trim_after_bursts, once serving
 
     async def start(self) -> None:
         soft, _ = raise_nofile()
@@ -191,7 +192,7 @@ class Server:
         return apply_refresh(self, new_config)
 
     async def stop(self) -> None:
-        if getattr(self, "_trimmer", None) is not None:
+        if self._trimmer is not None:
             self._trimmer.cancel()
         for listener in self.listeners:
             listener.close()
