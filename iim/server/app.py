@@ -77,7 +77,8 @@ class Server:
         self.ctx = SessionContext(
             policy=policy, tls_context=tls_context,
             router=Router(server.domainname, self.storage, log=self.log, limits=server.limits,
-                          limit_log=limit_log, max_stanza_bytes=server.maxstanzasize),
+                          limit_log=limit_log, max_stanza_bytes=server.maxstanzasize,
+                          server_certificate=self._certificate),
             storage=self.storage, log=self.log,
             negotiation_timeout=server.negotiation_timeout,
             stanza_timeout=server.stanza_timeout,
@@ -166,6 +167,10 @@ class Server:
     @property
     def addresses(self) -> list[tuple]:
         return [s.getsockname() for listener in self.listeners for s in listener.sockets]
+
+    def _certificate(self):
+        """The certificate STARTTLS presents now (iim.server.security_info)."""
+        return self.tls.certificate if self.tls is not None else None
 
     def reload_certificates(self) -> None:
         """New handshakes use the re-read keystore; established sessions keep theirs."""

@@ -65,6 +65,7 @@ from iim.xmpp.errors import StreamError, StreamErrorCondition
 from .admission import Admission, Refusal
 from .c2s import HIGH_WATER, ClientSession, SessionContext
 from .quota import TokenBucket, source_of
+from .security_info import CarrierTLS, Layer, TLSEnd
 
 __all__ = ["LinkState", "MuxCarrier", "MuxLinkConfig", "MuxLinkProtocol", "MuxListener",
            "link_tls_context", "start_mux_listener"]
@@ -137,6 +138,8 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 class MuxCarrier:
     """A ClientSession's carrier over one session of a link. Its credit and allowance
     are the connection's ``Flow``; what waits for credit waits here."""
+
+    transport_tls: CarrierTLS | None = None     # legacy SSL ended at the mux (per instance)
 
     def __init__(self, link: "MuxLinkProtocol", sid: int, peer: str, flow: Flow,
                  source: str | None = None) -> None:
@@ -419,6 +422,9 @@ class MuxLinkProtocol(asyncio.Protocol):
             self._want_flush()
             return
         carrier = MuxCarrier(self, sid, opened.peer, self.conn.flows[sid], source)
+        if opened.legacy_tls:           # for iim.server.security_info
+            carrier.transport_tls = CarrierTLS(Layer.LEGACY_SSL, TLSEnd.MULTIPLEXOR,
+                                               opened.tls_version, opened.cipher)
         session = ClientSession(self.ctx, carrier, secure_transport=opened.legacy_tls,
                                 loop=self.loop)
         carrier.session = session

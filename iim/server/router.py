@@ -46,7 +46,8 @@ payload for get and set). Messages to local accounts follow
 ``iim.server.messages``; one to the server, or to an account that does not
 exist (§8.5.1), is ``<service-unavailable/>``. IQs with no ``to``, or to the
 own bare JID: the roster or the server's services; the domain:
-``iim.server.services``; another user's bare JID: answered on the user's
+``iim.server.services``; the security query (``iim.server.security_info``,
+with no ``to`` or to the domain) describes the asking session's own TLS; another user's bare JID: answered on the user's
 behalf (RFC 6121 §8.5.2.1.3); a full JID: forwarded to that session, else
 ``<service-unavailable/>``. Results and errors nobody waits for are dropped.
 
@@ -76,6 +77,7 @@ from .offline import OfflineStore
 from .presence import Presence
 from .remote import Federated, RemoteDomains
 from .roster import Roster
+from .security_info import SecurityInfo
 from .services import Services
 from .sessions import SessionHandle, Sessions
 from .stanzas import IQ, MESSAGE, PRESENCE, IqType, bounce, iq_payload, iq_type, recipient
@@ -117,6 +119,7 @@ class Router:
         limits: ServerLimits = ServerLimits(),
         limit_log=None,
         max_stanza_bytes: int = DEFAULT_MAX_STANZA_BYTES,
+        server_certificate: Callable[[], object | None] = lambda: None,
     ) -> None:
         self.log = log or logging.getLogger("iim.server.router")
         self.storage = storage
@@ -132,6 +135,7 @@ class Router:
         self.roster.on_remove = self.presence.roster_item_removed
         self.messages = Messages(self.sessions, self.offline)
         self.services = Services(self.domain)
+        self.security = SecurityInfo(server_certificate)    # the asking session's own TLS
         self.inbound = RemoteStanzas(self.sessions, self.remote, self.messages, self.presence,
                                      self.services, log=self.log)
         self._table = self._dispatch_table()
@@ -300,6 +304,8 @@ class Router:
             payload = iq_payload(iq)
             if payload.tag == ROSTER_QUERY:
                 answer = self._roster_request(session, kind, payload)
+            elif to is None and self.security.handles(payload):
+                answer = self.security.answer(session, kind, payload)
             elif to is None:
                 answer = self.services.server(kind, payload)
             else:
@@ -309,7 +315,11 @@ class Router:
     def _iq_to_server(self, session: SessionHandle, iq: Element, to: JID | None) -> None:
         kind = iq_type(iq)
         if kind.is_request:
-            self._reply(session, iq, self.services.server(kind, iq_payload(iq)))
+            payload = iq_payload(iq)
+            if self.security.handles(payload):
+                self._reply(session, iq, self.security.answer(session, kind, payload))
+            else:
+                self._reply(session, iq, self.services.server(kind, payload))
 
     def _iq_to_account(self, session: SessionHandle, iq: Element, to: JID | None) -> None:
         """Answered on the user's behalf (RFC 6121 §8.5.2.1.3)."""

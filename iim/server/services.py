@@ -3,8 +3,9 @@
 Two addressees, two tables:
 
 - **the server** (``to`` is the domain, or absent): XEP-0199 ping, XEP-0030
-  service discovery (identity ``server/im`` and the features below; an empty
-  disco#items), XEP-0092 software version.
+  service discovery (identity ``server/im`` and the features below, among them
+  ``urn:xmpp:iim:security:0``, which the router answers from the asking
+  session's facts: ``iim.server.security_info``; an empty disco#items), XEP-0092 software version.
 - **an account** (``to`` is a user's bare JID; RFC 6121 §8.5.2.1.3 and
   §8.5.2.2.3: the server replies on the user's behalf and never hands the IQ to
   a resource): ping, and disco#info with identity ``account/registered``, the
@@ -25,6 +26,7 @@ from iim import __version__
 from iim.xmpp.errors import StanzaError, StanzaErrorCondition
 from iim.xmpp.ns import DISCO_INFO_NS, PING_NS, ROSTER_NS, VERSION_NS, q
 
+from .security_info import SECURITY_NS
 from .stanzas import IqType
 
 DISCO_ITEMS_NS = "http://jabber.org/protocol/disco#items"   # XEP-0030 §4
@@ -43,7 +45,8 @@ class Services:
         self.domain = domain
         self.software = software
         self.version = version
-        self.features = (DISCO_INFO_NS, DISCO_ITEMS_NS, PING_NS, VERSION_NS, OFFLINE_FEATURE)
+        self.features = (DISCO_INFO_NS, DISCO_ITEMS_NS, PING_NS, VERSION_NS, OFFLINE_FEATURE,
+                         SECURITY_NS)       # answered by the router (iim.server.security_info)
         self._server: dict[tuple[str, IqType], Handler] = {
             (q(PING_NS, "ping"), IqType.GET): _pong,
             (q(DISCO_INFO_NS, "query"), IqType.GET): self._server_info,
