@@ -415,7 +415,7 @@ static void *thread_main(void *arg) {
             }
         }
         if (ph != last) {
-            if (ph == PH_WARM && (mode == M_RR || mode == M_BULK)) {
+            if (last == PH_OPEN && (mode == M_RR || mode == M_BULK)) {
                 for (int i = 0; i < t->nclients; i++) {
                     Client *c = &t->clients[i];
                     if (c->state != C_READY) continue;
