@@ -141,6 +141,8 @@ def connection_help(folder: Path) -> str:
             f"  XMPP domain    {DOMAIN}\n"
             f"  connect to     127.0.0.1:5222 (the multiplexor; STARTTLS required, TLS\n"
             f"                 ends at the server) or 127.0.0.1:5269 (the server itself)\n"
+            f"  web client     https://localhost:5280/ (WebSocket wss://localhost:5280/ws,\n"
+            f"                 BOSH https://localhost:5280/http-bind; trust ca.pem below)\n"
             f"  users\n{shown}\n"
             f"  trust this CA  {folder / 'ca.pem'}\n"
             f"  try            openssl s_client -starttls xmpp -xmpphost {DOMAIN} "
@@ -250,6 +252,12 @@ iim_server.trust_all_cert = "false"
 iim_server.sslkeystore = "server-keystore.p12"
 iim_server.keystorepasswordfile = "sslpassword.conf"
 iim_server.muxlink_secretfile = "muxlink-secret.conf"
+! The XMPP/HTTP gateway (WebSocket at /ws, BOSH at /http-bind) and the web
+! client at https://localhost:5280/. Plain HTTP on the same port carries web
+! sessions too, for the web client's page about insecure connections: never
+! set http_allow_plain on a real server.
+iim_server.httpport = "127.0.0.1:5280"
+iim_server.http_allow_plain = "true"
 
 iim_mux.listenport = "127.0.0.1:5222"
 iim_mux.serverport = "127.0.0.1:45222"

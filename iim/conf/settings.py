@@ -21,7 +21,7 @@ from .limits import MUX_LIMITS, SERVER_LIMITS, MuxLimits, ServerLimits, defaults
 from .syntax import Lexed, RawConfig
 from .values import (
     HostPort, Invalid, at_least, host_domain, optional, parse_bool, parse_domain,
-    parse_listen, parse_log_url, parse_names, parse_nonempty, parse_path, parse_peer,
+    parse_listen, parse_log_url, parse_names, parse_nonempty, parse_origins, parse_path, parse_peer,
     parse_host_overrides, parse_nameservers, parse_networks, parse_severity, parse_size,
     parse_text_value, positive, split_nss_kind,
 )
@@ -86,6 +86,9 @@ SERVER_PARAMS = (
     _Param("dialback_secretfile", optional(parse_path)),
     _Param("s2s_idle_timeout", at_least(1, "expected a number of seconds, at least 1"), "600"),
     _Param("s2s_queue_limit", positive, "1000"),
+    _Param("httpport", optional(parse_listen)),
+    _Param("http_allow_plain", parse_bool, "false"),
+    _Param("http_origins", parse_origins, ""),
 )
 
 MUX_PARAMS = (
@@ -208,6 +211,12 @@ class ServerSettings:
     """Seconds an s2s stream may carry nothing before it is closed."""
     s2s_queue_limit: int = 1000
     """Stanzas waiting for one remote domain while its connection is set up."""
+    httpport: HostPort | None = None
+    """The XMPP/HTTP gateway (WebSocket, BOSH, the web client) listens here; None: off."""
+    http_allow_plain: bool = False
+    """Web sessions over plain HTTP even when ``requiressl`` is true (a test page)."""
+    http_origins: tuple = ()
+    """Web origins that may open web sessions besides the gateway's own; ("*",): any."""
     limits: ServerLimits = ServerLimits()
     """The bounds on what peers can make the server hold (iim/conf/limits.py)."""
 
@@ -391,6 +400,7 @@ def build(lexed: Lexed, source: str, path: Path | None, base_dir: Path,
     log = LogSettings(_log(reader, "iim_server"), _log(reader, "iim_mux"))
     instancevardir = reader.value("iim.instancevardir", INSTANCE_PARAMS[0])
     _check_legacy_ssl(reader, mux)
+    _check_gateway(reader, server, mux)
     _warn_unknown(reader, server)
     if check_files:
         _check_files(reader, server, mux)
@@ -479,6 +489,24 @@ def _check_legacy_ssl(reader: _Reader, mux: MuxSettings) -> None:
     if mux.usessl and not reader.present("iim_mux.secconfigdir"):
         reader.error(reader.line("iim_mux.usessl"), "iim_mux.secconfigdir",
                      "missing; iim_mux.usessl is on and needs the NSS database directory")
+
+
+def _check_gateway(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> None:
+    """The XMPP/HTTP gateway (iim/server/web): a port of its own; plain HTTP said aloud."""
+    where = server.httpport
+    if where is None:
+        return
+    taken = [("iim_server.port", server.port, server.useport),
+             ("iim_mux.serverport", mux.serverport, server.usemuxport)]
+    for key, other, used in taken:
+        if used and other.port == where.port and (other.host == where.host or None in
+                                                  (other.host, where.host)):
+            reader.error(reader.line("iim_server.httpport"), "iim_server.httpport",
+                         f"{where} is also {key}; the gateway needs a port of its own")
+    if server.requiressl and server.http_allow_plain:
+        reader.warn(reader.line("iim_server.http_allow_plain"), "iim_server.http_allow_plain",
+                    "web sessions over plain HTTP are allowed although iim_server.requiressl "
+                    "is true")
 
 
 def _check_files(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> None:

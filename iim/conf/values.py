@@ -21,6 +21,7 @@ from .diagnostics import Severity
 __all__ = [
     "HostPort", "Invalid", "MAX_INT", "format_value", "host_domain", "optional",
     "parse_bool", "parse_domain", "parse_nonempty", "parse_listen", "parse_log_url", "parse_names",
+    "parse_origins",
     "parse_path", "parse_peer", "parse_severity", "parse_size", "parse_text_value",
     "positive", "at_least",
 ]
@@ -284,6 +285,32 @@ def parse_names(text: str) -> tuple[str, ...]:
     if not all(_NAME.fullmatch(name) for name in names):
         raise Invalid('expected comma-separated names, such as "coserver1,coserver2"')
     return tuple(dict.fromkeys(names))
+
+
+_ORIGIN = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)"
+                     r"(?::([0-9]{1,5}))?/?")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Web origins (RFC 6454) allowed to use the HTTP gateway: ``*``, or
+    comma-separated ``scheme://host[:port]``, kept lower-case and without a
+    default port, as browsers send them in ``Origin``."""
+    expected = 'expected "*" or comma-separated origins such as "https://chat.example.com"'
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if parts == ["*"]:
+        return ("*",)
+    origins = []
+    for part in parts:
+        match = _ORIGIN.fullmatch(part)
+        if match is None:
+            raise Invalid(expected)
+        scheme, host, port = match.group(1).lower(), match.group(2).lower(), match.group(3)
+        if port is not None and not 0 < int(port) < 65536:
+            raise Invalid(expected)
+        if port is not None and int(port) != {"http": 80, "https": 443}[scheme]:
+            host = f"{host}:{int(port)}"
+        origins.append(f"{scheme}://{host}")
+    return tuple(dict.fromkeys(origins))
 
 
 def format_value(value: str) -> str:

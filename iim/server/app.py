@@ -46,6 +46,7 @@ class Server:
         self.storage: Storage | None = None
         self.ctx: SessionContext | None = None
         self.mux_listener = None
+        self.web = None                         # iim/server/web: the XMPP/HTTP gateway
         self.admission: Admission | None = None
         self.federation: Federation | None = None
         self.tls: ServerTLS | None = None       # the keystore's context and material
@@ -95,6 +96,8 @@ class Server:
             await self._listen(server.port)
         if server.usemuxport:
             await self._listen_for_mux()
+        if server.httpport is not None:
+            await self._listen_for_web()
         self._trimmer = asyncio.get_running_loop().create_task(heap.trim_after_bursts(
             lambda: self.ctx.turnover, server.stanza_timeout / 4 + heap.CHECK_SECONDS,
             self.log))
@@ -149,6 +152,20 @@ class Server:
         except OSError as exc:
             raise StartupError(f"iim_mux.serverport: cannot listen on {where}: "
                                f"{exc.strerror or exc}") from None
+
+    async def _listen_for_web(self) -> None:
+        """The XMPP/HTTP gateway on iim_server.httpport (iim/server/web/app.py)."""
+        from .web.app import GatewayError, WebGateway    # aiohttp only when the gateway is on
+        if self.config.server.requiressl and self.config.server.http_allow_plain:
+            self.log.warning("iim_server.http_allow_plain is true: web sessions over plain HTTP "
+                             "are allowed although iim_server.requiressl is true")
+        self.web = WebGateway(self.config.server, self.ctx, self.admission,
+                              lambda: self.ctx.tls_context, self.log)
+        try:
+            await self.web.start()
+        except GatewayError as exc:
+            self.web = None
+            raise StartupError(str(exc)) from None
 
     def _link_tls_context(self, tls: ServerTLS | None) -> LinkTlsContext | None:
         """TLS for mux links, with the keystore's certificate (None without a keystore)."""
@@ -208,6 +225,8 @@ class Server:
             for session in list(self.ctx.sessions):
                 session.close(shutdown)
             self.ctx.router.shutdown()
+        if self.web is not None:
+            await self.web.stop()
         if self.federation is not None:
             self.federation.close()
         for listener in self.listeners:

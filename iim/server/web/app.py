@@ -1,0 +1,328 @@
+"""The XMPP/HTTP gateway: one port (``iim_server.httpport``), HTTPS and, if allowed, HTTP.
+
+Theory of operation. The gateway is a third way for a client stream to reach
+the server, beside ``iim_server.port`` and the mux links (docs/architecture.md
+"Three carriers"): every XMPP session it carries is a ``ClientSession``, over
+a WebSocket (``/ws``, RFC 7395, iim/server/web/websocket.py) or a BOSH
+session (``/http-bind``, XEP-0124/0206, iim/server/web/bosh.py). Around them
+it serves the web client's static files (``/`` -> ``/im.html``, ``/static/``)
+and XEP-0156 discovery (``/.well-known/host-meta[.json]``). aiohttp speaks
+HTTP/1.1 and WebSocket; nothing here parses HTTP by hand.
+
+The port speaks both TLS and plain HTTP: the listener accepts a socket,
+waits (at most ``negotiation_timeout``) for its first byte and peeks at it.
+0x16 (a TLS handshake record, RFC 8446 §5.1) is served as HTTPS with the
+keystore's context (the server's current one, so a certificate reload
+reaches new connections); anything else as plain HTTP. Peeking, not reading,
+leaves the ClientHello in the socket for the TLS layer. A plain request
+then gets what the policy says:
+
+- web sessions (``/ws``, ``/http-bind``) over plain HTTP are refused with 403
+  and a one-line reason when ``iim_server.requiressl`` is true, unless the
+  operator allowed them (``iim_server.http_allow_plain``: a test page that
+  shows what an insecure connection looks like). Without a keystore there is
+  no HTTPS at all, and requiressl cannot be on.
+- other plain requests are redirected to https when plain sessions are
+  refused, else served.
+
+Origins (browsers only send ``Origin`` cross-site or on WebSocket). A web
+session may be opened from the gateway's own origin (the scheme, host and
+port the request came to) and from those listed in ``iim_server.http_origins``
+(``*``: any); a request without ``Origin`` is not from a browser page and is
+allowed. Another origin gets 403 on ``/ws`` and on ``/http-bind``, and no
+CORS headers; an allowed one gets ``Access-Control-Allow-Origin`` naming it
+(BOSH from another origin needs CORS, XEP-0124 §7: preflight ``OPTIONS``).
+The check stops another site's page from riding on a user's browser; it is
+no authentication (SASL is).
+
+Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+no-referrer`` and a Content-Security-Policy that allows scripts, styles and
+connections to this origin and its ws/wss endpoint only, and no framing;
+HTML is never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import socket
+import ssl
+from pathlib import Path
+from typing import Callable
+
+from aiohttp import web
+
+from iim.conf.settings import ServerSettings
+from iim.text import host_port
+
+from ..admission import Admission
+from ..c2s import SessionContext
+from . import hostmeta
+from .carrier import GatewayContext
+from .websocket import HEARTBEAT, serve_websocket
+
+__all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+INDEX = "/im.html"
+TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
+_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+          ".svg": "image/svg+xml", ".json": "application/json", ".woff2": "font/woff2",
+          ".wasm": "application/wasm", ".map": "application/json", ".txt": "text/plain",
+          ".md": "text/plain", ".ico": "image/x-icon", ".png": "image/png", ".html": "text/html"}
+for _suffix, _type in _TYPES.items():
+    mimetypes.add_type(_type, _suffix)
+
+
+class GatewayError(Exception):
+    """One line for the operator; the server does not start."""
+
+
+class WebGateway:
+    """The aiohttp application and its listener on ``iim_server.httpport``."""
+
+    def __init__(self, settings: ServerSettings, ctx: SessionContext,
+                 admission: Admission | None, tls_context: Callable[[], ssl.SSLContext | None],
+                 log: logging.Logger, *, heartbeat: float = HEARTBEAT,
+                 static_dir: Path = STATIC_DIR) -> None:
+        self.settings = settings
+        self.ctx = GatewayContext(ctx)
+        self.admission = admission
+        self.tls_context = tls_context
+        self.log = log
+        self.heartbeat = heartbeat
+        self.static_dir = static_dir
+        self.max_stanza_bytes = settings.maxstanzasize
+        self.max_xmlns = settings.limits.max_xmlns_per_stanza
+        self.max_unauthenticated = settings.max_unauthenticated
+        self.origins = frozenset(settings.http_origins)
+        self.plain_allowed = settings.http_allow_plain or not settings.requiressl
+        self.bosh = None                        # iim/server/web/bosh.py, when wired
+        self._runner: web.AppRunner | None = None
+        self._socks: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- the application -----------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_stanza_bytes + 16384)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/.well-known/host-meta", self._host_meta)
+        app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/static/{path:.+}", self._static)
+        app.router.add_get("/{name:[A-Za-z0-9_.-]+}", self._root_file)
+        if self.bosh is not None:
+            self.bosh.add_routes(app, self)
+        app.on_response_prepare.append(self._security_headers)
+        return app
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        self.check_session_request(request)
+        return await serve_websocket(request, self)
+
+    def check_session_request(self, request: web.Request) -> None:
+        """TLS policy and Origin, for ``/ws`` and ``/http-bind``: HTTPForbidden if refused."""
+        if not request.secure and not self.plain_allowed:
+            raise web.HTTPForbidden(text="plain HTTP carries no XMPP session here "
+                                         "(iim_server.requiressl): use "
+                                         f"{self._secure_url(request)}\n")
+        if not self.origin_allowed(request):
+            raise web.HTTPForbidden(text=f"origin {request.headers.get('Origin')!r} may not "
+                                         "open XMPP sessions here (iim_server.http_origins)\n")
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None or "*" in self.origins:
+            return True
+        origin = _normal_origin(origin)
+        return origin in self.origins or origin == self.own_origin(request)
+
+    def own_origin(self, request: web.Request) -> str:
+        scheme = "https" if request.secure else "http"
+        return _normal_origin(f"{scheme}://{self.host_of(request)}")
+
+    def host_of(self, request: web.Request) -> str:
+        where = self.settings.httpport
+        return hostmeta.safe_host(request.host, host_port(where.host or "localhost", where.port))
+
+    def _secure_url(self, request: web.Request) -> str:
+        scheme = "wss" if request.path == hostmeta.WS_PATH else "https"
+        return f"{scheme}://{self.host_of(request)}{request.path}"
+
+    # -- discovery (XEP-0156) ---------------------------------------------------------------
+
+    def _links(self, request: web.Request) -> list[tuple[str, str]]:
+        return hostmeta.endpoints(self.host_of(request), secure=self.tls_context() is not None,
+                                  plain=self.plain_allowed)
+
+    async def _host_meta(self, request: web.Request) -> web.Response:
+        self._plain_redirect(request)
+        return web.Response(text=hostmeta.xrd(self._links(request)),
+                            content_type="application/xrd+xml",
+                            headers={"Access-Control-Allow-Origin": "*"})
+
+    async def _host_meta_json(self, request: web.Request) -> web.Response:
+        self._plain_redirect(request)
+        return web.Response(text=hostmeta.jrd(self._links(request)),
+                            content_type="application/json",
+                            headers={"Access-Control-Allow-Origin": "*"})
+
+    # -- static files (the web client, iim/server/web/static/) -------------------------------
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        self._plain_redirect(request)
+        raise web.HTTPFound(INDEX)
+
+    async def _root_file(self, request: web.Request) -> web.StreamResponse:
+        return self._file(request, request.match_info["name"])
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        return self._file(request, request.match_info["path"])
+
+    def _file(self, request: web.Request, relative: str) -> web.StreamResponse:
+        self._plain_redirect(request)
+        root = self.static_dir.resolve()
+        path = (root / relative).resolve()
+        if root not in path.parents or not path.is_file() or path.name.startswith("."):
+            raise web.HTTPNotFound(text="not found\n")
+        return web.FileResponse(path)
+
+    def _plain_redirect(self, request: web.Request) -> None:
+        """Plain requests go to https when plain sessions are refused."""
+        if not request.secure and not self.plain_allowed:
+            raise web.HTTPMovedPermanently(
+                f"https://{self.host_of(request)}{request.path_qs}")
+
+    async def _security_headers(self, request: web.Request,
+                                 response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Content-Security-Policy"] = self._csp(request)
+        if response.content_type == "text/html" or request.path in ("/", hostmeta.BOSH_PATH):
+            headers["Cache-Control"] = "no-store"
+        elif "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-cache"
+
+    def _csp(self, request: web.Request) -> str:
+        host = self.host_of(request)
+        sockets = f"wss://{host}" + (f" ws://{host}" if self.plain_allowed else "")
+        return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                f"font-src 'self'; connect-src 'self' {sockets}; manifest-src 'self'; "
+                "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+    # -- the listener ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        where = self.settings.httpport
+        if self.tls_context() is None and not self.plain_allowed:
+            raise GatewayError("iim_server.httpport: no keystore (iim_server.sslkeystore) for "
+                               "HTTPS, and plain HTTP is not allowed")
+        self._runner = web.AppRunner(self.application(), handle_signals=False, access_log=None,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        try:
+            infos = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            for family, type_, proto, _, address in infos:
+                self._socks.append(self._bind(family, type_, proto, address))
+        except OSError as exc:
+            await self.stop()
+            raise GatewayError(f"iim_server.httpport: cannot listen on {where}: "
+                               f"{exc.strerror or exc}") from None
+        for sock in self._socks:
+            self._spawn(self._accept(sock))
+            self.log.info("listening for XMPP over WebSocket and BOSH on %s (%s)",
+                          host_port(*sock.getsockname()[:2]),
+                          "HTTPS" + (" and HTTP" if self.plain_allowed else "")
+                          if self.tls_context() is not None else "HTTP only")
+
+    @staticmethod
+    def _bind(family, type_, proto, address) -> socket.socket:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def addresses(self) -> list[tuple]:
+        return [sock.getsockname() for sock in self._socks]
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listening)
+            except OSError as exc:              # EMFILE and the like: wait, go on
+                self.log.warning("gateway: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            self._spawn(self._serve(sock))
+
+    async def _serve(self, sock: socket.socket) -> None:
+        """Peek at the first byte, then hand the socket to aiohttp, over TLS or not."""
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(_peek(loop, sock), self.ctx.negotiation_timeout)
+            context = self.tls_context()
+            if not first or (first[0] == TLS_HANDSHAKE and context is None):
+                sock.close()
+                return
+            tls = context if first[0] == TLS_HANDSHAKE else None
+            await loop.connect_accepted_socket(
+                self._runner.server, sock, ssl=tls,
+                ssl_handshake_timeout=self.ctx.negotiation_timeout if tls else None)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            self.log.debug("gateway: connection dropped before HTTP: %s", exc)
+            sock.close()
+
+    async def stop(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+        for task in list(self._tasks):
+            task.cancel()
+        if self.bosh is not None:
+            self.bosh.close()
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first byte waiting on ``sock``, left there; b"" when the peer closed."""
+    readable = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+    return sock.recv(1, socket.MSG_PEEK)
+
+
+def _normal_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lower-case, without the scheme's default port."""
+    origin = origin.strip().lower().rstrip("/")
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[: -len(port)]
+    return origin
+
