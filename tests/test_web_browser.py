@@ -1,0 +1,131 @@
+"""The web client in a real browser (issue 15): Debian's chromium, headless,
+driven over WebDriver (tests/support/webdriver.py), against what ``./dev run``
+starts (the dev-setup configuration, tests/devsystem.py) with the gateway on
+``iim_server.httpport``.
+
+Over HTTPS, with the dev CA really trusted (an NSS database made by certutil
+in the browser's HOME): alice logs in from the page; a message bob sent while
+she was away is there, marked so; bob's subscription request is accepted with
+the page's button, and bob appears in her roster, online; bob (slixmpp,
+through the multiplexor) writes, the page shows it; she answers with Enter and
+bob receives it; the lock is closed, and its panel shows what the server said
+about her session (TLS version, cipher, certificate, where TLS ends). A
+screenshot of the main window is saved in the test's folder (its path is
+printed). Then the same page over plain HTTP (``iim_server.http_allow_plain``)
+shows the open lock and says why.
+
+One browser and one server for the module: the browser is what costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from devsystem import DevSystem
+from live import Client, next_item
+from support import free_port
+from support.webdriver import Chromium, available
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+ENTER = "\ue007"                # WebDriver's Enter key
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    system = DevSystem(tmp_path_factory.mktemp("web") / "dev")
+    system.http_port = free_port()
+    system.web = system.variant("web.conf", {
+        "iim_server.httpport": f"127.0.0.1:{system.http_port}",
+        "iim_server.http_allow_plain": "true"})
+    system.start_server(system.web).wait_port(system.http_port)
+    system.start_mux(system.web)
+    yield system
+    system.stop_all()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, system):
+    chromium = Chromium(tmp_path_factory.mktemp("chromium-home"),
+                        trust=[system.folder / "ca.pem"])
+    yield chromium
+    chromium.quit()
+
+
+def log_in(browser: Chromium, url: str, password: str) -> None:
+    browser.get(url)
+    browser.type("#jid", "alice@localhost")
+    browser.type("#password", password + ENTER)
+    browser.wait_for("return !document.getElementById('main-view').hidden", "alice logged in")
+
+
+def wait_text(browser: Chromium, css: str, text: str) -> str:
+    return browser.wait_for(
+        "const e = [...document.querySelectorAll(arguments[0])]"
+        "  .find(e => e.textContent.includes(arguments[1])); return e ? e.textContent : null;",
+        f"{text!r} in {css}", css, text)
+
+
+def lock_settled(browser: Chromium) -> str:
+    """The lock's summary once the server's answer (or its absence) is in."""
+    return browser.wait_for(
+        "const s = document.getElementById('lock-summary').textContent;"
+        "return s && !s.includes('has not confirmed') ? s : null;", "the security answer")
+
+
+def test_alice_chats_with_bob_over_https_and_the_lock_is_closed(system, browser, tmp_path):
+    async def scenario():
+        bob = await Client("bob@localhost", system.users["bob"],
+                           system.folder / "ca.pem").online(system.mux_port)
+        bob.send_message(mto="alice@localhost", mbody="sent while you were away", mtype="chat")
+        bob.send_presence(pto="alice@localhost", ptype="subscribe")
+        page = f"https://localhost:{system.http_port}/"
+        await asyncio.to_thread(log_in, browser, page, system.users["alice"])
+
+        await asyncio.to_thread(wait_text, browser, ".msg.in", "sent while you were away")
+        assert "while you were away" in browser.text(".msg.in time")
+        await asyncio.to_thread(wait_text, browser, "#requests li", "bob@localhost")
+        browser.click("#requests li button[aria-label='Accept bob@localhost']")
+        asked_back = await next_item(bob.subscribe_requests)    # the page asks back
+        assert asked_back["from"].bare == "alice@localhost"
+        bob.send_presence(pto="alice@localhost", ptype="subscribed")
+        await asyncio.to_thread(wait_text, browser, "#roster li.available", "bob@localhost")
+
+        bob.send_message(mto="alice@localhost", mbody="hello from bob", mtype="chat")
+        await asyncio.to_thread(wait_text, browser, ".msg.in .body", "hello from bob")
+        browser.type(".chat:not([hidden]) textarea", "hello bob, from the browser" + ENTER)
+        answer = await next_item(bob.received)
+        assert (answer["body"], answer["from"].bare) == ("hello bob, from the browser",
+                                                         "alice@localhost")
+        await asyncio.to_thread(check_the_lock, browser, tmp_path)
+        await bob.offline()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def check_the_lock(browser: Chromium, folder) -> None:
+    summary = lock_settled(browser)
+    assert browser.text("#lock-text") == "secure", summary
+    assert browser.script("return document.getElementById('lock').className") == "lock closed"
+    browser.click("#lock")
+    facts = browser.text("#lock-facts")
+    assert "wss://localhost" in facts
+    assert "TLSv1.3" in facts or "TLSv1.2" in facts
+    assert "at the iim server" in facts and "CN=iim dev server" in facts
+    assert "CN=iim development CA" in facts
+    shot = browser.screenshot(folder / "web-client.png")
+    print(f"\nscreenshot of the main window: {shot}")
+    browser.click("#lock-close")
+
+
+def test_over_plain_http_the_lock_is_open_and_the_page_says_why(system, browser):
+    log_in(browser, f"http://localhost:{system.http_port}/im.html", system.users["alice"])
+    summary = lock_settled(browser)
+    assert browser.text("#lock-text") == "not secure"
+    assert browser.script("return document.getElementById('lock').className") == "lock open"
+    assert "plain HTTP" in summary
+    assert "the server says this session is not encrypted" in summary
+    assert "plain HTTP" in browser.text("#plain-warning")
+    assert browser.script("return document.getElementById('plain-warning').hidden") is False
