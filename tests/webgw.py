@@ -21,9 +21,9 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
-import pki
 from iim.conf import from_text
 from iim.server.app import Server
 from support import free_port
@@ -55,8 +55,8 @@ class WebServer:
                  'iim_server.database = "iim.db"',
                  'iim_server.auth_failure_delay = "0"']
         if tls:
-            issued = ca.issue(DOMAIN, "127.0.0.1", "localhost")
-            (folder / "server.p12").write_bytes(pki.pkcs12_bytes(issued, "iim", STOREPASS))
+            (folder / "server.p12").write_bytes(_keystore(ca))
+            os.chmod(folder / "server.p12", 0o600)
             password = folder / "sslpassword.conf"
             password.write_text(f"Internal (Software) Token:{STOREPASS.decode()}\n")
             os.chmod(password, 0o600)
@@ -91,6 +91,26 @@ class WebServer:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+_keystores: dict[int, bytes] = {}
+
+
+def _keystore(ca) -> bytes:
+    """One PKCS#12 keystore per CA and process (an RSA key takes a while to make)."""
+    if id(ca) not in _keystores:
+        issued = ca.issue(DOMAIN, "127.0.0.1", "localhost", key_kind="ec")   # loads fast
+        cheap = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(1000)
+                 .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+                 .hmac_hash(hashes.SHA256()).build(STOREPASS))   # each start decrypts it
+        _keystores[id(ca)] = pkcs12.serialize_key_and_certificates(
+            b"iim", issued.key, issued.cert, None, cheap)
+    return _keystores[id(ca)]
+
+
+def run(coroutine_function, *args, **kwargs):
+    """A test's scenario in a fresh event loop."""
+    return asyncio.run(coroutine_function(*args, **kwargs))
 
 
 class WsClient:
