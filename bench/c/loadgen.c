@@ -20,7 +20,8 @@
  *       is due whether or not a connection is free (the backlog is counted).
  *       Latency is from the request's send to its last response byte.
  * conn: C loops of connect [+ TLS handshake, full or, with --resume, resuming
- *       the latest session ticket this thread received], one round trip, close.
+ *       a session ticket this thread received, each used once (as RFC 8446 C.4
+ *       advises clients)], one round trip, close.
  * idle: N connections, one round trip each, then prints "READY n" and holds
  *       them until stdin closes.
  * bulk: N connections each keep 256 KiB in flight in 16 KiB writes; bytes
@@ -57,7 +58,7 @@ enum { M_RR, M_CONN, M_IDLE, M_BULK };
 enum { PH_OPEN, PH_WARM, PH_MEASURE, PH_DONE };
 enum { C_FREE, C_CONNECTING, C_HANDSHAKE, C_OPENING, C_READY, C_BUSY, C_DEAD };
 enum { CYCLE = 251, CHUNK = 16384, BULK_DEPTH = 262144, NBUCKETS = 2600, MAX_PORTS = 16,
-       OPEN_CONCURRENCY = 128, MAX_WATCH = 64 };
+       OPEN_CONCURRENCY = 128, MAX_WATCH = 64, POOL = 256 };
 
 /* --- options -------------------------------------------------------------- */
 static int mode, sessions = 1000, concurrency = 64, size = 200, threads = 1, use_tls, resume;
@@ -90,7 +91,8 @@ typedef struct Thread {
     uint64_t count, bytes, errors, lost, corrupt, resumed, full, backlog, issued, shed;
     double rate;                         /* paced: requests per second of this thread */
     uint64_t pace_t0;
-    SSL_SESSION *saved;
+    SSL_SESSION *saved[POOL];            /* --resume: tickets received, each used once */
+    int nsaved;
     uint64_t hist[NBUCKETS];
     uint8_t buf[65536];
 } Thread;
@@ -146,8 +148,12 @@ static void client_close(Client *c, int failed) {
 
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess) {
     Thread *t = SSL_get_app_data(ssl);
-    if (t->saved) SSL_SESSION_free(t->saved);
-    t->saved = sess;
+    if (t->nsaved == POOL) {                /* drop the oldest */
+        SSL_SESSION_free(t->saved[0]);
+        memmove(t->saved, t->saved + 1, (POOL - 1) * sizeof(t->saved[0]));
+        t->nsaved--;
+    }
+    t->saved[t->nsaved++] = sess;
     return 1;                               /* we keep the reference */
 }
 
@@ -193,7 +199,11 @@ static void connected(Client *c) {
     SSL_set_app_data(c->ssl, c->t);
     SSL_set_fd(c->ssl, c->fd);
     SSL_set_connect_state(c->ssl);
-    if (resume && c->t->saved) SSL_set_session(c->ssl, c->t->saved);
+    if (resume && c->t->nsaved > 0) {      /* TLS 1.3: one ticket, one resumption */
+        SSL_SESSION *sess = c->t->saved[--c->t->nsaved];
+        SSL_set_session(c->ssl, sess);
+        SSL_SESSION_free(sess);
+    }
     c->state = C_HANDSHAKE;
     handshake(c);
 }
