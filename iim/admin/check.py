@@ -52,7 +52,32 @@ def check(path, *, now: dt.datetime | None = None) -> list[Finding]:
     findings += _federation_findings(config)
     findings += _mux_findings(config, now)
     findings += _link_findings(config)
+    findings += _gateway_findings(config)
     return findings
+
+
+def _gateway_findings(config) -> list[Finding]:
+    """The XMPP/HTTP gateway (iim/server/web): where, and what it allows over plain HTTP."""
+    server = config.server
+    where = server.httpport
+    if where is None:
+        return [Finding(Level.OK, "iim_server.httpport is not set: no XMPP over "
+                                  "WebSocket/BOSH, no web client")]
+    host = f"{where.host or 'this host'}:{where.port}"
+    if server.sslkeystore is None:
+        return [Finding(Level.WARNING, f"iim_server.httpport: the gateway on {host} serves "
+                                       "plain HTTP only (no iim_server.sslkeystore): passwords "
+                                       "cross the network unencrypted")]
+    found = [Finding(Level.OK, f"iim_server.httpport: the gateway on {host}: web client at "
+                               "https://, WebSocket at /ws, BOSH at /http-bind")]
+    if server.http_allow_plain and server.requiressl:       # said explicitly: not a warning
+        found.append(Finding(Level.OK, "iim_server.http_allow_plain is true: web sessions over "
+                                       "plain HTTP are allowed although iim_server.requiressl "
+                                       "is true (SASL PLAIN is not offered on them)"))
+    elif not server.requiressl:
+        found.append(Finding(Level.OK, "iim_server.httpport: plain HTTP carries web sessions "
+                                       "too (iim_server.requiressl is false)"))
+    return found
 
 
 def _link_findings(config) -> list[Finding]:

@@ -492,7 +492,8 @@ def _check_legacy_ssl(reader: _Reader, mux: MuxSettings) -> None:
 
 
 def _check_gateway(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> None:
-    """The XMPP/HTTP gateway (iim/server/web): a port of its own; plain HTTP said aloud."""
+    """The XMPP/HTTP gateway (iim/server/web): a port of its own. (What it allows
+    over plain HTTP is iim.admin check's to say, and the server's at start.)"""
     where = server.httpport
     if where is None:
         return
@@ -503,10 +504,6 @@ def _check_gateway(reader: _Reader, server: ServerSettings, mux: MuxSettings) ->
                                                   (other.host, where.host)):
             reader.error(reader.line("iim_server.httpport"), "iim_server.httpport",
                          f"{where} is also {key}; the gateway needs a port of its own")
-    if server.requiressl and server.http_allow_plain:
-        reader.warn(reader.line("iim_server.http_allow_plain"), "iim_server.http_allow_plain",
-                    "web sessions over plain HTTP are allowed although iim_server.requiressl "
-                    "is true")
 
 
 def _check_files(reader: _Reader, server: ServerSettings, mux: MuxSettings) -> None:
