@@ -40,7 +40,7 @@ def system(tmp_path_factory):
     system.web = system.variant("web.conf", {
         "iim_server.httpport": f"127.0.0.1:{system.http_port}",
         "iim_server.http_allow_plain": "true"})
-    system.start_server(system.web).wait_port(system.http_port)
+    system.server = system.start_server(system.web).wait_port(system.http_port)
     system.start_mux(system.web)
     yield system
     system.stop_all()
@@ -120,7 +120,40 @@ def check_the_lock(browser: Chromium, folder) -> None:
     browser.click("#lock-close")
 
 
-def test_over_plain_http_the_lock_is_open_and_the_page_says_why(system, browser):
+def test_after_a_server_restart_the_page_logs_in_again(system, browser):
+    """The connection drops (the server stops: <system-shutdown/>); the page
+    says it will try again, does once the server is back, and the lock closes
+    again on the new session's answer."""
+    if browser.script("return document.getElementById('main-view').hidden"):
+        log_in(browser, f"https://localhost:{system.http_port}/", system.users["alice"])
+    system.stop(system.server)
+    wait_text(browser, "#status", "Reconnecting in")
+    assert browser.text("#lock-text") == "not secure"
+    system.server = system.start_server(system.web).wait_port(system.http_port)
+    wait_text(browser, "#status", "Online as alice@localhost/")
+    lock_settled(browser)
+    assert browser.text("#lock-text") == "secure"
+
+
+def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
+        system, browser, tmp_path):
+    if browser.script("return document.getElementById('main-view').hidden"):
+        log_in(browser, f"https://localhost:{system.http_port}/", system.users["alice"])
+    browser.window_size(390, 844)
+    try:
+        layout = browser.wait_for(
+            "const r = (s) => document.querySelector(s).getBoundingClientRect();"
+            "return window.innerWidth < 500 ? {overflow: document.documentElement.scrollWidth"
+            " - window.innerWidth, side: r('.side').bottom, chats: r('.chats').top} : null;",
+            "the narrow window")
+        assert layout["overflow"] <= 0, layout
+        assert layout["side"] <= layout["chats"], layout
+        print(f"\nscreenshot at phone width: {browser.screenshot(tmp_path / 'phone.png')}")
+    finally:
+        browser.window_size(1100, 900)
+
+
+def test_over_plain_http_the_lock_is_open_and_the_page_says_why(system, browser, tmp_path):
     log_in(browser, f"http://localhost:{system.http_port}/im.html", system.users["alice"])
     summary = lock_settled(browser)
     assert browser.text("#lock-text") == "not secure"
@@ -129,3 +162,5 @@ def test_over_plain_http_the_lock_is_open_and_the_page_says_why(system, browser)
     assert "the server says this session is not encrypted" in summary
     assert "plain HTTP" in browser.text("#plain-warning")
     assert browser.script("return document.getElementById('plain-warning').hidden") is False
+    browser.click("#lock")
+    print(f"\nscreenshot over plain HTTP: {browser.screenshot(tmp_path / 'plain.png')}")

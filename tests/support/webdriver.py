@@ -129,6 +129,9 @@ class Chromium:
         return wait_until(lambda: self.script(source, *args), what, timeout=timeout,
                           interval=0.05, alive=self.driver._ended)
 
+    def window_size(self, width: int, height: int) -> None:
+        self._session("POST", "/window/rect", {"width": width, "height": height})
+
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self._session("GET", "/screenshot")))
         return path
