@@ -138,6 +138,31 @@ def chunk_overhead(size: int) -> int:
     return max(32, (size + 8 + 15) & ~15) - size
 
 
+def pymalloc_stats() -> dict:
+    """pymalloc's arenas (``sys._debugmallocstats``, which writes to fd 2): bytes in
+    allocated blocks, in free blocks of used pools, in unused pools, and the arenas'
+    total. Empty when pymalloc is off (``PYTHONMALLOC=malloc``)."""
+    import re
+    keys = {"# bytes in allocated blocks": "allocated", "# bytes in available blocks":
+            "available", "unused pools": "unused_pools", "Total": "total"}
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        for needle, key in keys.items():
+            if key not in out and needle in line and "=" in line:
+                out[key] = int(re.sub(r"[^0-9]", "", line.split("=")[-1]) or 0)
+    return out
+
+
 def report(path: Path, trace: bool) -> None:
     import tracemalloc
     if trace and not tracemalloc.is_tracing():
@@ -145,7 +170,8 @@ def report(path: Path, trace: bool) -> None:
     gc.collect()
     if os.environ.get("IIM_MEMORY_TRIM"):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    out = {"rss_kb": vm_rss_kb(), "mallinfo": mallinfo2(), "types": type_counts()}
+    out = {"rss_kb": vm_rss_kb(), "mallinfo": mallinfo2(), "types": type_counts(),
+           "pymalloc": {} if trace else pymalloc_stats()}
     if trace and tracemalloc.is_tracing():
         snapshot = tracemalloc.take_snapshot()
         owners: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
@@ -379,6 +405,22 @@ def per_user(before: dict, after: dict, users: int) -> dict:
     return rows
 
 
+def split_line(before: dict, after: dict, users: int) -> str:
+    """Where the RSS growth sits, KB per user: glibc's heap in use and free (arena),
+    glibc's mmapped chunks, pymalloc's blocks in use and free (its arenas are mmapped
+    by CPython itself, outside glibc's counts)."""
+    def grown(group: str, key: str) -> float:
+        return (after.get(group, {}).get(key, 0) - before.get(group, {}).get(key, 0)) \
+            / users / 1024
+    parts = [("malloc in use", grown("mallinfo", "uordblks")),
+             ("malloc free", grown("mallinfo", "fordblks")),
+             ("of which mmapped", grown("mallinfo", "hblkhd"))]
+    if after.get("pymalloc"):
+        parts += [("pymalloc in use", grown("pymalloc", "allocated")),
+                  ("pymalloc arenas", grown("pymalloc", "total"))]
+    return ", ".join(f"{name} {value:+.1f}" for name, value in parts) + " KB per user"
+
+
 def print_rows(title: str, rows: dict, blocks: dict | None = None) -> None:
     print(f"\n{title}")
     total = 0.0
@@ -429,6 +471,7 @@ async def run(args, folder: Path) -> dict:
             print(f"\rcycle {cycle}: {args.users} users online, RSS idle "
                   f"{idle['rss_kb'] / 1024:.1f} MB -> {loaded['rss_kb'] / 1024:.1f} MB: "
                   f"{rows['RSS (whole process)'] / 1024:.1f} KB per user")
+            print("  " + split_line(idle, loaded, args.users))
             entry = {"loaded": loaded, "rows": rows}
             if cycle < args.cycles:
                 if tsung is not None:

@@ -4,6 +4,9 @@ A session between stanzas keeps no expat parser: the stanza watchdog, every
 ``stanza_timeout / 4`` from the start, releases it whenever no stanza is
 arriving (iim/server/c2s.py), so a user idle right after login holds none a
 quarter of ``stanza_timeout`` later, and the next stanza still arrives whole.
+Once the session is bound (or resumed), that tick comes ``SETTLE_AFTER_LOGIN``
+seconds later instead, so the login's parser goes with the login's other
+transients; a stream still negotiating keeps the regular tick.
 A connection on ``iim_server.port`` drops its header sniffer (and its expat
 parser) once the stream is handed to a session (iim/server/listener.py).
 Real ClientSessions, router and storage, in memory, on a clock moved by hand.
@@ -17,13 +20,13 @@ import logging
 import pytest
 
 from iim.conf.limits import ServerLimits
-from iim.server.c2s import ClientSession, SessionContext
+from iim.server.c2s import SETTLE_AFTER_LOGIN, ClientSession, SessionContext
 from iim.server.listener import ClientProtocol
 from iim.server.router import Router
 from iim.server.storage import Storage
 from iim.xmpp.server_stream import ServerPolicy
 from support.clock import ManualClock
-from test_sm_sessions import C, DOMAIN, JULIET, Client, Romeo, chat, ids
+from test_sm_sessions import C, DOMAIN, JULIET, Client, Romeo, chat, cut, ids
 
 STANZA_TIMEOUT = 60.0
 
@@ -40,15 +43,17 @@ def world(tmp_path):
     storage.close()
 
 
-def run(world, scenario):
-    """``scenario(ctx, router, romeo, clock)`` inside a running loop."""
+def run(world, scenario, resume: int = 0):
+    """``scenario(ctx, router, romeo, clock)`` inside a running loop; ``resume``:
+    XEP-0198 resumption offered for that many seconds."""
     async def main():
         clock = ManualClock()
         log = logging.getLogger("test.memory")
         router = Router(DOMAIN, world, log=log, limits=ServerLimits())
-        ctx = SessionContext(policy=ServerPolicy(DOMAIN), tls_context=None, router=router,
-                             storage=world, log=log, stanza_timeout=STANZA_TIMEOUT,
-                             clock=clock)
+        ctx = SessionContext(policy=ServerPolicy(DOMAIN, sm_resume_seconds=resume),
+                             tls_context=None, router=router, storage=world, log=log,
+                             limits=ServerLimits(sm_resume_timeout=resume),
+                             stanza_timeout=STANZA_TIMEOUT, clock=clock)
         romeo = Romeo()
         router.session_bound(romeo)
         return scenario(ctx, router, romeo, clock)
@@ -65,6 +70,67 @@ def test_a_user_idle_after_login_holds_no_expat_parser_a_quarter_timeout_later(w
 
     held_after_login, expat = run(world, scenario)
     assert held_after_login                     # the release is the watchdog's, not the read's
+    assert expat is None
+
+
+def test_a_bound_session_gone_quiet_frees_its_parser_soon_after_bind(world):
+    def scenario(ctx, router, romeo, clock):
+        juliet = Client(ctx, str(JULIET), "secret-juliet")
+        juliet.say(b"<presence/>")
+        held = expat_of(juliet.session) is not None
+        clock.advance(SETTLE_AFTER_LOGIN)
+        return held, expat_of(juliet.session)
+
+    held, expat = run(world, scenario)
+    assert SETTLE_AFTER_LOGIN < STANZA_TIMEOUT / 4       # sooner than the regular tick
+    assert held
+    assert expat is None
+
+
+def test_after_the_early_tick_the_watchdog_keeps_its_quarter_timeout_cadence(world):
+    def scenario(ctx, router, romeo, clock):
+        juliet = Client(ctx, str(JULIET), "secret-juliet")
+        clock.advance(SETTLE_AFTER_LOGIN)
+        juliet.say(b"<presence/>")                      # a fresh parser for this stanza
+        clock.advance(STANZA_TIMEOUT / 4 - 0.5)
+        kept = expat_of(juliet.session) is not None
+        clock.advance(0.5)
+        return kept, expat_of(juliet.session)
+
+    kept, expat = run(world, scenario)
+    assert kept
+    assert expat is None
+
+
+def test_a_stream_still_negotiating_keeps_the_regular_tick(world):
+    def scenario(ctx, router, romeo, clock):
+        juliet = Client(ctx, str(JULIET), "secret-juliet", bind=False)   # logged in, not bound
+        clock.advance(SETTLE_AFTER_LOGIN)
+        kept = expat_of(juliet.session) is not None
+        clock.advance(STANZA_TIMEOUT / 4 - SETTLE_AFTER_LOGIN)
+        return kept, expat_of(juliet.session)
+
+    kept, expat = run(world, scenario)
+    assert kept
+    assert expat is None
+
+
+def test_a_resumed_session_frees_its_parser_soon_after_the_resumption(world):
+    def scenario(ctx, router, romeo, clock):
+        juliet = Client(ctx, str(JULIET), "secret-juliet")
+        previd = juliet.enable()
+        cut(juliet)
+        again = Client(ctx, str(JULIET), "secret-juliet", bind=False)
+        clock.advance(STANZA_TIMEOUT / 4 - 1)           # the new stream's regular tick is near
+        [resumed] = again.resume(previd, 0)
+        clock.advance(1)                                # regular tick: the resume just arrived
+        held = expat_of(again.session) is not None
+        clock.advance(SETTLE_AFTER_LOGIN - 1)
+        return resumed, held, expat_of(again.session)
+
+    resumed, held, expat = run(world, scenario, resume=300)
+    assert resumed.tag.endswith("resumed")
+    assert held
     assert expat is None
 
 
