@@ -11,7 +11,9 @@ through the multiplexor) writes, the page shows it; she answers with Enter and
 bob receives it; the lock is closed, and its panel shows what the server said
 about her session (TLS version, cipher, certificate, where TLS ends). A
 screenshot of the main window is saved in the test's folder (its path is
-printed). Then the same page over plain HTTP (``iim_server.http_allow_plain``)
+printed). A request alice denies reaches bob as ``unsubscribed``; when the
+server restarts, the page logs in again by itself; at phone width nothing
+overflows. Then the same page over plain HTTP (``iim_server.http_allow_plain``)
 shows the open lock and says why.
 
 One browser and one server for the module: the browser is what costs.
@@ -120,12 +122,38 @@ def check_the_lock(browser: Chromium, folder) -> None:
     browser.click("#lock-close")
 
 
+def test_a_denied_subscription_request_is_unsubscribed_for_the_asker(system, browser):
+    """Bob withdraws his subscription (RFC 6121 §3.3) and asks again: the page
+    shows the request, alice denies it, bob hears <presence type='unsubscribed'/>."""
+    ensure_logged_in(system, browser)
+
+    async def scenario():
+        bob = await Client("bob@localhost", system.users["bob"],
+                           system.folder / "ca.pem").online(system.mux_port)
+        answers = asyncio.Queue()
+        bob.add_event_handler("presence_unsubscribed", answers.put_nowait)
+        bob.send_presence(pto="alice@localhost", ptype="unsubscribe")
+        bob.send_presence(pto="alice@localhost", ptype="subscribe")
+        await asyncio.to_thread(wait_text, browser, "#requests li", "bob@localhost")
+        browser.click("#requests li button[aria-label='Deny bob@localhost']")
+        denied = await next_item(answers)
+        assert denied["from"].bare == "alice@localhost"
+        assert browser.script("return document.getElementById('requests-box').hidden")
+        await bob.offline()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def ensure_logged_in(system, browser: Chromium) -> None:
+    if browser.script("return document.getElementById('main-view').hidden"):
+        log_in(browser, f"https://localhost:{system.http_port}/", system.users["alice"])
+
+
 def test_after_a_server_restart_the_page_logs_in_again(system, browser):
     """The connection drops (the server stops: <system-shutdown/>); the page
     says it will try again, does once the server is back, and the lock closes
     again on the new session's answer."""
-    if browser.script("return document.getElementById('main-view').hidden"):
-        log_in(browser, f"https://localhost:{system.http_port}/", system.users["alice"])
+    ensure_logged_in(system, browser)
     system.stop(system.server)
     wait_text(browser, "#status", "Reconnecting in")
     assert browser.text("#lock-text") == "not secure"
@@ -137,8 +165,7 @@ def test_after_a_server_restart_the_page_logs_in_again(system, browser):
 
 def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
         system, browser, tmp_path):
-    if browser.script("return document.getElementById('main-view').hidden"):
-        log_in(browser, f"https://localhost:{system.http_port}/", system.users["alice"])
+    ensure_logged_in(system, browser)
     browser.window_size(390, 844)
     try:
         layout = browser.wait_for(
