@@ -41,11 +41,18 @@
 
     // -- connection -----------------------------------------------------------------
 
+    /* WebSocket first, BOSH if no WebSocket opens; ?transport=bosh or
+     * ?transport=websocket on the page's URL asks for one only (a network
+     * whose proxy breaks WebSockets; a test). */
     function serviceUrls() {
         const secure = location.protocol === "https:";
         const ws = `${secure ? "wss:" : "ws:"}//${location.host}/ws`;
         const bosh = `${location.origin}/http-bind`;
-        return "WebSocket" in window ? [ws, bosh] : [bosh];
+        const asked = new URLSearchParams(location.search).get("transport");
+        if (asked === "bosh" || !("WebSocket" in window)) {
+            return [bosh];
+        }
+        return asked === "websocket" ? [ws] : [ws, bosh];
     }
 
     function connect() {
