@@ -59,6 +59,7 @@ from iim.text import host_port
 from ..admission import Admission
 from ..c2s import SessionContext
 from . import hostmeta
+from .bosh import BoshSessions
 from .carrier import GatewayContext
 from .websocket import HEARTBEAT, serve_websocket
 
@@ -98,7 +99,7 @@ class WebGateway:
         self.max_unauthenticated = settings.max_unauthenticated
         self.origins = frozenset(settings.http_origins)
         self.plain_allowed = settings.http_allow_plain or not settings.requiressl
-        self.bosh = None                        # iim/server/web/bosh.py, when wired
+        self.bosh = BoshSessions(self)          # /http-bind
         self._runner: web.AppRunner | None = None
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
