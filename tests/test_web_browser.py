@@ -22,6 +22,7 @@ One browser and one server for the module: the browser is what costs.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,23 +38,31 @@ ENTER = "\ue007"                # WebDriver's Enter key
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
+    """The dev system with the gateway, and the browser (``system.browser``),
+    which starts (certutil, chromedriver, chromium) while the daemons do."""
     system = DevSystem(tmp_path_factory.mktemp("web") / "dev")
     system.http_port = free_port()
     system.web = system.variant("web.conf", {
         "iim_server.httpport": f"127.0.0.1:{system.http_port}",
         "iim_server.http_allow_plain": "true"})
-    system.server = system.start_server(system.web).wait_port(system.http_port)
-    system.start_mux(system.web)
+    with ThreadPoolExecutor(1) as pool:
+        browser = pool.submit(Chromium, tmp_path_factory.mktemp("chromium-home"),
+                              trust=[system.folder / "ca.pem"])
+        try:
+            system.server = system.start_server(system.web).wait_port(system.http_port)
+            system.start_mux(system.web)
+        finally:
+            system.browser = browser.result()
     yield system
-    system.stop_all()
+    try:
+        system.browser.quit()
+    finally:
+        system.stop_all()
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory, system):
-    chromium = Chromium(tmp_path_factory.mktemp("chromium-home"),
-                        trust=[system.folder / "ca.pem"])
-    yield chromium
-    chromium.quit()
+def browser(system):
+    return system.browser
 
 
 def log_in(browser: Chromium, url: str, password: str) -> None:
@@ -112,6 +121,8 @@ def check_the_lock(browser: Chromium, folder) -> None:
     assert browser.text("#lock-text") == "secure", summary
     assert browser.script("return document.getElementById('lock').className") == "lock closed"
     browser.click("#lock")
+    assert browser.script("return document.getElementById('lock').getAttribute("
+                          "'aria-expanded')") == "true"
     facts = browser.text("#lock-facts")
     assert "wss://localhost" in facts
     assert "TLSv1.3" in facts or "TLSv1.2" in facts
@@ -178,6 +189,27 @@ def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
         print(f"\nscreenshot at phone width: {browser.screenshot(tmp_path / 'phone.png')}")
     finally:
         browser.window_size(1100, 900)
+
+
+TAB = "\ue004"                  # WebDriver's Tab key
+
+
+def test_the_login_form_works_from_the_keyboard_with_focus_visible(system, browser):
+    """Focus starts in the address field, Tab goes to the password and then to
+    the button, each with a visible outline; Enter logs in."""
+    browser.get(f"https://localhost:{system.http_port}/im.html")
+    focused = ("const e = document.activeElement;"
+               "return [e.id, getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth];")
+    order = [browser.script(focused)]
+    for _ in range(2):
+        browser.press(TAB)
+        order.append(browser.script(focused))
+    assert [o[0] for o in order] == ["jid", "password", "login-button"], order
+    assert all(style != "none" and width != "0px" for _, style, width in order), order
+    browser.script("document.getElementById('jid').focus()")
+    browser.press("alice@localhost" + TAB + system.users["alice"] + ENTER)
+    browser.wait_for("return !document.getElementById('main-view').hidden", "alice logged in")
+    assert browser.script("return document.activeElement.id") == "add-jid"
 
 
 def test_over_plain_http_the_lock_is_open_and_the_page_says_why(system, browser, tmp_path):

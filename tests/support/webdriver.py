@@ -117,6 +117,11 @@ class Chromium:
         """Keys into the element (WebDriver key codes: "\\ue007" is Enter)."""
         self._session("POST", f"/element/{self.find(css)}/value", {"text": text})
 
+    def press(self, keys: str) -> None:
+        """Keys into whatever has the focus (as a user's keyboard would)."""
+        active = self._session("GET", "/element/active")[W3C_ELEMENT]
+        self._session("POST", f"/element/{active}/value", {"text": keys})
+
     def script(self, source: str, *args):
         return self._session("POST", "/execute/sync", {"script": source, "args": list(args)})
 
