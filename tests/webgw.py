@@ -174,3 +174,61 @@ class WsClient:
     async def close(self) -> None:
         await self.ws.close()
         await self.http.close()
+
+
+HTTPBIND = "http://jabber.org/protocol/httpbind"
+XBOSH = "urn:xmpp:xbosh"
+
+
+class BoshClient:
+    """XEP-0124/0206 by hand: ``post`` a body, get (status, parsed body)."""
+
+    def __init__(self, server: WebServer, *, secure: bool = True, origin: str | None = None):
+        self.server, self.secure = server, secure
+        self.http = aiohttp.ClientSession()
+        self.headers = {"Content-Type": "text/xml; charset=utf-8"}
+        if origin:
+            self.headers["Origin"] = origin
+        self.rid = 4000
+        self.sid: str | None = None
+        self.last_headers = None
+
+    async def raw(self, data: str | bytes) -> tuple[int, str]:
+        async with self.http.post(self.server.url("/http-bind", secure=self.secure), data=data,
+                                  headers=self.headers,
+                                  ssl=self.server.client_tls() if self.secure else False) as r:
+            self.last_headers = r.headers
+            return r.status, await r.text()
+
+    async def post(self, content: str = "", *, rid: int | None = None, **attrs) -> ET.Element:
+        if rid is None:
+            self.rid += 1
+            rid = self.rid
+        attrs = {"rid": str(rid), **({"sid": self.sid} if self.sid else {}), **attrs}
+        written = "".join(f" {k.replace('__', ':')}='{v}'" for k, v in attrs.items())
+        status, text = await asyncio.wait_for(
+            self.raw(f"<body xmlns='{HTTPBIND}' xmlns:xmpp='{XBOSH}'{written}>{content}</body>"),
+            DEADLINE + 60)
+        assert status == 200, (status, text)
+        return ET.fromstring(text)
+
+    async def create(self, *, wait: int = 10, hold: int = 1) -> ET.Element:
+        first = await self.post(to=DOMAIN, wait=wait, hold=hold, ver="1.11",
+                                xmpp__version="1.0")
+        self.sid = first.get("sid")
+        return first
+
+    async def login(self, user: str, resource: str = "bosh") -> str:
+        first = await self.create()
+        assert first.find(f"{{{STREAMS}}}features") is not None
+        token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
+        reply = await self.post(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
+        assert reply.find(f"{{{SASL}}}success") is not None, ET.tostring(reply)
+        reply = await self.post(to=DOMAIN, xmpp__restart="true")
+        assert reply.find(f".//{{{BIND}}}bind") is not None
+        reply = await self.post(f"<iq xmlns='jabber:client' type='set' id='b1'><bind "
+                                f"xmlns='{BIND}'><resource>{resource}</resource></bind></iq>")
+        return reply.findtext(f".//{{{BIND}}}jid")
+
+    async def close(self) -> None:
+        await self.http.close()

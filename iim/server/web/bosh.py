@@ -176,6 +176,8 @@ class BoshCore:
     def ready(self, now: float) -> list[tuple[int, str]]:
         """(rid, body) for every held request to answer now."""
         out = []
+        if self.held:
+            self.last_seen = now                # inactivity counts from the last answer (§8)
         if self.ended:
             while self.held:
                 out.append(self._answer(min(self.held), self._final()))
