@@ -44,7 +44,8 @@ def system(tmp_path_factory):
     system.http_port = free_port()
     system.web = system.variant("web.conf", {
         "iim_server.httpport": f"127.0.0.1:{system.http_port}",
-        "iim_server.http_allow_plain": "true"})
+        "iim_server.http_allow_plain": "true",
+        "iim_server.auth_failure_delay": "0"})     # a wrong password is answered at once
     with ThreadPoolExecutor(1) as pool:
         browser = pool.submit(Chromium, tmp_path_factory.mktemp("chromium-home"),
                               trust=[system.folder / "ca.pem"])
@@ -196,7 +197,8 @@ TAB = "\ue004"                  # WebDriver's Tab key
 
 def test_the_login_form_works_from_the_keyboard_with_focus_visible(system, browser):
     """Focus starts in the address field, Tab goes to the password and then to
-    the button, each with a visible outline; Enter logs in."""
+    the button, each with a visible outline; Enter logs in; a wrong password
+    is said so, and not tried again."""
     browser.get(f"https://localhost:{system.http_port}/im.html")
     focused = ("const e = document.activeElement;"
                "return [e.id, getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth];")
@@ -207,7 +209,11 @@ def test_the_login_form_works_from_the_keyboard_with_focus_visible(system, brows
     assert [o[0] for o in order] == ["jid", "password", "login-button"], order
     assert all(style != "none" and width != "0px" for _, style, width in order), order
     browser.script("document.getElementById('jid').focus()")
-    browser.press("alice@localhost" + TAB + system.users["alice"] + ENTER)
+    browser.press("alice@localhost" + TAB + "not her password" + ENTER)
+    wait_text(browser, "#login-error", "Wrong address or password.")
+    assert browser.script("return document.getElementById('main-view').hidden")
+    browser.script("document.getElementById('password').focus()")
+    browser.press(system.users["alice"] + ENTER)
     browser.wait_for("return !document.getElementById('main-view').hidden", "alice logged in")
     assert browser.script("return document.activeElement.id") == "add-jid"
 

@@ -86,9 +86,12 @@
             break;
         case S.AUTHFAIL:
             state.loggingOut = true;        // wrong password: do not retry
+            state.password = "";
             loginFailed(condition === "not-authorized" || !condition
                 ? "Wrong address or password."
                 : `Login refused (${condition}).`);
+            $("password").value = "";
+            $("password").focus();
             break;
         case S.CONNFAIL:
         case S.CONNTIMEOUT:
