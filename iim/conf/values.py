@@ -288,7 +288,7 @@ def parse_names(text: str) -> tuple[str, ...]:
 
 
 _ORIGIN = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)"
-                     r"(?::([0-9]{1,5}))?/?")
+                     r"(?::([0-9]{1,5}))?/?", re.IGNORECASE)
 
 
 def parse_origins(text: str) -> tuple[str, ...]:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mimetypes
 import socket
 import ssl
 from pathlib import Path
@@ -68,12 +67,11 @@ __all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX = "/im.html"
 TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
-_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+_TYPES = {".js": "text/javascript",     # RFC 9239; aiohttp would say application/javascript ".mjs": "text/javascript", ".css": "text/css",
           ".svg": "image/svg+xml", ".json": "application/json", ".woff2": "font/woff2",
-          ".wasm": "application/wasm", ".map": "application/json", ".txt": "text/plain",
-          ".md": "text/plain", ".ico": "image/x-icon", ".png": "image/png", ".html": "text/html"}
-for _suffix, _type in _TYPES.items():
-    mimetypes.add_type(_type, _suffix)
+          ".wasm": "application/wasm", ".map": "application/json", ".txt": "text/plain" + _UTF8,
+          ".md": "text/plain" + _UTF8, ".ico": "image/x-icon", ".png": "image/png",
+          ".html": "text/html" + _UTF8}
 
 
 class GatewayError(Exception):
@@ -188,7 +186,8 @@ class WebGateway:
         path = (root / relative).resolve()
         if root not in path.parents or not path.is_file() or path.name.startswith("."):
             raise web.HTTPNotFound(text="not found\n")
-        return web.FileResponse(path)
+        kind = _TYPES.get(path.suffix.lower())
+        return web.FileResponse(path, headers={"Content-Type": kind} if kind else None)
 
     def _plain_redirect(self, request: web.Request) -> None:
         """Plain requests go to https when plain sessions are refused."""

@@ -1,0 +1,206 @@
+"""The gateway's other pages: XEP-0156 discovery, the web client's static files and
+their headers, the listener (TLS and plain on one port), and the gateway's
+parameters (iim.conf errors, iim.admin check)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import socket
+from xml.etree import ElementTree as ET
+
+import aiohttp
+import pytest
+
+from iim.admin.check import check
+from iim.conf import ConfigError, from_text
+from webgw import WebServer, run
+
+XRD = "{http://docs.oasis-open.org/ns/xri/xrd-1.0}"
+WS_REL = "urn:xmpp:alt-connections:websocket"
+BOSH_REL = "urn:xmpp:alt-connections:xbosh"
+
+
+async def get(server: WebServer, path: str, *, secure: bool = True, **kw):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url(path, secure=secure), allow_redirects=False,
+                            ssl=server.client_tls() if secure else False, **kw) as response:
+            return response.status, response.headers, await response.read()
+
+
+# -- XEP-0156 --------------------------------------------------------------------------------
+
+
+def test_host_meta_xml_and_json_name_both_endpoints(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, requiressl=True) as server:
+            base = f"127.0.0.1:{server.http_port}"
+            status, headers, data = await get(server, "/.well-known/host-meta")
+            assert status == 200 and headers["Content-Type"].startswith("application/xrd+xml")
+            assert headers["Access-Control-Allow-Origin"] == "*"
+            links = {(l.get("rel"), l.get("href")) for l in ET.fromstring(data).iter(XRD + "Link")}
+            assert links == {(WS_REL, f"wss://{base}/ws"), (BOSH_REL, f"https://{base}/http-bind")}
+            status, headers, data = await get(server, "/.well-known/host-meta.json")
+            assert status == 200 and headers["Content-Type"].startswith("application/json")
+            found = {(l["rel"], l["href"]) for l in json.loads(data)["links"]}
+            assert found == links
+    run(scenario)
+
+
+def test_host_meta_lists_the_plain_endpoints_when_plain_sessions_are_allowed(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, requiressl=False) as server:
+            _, _, data = await get(server, "/.well-known/host-meta.json",
+                                   headers={"Host": "chat.example.com:5280"})
+            hrefs = [l["href"] for l in json.loads(data)["links"]]
+            assert hrefs == ["wss://chat.example.com:5280/ws",
+                             "https://chat.example.com:5280/http-bind",
+                             "ws://chat.example.com:5280/ws",
+                             "http://chat.example.com:5280/http-bind"]
+    run(scenario)
+
+
+def test_a_host_header_that_is_no_host_is_not_echoed(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            _, headers, data = await get(server, "/.well-known/host-meta.json",
+                                         headers={"Host": "evil.example/\"><script>"})
+            assert b"script" not in data and b"evil" not in data
+            assert "<script>" not in headers["Content-Security-Policy"]
+            assert "evil" not in headers["Content-Security-Policy"]
+    run(scenario)
+
+
+# -- static files ------------------------------------------------------------------------------
+
+
+def test_the_root_sends_the_browser_to_im_html(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            status, headers, _ = await get(server, "/")
+            assert status == 302 and headers["Location"] == "/im.html"
+    run(scenario)
+
+
+def test_static_files_have_their_types_and_the_security_headers(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, requiressl=True) as server:
+            static = server.server.web.static_dir
+            (tmp_path / "static").mkdir()
+            (tmp_path / "static" / "im.html").write_text("<!DOCTYPE html><title>t</title>")
+            (tmp_path / "static" / "app.js").write_text("1;")
+            (tmp_path / "static" / "app.css").write_text("p{}")
+            server.server.web.static_dir = tmp_path / "static"
+            status, headers, data = await get(server, "/im.html")
+            assert status == 200 and headers["Content-Type"].startswith("text/html")
+            assert headers["Cache-Control"] == "no-store"
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            csp = headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+            assert f"connect-src 'self' wss://127.0.0.1:{server.http_port}" in csp
+            assert "ws://" not in csp                    # plain sessions refused here
+            status, headers, _ = await get(server, "/static/app.js")
+            assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+            assert headers["Cache-Control"] == "no-cache"
+            status, headers, _ = await get(server, "/static/app.css")
+            assert headers["Content-Type"].startswith("text/css")
+            assert static.name == "static"
+    run(scenario)
+
+
+@pytest.mark.parametrize("path", ["/static/../../../../etc/passwd", "/static/%2e%2e/webgw.py",
+                                  "/static/.hidden", "/nothing.html", "/static/missing.js"])
+def test_nothing_outside_the_static_folder_is_served(tmp_path, ca, path):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            (tmp_path / "static").mkdir()
+            (tmp_path / "static" / ".hidden").write_text("secret")
+            server.server.web.static_dir = tmp_path / "static"
+            status, _, data = await get(server, path)
+            assert status == 404 and b"secret" not in data and b"root:" not in data
+    run(scenario)
+
+
+def test_plain_http_is_redirected_to_https_under_requiressl(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, requiressl=True) as server:
+            status, headers, _ = await get(server, "/im.html?x=1", secure=False)
+            assert status == 301
+            assert headers["Location"] == f"https://127.0.0.1:{server.http_port}/im.html?x=1"
+    run(scenario)
+
+
+def test_the_shipped_web_client_page_is_served(tmp_path, ca):
+    """Whatever iim/server/web/static/im.html holds (the web client's), it is
+    served as HTML with the headers."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            if not (server.server.web.static_dir / "im.html").is_file():
+                pytest.fail("iim/server/web/static/im.html is missing")
+            status, headers, data = await get(server, "/im.html")
+            assert status == 200 and data.lstrip().lower().startswith(b"<!doctype html")
+            assert headers["Cache-Control"] == "no-store"
+    run(scenario)
+
+
+# -- the listener ---------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls_on_the_gateway_is_1_2_or_later(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            context = server.client_tls()
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                async with aiohttp.ClientSession() as http:
+                    await http.get(server.url("/"), ssl=context)
+    run(scenario)
+
+
+def test_a_connection_that_closes_before_a_byte_costs_nothing(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            for _ in range(3):
+                sock = socket.create_connection(("127.0.0.1", server.http_port))
+                sock.close()
+            status, _, _ = await get(server, "/")
+            assert status == 302
+    run(scenario)
+
+
+# -- parameters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('iim_server.httpport = "5269"', "iim.conf:1: iim_server.httpport: :5269 is also "
+                                     "iim_server.port; the gateway needs a port of its own"),
+    ('iim_server.httpport = "web"', "iim.conf:1: iim_server.httpport: expected a port "
+                                    '(1-65535) or host:port, got "web"'),
+    ('iim_server.http_origins = "chat.example.com"',
+     'iim.conf:1: iim_server.http_origins: expected "*" or comma-separated origins such as '
+     '"https://chat.example.com", got "chat.example.com"'),
+    ('iim_server.http_allow_plain = "maybe"', "iim.conf:1: iim_server.http_allow_plain: "),
+])
+def test_gateway_parameters_are_checked_with_one_line_errors(text, expected):
+    with pytest.raises(ConfigError) as failed:
+        from_text(text, check_files=False)
+    assert str(failed.value).splitlines()[0].startswith(expected)
+
+
+def test_origins_are_kept_as_browsers_send_them():
+    config = from_text('iim_server.http_origins = "HTTPS://Chat.Example.com:443, '
+                       'http://localhost:8080/"', check_files=False)
+    assert config.server.http_origins == ("https://chat.example.com", "http://localhost:8080")
+    assert from_text("", check_files=False).server.httpport is None      # off by default
+
+
+def test_admin_check_mentions_the_gateway(tmp_path, ca):
+    server = WebServer(tmp_path, ca, requiressl=True)
+    lines = [str(finding) for finding in check(server.conf)]
+    assert any(line.startswith("OK: iim_server.httpport: the gateway on 127.0.0.1:"
+                               f"{server.http_port}") for line in lines), lines
+    off = tmp_path / "off.conf"
+    off.write_text(server.conf.read_text().replace("iim_server.httpport", "! x"))
+    assert any("iim_server.httpport is not set" in str(f) for f in check(off))
