@@ -40,14 +40,16 @@ QUERY = b"<security xmlns='urn:xmpp:iim:security:0'/>"
 class Client:
     """One client connection: a session, its carrier, the client stream, its TLS."""
 
-    def __init__(self, ctx, jid: str, *, ca=None, carrier_tls: CarrierTLS | None = None):
+    def __init__(self, ctx, jid: str, *, ca=None, carrier_tls: CarrierTLS | None = None,
+                 declared_secure: bool = False):
         self.carrier = MemoryCarrier()
         self.carrier.transport_tls = carrier_tls
-        self.session = ClientSession(ctx, self.carrier, secure_transport=carrier_tls is not None)
+        declared_secure = declared_secure or carrier_tls is not None
+        self.session = ClientSession(ctx, self.carrier, secure_transport=declared_secure)
         mode = TLSMode.REQUIRED if ca is not None else TLSMode.NEVER
         # With a CA the client runs STARTTLS, inside legacy SSL too (verify's --inner-starttls)
         self.stream = ClientStream(JID.parse(jid), "secret-" + jid.split("@")[0], tls=mode,
-                                   secure_transport=carrier_tls is not None and ca is None)
+                                   secure_transport=declared_secure and ca is None)
         self.tls: TLSLayer | None = None
         self._ca = ca
         self.stream.start()
@@ -182,6 +184,23 @@ def test_an_old_tls_version_reported_by_a_carrier_is_not_called_secure(world):
         juliet = Client(ctx, "juliet@example.com/old", carrier_tls=old)
         assert juliet.ask().find(SEC + "security").get("secure") == "false"
     world(scenario, tls=False)
+
+
+def test_a_transport_declared_secure_but_not_described_is_neither_vouched_for_nor_denied(
+        world, ca):
+    """A carrier that marks its sessions secure without saying how (a gateway
+    that keeps no TLS facts): no layer invented, no "not encrypted" either."""
+    def scenario(ctx):
+        juliet = Client(ctx, "juliet@example.com/web", declared_secure=True)
+        security = juliet.ask().find(SEC + "security")
+        assert security.get("secure") == "false"
+        assert [child.tag for child in security] == [SEC + "undescribed"]
+        romeo = Client(ctx, "romeo@example.com/web", declared_secure=True, ca=ca)
+        security = romeo.ask().find(SEC + "security")
+        assert security.get("secure") == "false"
+        assert [c.tag for c in security] == [SEC + "undescribed", SEC + "tls"]
+        assert security.find(SEC + "tls").get("layer") == "starttls"
+    world(scenario)
 
 
 def test_only_the_asking_session_is_described(world, ca):

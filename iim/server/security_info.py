@@ -37,6 +37,11 @@ One ``<tls/>`` per TLS layer between the client and this server, the outer
   reload it is the certificate the server presents now.
 
 No layer at all: ``<security secure='false'><not-encrypted/></security>``.
+A session whose stream was told its transport is protected
+(``secure_transport``: legacy SSL, the gateway's HTTPS) by a carrier that
+does not describe that protection gets ``<undescribed/>`` instead (and
+``secure='false'``, with any STARTTLS layer inside still listed): the server
+neither vouches for TLS it cannot name nor calls it unencrypted.
 ``secure`` is true when there is a layer and every layer is TLS 1.2 or later
 (the server never negotiates less; the check is here so that the answer
 never says "secure" about something else).
@@ -71,7 +76,7 @@ from iim.xmpp.ns import q
 from .stanzas import IqType
 
 __all__ = ["SECURITY_NS", "CarrierTLS", "Layer", "TLSEnd", "TLSHop", "SecurityInfo",
-           "hops_of", "describe"]
+           "carrier_tls", "describe", "hops_of", "undescribed"]
 
 SECURITY_NS = "urn:xmpp:iim:security:0"
 SECURITY_QUERY = q(SECURITY_NS, "security")
@@ -123,6 +128,13 @@ def hops_of(session, server_certificate: Callable[[], object | None]) -> list[TL
     return hops
 
 
+def undescribed(session, hops: list[TLSHop]) -> bool:
+    """The session's transport was declared protected (``secure_transport``)
+    but no carrier said how: neither "not encrypted" nor a layer may be said."""
+    return session.stream.transport_secure and not any(h.layer is not Layer.STARTTLS
+                                                       for h in hops)
+
+
 def carrier_tls(carrier, server_certificate: Callable[[], object | None]) -> CarrierTLS | None:
     """The TLS a carrier ended before the session: its ``transport_tls``; for a
     web gateway carrier that does not set it, its HTTPS connection's TLS as
@@ -141,11 +153,13 @@ def carrier_tls(carrier, server_certificate: Callable[[], object | None]) -> Car
                       server_certificate())
 
 
-def describe(hops: list[TLSHop]) -> Element:
+def describe(hops: list[TLSHop], *, undescribed: bool = False) -> Element:
     """The ``<security/>`` element for ``hops``."""
-    secure = bool(hops) and all(h.version in GOOD_VERSIONS for h in hops)
+    secure = bool(hops) and not undescribed and all(h.version in GOOD_VERSIONS for h in hops)
     answer = Element(SECURITY_QUERY, {"secure": "true" if secure else "false"})
-    if not hops:
+    if undescribed:
+        SubElement(answer, q(SECURITY_NS, "undescribed"))
+    elif not hops:
         SubElement(answer, q(SECURITY_NS, "not-encrypted"))
     for hop in hops:
         _hop_element(answer, hop)
@@ -183,4 +197,5 @@ class SecurityInfo:
             raise StanzaError(Cond.BAD_REQUEST, "the security query is a get")
         if len(payload) or (payload.text or "").strip():
             raise StanzaError(Cond.BAD_REQUEST, "the security query has no content")
-        return describe(hops_of(session, self.server_certificate))
+        hops = hops_of(session, self.server_certificate)
+        return describe(hops, undescribed=undescribed(session, hops))

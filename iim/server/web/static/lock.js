@@ -41,7 +41,8 @@ const IimLock = (() => {
                 } : null,
             };
         });
-        return {secure: security.getAttribute("secure") === "true", layers};
+        return {secure: security.getAttribute("secure") === "true", layers,
+                undescribed: security.getElementsByTagNameNS(NS, "undescribed").length > 0};
     }
 
     /* What the page can see of its own transport. */
@@ -69,6 +70,8 @@ const IimLock = (() => {
             reasons.push("the server has not confirmed the session yet");
         } else if (answer === null) {
             reasons.push("the server did not answer the security query");
+        } else if (answer.undescribed) {
+            reasons.push("the server cannot say how this session's connection is protected");
         } else if (!answer.secure) {
             reasons.push("the server says this session is not encrypted");
         } else if (!answer.layers.length || answer.layers[0].layer !== "https" ||
@@ -101,7 +104,10 @@ const IimLock = (() => {
         if (!answer) {
             return rows;
         }
-        if (!answer.layers.length) {
+        if (answer.undescribed) {
+            rows.push(["TLS", "not described: the server knows the connection is protected " +
+                              "but not how (TLS version, cipher, certificate)"]);
+        } else if (!answer.layers.length) {
             rows.push(["TLS", "none: the server says this session is not encrypted"]);
         }
         for (const layer of answer.layers) {
