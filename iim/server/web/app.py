@@ -67,11 +67,14 @@ __all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX = "/im.html"
 TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
-_TYPES = {".js": "text/javascript",     # RFC 9239; aiohttp would say application/javascript ".mjs": "text/javascript", ".css": "text/css",
-          ".svg": "image/svg+xml", ".json": "application/json", ".woff2": "font/woff2",
-          ".wasm": "application/wasm", ".map": "application/json", ".txt": "text/plain" + _UTF8,
-          ".md": "text/plain" + _UTF8, ".ico": "image/x-icon", ".png": "image/png",
-          ".html": "text/html" + _UTF8}
+_UTF8 = "; charset=utf-8"
+_TYPES = {   # set explicitly: aiohttp would say application/javascript (RFC 9239: text/javascript)
+    ".html": "text/html" + _UTF8, ".js": "text/javascript" + _UTF8,
+    ".mjs": "text/javascript" + _UTF8, ".css": "text/css" + _UTF8,
+    ".txt": "text/plain" + _UTF8, ".md": "text/plain" + _UTF8, ".map": "application/json",
+    ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
+    ".ico": "image/x-icon", ".woff2": "font/woff2", ".wasm": "application/wasm",
+}
 
 
 class GatewayError(Exception):
