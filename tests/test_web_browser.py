@@ -192,6 +192,27 @@ def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
         browser.window_size(1100, 900)
 
 
+def test_over_bosh_alice_chats_too(system, browser):
+    """The page with ?transport=bosh: XEP-0206 at /http-bind instead of the
+    WebSocket, the same chat."""
+    log_in(browser, f"https://localhost:{system.http_port}/im.html?transport=bosh",
+           system.users["alice"])
+
+    async def scenario():
+        bob = await Client("bob@localhost", system.users["bob"],
+                           system.folder / "ca.pem").online(system.mux_port)
+        bob.send_message(mto="alice@localhost", mbody="over BOSH?", mtype="chat")
+        await asyncio.to_thread(wait_text, browser, ".msg.in .body", "over BOSH?")
+        browser.type(".chat:not([hidden]) textarea", "yes, over BOSH" + ENTER)
+        answer = await next_item(bob.received)
+        assert answer["body"] == "yes, over BOSH"
+        await bob.offline()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    lock_settled(browser)
+    assert f"BOSH, https://localhost:{system.http_port}/http-bind" in browser.text("#lock-facts")
+
+
 TAB = "\ue004"                  # WebDriver's Tab key
 
 
