@@ -42,14 +42,15 @@ DEADLINE = 10.0                 # bounds a failure, not an expectation of speed
 
 class WebServer:
     def __init__(self, folder: Path, ca, *, requiressl: bool = False, tls: bool = True,
-                 extra: str = "") -> None:
+                 extra: str = "", mux: bool = False) -> None:
         self.folder, self.ca = folder, ca
         folder.mkdir(parents=True, exist_ok=True)
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port, self.link_port = free_port(), free_port(), free_port()
         make_storage(folder).close()                    # iim.db with the users
         lines = [f'iim_server.domainname = "{DOMAIN}"',
                  f'iim_server.port = "127.0.0.1:{self.port}"',
-                 'iim_server.usemuxport = "false"',
+                 f'iim_server.usemuxport = "{str(mux).lower()}"',
+                 f'iim_mux.serverport = "127.0.0.1:{self.link_port}"',
                  f'iim_server.httpport = "127.0.0.1:{self.http_port}"',
                  f'iim_server.requiressl = "{str(requiressl).lower()}"',
                  'iim_server.database = "iim.db"',
