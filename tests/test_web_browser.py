@@ -66,6 +66,17 @@ def browser(system):
     return system.browser
 
 
+@pytest.fixture(autouse=True)
+def no_script_errors(browser):
+    """After each test: no script error and no Content-Security-Policy
+    violation on the page's console (the gateway's CSP: 'self' only)."""
+    browser.console()
+    yield
+    bad = [entry["message"] for entry in browser.console()
+           if "Content Security Policy" in entry["message"] or "Uncaught" in entry["message"]]
+    assert bad == []
+
+
 def log_in(browser: Chromium, url: str, password: str) -> None:
     browser.get(url)
     browser.type("#jid", "alice@localhost")

@@ -80,6 +80,7 @@ class Chromium:
                 f"--user-data-dir={self.home / 'profile'}"]
         caps = {"capabilities": {"alwaysMatch": {
             "browserName": "chrome", "acceptInsecureCerts": False,
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}}}
         self.session = self._call("POST", "/session", caps)["sessionId"]
 
@@ -140,6 +141,11 @@ class Chromium:
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self._session("GET", "/screenshot")))
         return path
+
+    def console(self) -> list[dict]:
+        """What the pages wrote to the console since the last call (chromedriver's
+        log endpoint): script errors, CSP violations, failed loads."""
+        return self._session("POST", "/se/log", {"type": "browser"})
 
     def logs(self) -> str:
         return self.driver.stderr()
