@@ -376,3 +376,35 @@ def test_the_sid_is_long_and_random(tmp_path, ca):
                 await client.close()
             assert len(sids) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]{24}", s) for s in sids)
     run(scenario)
+
+
+def test_a_bosh_session_is_described_by_its_https_connection(tmp_path, ca):
+    """The security query (iim/server/security_info.py) names the HTTPS layer;
+    status counts the session as TLS with this server."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            client = BoshClient(server)
+            await client.login("juliet")
+            reply = await client.post("<iq xmlns='jabber:client' type='get' id='s1'>"
+                                      "<security xmlns='urn:xmpp:iim:security:0'/></iq>")
+            security = reply.find(".//{urn:xmpp:iim:security:0}security")
+            assert security.get("secure") == "true", ET.tostring(reply)
+            [tls] = security.findall("{urn:xmpp:iim:security:0}tls")
+            assert (tls.get("layer"), tls.get("ends")) == ("https", "server")
+            assert tls.get("version") in ("TLSv1.2", "TLSv1.3")
+            status = server.server.status()
+            assert status["sessions"]["tls"] == 1 and status["sessions"]["legacy-ssl"] == 0
+            await client.close()
+    run(scenario)
+
+
+def test_a_session_opened_over_https_does_not_continue_over_plain_http(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:         # plain allowed: requiressl off
+            client = BoshClient(server)
+            await client.login("juliet")
+            client.secure = False
+            reply = await client.post()
+            assert reply.get("condition") == "policy-violation"
+            await client.close()
+    run(scenario)

@@ -329,3 +329,23 @@ def test_a_ping_is_answered_and_a_peer_that_never_pongs_is_closed(tmp_path, ca):
             await ws.close()
             await http.close()
     run(scenario)
+
+
+def test_status_counts_wss_sessions_as_tls_and_ws_ones_as_none(tmp_path, ca, caplog):
+    caplog.set_level("INFO")
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:           # requiressl off: ws:// too
+            secure, plain = await WsClient.connect(server), await WsClient.connect(server, secure=False)
+            await secure.login("juliet")
+            await plain.send(OPEN)
+            await plain.frame()
+            features = await plain.frame()
+            assert "PLAIN" not in [m.text for m in features.iter(f"{{{SASL}}}mechanism")]
+            sessions = server.server.status()["sessions"]
+            assert sessions["tls"] == 1 and sessions["legacy-ssl"] == 0
+            assert "session juliet@example.com/web (TLSv1." in caplog.text
+            assert "(HTTPS)" in caplog.text
+            for client in (secure, plain):
+                await client.close()
+    run(scenario)

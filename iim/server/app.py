@@ -160,7 +160,9 @@ class Server:
             self.log.warning("iim_server.http_allow_plain is true: web sessions over plain HTTP "
                              "are allowed although iim_server.requiressl is true")
         self.web = WebGateway(self.config.server, self.ctx, self.admission,
-                              lambda: self.ctx.tls_context, self.log)
+                              lambda: self.ctx.tls_context, self.log,
+                              certificate=lambda: self.tls.material.certificate
+                              if self.tls is not None else None)
         try:
             await self.web.start()
         except GatewayError as exc:

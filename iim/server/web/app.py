@@ -87,11 +87,13 @@ class WebGateway:
     def __init__(self, settings: ServerSettings, ctx: SessionContext,
                  admission: Admission | None, tls_context: Callable[[], ssl.SSLContext | None],
                  log: logging.Logger, *, heartbeat: float = HEARTBEAT,
-                 static_dir: Path = STATIC_DIR) -> None:
+                 static_dir: Path = STATIC_DIR,
+                 certificate: Callable[[], object | None] = lambda: None) -> None:
         self.settings = settings
         self.ctx = GatewayContext(ctx)
         self.admission = admission
         self.tls_context = tls_context
+        self.certificate = certificate          # the server's, for the security query
         self.log = log
         self.heartbeat = heartbeat
         self.static_dir = static_dir

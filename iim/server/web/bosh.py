@@ -63,7 +63,7 @@ from iim.xmpp.errors import STREAMS_NS, StreamError
 from iim.xmpp.xml import STREAM_CLOSE, to_bytes
 
 from ..quota import source_of
-from .carrier import RateRefused, admit, open_session
+from .carrier import RateRefused, admit, https_tls, open_session
 from .framing import Closed, CoreOutput, FramedInput, Item, Opened, open_stream, standalone
 
 __all__ = ["BOSH_NS", "BoshCore", "BoshSessions", "Condition", "body"]
@@ -230,13 +230,14 @@ class BoshCore:
 class BoshCarrier:
     """A ClientSession's carrier over a BOSH session."""
 
-    __slots__ = ("bosh", "peer", "source", "output")
+    __slots__ = ("bosh", "peer", "source", "output", "transport_tls")
 
     def __init__(self, bosh: "BoshSession", peer: str, source: str) -> None:
         self.bosh = bosh
         self.peer = peer
         self.source = source
         self.output = CoreOutput()
+        self.transport_tls = None     # the last request's HTTPS connection (security_info.py)
 
     def write(self, data: bytes) -> None:
         core = self.bosh.core
@@ -417,6 +418,9 @@ class BoshSessions:
         bosh = self.by_sid.get(sid)
         if bosh is None:
             raise BoshError(Condition.ITEM_NOT_FOUND, "no such session")
+        if request.secure != bosh.secure:
+            raise BoshError(Condition.POLICY_VIOLATION, "a session stays on HTTPS or on HTTP")
+        bosh.carrier.transport_tls = https_tls(request.transport, self.gateway.certificate)
         flags = {"restart": element.get("{%s}restart" % XBOSH_NS) == "true",
                  "terminate": element.get("type") == "terminate",
                  "to": element.get("to"), "lang": element.get(XML_LANG)}
@@ -448,6 +452,7 @@ class BoshSessions:
                         inactivity=self.inactivity)
         sid = secrets.token_urlsafe(18)
         bosh = BoshSession(self, sid, core, f"bosh {host} {sid[:6]}", source, request.secure)
+        bosh.carrier.transport_tls = https_tls(request.transport, gateway.certificate)
         self.by_sid[sid] = bosh
         core.first = {"sid": sid, "wait": str(wait), "hold": str(hold),
                       "requests": str(core.requests), "inactivity": str(round(core.inactivity)),

@@ -28,8 +28,9 @@ from iim.xmpp.server_stream import ServerPolicy
 
 from ..admission import Admission, Refusal
 from ..c2s import Carrier, ClientSession, SessionContext
+from ..security_info import CarrierTLS, Layer, TLSEnd
 
-__all__ = ["GatewayContext", "RateRefused", "admit", "open_session"]
+__all__ = ["GatewayContext", "RateRefused", "WebSession", "admit", "https_tls", "open_session"]
 
 
 class RateRefused(Exception):
@@ -62,6 +63,33 @@ class GatewayContext:
         setattr(self._ctx, name, value)         # turnover and the like: the server's count
 
 
+class WebSession(ClientSession):
+    """A ClientSession whose TLS, if any, is its HTTPS connection's (the carrier's
+    ``transport_tls``, iim/server/security_info.py): logs and status say so."""
+
+    __slots__ = ()
+
+    def security(self) -> str:
+        tls = getattr(self.carrier, "transport_tls", None)
+        return f"{tls.version} {tls.cipher} (HTTPS)" if tls is not None else "no TLS (plain HTTP)"
+
+    @property
+    def transport_security(self) -> str:
+        """For status: ``tls`` (HTTPS, ended by this server) or ``none``."""
+        return "tls" if getattr(self.carrier, "transport_tls", None) is not None else "none"
+
+
+def https_tls(transport, certificate) -> CarrierTLS | None:
+    """The TLS of an HTTP connection (``transport``: aiohttp's request.transport),
+    None over plain HTTP; ``certificate()``: the server's, for the security query."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None or not ssl_object.version():
+        return None
+    name, _, bits = ssl_object.cipher() or ("", "", 0)
+    return CarrierTLS(Layer.HTTPS, TLSEnd.SERVER, ssl_object.version(), name, bits or 0,
+                      certificate())
+
+
 def admit(admission: Admission | None, source: str) -> Refusal | None:
     """The per-source gate's word on a new web stream; RateRefused when nothing
     may be made for it (over the source's accept rate)."""
@@ -75,7 +103,7 @@ def open_session(ctx: GatewayContext, carrier: Carrier, *, secure: bool,
                  refusal: Refusal | None, max_unauthenticated: int) -> ClientSession:
     """A ClientSession for a new web stream, or one already closed with the
     stream error that says why not (``refusal`` from ``admit``)."""
-    session = ClientSession(ctx, carrier, secure_transport=secure)
+    session = WebSession(ctx, carrier, secure_transport=secure)
     if refusal is Refusal.COUNT:
         session.close(refusal.stream_error())
     elif len(ctx.negotiating) > max_unauthenticated:

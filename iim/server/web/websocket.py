@@ -42,7 +42,7 @@ from iim.xmpp.errors import StreamError, StreamErrorCondition
 
 from ..c2s import ClientSession
 from ..quota import source_of
-from .carrier import RateRefused, admit, open_session
+from .carrier import RateRefused, admit, https_tls, open_session
 from .framing import Closed, CoreOutput, FramedInput, Item, Opened, close_frame, open_frame, \
     standalone
 
@@ -56,13 +56,15 @@ CLOSE_SECONDS = 2.0             # for the closing handshake once the reader ende
 class WebSocketCarrier:
     """A ClientSession's carrier over one WebSocket."""
 
-    __slots__ = ("ws", "peer", "source", "session", "output", "_queue", "_queued",
-                 "_wake", "_closing", "_writer")
+    __slots__ = ("ws", "peer", "source", "transport_tls", "session", "output", "_queue",
+                 "_queued", "_wake", "_closing", "_writer")
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str, source: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, peer: str, source: str,
+                 transport_tls=None) -> None:
         self.ws = ws
         self.peer = peer
         self.source = source
+        self.transport_tls = transport_tls      # the HTTPS connection's (security_info.py)
         self.session: ClientSession | None = None
         self.output = CoreOutput()
         self._queue: deque[str] = deque()
@@ -158,7 +160,8 @@ async def serve_websocket(request: web.Request, gateway) -> web.StreamResponse:
     except RateRefused as exc:
         raise web.HTTPTooManyRequests(text=f"too many new sessions from your address ({exc})\n")
     await ws.prepare(request)
-    carrier = WebSocketCarrier(ws, f"ws {host}:{_port_of(request)}", source)
+    carrier = WebSocketCarrier(ws, f"ws {host}:{_port_of(request)}", source,
+                               https_tls(request.transport, gateway.certificate))
     carrier.session = open_session(gateway.ctx, carrier, secure=request.secure, refusal=refusal,
                                    max_unauthenticated=gateway.max_unauthenticated)
     try:
