@@ -234,3 +234,47 @@ def test_disco_lists_the_feature(world):
                     reply.iter("{http://jabber.org/protocol/disco#info}feature")}
         assert "urn:xmpp:iim:security:0" in features
     world(scenario, tls=False)
+
+
+def test_a_legacy_ssl_session_of_a_mux_link_is_described_from_its_open_frame(tmp_path, ca):
+    """Over a real mux link (127.0.0.1): the OPEN frame says the multiplexor
+    ended legacy SSL with TLSv1.3 and a cipher; the session's answer says the
+    same, ending at the multiplexor, with no certificate (the mux's is not
+    the server's to read)."""
+    from iim.server.muxlink import start_mux_listener
+    from iim.xmpp.events import StanzaReceived
+    from test_muxlink_server import DOMAIN as MUX_DOMAIN, USERS, TestMux
+
+    async def scenario():
+        storage = Storage.open(tmp_path / "mux.db")
+        for user, password in USERS.items():
+            storage.add_user(user, password)
+        log = logging.getLogger("test.security.mux")
+        ctx = SessionContext(policy=ServerPolicy(MUX_DOMAIN), tls_context=None,
+                             router=Router(MUX_DOMAIN, storage, log=log), storage=storage,
+                             log=log)
+        listener = await start_mux_listener(ctx, "127.0.0.1", 0)
+        try:
+            mux = await TestMux.connect(listener.sockets[0].getsockname()[1])
+            await mux.handshake()
+            carol = await mux.login("carol", ca, 40003, legacy_tls=True,
+                                    tls_version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256")
+            iq = Element("{jabber:client}iq", {"type": "get", "id": "m1"})
+            iq.append(Element(SEC + "security"))
+            carol.stream.send_stanza(iq)
+            carol.flush()
+            reply = (await carol.next_event(StanzaReceived)).stanza
+            await mux.close()
+            return reply
+        finally:
+            listener.close()
+            await listener.wait_closed()
+            storage.close()
+
+    reply = asyncio.run(asyncio.wait_for(scenario(), 30))
+    security = reply.find(SEC + "security")
+    assert security.get("secure") == "true"
+    [tls] = security.findall(SEC + "tls")
+    assert tls.attrib == {"layer": "legacy-ssl", "ends": "multiplexor", "version": "TLSv1.3",
+                          "cipher": "TLS_AES_128_GCM_SHA256", "bits": "0"}
+    assert tls.find(SEC + "certificate") is None
