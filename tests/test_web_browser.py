@@ -203,6 +203,20 @@ def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
         browser.window_size(1100, 900)
 
 
+def test_logging_out_leaves_nothing_of_the_account_on_the_page(system, browser):
+    ensure_logged_in(system, browser)
+    wait_text(browser, "#roster li", "bob@localhost")
+    browser.click("#logout")
+    browser.wait_for("return !document.getElementById('login-view').hidden", "the login form")
+    state = browser.script(
+        "return {tabs: document.getElementById('tabs').children.length,"
+        " chats: document.querySelectorAll('.chat').length,"
+        " roster: document.getElementById('roster').children.length,"
+        " password: document.getElementById('password').value,"
+        " lock: document.getElementById('lock-text').textContent};")
+    assert state == {"tabs": 0, "chats": 0, "roster": 0, "password": "", "lock": "not secure"}
+
+
 def test_over_bosh_alice_chats_too(system, browser):
     """The page with ?transport=bosh: XEP-0206 at /http-bind instead of the
     WebSocket, the same chat."""

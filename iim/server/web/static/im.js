@@ -187,6 +187,9 @@
         }
         $("login-error").textContent = "";
         $("login-button").disabled = true;
+        if (jid !== state.jid) {
+            forget();
+        }
         Object.assign(state, {jid, password, loggingOut: false, everConnected: false,
                               failures: 0, transports: serviceUrls()});
         connect();
@@ -210,7 +213,22 @@
         }
         state.password = "";
         $("password").value = "";
+        forget();
         showLogin();
+    }
+
+    /* Nothing of one account stays on the page for the next. */
+    function forget() {
+        state.roster.clear();
+        state.requests.clear();
+        state.chats.clear();
+        state.current = null;
+        $("tabs").replaceChildren();
+        $("panels").replaceChildren($("no-chat"));
+        $("no-chat").hidden = false;
+        renderRoster();
+        renderRequests();
+        IimLock.show(serviceUrls()[0], undefined);
     }
 
     function showLogin() {
@@ -315,6 +333,8 @@
 
     function renderRoster() {
         const list = $("roster");
+        const focused = list.contains(document.activeElement)
+            ? document.activeElement.closest("li").dataset.jid : null;
         list.replaceChildren();
         const entries = [...state.roster.values()].sort(
             (a, b) => (a.name || a.jid).localeCompare(b.name || b.jid));
@@ -346,6 +366,9 @@
             button.addEventListener("click", () => openChat(entry.jid, true));
             li.append(button);
             list.append(li);
+            if (entry.jid === focused) {
+                button.focus();     // a presence update must not take the keyboard's place
+            }
         }
     }
 
