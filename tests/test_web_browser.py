@@ -219,7 +219,7 @@ def test_logging_out_leaves_nothing_of_the_account_on_the_page(system, browser):
 
 def test_over_bosh_alice_chats_too(system, browser):
     """The page with ?transport=bosh: XEP-0206 at /http-bind instead of the
-    WebSocket, the same chat."""
+    WebSocket, the same chat, and the lock closed on the server's answer."""
     log_in(browser, f"https://localhost:{system.http_port}/im.html?transport=bosh",
            system.users["alice"])
 
@@ -234,8 +234,11 @@ def test_over_bosh_alice_chats_too(system, browser):
         await bob.offline()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
-    lock_settled(browser)
-    assert f"BOSH, https://localhost:{system.http_port}/http-bind" in browser.text("#lock-facts")
+    summary = lock_settled(browser)
+    assert browser.text("#lock-text") == "secure", summary
+    facts = browser.text("#lock-facts")
+    assert f"BOSH, https://localhost:{system.http_port}/http-bind" in facts
+    assert "at the iim server" in facts and "CN=iim dev server" in facts
 
 
 TAB = "\ue004"                  # WebDriver's Tab key

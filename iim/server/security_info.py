@@ -57,9 +57,8 @@ Where the facts come from: ``session.tls`` (the session's STARTTLS, memory
 BIOs), and the carrier's optional ``transport_tls`` attribute, a
 ``CarrierTLS`` the carrier sets when TLS ended before the bytes reached the
 session (the mux link for a legacy-SSL session, the web gateway for
-``wss:``/``https:``; a web carrier that does not set it is read through
-aiohttp's ``get_extra_info("ssl_object")``). A layer nobody describes is
-never assumed: the answer says only what the server knows.
+``wss:``/``https:``, iim/server/web/). A layer nobody describes is never
+assumed: the answer says only what the server knows.
 """
 
 from __future__ import annotations
@@ -118,7 +117,7 @@ TLSHop = CarrierTLS     # one layer in an answer: the same facts
 def hops_of(session, server_certificate: Callable[[], object | None]) -> list[TLSHop]:
     """The TLS layers between ``session``'s client and this server, outer first."""
     hops = []
-    outer = carrier_tls(session.carrier, server_certificate)
+    outer = carrier_tls(session.carrier)
     if outer is not None:
         hops.append(outer)
     info = session.tls.info()
@@ -135,22 +134,9 @@ def undescribed(session, hops: list[TLSHop]) -> bool:
                                                        for h in hops)
 
 
-def carrier_tls(carrier, server_certificate: Callable[[], object | None]) -> CarrierTLS | None:
-    """The TLS a carrier ended before the session: its ``transport_tls``; for a
-    web gateway carrier that does not set it, its HTTPS connection's TLS as
-    aiohttp's ``get_extra_info("ssl_object")`` reports it (the gateway runs in
-    this process with the server's keystore context)."""
-    explicit = getattr(carrier, "transport_tls", None)
-    if explicit is not None:
-        return explicit
-    web = getattr(carrier, "ws", None)
-    extra = getattr(web, "get_extra_info", None)
-    tls = extra("ssl_object") if extra is not None else None
-    if tls is None or not tls.version():
-        return None
-    name, _, bits = tls.cipher() or ("", "", 0)
-    return CarrierTLS(Layer.HTTPS, TLSEnd.SERVER, tls.version(), name, bits or 0,
-                      server_certificate())
+def carrier_tls(carrier) -> CarrierTLS | None:
+    """The TLS a carrier ended before the session (its ``transport_tls``), or None."""
+    return getattr(carrier, "transport_tls", None)
 
 
 def describe(hops: list[TLSHop], *, undescribed: bool = False) -> Element:
