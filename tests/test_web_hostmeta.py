@@ -4,6 +4,7 @@ parameters (iim.conf errors, iim.admin check)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import socket
@@ -167,6 +168,30 @@ def test_a_connection_that_closes_before_a_byte_costs_nothing(tmp_path, ca):
                 sock.close()
             status, _, _ = await get(server, "/")
             assert status == 302
+    run(scenario)
+
+
+def test_a_request_head_dripped_slowly_is_cut_off(tmp_path, ca):
+    """slowloris: the head must be complete within negotiation_timeout."""
+    async def scenario():
+        extra = 'iim_server.negotiation_timeout = "1"\n'
+        async with WebServer(tmp_path, ca, requiressl=False, extra=extra) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")     # and never the blank line
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+    run(scenario)
+
+
+def test_a_bosh_body_dripped_slowly_is_cut_off(tmp_path, ca):
+    async def scenario():
+        extra = 'iim_server.stanza_timeout = "1"\n'
+        async with WebServer(tmp_path, ca, requiressl=False, extra=extra) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+            writer.write(b"POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                         b"Content-Length: 1000\r\n\r\n<body rid='1'")
+            assert b"200 OK" not in await asyncio.wait_for(reader.read(), 20)
+            writer.close()
     run(scenario)
 
 

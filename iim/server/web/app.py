@@ -81,6 +81,65 @@ class GatewayError(Exception):
     """One line for the operator; the server does not start."""
 
 
+class HeadWatch(asyncio.Protocol):
+    """Between aiohttp's RequestHandler and its transport: a request's head
+    must be complete within ``limit`` seconds of its first byte.
+
+    aiohttp waits for a request's headers for ever, so a client that drips a
+    header a minute (slowloris) would hold a connection, and its buffers, as
+    long as it likes. The clock starts with the first byte that arrives while
+    no request is being handled and stops when the application starts handling
+    one (``started``, from the gateway's middleware); a WebSocket is handled
+    for as long as it lives, a BOSH request until it is answered.
+    """
+
+    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_gone", "_forget")
+
+    def __init__(self, inner: asyncio.Protocol, limit: float, forget: Callable) -> None:
+        self.inner, self.limit, self._forget = inner, limit, forget
+        self.transport = None
+        self.active = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
+        self.inner.data_received(data)
+
+    def started(self) -> None:
+        self.active += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def finished(self) -> None:
+        self.active -= 1
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self.active and self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._forget(self.inner)
+        self.inner.connection_lost(exc)
+
+
 class WebGateway:
     """The aiohttp application and its listener on ``iim_server.httpport``."""
 
@@ -106,11 +165,13 @@ class WebGateway:
         self._runner: web.AppRunner | None = None
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
+        self._watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
 
     # -- the application -----------------------------------------------------------------
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_stanza_bytes + 16384)
+        app = web.Application(client_max_size=self.max_stanza_bytes + 16384,
+                              middlewares=[self._watched])
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/.well-known/host-meta", self._host_meta)
         app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
@@ -121,6 +182,18 @@ class WebGateway:
             self.bosh.add_routes(app, self)
         app.on_response_prepare.append(self._security_headers)
         return app
+
+    @web.middleware
+    async def _watched(self, request: web.Request, handler) -> web.StreamResponse:
+        """Tell the connection's HeadWatch that a request is being handled."""
+        watch = self._watches.get(request.protocol)
+        if watch is not None:
+            watch.started()
+        try:
+            return await handler(request)
+        finally:
+            if watch is not None:
+                watch.finished()
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         self.check_session_request(request)
@@ -292,11 +365,19 @@ class WebGateway:
                 return
             tls = context if first[0] == TLS_HANDSHAKE else None
             await loop.connect_accepted_socket(
-                self._runner.server, sock, ssl=tls,
+                self._watch, sock, ssl=tls,
                 ssl_handshake_timeout=self.ctx.negotiation_timeout if tls else None)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self.log.debug("gateway: connection dropped before HTTP: %s", exc)
             sock.close()
+
+    def _watch(self) -> HeadWatch:
+        """aiohttp's handler for a new connection, behind a HeadWatch."""
+        inner = self._runner.server()
+        watch = HeadWatch(inner, self.ctx.negotiation_timeout,
+                          lambda handler: self._watches.pop(handler, None))
+        self._watches[inner] = watch
+        return watch
 
     async def stop(self) -> None:
         for sock in self._socks:

@@ -397,9 +397,13 @@ class BoshSessions:
         if request.content_length is not None and request.content_length > limit:
             return _reply(body(terminate=Condition.POLICY_VIOLATION), headers, status=413)
         try:
-            data = await request.read()             # within client_max_size (app.py)
+            data = await asyncio.wait_for(request.read(),          # within client_max_size
+                                          self.gateway.ctx.stanza_timeout)
         except web.HTTPRequestEntityTooLarge:
             return _reply(body(terminate=Condition.POLICY_VIOLATION), headers, status=413)
+        except asyncio.TimeoutError:                # a body dripped slowly (app.py HeadWatch)
+            request.transport.abort()
+            return _reply("", headers, status=408)
         try:
             text = await self._answer(request, data)
         except BoshError as exc:
