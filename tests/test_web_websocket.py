@@ -14,6 +14,7 @@ from xml.etree import ElementTree as ET
 import aiohttp
 import pytest
 
+from iim.conf import from_text
 from live import Client, next_item
 from webgw import (
     BIND, CLOSE, FRAMING, OPEN, SASL, STREAMS, WebServer, WsClient, run,
@@ -348,4 +349,22 @@ def test_status_counts_wss_sessions_as_tls_and_ws_ones_as_none(tmp_path, ca, cap
             assert "(HTTPS)" in caplog.text
             for client in (secure, plain):
                 await client.close()
+    run(scenario)
+
+
+def test_a_refresh_that_turns_requiressl_on_refuses_new_plain_sessions(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, requiressl=False) as server:
+            plain = await WsClient.connect(server, secure=False)     # allowed: requiressl off
+            text = server.conf.read_text().replace('requiressl = "false"', 'requiressl = "true"')
+            server.conf.write_text(text)
+            answer = server.server.refresh(from_text(text, str(server.conf),
+                                                     base_dir=server.folder))
+            assert "iim_server.requiressl" in answer["applied"]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await WsClient.connect(server, secure=False)
+            assert refused.value.status == 403
+            await plain.send(OPEN)                                   # established ones stay
+            assert (await plain.frame()).tag == f"{{{FRAMING}}}open"
+            await plain.close()
     run(scenario)

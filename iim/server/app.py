@@ -159,7 +159,7 @@ class Server:
         if self.config.server.requiressl and self.config.server.http_allow_plain:
             self.log.warning("iim_server.http_allow_plain is true: web sessions over plain HTTP "
                              "are allowed although iim_server.requiressl is true")
-        self.web = WebGateway(self.config.server, self.ctx, self.admission,
+        self.web = WebGateway(lambda: self.config.server, self.ctx, self.admission,
                               lambda: self.ctx.tls_context, self.log,
                               certificate=lambda: self.tls.material.certificate
                               if self.tls is not None else None)

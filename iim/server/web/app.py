@@ -143,12 +143,12 @@ class HeadWatch(asyncio.Protocol):
 class WebGateway:
     """The aiohttp application and its listener on ``iim_server.httpport``."""
 
-    def __init__(self, settings: ServerSettings, ctx: SessionContext,
+    def __init__(self, settings: Callable[[], ServerSettings], ctx: SessionContext,
                  admission: Admission | None, tls_context: Callable[[], ssl.SSLContext | None],
                  log: logging.Logger, *, heartbeat: float = HEARTBEAT,
                  static_dir: Path = STATIC_DIR,
                  certificate: Callable[[], object | None] = lambda: None) -> None:
-        self.settings = settings
+        self._settings = settings               # the running iim_server.* (refresh changes it)
         self.ctx = GatewayContext(ctx)
         self.admission = admission
         self.tls_context = tls_context
@@ -156,20 +156,45 @@ class WebGateway:
         self.log = log
         self.heartbeat = heartbeat
         self.static_dir = static_dir
-        self.max_stanza_bytes = settings.maxstanzasize
-        self.max_xmlns = settings.limits.max_xmlns_per_stanza
-        self.max_unauthenticated = settings.max_unauthenticated
-        self.origins = frozenset(settings.http_origins)
-        self.plain_allowed = settings.http_allow_plain or not settings.requiressl
         self.bosh = BoshSessions(self)          # /http-bind
         self._runner: web.AppRunner | None = None
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self._watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
 
+    # -- what iim.conf says now (iim.admin refresh: requiressl and maxstanzasize are live) --
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self._settings()
+
+    @property
+    def max_stanza_bytes(self) -> int:
+        return self.settings.maxstanzasize
+
+    @property
+    def max_xmlns(self) -> int:
+        return self.settings.limits.max_xmlns_per_stanza
+
+    @property
+    def max_unauthenticated(self) -> int:
+        return self.settings.max_unauthenticated
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        return self.settings.http_origins
+
+    @property
+    def plain_allowed(self) -> bool:
+        """Plain HTTP carries web sessions (see the module docstring)."""
+        settings = self.settings
+        return settings.http_allow_plain or not settings.requiressl
+
     # -- the application -----------------------------------------------------------------
 
     def application(self) -> web.Application:
+        # the body limit is fixed when the gateway starts (a refresh that raises
+        # maxstanzasize lets larger stanzas through the core, BOSH bodies at restart)
         app = web.Application(client_max_size=self.max_stanza_bytes + 16384,
                               middlewares=[self._watched])
         app.router.add_get("/ws", self._websocket)
