@@ -368,3 +368,63 @@ def test_a_refresh_that_turns_requiressl_on_refuses_new_plain_sessions(tmp_path,
             assert (await plain.frame()).tag == f"{{{FRAMING}}}open"
             await plain.close()
     run(scenario)
+
+
+def test_an_open_for_another_domain_is_host_unknown(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            client = await WsClient.connect(server)
+            await client.send(f"<open xmlns='{FRAMING}' to='elsewhere.example' version='1.0'/>")
+            assert await stream_error(client) == "host-unknown"
+            await client.close()
+    run(scenario)
+
+
+def test_shutdown_is_a_system_shutdown_stream_error_then_close(tmp_path, ca):
+    async def scenario():
+        server = await WebServer(tmp_path, ca).start()
+        client = await WsClient.connect(server)
+        await client.login("juliet")
+        stopping = asyncio.ensure_future(server.stop())
+        assert await stream_error(client) == "system-shutdown"
+        await stopping
+        await client.close()
+    run(scenario)
+
+
+def test_a_websocket_session_resumes_after_its_connection_is_lost(tmp_path, ca):
+    """XEP-0198 is the core's: a stream managed over one WebSocket resumes on
+    another, and a message sent meanwhile arrives after <resumed/>."""
+    SM = "urn:xmpp:sm:3"
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            juliet = await WsClient.connect(server)
+            await juliet.login("juliet")
+            await juliet.send(f"<enable xmlns='{SM}' resume='true'/>")
+            enabled = await juliet.frame()
+            assert enabled.tag == f"{{{SM}}}enabled" and enabled.get("resume") == "true"
+            await juliet.send("<presence xmlns='jabber:client'/>")
+            await juliet.frame()
+            await juliet.close()                                # no <close/>: lost
+            romeo = await WsClient.connect(server)
+            await romeo.login("romeo")
+            await romeo.send(CHAT.format(to="juliet@example.com/web", id="r1", body="still?"))
+            again = await WsClient.connect(server)
+            await again.send(OPEN)
+            await again.frame(), await again.frame()
+            token = base64.b64encode(b"\0juliet\0secret").decode()
+            await again.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
+            assert (await again.frame()).tag == f"{{{SASL}}}success"
+            await again.send(OPEN)
+            await again.frame(), await again.frame()
+            await again.send(f"<resume xmlns='{SM}' previd='{enabled.get('id')}' h='1'/>")
+            assert (await again.frame()).tag == f"{{{SM}}}resumed"
+            frame = await again.frame()
+            while frame.tag != "{jabber:client}message":        # <r/> and the like first
+                frame = await again.frame()
+            assert frame.findtext("{jabber:client}body") == "still?"
+            assert frame.get("from") == "romeo@example.com/web"
+            for client in (romeo, again):
+                await client.close()
+    run(scenario)
