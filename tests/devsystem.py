@@ -39,10 +39,11 @@ class DevSystem:
         copy_dev_setup(self.folder)
         self.conf = self.folder / "iim.conf"
         self.server_port, self.link_port = free_port(), free_port()
-        self.mux_port = free_port()
+        self.mux_port, self.http_port = free_port(), free_port()
         self._set(self.conf, {"iim_server.port": f"127.0.0.1:{self.server_port}",
                               "iim_mux.serverport": f"127.0.0.1:{self.link_port}",
                               "iim_mux.listenport": f"127.0.0.1:{self.mux_port}",
+                              "iim_server.httpport": f"127.0.0.1:{self.http_port}",
                               "iim.log.iim_server.url": "server.log",
                               "iim.log.iim_mux.url": "mux.log"})
         self.users = {}                         # localpart -> password
