@@ -28,7 +28,6 @@ import pytest
 
 from devsystem import DevSystem
 from live import Client, next_item
-from support import free_port
 from support.webdriver import Chromium, available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -40,11 +39,9 @@ ENTER = "\ue007"                # WebDriver's Enter key
 def system(tmp_path_factory):
     """The dev system with the gateway, and the browser (``system.browser``),
     which starts (certutil, chromedriver, chromium) while the daemons do."""
-    system = DevSystem(tmp_path_factory.mktemp("web") / "dev")
-    system.http_port = free_port()
+    system = DevSystem(tmp_path_factory.mktemp("web") / "dev")    # gateway on system.http_port
     system.web = system.variant("web.conf", {
-        "iim_server.httpport": f"127.0.0.1:{system.http_port}",
-        "iim_server.http_allow_plain": "true",
+        "iim_server.http_allow_plain": "true",              # as dev-setup writes it
         "iim_server.auth_failure_delay": "0"})     # a wrong password is answered at once
     with ThreadPoolExecutor(1) as pool:
         browser = pool.submit(Chromium, tmp_path_factory.mktemp("chromium-home"),
