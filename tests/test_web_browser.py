@@ -200,6 +200,16 @@ def test_at_phone_width_nothing_overflows_and_the_contacts_sit_above_the_chats(
         browser.window_size(1100, 900)
 
 
+def test_a_contact_added_with_the_form_appears_in_the_roster(system, browser):
+    """A roster set, then a subscription request (RFC 6121 §2.4, §3.1); the
+    roster push puts the new contact on the page."""
+    ensure_logged_in(system, browser)
+    browser.script("document.getElementById('add-jid').focus()")
+    browser.press("Carol@localhost" + ENTER)
+    wait_text(browser, "#roster li[data-jid='carol@localhost']", "carol@localhost")
+    wait_text(browser, "#status", "Asked carol@localhost to share presence.")
+
+
 def test_logging_out_leaves_nothing_of_the_account_on_the_page(system, browser):
     ensure_logged_in(system, browser)
     wait_text(browser, "#roster li", "bob@localhost")
