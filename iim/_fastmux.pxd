@@ -114,6 +114,8 @@ cdef struct Core:
     int64_t keepalive_ms
     int64_t handshake_ms
     int64_t linger_ms
+    int64_t flush_delay_us      # hold a small link output this long (0: flush every turn)
+    int64_t flush_at_us         # when the held output goes (0: nothing held)
     int64_t now
     int64_t last_rx
     int64_t ping_sent           # 0: no PING outstanding

@@ -33,6 +33,18 @@ still point at it:
    kernel allows: every frame produced during the turn (DATA read from many
    clients, WINDOW, OPEN, CLOSE) was appended to that one buffer.
 
+At moderate load a turn sees one or two events, so flushing every turn means
+about one link send() per client message, and as many wakeups of the server
+and, for its answers, of this loop. So a small link output (under
+FLUSH_BATCH) may be held for up to ``flush_delay_us``
+(iim_mux.link_flush_delay_us): the next turns append to it, and it leaves
+when the delay is over (epoll_pwait2 sleeps to that microsecond), when it
+reaches FLUSH_BATCH, or when clients wait for the link to drain. This trades
+at most that delay of latency for fewer system calls and context switches on
+both ends of the link. A short read of the plain link means its socket is
+drained (a later byte raises a new edge), so no recv() is spent to hear
+EAGAIN.
+
 Client bytes are read directly into the link output buffer behind a
 reserved 12-byte header (no copy), at most the session's credit, at most
 64 KiB per session per turn (fairness: a busy session goes to the back of
@@ -134,6 +146,7 @@ cdef enum:
     LINK_HIGH = 1048576         # link output: stop reading clients above this
     LINK_LOW = 262144           # ... and resume below this
     OUT_MIN = 4096              # first client output buffer
+    FLUSH_BATCH = 16384         # link output sent at once, whatever flush_delay says
     DRAIN_MS = 1000             # final flush of the link at stop
     LINGER_MS = 2000            # then wait for the server to close its end
     TAG_LISTEN = 1              # epoll data of the non-session fds
@@ -187,6 +200,12 @@ cdef inline int64_t now_ms() noexcept nogil:
     cdef posix.timespec ts
     posix.clock_gettime(posix.CLOCK_MONOTONIC, &ts)
     return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef inline int64_t now_us() noexcept nogil:
+    cdef posix.timespec ts
+    posix.clock_gettime(posix.CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
 cdef inline size_t smin(size_t a, size_t b) noexcept nogil:
@@ -1205,17 +1224,26 @@ cdef ssize_t link_send(Core *c, const uint8_t *p, size_t n) noexcept nogil:
 
 cdef void link_read(Core *c) noexcept nogil:
     cdef size_t budget = LINK_READ_BUDGET
+    cdef size_t want
     cdef ssize_t r
     while budget > 0 and c.exit == RUNNING:
         if buf_reserve(&c.lin, HEADER + MAX_PAYLOAD, 0) < 0:
             core_fail(c, X_NOMEM, 0, "no memory for the link input buffer")
             return
-        r = link_recv(c, c.lin.data + c.lin.tail, c.lin.cap - c.lin.tail)
+        want = c.lin.cap - c.lin.tail
+        r = link_recv(c, c.lin.data + c.lin.tail, want)
         if r > 0:
             c.lin.tail += r
             c.st.link_reads += 1
             budget -= smin(<size_t>r, budget)
             parse_frames(c)
+            # A short read of the plain link drained its socket: bytes that come
+            # later raise a new edge, so the recv() that would say EAGAIN is saved
+            # (one syscall per link read). Not through TLS, whose reads stop at
+            # a record's end.
+            if <size_t>r < want and c.link_ssl == NULL:
+                c.link_readable = False
+                return
         elif r == 0:
             core_fail(c, X_LINK_LOST, 0, "the server closed the connection")
         elif r == -1:
@@ -1360,16 +1388,46 @@ cdef inline bint stopping(Core *c) noexcept nogil:
     return posix.__atomic_load_n(&c.stop, posix.__ATOMIC_SEQ_CST) != 0
 
 
+cdef void flush_turn(Core *c) noexcept nogil:
+    """End of a turn: send the link output, or hold a small one for at most
+    flush_delay_us so that the frames of more turns share one send() (and the
+    server one wakeup). What exceeds FLUSH_BATCH, or would stall reading
+    clients, goes at once."""
+    cdef int64_t t
+    if (c.flush_delay_us <= 0 or buf_len(&c.lout) == 0 or buf_len(&c.lout) >= FLUSH_BATCH
+            or not c.link_writable or not ring_empty(&c.linkwait)):
+        link_flush(c)
+        c.flush_at_us = 0
+        return
+    t = now_us()
+    if c.flush_at_us == 0:
+        c.flush_at_us = t + c.flush_delay_us
+    elif t >= c.flush_at_us:
+        link_flush(c)
+        c.flush_at_us = 0
+
+
 cdef int core_run(Core *c) noexcept nogil:
     cdef epoll.epoll_event events[MAX_EVENTS]
-    cdef int i, n
+    cdef int i, n, timeout
+    cdef int64_t held
     c.now = now_ms()
     c.last_rx = c.now
     while c.exit == RUNNING:
         if stopping(c):
             core_fail(c, X_STOPPED, 0, "stopped")
             break
-        n = epoll.epoll_wait(c.ep, events, MAX_EVENTS, next_timeout(c))
+        timeout = next_timeout(c)
+        if c.flush_at_us and timeout != 0:
+            held = c.flush_at_us - now_us()
+            if held < 0:
+                held = 0
+            if timeout < 0 or held < <int64_t>timeout * 1000:
+                n = epoll.iim_epoll_wait_ns(c.ep, events, MAX_EVENTS, held * 1000)
+            else:
+                n = epoll.epoll_wait(c.ep, events, MAX_EVENTS, timeout)
+        else:
+            n = epoll.epoll_wait(c.ep, events, MAX_EVENTS, timeout)
         c.now = now_ms()
         if n < 0:
             if posix.errno != posix.EINTR:
@@ -1384,7 +1442,7 @@ cdef int core_run(Core *c) noexcept nogil:
         run_queue(c)
         if c.exit == RUNNING:
             run_timers(c)
-        link_flush(c)
+        flush_turn(c)
     core_teardown(c)
     return c.exit
 
@@ -2022,7 +2080,8 @@ cdef class Relay:
     """One relay: a listening socket, one authenticated server link, its clients.
 
     ``Relay(listen_fd, link_fd, window, limit, tls=None, handshake_timeout=10.0,
-    instance=0, thread=0, keepalive=30.0, linger=30.0, sources=None)``
+    instance=0, thread=0, keepalive=30.0, linger=30.0, sources=None, link_tls=None,
+    flush_delay=0.0)``
 
     * ``listen_fd`` - a listening TCP socket, borrowed (the caller closes it,
       after run() returned). Made non-blocking.
@@ -2040,6 +2099,8 @@ cdef class Relay:
     * ``keepalive`` - seconds without traffic before PING (0: never).
     * ``linger`` - seconds a client closed by the server may take to read
       what is still pending for it.
+    * ``flush_delay`` - seconds a small link output may be held to gather more
+      (iim_mux.link_flush_delay_us); 0: sent at the end of every loop turn.
 
     ``run()`` serves until the link is lost or ``stop()`` is called (from any
     thread) and returns an EXIT_* code; ``exit_detail`` says more. It runs
@@ -2049,7 +2110,7 @@ cdef class Relay:
     def __cinit__(self, int listen_fd, int link_fd, unsigned int window, limit,
                   TlsContext tls=None, double handshake_timeout=10.0, int instance=0,
                   int thread=0, double keepalive=30.0, double linger=30.0,
-                  SourceLimit sources=None, LinkTls link_tls=None):
+                  SourceLimit sources=None, LinkTls link_tls=None, double flush_delay=0.0):
         cdef Core *c = <Core *>calloc(1, sizeof(Core))
         if c == NULL:
             posix.close(link_fd)
@@ -2082,6 +2143,7 @@ cdef class Relay:
         c.handshake_ms = <int64_t>(handshake_timeout * 1000)
         c.keepalive_ms = <int64_t>(keepalive * 1000)
         c.linger_ms = <int64_t>(linger * 1000)
+        c.flush_delay_us = <int64_t>(flush_delay * 1e6)
         c.limit_count = &self.limit._count
         c.limit_max = self.limit._maximum
         c.mask = table_size(self.limit._maximum) - 1

@@ -180,6 +180,41 @@ def test_frames_for_many_sessions_share_few_link_writes():
         peer.close()
 
 
+def test_a_flush_delay_gathers_the_bytes_of_several_turns_into_one_link_write():
+    """iim_mux.link_flush_delay_us: small output is held (here up to 0.5 s, to make
+    the gathering certain), then leaves by itself, with no further event."""
+    peer = LinkPeer(echo=False)
+    h = RelayHarness(peer, flush_delay=0.5)
+    try:
+        clients = [h.client() for _ in range(20)]
+        sids = [h.opened(c) for c in clients]
+        before = h.stats()
+        for i, c in enumerate(clients):
+            c.sendall(b"msg %d;" % i)
+        wait_until(lambda: all(h.link.received[sid] == b"msg %d;" % i
+                               for i, sid in enumerate(sids)))
+        writes = h.stats()["link_writes"] - before["link_writes"]
+        assert 1 <= writes <= 4, writes
+        assert h.link.errors == []
+    finally:
+        h.stop()
+        peer.close()
+
+
+def test_output_over_the_batch_size_is_not_held():
+    peer = LinkPeer(echo=False)
+    h = RelayHarness(peer, flush_delay=60.0)
+    try:
+        c = h.client()
+        data = os.urandom(40000)
+        c.sendall(data)             # OPEN and the first DATA: over 16 KiB, so not held
+        sid = h.opened(c)
+        wait_until(lambda: bytes(h.link.received[sid]) == data)
+    finally:
+        h.stop()
+        peer.close()
+
+
 # -- flow control -------------------------------------------------------------------------
 
 def test_a_client_that_never_reads_costs_one_window_and_stalls_only_itself(relay):

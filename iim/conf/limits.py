@@ -29,6 +29,7 @@ __all__ = ["Limit", "MuxLimits", "ServerLimits", "MUX_LIMITS", "SERVER_LIMITS", 
 
 _seconds = at_least(0, "expected a number of seconds")
 _seconds_min_1 = at_least(1, "expected a number of seconds, at least 1")
+_microseconds = at_least(0, "expected a number of microseconds")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ MUX_LIMITS = (
     Limit("maxsessions_per_source", positive, (2, 1_000_000)),
     Limit("accept_rate_per_source", positive, (1, 1_000_000)),
     Limit("handshake_timeout", _seconds_min_1, (2, 300)),
+    Limit("link_flush_delay_us", _microseconds, (0, 5000)),
 )
 
 
@@ -172,6 +174,11 @@ class MuxLimits:
     to the end of its TLS handshake, its first byte included; then it is closed
     and nothing has gone to the server. It holds one of maxsessions and of
     maxsessions_per_source meanwhile. Unused when usessl is off."""
+    link_flush_delay_us: int = 250
+    """Microseconds a relay may hold a small link output (under 16 KiB) so that
+    the frames of several loop turns, many sessions' bytes, leave in one send()
+    and wake the server once: the most a client's bytes wait for it. 0 sends at
+    the end of every turn."""
 
 
 def defaults(dataclass_) -> dict[str, str]:

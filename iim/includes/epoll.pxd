@@ -19,6 +19,26 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
 
+cdef extern from *:
+    """
+    #include <sys/epoll.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #include <time.h>
+    /* epoll_wait with a timeout in nanoseconds (Linux 5.11; glibc 2.35 wraps it,
+       called through syscall() so that older headers build too). */
+    static int iim_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents,
+                                 long long ns) {
+    #ifdef SYS_epoll_pwait2
+        struct timespec ts = { ns / 1000000000LL, ns % 1000000000LL };
+        return (int)syscall(SYS_epoll_pwait2, epfd, events, maxevents, &ts, NULL, 0);
+    #else
+        return epoll_wait(epfd, events, maxevents, (int)((ns + 999999) / 1000000));
+    #endif
+    }
+    """
+    int iim_epoll_wait_ns(int epfd, epoll_event *events, int maxevents, long long ns) nogil
+
     int EPOLL_CLOEXEC
     int EPOLL_CTL_ADD
     int EPOLL_CTL_DEL

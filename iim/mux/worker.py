@@ -95,6 +95,7 @@ class WorkerSettings:
     maxsessions_per_source: int = MuxLimits.maxsessions_per_source
     accept_rate_per_source: int = MuxLimits.accept_rate_per_source
     handshake_timeout: float = MuxLimits.handshake_timeout
+    link_flush_delay_us: int = MuxLimits.link_flush_delay_us
     keepalive: float = KEEPALIVE
     backoff_first: float = BACKOFF_FIRST
     backoff_max: float = BACKOFF_MAX
@@ -110,7 +111,8 @@ class WorkerSettings:
                    link_cafile=str(mux.muxlink_cafile) if mux.muxlink_cafile else None,
                    maxsessions_per_source=mux.limits.maxsessions_per_source,
                    accept_rate_per_source=mux.limits.accept_rate_per_source,
-                   handshake_timeout=mux.limits.handshake_timeout)
+                   handshake_timeout=mux.limits.handshake_timeout,
+                   link_flush_delay_us=mux.limits.link_flush_delay_us)
 
 
 class Backoff:
@@ -248,7 +250,8 @@ class RelayThread(threading.Thread):
                                    self.worker.limit, tls=ctx,
                                    handshake_timeout=s.handshake_timeout, instance=s.instance,
                                    thread=self.index, keepalive=s.keepalive,
-                                   sources=self.worker.sources, link_tls=up.tls)
+                                   sources=self.worker.sources, link_tls=up.tls,
+                                   flush_delay=s.link_flush_delay_us / 1e6)
         except OSError as exc:               # e.g. out of descriptors; the link is closed
             log.error("%s: cannot start relaying: %s", self.name_for_log, exc.strerror or exc)
             return None
