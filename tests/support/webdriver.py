@@ -14,15 +14,17 @@ Trust. Chromium on Linux trusts the CAs in the NSS database
 with the real ``certutil`` in a HOME of the test's own and runs the browser
 there, so the dev CA is really trusted (no ``--ignore-certificate-errors``).
 
-``--no-sandbox``: chromium's sandbox refuses to run as root, and the tests
-run as root (in containers and in CI); this browser opens only pages of the
-server under test, on loopback.
+``--no-sandbox`` only as root: chromium's sandbox refuses to run as root,
+and the tests run as root (in containers and in CI); this browser opens only
+pages of the server under test, on loopback. As any other user the sandbox
+stays on.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import urllib.error
@@ -73,7 +75,10 @@ class Chromium:
         self.driver = Process([CHROMEDRIVER, f"--port={self.port}"], self.home, "chromedriver",
                               env=env)
         self.driver.wait_port(self.port)
-        args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        # Chromium's sandbox will not start as root, and the tests run as root (containers,
+        # CI); as any other user the sandbox stays on.
+        sandbox = ["--no-sandbox"] if os.geteuid() == 0 else []
+        args = ["--headless=new", *sandbox, "--disable-gpu", "--disable-dev-shm-usage",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--password-store=basic", f"--window-size={width},{height}",
