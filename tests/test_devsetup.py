@@ -75,7 +75,8 @@ def test_the_development_system_serves_its_users(tmp_path):
     port = free_port()
     with conf.open("a") as out:                           # last one wins (with a warning)
         out.write(f'iim_server.port = "127.0.0.1:{port}"\n'
-                  f'iim_mux.serverport = "127.0.0.1:{free_port()}"\n')
+                  f'iim_mux.serverport = "127.0.0.1:{free_port()}"\n'
+                  f'iim_server.httpport = "127.0.0.1:{free_port()}"\n')   # not 5280: ./dev run's
     users = dict(line.split() for line in (conf.parent / "dev-users.txt").read_text().splitlines())
     proc = Process([sys.executable, "-m", "iim.server", "-c", str(conf)], tmp_path, "server")
     try:

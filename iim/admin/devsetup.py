@@ -141,14 +141,29 @@ def connection_help(folder: Path) -> str:
             f"  XMPP domain    {DOMAIN}\n"
             f"  connect to     127.0.0.1:5222 (the multiplexor; STARTTLS required, TLS\n"
             f"                 ends at the server) or 127.0.0.1:5269 (the server itself)\n"
-            f"  web client     https://localhost:5280/ (WebSocket wss://localhost:5280/ws,\n"
-            f"                 BOSH https://localhost:5280/http-bind; trust ca.pem below)\n"
+            f"{_web_client_help(folder)}"
             f"  users\n{shown}\n"
             f"  trust this CA  {folder / 'ca.pem'}\n"
             f"  try            openssl s_client -starttls xmpp -xmpphost {DOMAIN} "
             f"-connect 127.0.0.1:5222 -CAfile {folder / 'ca.pem'}\n"
             f"  legacy SSL     set iim_mux.usessl = \"on\" in iim.conf: the multiplexor then\n"
             f"                 speaks TLS from the first byte with the certificate in nssdb/\n")
+
+
+def _web_client_help(folder: Path) -> str:
+    """Where the web client is, from the folder's iim.conf (iim_server.httpport)."""
+    from iim import conf
+    try:
+        where = conf.load(folder / "iim.conf", check_files=False).server.httpport
+    except conf.ConfigError:
+        where = None
+    if where is None:
+        return ("  web client     not configured here (no iim_server.httpport; a folder from "
+                "before\n                 the gateway: dev-setup --force writes a new one)\n")
+    host = "localhost" if where.host in (None, "127.0.0.1", "::1") else where.host
+    base = f"{host}:{where.port}"
+    return (f"  web client     https://{base}/ (WebSocket wss://{base}/ws,\n"
+            f"                 BOSH https://{base}/http-bind; trust ca.pem below)\n")
 
 
 def _require_tools() -> None:
