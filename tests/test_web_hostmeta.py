@@ -100,6 +100,7 @@ def test_static_files_have_their_types_and_the_security_headers(tmp_path, ca):
             assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
             assert f"connect-src 'self' wss://127.0.0.1:{server.http_port}" in csp
             assert "ws://" not in csp                    # plain sessions refused here
+            assert headers["Strict-Transport-Security"] == "max-age=31536000"
             status, headers, _ = await get(server, "/static/app.js")
             assert status == 200 and headers["Content-Type"].startswith("text/javascript")
             assert headers["Cache-Control"] == "no-cache"
@@ -141,6 +142,7 @@ def test_the_shipped_web_client_page_is_served(tmp_path, ca):
             status, headers, data = await get(server, "/im.html")
             assert status == 200 and data.lstrip().lower().startswith(b"<!doctype html")
             assert headers["Cache-Control"] == "no-store"
+            assert "Strict-Transport-Security" not in headers   # plain allowed: no HSTS
     run(scenario)
 
 

@@ -38,7 +38,9 @@ no authentication (SASL is).
 Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
 no-referrer`` and a Content-Security-Policy that allows scripts, styles and
 connections to this origin and its ws/wss endpoint only, and no framing;
-HTML is never cached.
+HTML is never cached. When plain web sessions are refused, HTTPS responses
+carry ``Strict-Transport-Security`` (a year; not for subdomains, which may be
+other servers), so a browser that came once never tries plain HTTP again.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class HeadWatch(asyncio.Protocol):
     for as long as it lives, a BOSH request until it is answered.
     """
 
-    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_gone", "_forget")
+    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_forget")
 
     def __init__(self, inner: asyncio.Protocol, limit: float, forget: Callable) -> None:
         self.inner, self.limit, self._forget = inner, limit, forget
@@ -305,6 +307,8 @@ class WebGateway:
         headers["Referrer-Policy"] = "no-referrer"
         headers["X-Frame-Options"] = "DENY"
         headers["Content-Security-Policy"] = self._csp(request)
+        if request.secure and not self.plain_allowed:    # HTTPS only here: browsers remember
+            headers["Strict-Transport-Security"] = "max-age=31536000"
         if response.content_type == "text/html" or request.path in ("/", hostmeta.BOSH_PATH):
             headers["Cache-Control"] = "no-store"
         elif "Cache-Control" not in headers:
