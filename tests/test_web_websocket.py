@@ -428,3 +428,34 @@ def test_a_websocket_session_resumes_after_its_connection_is_lost(tmp_path, ca):
             for client in (romeo, again):
                 await client.close()
     run(scenario)
+
+
+def test_pending_counts_the_sessions_bytes_not_the_frames():
+    """ClientSession's in-flight ledger compares what it wrote with what the
+    carrier still holds: pending() is in the session's bytes (a chunk counts
+    until its last frame is sent), whatever the frames add."""
+    from iim.server.web.websocket import WebSocketCarrier
+    from iim.xmpp.xml import stream_header
+
+    class StuckSocket:                      # a peer that reads nothing
+        sent: list = []
+
+        async def send_str(self, frame):
+            self.sent.append(frame)
+            await asyncio.Event().wait()
+
+        async def close(self):
+            pass
+
+    async def scenario():
+        carrier = WebSocketCarrier(StuckSocket(), "test", "test")
+        header = stream_header(from_="example.com", id="s1", lang="en") + b"<stream:features/>"
+        message = b"<message to='a@example.com'><body>hi</body></message>"
+        carrier.write(header)
+        carrier.write(message)
+        await asyncio.sleep(0)
+        assert StuckSocket.sent == [f"<open xmlns='{FRAMING}' from='example.com' id='s1' "
+                                    "version='1.0' xml:lang='en'/>"]
+        assert carrier.pending() == len(header) + len(message)
+        await carrier.stop()
+    run(scenario)

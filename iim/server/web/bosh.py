@@ -131,7 +131,7 @@ class BoshCore:
     waiting: dict = field(default_factory=dict)     # rid -> payload, arrived early
     held: dict = field(default_factory=dict)        # rid -> deadline, in rid order
     queue: list = field(default_factory=list)       # elements written standalone, for the client
-    queued: int = 0                                 # their characters
+    queued: int = 0                                 # the core's bytes they came from
     answered: OrderedDict = field(default_factory=OrderedDict)  # rid -> body (for resends)
     ended: bool = False                             # the stream is over
     error: bool = False                             # ... with a stream error in the queue
@@ -165,9 +165,11 @@ class BoshCore:
             self.next_rid += 1
         return ready
 
-    def push(self, text: str) -> None:
+    def push(self, text: str, cost: int | None = None) -> None:
+        """``text`` for the client; ``cost``: the session's bytes it stands for
+        (its length when not given)."""
         self.queue.append(text)
-        self.queued += len(text)
+        self.queued += len(text) if cost is None else cost
 
     def end(self, with_error: bool = False) -> None:
         self.ended = True
@@ -243,12 +245,14 @@ class BoshCarrier:
         core = self.bosh.core
         if core.ended:
             return
-        for event in self.output.feed(data):
+        events = self.output.feed(data)
+        items = [e for e in events if isinstance(e, Item)]
+        for event in events:
             if isinstance(event, Opened):
                 if core.first is not None and event.id:
                     core.first["authid"] = event.id     # XEP-0206 §3: the stream id
-            elif isinstance(event, Item):
-                core.push(standalone(event.element))
+            elif isinstance(event, Item):               # the chunk's bytes go with its last
+                core.push(standalone(event.element), len(data) if event is items[-1] else 0)
                 if event.element.tag == "{%s}error" % STREAMS_NS:
                     core.error = True
             elif isinstance(event, Closed):
@@ -260,6 +264,7 @@ class BoshCarrier:
         self.bosh.pump()
 
     def pending(self) -> int:
+        """Bytes the session wrote that wait for a request, as the session counts them."""
         return self.bosh.core.queued
 
 

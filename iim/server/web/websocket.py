@@ -67,7 +67,7 @@ class WebSocketCarrier:
         self.transport_tls = transport_tls      # the HTTPS connection's (security_info.py)
         self.session: ClientSession | None = None
         self.output = CoreOutput()
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[str, int]] = deque()     # (frame, the core's bytes it ends)
         self._queued = 0
         self._wake = asyncio.Event()
         self._closing = False
@@ -78,21 +78,24 @@ class WebSocketCarrier:
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        for event in self.output.feed(data):
-            self._queue_frame(_frame(event))
+        frames = [_frame(event) for event in self.output.feed(data)]
+        for n, frame in enumerate(frames):          # the chunk's bytes go with its last frame
+            self._queue_frame(frame, len(data) if n == len(frames) - 1 else 0)
 
     def close(self) -> None:
         self._closing = True
         self._wake.set()
 
     def pending(self) -> int:
+        """Bytes the session wrote whose frames are not sent yet, counted as the
+        session counts them (its in-flight ledger compares the two)."""
         return self._queued
 
     # -- out -----------------------------------------------------------------------------
 
-    def _queue_frame(self, frame: str) -> None:
-        self._queue.append(frame)
-        self._queued += len(frame)
+    def _queue_frame(self, frame: str, cost: int) -> None:
+        self._queue.append((frame, cost))
+        self._queued += cost
         self._wake.set()
 
     async def _write_frames(self) -> None:
@@ -112,10 +115,10 @@ class WebSocketCarrier:
 
     async def _send_queued(self) -> None:
         while self._queue:
-            frame = self._queue[0]
+            frame, cost = self._queue[0]
             await self.ws.send_str(frame)
             self._queue.popleft()
-            self._queued -= len(frame)
+            self._queued -= cost
 
     async def stop(self) -> None:
         """After the WebSocket's reader ended: let the writer finish its close
