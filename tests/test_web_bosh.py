@@ -92,6 +92,14 @@ def test_a_session_without_a_held_request_expires_after_inactivity():
     assert c.expired(90)
 
 
+def test_an_ended_session_is_forgotten_sooner_than_an_idle_one():
+    c = core(inactivity=60)
+    c.receive(10, None, 0)
+    c.end()
+    c.ready(1)                                       # the terminate answer
+    assert c.deadline() == 11 and not c.expired(10.9) and c.expired(11)
+
+
 def test_the_end_of_the_stream_answers_every_held_request_with_terminate():
     c = core(hold=1)
     c.receive(10, None, 0)

@@ -30,7 +30,8 @@ adapter passes ``now`` and reads ``deadline()``):
   answers the held requests with ``type='terminate'``, with
   ``condition='remote-stream-error'`` and the ``<stream:error/>`` inside when
   it ended with one (XEP-0206 §5). An ended session answers later requests
-  the same way until it is forgotten.
+  the same way until it is forgotten (``ENDED_GRACE`` seconds after the last
+  request, or ``inactivity`` if that is shorter).
 
 The XMPP side (XEP-0206): the session creation request opens the stream
 (``to``, ``xml:lang``, ``xmpp:version``) and its response carries the
@@ -77,6 +78,7 @@ MAX_WAIT = 60                   # seconds a request may be held, at most
 MAX_HOLD = 1                    # requests held at once, at most (one more may be in flight)
 INACTIVITY = 60                 # seconds without a held request before the session ends
 POLLING = 2                     # shortest polling interval we ask of hold=0 clients
+ENDED_GRACE = 10                # seconds an ended session still answers "terminate"
 _DECLARATION = re.compile(rb"\A\s*<\?xml[^>]{0,100}\?>")
 
 
@@ -196,10 +198,15 @@ class BoshCore:
         """When ``ready`` or ``expired`` must be asked again."""
         if self.held:
             return min(self.held.values())
-        return self.last_seen + self.inactivity
+        return self.last_seen + self._idle_limit
 
     def expired(self, now: float) -> bool:
-        return not self.held and not self.waiting and now >= self.last_seen + self.inactivity
+        return not self.held and not self.waiting and now >= self.last_seen + self._idle_limit
+
+    @property
+    def _idle_limit(self) -> float:
+        """An ended session is kept only to tell a late request so, briefly."""
+        return min(self.inactivity, ENDED_GRACE) if self.ended else self.inactivity
 
     def _take(self) -> str:
         content = "".join(self.queue)
