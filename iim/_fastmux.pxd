@@ -70,6 +70,7 @@ cdef struct Stats:
     uint64_t link_reads
     uint64_t link_writes
     int64_t buffered            # bytes allocated for client output buffers
+    uint64_t link_buffers_released  # oversized idle link buffers freed
     uint64_t refused_source     # over iim_mux.maxsessions_per_source (in refused too)
     uint64_t refused_rate       # over iim_mux.accept_rate_per_source (in refused too)
     uint8_t last_refused_family # the source most recently refused by either (0: none)
@@ -116,6 +117,7 @@ cdef struct Core:
     int64_t linger_ms
     int64_t flush_delay_us      # hold a small link output this long (0: flush every turn)
     int64_t flush_at_us         # when the held output goes (0: nothing held)
+    int64_t link_busy_ms        # the last turn a link buffer held over LINK_KEEP
     int64_t now
     int64_t last_rx
     int64_t ping_sent           # 0: no PING outstanding

@@ -147,6 +147,8 @@ cdef enum:
     LINK_LOW = 262144           # ... and resume below this
     OUT_MIN = 4096              # first client output buffer
     FLUSH_BATCH = 16384         # link output sent at once, whatever flush_delay says
+    LINK_KEEP = 262144          # link buffers kept at most this large once idle ...
+    LINK_IDLE_MS = 1000         # ... for this long (a burst grows them to megabytes)
     DRAIN_MS = 1000             # final flush of the link at stop
     LINGER_MS = 2000            # then wait for the server to close its end
     TAG_LISTEN = 1              # epoll data of the non-session fds
@@ -1235,6 +1237,8 @@ cdef void link_read(Core *c) noexcept nogil:
         if r > 0:
             c.lin.tail += r
             c.st.link_reads += 1
+            if c.lin.cap > LINK_KEEP:
+                c.link_busy_ms = c.now
             budget -= smin(<size_t>r, budget)
             parse_frames(c)
             # A short read of the plain link drained its socket: bytes that come
@@ -1263,6 +1267,8 @@ cdef void link_flush(Core *c) noexcept nogil:
         if r > 0:
             buf_consumed(&c.lout, r)
             c.st.link_writes += 1
+            if c.lout.cap > LINK_KEEP:
+                c.link_busy_ms = c.now
         elif r == -1:
             c.link_writable = False
         else:
@@ -1357,6 +1363,9 @@ cdef int next_timeout(Core *c) noexcept nogil:
         t = ring_first(&c.handshakes).deadline - c.now
     if not ring_empty(&c.lingering) and ring_first(&c.lingering).deadline - c.now < t:
         t = ring_first(&c.lingering).deadline - c.now
+    if (c.lout.cap > LINK_KEEP or c.lin.cap > LINK_KEEP) and (
+            c.link_busy_ms + LINK_IDLE_MS - c.now < t):
+        t = c.link_busy_ms + LINK_IDLE_MS - c.now
     if t < 0:
         return 0
     return <int>(t if t < 60000 else 60000)
@@ -1407,6 +1416,23 @@ cdef void flush_turn(Core *c) noexcept nogil:
         c.flush_at_us = 0
 
 
+cdef void release_idle_link_buffers(Core *c) noexcept nogil:
+    """A burst may grow the link buffers to megabytes (output up to LINK_HIGH
+    and one more read); an empty one larger than LINK_KEEP that no read or
+    send has used for LINK_IDLE_MS is freed (the next use allocates it again,
+    small)."""
+    if c.lout.cap <= LINK_KEEP and c.lin.cap <= LINK_KEEP:
+        return
+    if c.now - c.link_busy_ms < LINK_IDLE_MS:
+        return
+    if buf_len(&c.lout) == 0 and c.lout.cap > LINK_KEEP:
+        buf_free(&c.lout)
+        c.st.link_buffers_released += 1
+    if buf_len(&c.lin) == 0 and c.lin.cap > LINK_KEEP:
+        buf_free(&c.lin)
+        c.st.link_buffers_released += 1
+
+
 cdef int core_run(Core *c) noexcept nogil:
     cdef epoll.epoll_event events[MAX_EVENTS]
     cdef int i, n, timeout
@@ -1443,6 +1469,7 @@ cdef int core_run(Core *c) noexcept nogil:
         if c.exit == RUNNING:
             run_timers(c)
         flush_turn(c)
+        release_idle_link_buffers(c)
     core_teardown(c)
     return c.exit
 
@@ -2239,6 +2266,8 @@ cdef class Relay:
             "handshakes_failed": st.handshakes_failed, "frames_in": st.frames_in,
             "frames_out": st.frames_out, "link_reads": st.link_reads,
             "link_writes": st.link_writes, "buffered": st.buffered,
+            "link_buffered": self.core.lin.cap + self.core.lout.cap,
+            "link_buffers_released": st.link_buffers_released,
             "refused_per_source": st.refused_source, "refused_rate": st.refused_rate,
             "last_refused": _address_text(st.last_refused_family,
                                           (<char *>st.last_refused)[:16]),
