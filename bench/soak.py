@@ -35,6 +35,18 @@ Theory of operation
   in the minute, Tsung's messages sent and received, the probes' round trips.
   *Flat* compares every minute's RSS and descriptors with the first minute's.
 
+* **The server's heap**: the server runs as ``python bench/soak.py --serve CONF
+  DIR``, the real ``iim.server`` main in a process that on SIGUSR1 writes a
+  heap report to DIR (RSS, glibc's ``mallinfo2``: bytes in use and free in
+  the heap; pymalloc's blocks in use and arenas), read at each minute's end:
+  RSS that grows with *in use* is objects kept (a leak or a queue), RSS that
+  grows with *free* is the allocator keeping a high-water mark.
+  ``--trace`` adds tracemalloc, started at minute 0 (after the ramp and the
+  warm-up), so a snapshot holds only what was allocated since and is still
+  alive; each minute's report lists the source lines whose live bytes grew
+  most since the minute before. Tracing slows the server: a traced run finds
+  growth, its latency and RSS figures are not the soak's.
+
 RLIMIT_NOFILE: this script raises its soft limit to the hard one (Tsung, the
 server and the mux inherit it; the server and the mux raise theirs too).
 """
@@ -46,6 +58,8 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,11 +70,11 @@ from xml.etree.ElementTree import Element
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from attacks import (TSUNG, TSUNG_VERSION, Tsung, _load_ca, cpu_seconds, free_port,  # noqa: E402
-                     rss_kb)
+from attacks import (TSUNG, TSUNG_VERSION, Tsung, _die_with_parent, _load_ca,  # noqa: E402
+                     cpu_seconds, free_port, rss_kb)
 from benchclient import BenchUser                      # noqa: E402
 from faults import System                              # noqa: E402
-from load import _revision                             # noqa: E402
+from load import _revision, same_iim_env               # noqa: E402
 from iim.keys.context import client_context            # noqa: E402
 from iim.limits import raise_nofile                    # noqa: E402
 from iim.server.storage import Storage                 # noqa: E402
@@ -77,6 +91,8 @@ class SoakSystem(System):
     def __init__(self, folder: Path, args) -> None:
         args.resume_timeout = 300
         super().__init__(folder, args)
+        self.heap_dir = folder / "heap"
+        self.heap_dir.mkdir()
         with (folder / "iim.conf").open("a") as conf:
             conf.write(f'iim_mux.maxsessions = "{args.users + 1000}"\n'
                        'iim_mux.stat_frequency = "10"\n')
@@ -90,6 +106,72 @@ class SoakSystem(System):
                 for side in "ab":
                     storage.add_user(f"probe{k}{side}", f"probepw{k}{side}")
         return self.folder / "dev" / "ca.pem"
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        if name != "server":
+            return super()._spawn(name, argv)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve",
+               str(self.folder / "iim.conf"), str(self.heap_dir)]
+        if self.args.trace:
+            cmd.append("--trace")
+        with open(self.folder / f"{name}.stderr", "ab") as err:
+            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                    cwd=self.folder, env=same_iim_env(),
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+
+    async def heap_report(self, name: str) -> dict:
+        """Ask the server for a heap report (SIGUSR1) and wait for it."""
+        path = self.heap_dir / f"{name}.json"
+        (self.heap_dir / "next").write_text(name)
+        self.server.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            if time.monotonic() > deadline or self.server.poll() is not None:
+                return {}
+            await asyncio.sleep(0.2)
+        return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------
+# The server's side: python bench/soak.py --serve CONF DIR [--trace]
+
+
+class _HeapReporter:
+    """SIGUSR1: write DIR/<name>.json, the name read from DIR/next."""
+
+    def __init__(self, folder: Path, trace: bool) -> None:
+        self.folder, self.trace = folder, trace
+        self.snapshot = None
+
+    def __call__(self, *_) -> None:
+        import gc
+        import tracemalloc
+        from memory import mallinfo2, pymalloc_stats, vm_rss_kb
+        name = (self.folder / "next").read_text().strip()
+        out: dict = {"rss_kb": vm_rss_kb(), "mallinfo": mallinfo2(),
+                     "pymalloc": pymalloc_stats(), "gc_objects": len(gc.get_objects())}
+        if self.trace:
+            if not tracemalloc.is_tracing():
+                tracemalloc.start(5)
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            out["traced_kb"] = sum(t.size for t in snapshot.traces) / 1024
+            if self.snapshot is not None:
+                out["grown"] = [
+                    {"where": str(stat.traceback[-1]), "kb": round(stat.size_diff / 1024, 1),
+                     "blocks": stat.count_diff, "live_kb": round(stat.size / 1024, 1),
+                     "stack": [str(f) for f in stat.traceback[-6:]]}
+                    for stat in snapshot.compare_to(self.snapshot, "traceback")[:15]]
+            self.snapshot = snapshot
+        tmp = self.folder / f"{name}.tmp"
+        tmp.write_text(json.dumps(out))
+        tmp.rename(self.folder / f"{name}.json")
+
+
+def serve(conf: str, folder: str, trace: bool) -> int:
+    signal.signal(signal.SIGUSR1, _HeapReporter(Path(folder), trace))
+    from iim.server.__main__ import main
+    return main(["-c", conf])
 
 
 class SoakTsung(Tsung):
@@ -215,6 +297,21 @@ def sample(system: SoakSystem) -> dict:
     return out
 
 
+def heap_row(heap: dict) -> dict:
+    """MB: glibc heap in use / free, pymalloc in use / arenas; tracemalloc's growth."""
+    mb = lambda group, key: round(heap.get(group, {}).get(key, 0) / 2**20, 1)  # noqa: E731
+    row = {"malloc_used_mb": mb("mallinfo", "uordblks"),
+           "malloc_free_mb": mb("mallinfo", "fordblks"),
+           "malloc_mmap_mb": mb("mallinfo", "hblkhd"),
+           "pymalloc_used_mb": mb("pymalloc", "allocated"),
+           "pymalloc_arenas_mb": mb("pymalloc", "total"),
+           "gc_objects": heap.get("gc_objects")}
+    if "traced_kb" in heap:
+        row["traced_mb"] = round(heap["traced_kb"] / 1024, 1)
+        row["grown"] = heap.get("grown", [])
+    return row
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -287,16 +384,25 @@ async def run(args, folder: Path) -> dict:
         result["tsung_errors_at_ramp"] = {k: v for k, v in tsung.stats().items()
                                           if k.startswith("error")}
         await asyncio.sleep(args.warmup)
+        result["heap_minute_0"] = await system.heap_report("minute-0")
         last = sample(system)
         mark, wall = time.monotonic(), time.time()
+        stall = args.stall
         for minute in range(1, args.minutes + 1):
             while time.monotonic() < mark + 60 and tsung.alive():
                 await asyncio.sleep(1)
+                if stall and time.monotonic() >= mark + 30:
+                    progress(f"server stopped for {stall:g} s (--stall)")
+                    system.server.send_signal(signal.SIGSTOP)
+                    await asyncio.sleep(stall)
+                    system.server.send_signal(signal.SIGCONT)
+                    stall = 0
             if not tsung.alive():
                 result["aborted"] = f"Tsung exited in minute {minute}: {tsung.output()[-500:]}"
                 progress(result["aborted"])
                 break
             now = sample(system)
+            heap = await system.heap_report(f"minute-{minute}")
             window = [rtt for at, rtt in rtts if mark <= at < mark + 60]
             mark, wall_end = mark + 60, time.time()
             row = {"minute": minute,
@@ -310,6 +416,7 @@ async def run(args, folder: Path) -> dict:
                    "probe_p99_ms": round(1000 * percentile(window, 0.99), 1),
                    "probe_max_ms": round(1000 * max(window), 1) if window else None,
                    "load1": round(os.getloadavg()[0], 2),
+                   "heap": heap_row(heap),
                    "tsung": tsung_minute(tsung.dumps(), wall, wall_end)}
             wall, last = wall_end, now
             result["minutes"].append(row)
@@ -319,7 +426,9 @@ async def run(args, folder: Path) -> dict:
                      f"{row['mux_rss_mb']} MB {row['mux_fds']} fds {row['mux_cpu']} CPU-s, "
                      f"Tsung sent {t['sent']} received {t['received']} (mean "
                      f"{t['latency_mean_ms']} ms), probes p50 {row['probe_p50_ms']} "
-                     f"p99 {row['probe_p99_ms']} ms")
+                     f"p99 {row['probe_p99_ms']} ms; heap {row['heap']['malloc_used_mb']} "
+                     f"used {row['heap']['malloc_free_mb']} free, pymalloc "
+                     f"{row['heap']['pymalloc_used_mb']}/{row['heap']['pymalloc_arenas_mb']} MB")
     finally:
         pinger.cancel()
         for pair in locals().get("pairs", []):
@@ -331,6 +440,7 @@ async def run(args, folder: Path) -> dict:
         log = system.log("server.log")
         result["server_warnings"] = [line for line in log.splitlines() if any(
             w in line for w in (" ERROR ", " CRITICAL ", "Traceback"))][:10]
+        result["heap_trims"] = [line for line in log.splitlines() if "heap trimmed" in line]
         result["mux_stats_last"] = [line for line in system.log("mux.log").splitlines()
                                     if " sessions " in line][-2:]
     return result
@@ -347,14 +457,17 @@ def flatness(minutes: list[dict], key: str) -> str:
 
 def table(result: dict, args) -> str:
     lines = ["| minute | Tsung sent/s | received/s | Tsung latency mean / max since start ms | "
-             "probe p50 / **p99** / max ms | server RSS MB | mux RSS MB | server fds | mux fds | "
+             "probe p50 / **p99** / max ms | server RSS MB | server heap in use / free MB | "
+             "pymalloc in use / arenas MB | mux RSS MB | server fds | mux fds | "
              "CPU-s server / mux | load |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in result["minutes"]:
-        t = m["tsung"]
+        t, h = m["tsung"], m.get("heap", {})
         lines.append(f"| {m['minute']} | {t['sent'] / 60:,.0f} | {t['received'] / 60:,.0f} | "
                      f"{t['latency_mean_ms']} / {t['latency_max_ms']} | {m['probe_p50_ms']} / "
                      f"**{m['probe_p99_ms']}** / {m['probe_max_ms']} | {m['server_rss_mb']} | "
+                     f"{h.get('malloc_used_mb')} / {h.get('malloc_free_mb')} | "
+                     f"{h.get('pymalloc_used_mb')} / {h.get('pymalloc_arenas_mb')} | "
                      f"{m['mux_rss_mb']} | {m['server_fds']} | {m['mux_fds']} | "
                      f"{m['server_cpu']} / {m['mux_cpu']} | {m['load1']} |")
     mins = result["minutes"]
@@ -362,7 +475,15 @@ def table(result: dict, args) -> str:
     lines.append(f"Offered: {args.users} users x {args.rate} msg/s = {args.users * args.rate:,.0f}"
                  f" msg/s. Change from minute 1 to the furthest minute: server RSS "
                  f"{flatness(mins, 'server_rss_mb')}, mux RSS {flatness(mins, 'mux_rss_mb')}, "
-                 f"server fds {flatness(mins, 'server_fds')}, mux fds {flatness(mins, 'mux_fds')}.")
+                 f"server fds {flatness(mins, 'server_fds')}, mux fds {flatness(mins, 'mux_fds')}"
+                 f"; from minute 2 (after the allocator's warm-up): server RSS "
+                 f"{flatness(mins[1:], 'server_rss_mb')}, mux RSS "
+                 f"{flatness(mins[1:], 'mux_rss_mb')}.")
+    for m in mins:
+        for g in m.get("heap", {}).get("grown", [])[:6]:
+            lines.append(f"  traced, minute {m['minute']}: {g['kb']:+.1f} KB "
+                         f"({g['blocks']:+d} blocks, {g['live_kb']} KB live) "
+                         f"{' <- '.join(reversed(g['stack'][-3:]))}")
     return "\n".join(lines)
 
 
@@ -377,12 +498,19 @@ def parse_args(argv=None):
     p.add_argument("--ramp-timeout", type=float, default=600)
     p.add_argument("--probes", type=int, default=10, help="probe pairs")
     p.add_argument("--probe-interval", type=float, default=0.1)
+    p.add_argument("--stall", type=float, default=0, metavar="SECONDS",
+                   help="stop the server (SIGSTOP) this long half-way through minute 1, "
+                        "as a machine too busy to schedule it would")
+    p.add_argument("--trace", action="store_true",
+                   help="tracemalloc in the server from minute 0: what grew, minute by minute")
     p.add_argument("--json", type=Path)
     p.add_argument("--keep", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--serve"]:
+        return serve(sys.argv[2], sys.argv[3], "--trace" in sys.argv[4:])
     args = parse_args(argv)
     raise_nofile()
     if not (TSUNG / f"tsung-{TSUNG_VERSION}").exists():
@@ -399,7 +527,7 @@ def main(argv=None) -> int:
           f"{result['tsung_errors']}, exit {result['exit']}, Tsung exit {result['tsung_exit']}")
     if result.get("aborted"):
         print(f"  aborted: {result['aborted']}")
-    for line in result["server_warnings"] + result["mux_stats_last"]:
+    for line in result["server_warnings"] + result["heap_trims"] + result["mux_stats_last"]:
         print("  " + line)
     (folder / "results.md").write_text(text + "\n")
     (folder / "results.json").write_text(json.dumps({"args": vars(args) | {"json": None},

@@ -16,44 +16,77 @@ and only when the burst is over: no session opened or closed for ``quiet``
 seconds, which the server sets past the watchdog's first tick, so the last
 logins' parsers are freed before the trim. Steady churn that is never quiet
 is trimmed every ``longest`` seconds. Not glibc (musl, macOS): nothing to do.
+
+Growth without churn. Sessions that stay and chat open and close nothing,
+yet a moment when the server falls behind (the machine busy elsewhere, a
+burst of traffic) fills queues - the mux links' input, transports' output,
+per-session backlogs - that are freed once it catches up, and glibc keeps the
+high-water mark (bench/README.md, soak: +25 MB in one such minute of ten at
+10,000 sessions). So the policy also watches the process's resident size
+(``/proc/self/statm``, one read per check): once it is ``GROWTH`` (and at
+least ``GROWTH_FLOOR`` bytes) above what it was right after the last trim,
+it trims, at most every ``longest`` seconds. Growth that is real (more
+sessions) is not given back; the trim then costs its milliseconds once and
+the new size becomes the mark, so it does not trim again for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import time
 from typing import Callable
 
 CHECK_SECONDS = 2.0         # how often the server looks
 CHURN = 100                 # sessions opened + closed that make a trim worth its milliseconds
 LONGEST = 60.0              # seconds between trims when churn never stops
+GROWTH = 0.02               # resident size this much above the mark left by the last trim ...
+GROWTH_FLOOR = 4 * 2**20    # ... and at least this many bytes: trim (at most every LONGEST s)
 
 
 class TrimPolicy:
-    """When to trim, from the turnover count read every few seconds (no clock of its own)."""
+    """When to trim, from the turnover count and the resident size read every
+    few seconds (no clock of its own)."""
 
-    __slots__ = ("churn", "quiet", "longest", "_trimmed_at", "_trimmed_count",
-                 "_changed_at", "_count")
+    __slots__ = ("churn", "quiet", "longest", "growth", "floor", "_trimmed_at",
+                 "_trimmed_count", "_changed_at", "_count", "_mark")
 
     def __init__(self, *, quiet: float, churn: int = CHURN, longest: float = LONGEST,
-                 now: float = 0.0, count: int = 0) -> None:
+                 growth: float = GROWTH, floor: int = GROWTH_FLOOR,
+                 now: float = 0.0, count: int = 0, resident: int = 0) -> None:
         self.churn, self.quiet, self.longest = churn, quiet, longest
+        self.growth, self.floor = growth, floor
         self._trimmed_at, self._trimmed_count = now, count
         self._changed_at, self._count = now, count
+        self._mark = resident
 
-    def due(self, now: float, count: int) -> bool:
-        """``count``: sessions opened + closed so far. True: trim now (the
-        policy takes it as done)."""
+    def due(self, now: float, count: int, resident: int = 0) -> bool:
+        """``count``: sessions opened + closed so far; ``resident``: the process's
+        resident bytes (0: unknown). True: trim now (the policy takes it as
+        done; ``trimmed`` tells it the size after)."""
         if count != self._count:
             self._changed_at, self._count = now, count
+        if self._grown(now, resident) or self._churned(now, count):
+            self._trimmed_at, self._trimmed_count = now, count
+            self._mark = resident
+            return True
+        return False
+
+    def trimmed(self, resident: int) -> None:
+        """The resident size the trim left: growth is counted from here."""
+        self._mark = resident
+
+    def _churned(self, now: float, count: int) -> bool:
         if count - self._trimmed_count < self.churn:
             return False
         quiet = now - self._changed_at >= self.quiet
-        if not quiet and now - self._trimmed_at < self.longest:
+        return quiet or now - self._trimmed_at >= self.longest
+
+    def _grown(self, now: float, resident: int) -> bool:
+        if not resident or not self._mark or now - self._trimmed_at < self.longest:
             return False
-        self._trimmed_at, self._trimmed_count = now, count
-        return True
+        return resident - self._mark >= max(self.floor, self.growth * self._mark)
 
 
 def malloc_trim() -> Callable[[], object] | None:
@@ -66,17 +99,33 @@ def malloc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
+def resident_bytes() -> int:
+    """The process's resident size (Linux ``/proc/self/statm``), 0 elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 async def trim_after_bursts(turnover: Callable[[], int], quiet: float, log) -> None:
-    """Run ``TrimPolicy`` every CHECK_SECONDS until cancelled; one debug line a trim."""
+    """Run ``TrimPolicy`` every CHECK_SECONDS until cancelled; one log line a trim."""
     trim = malloc_trim()
     if trim is None:
         return
     loop = asyncio.get_running_loop()
-    policy = TrimPolicy(quiet=quiet, now=loop.time(), count=turnover())
+    policy = TrimPolicy(quiet=quiet, now=loop.time(), count=turnover(),
+                        resident=resident_bytes())
     while True:
         await asyncio.sleep(CHECK_SECONDS)
-        if policy.due(loop.time(), turnover()):
+        before = resident_bytes()
+        if policy.due(loop.time(), turnover(), before):
             began = time.perf_counter()
             trim()
-            log.debug("heap trimmed (malloc_trim) in %.1f ms",
-                      (time.perf_counter() - began) * 1000)
+            after = resident_bytes()
+            policy.trimmed(after)
+            log.info("heap trimmed (malloc_trim) in %.1f ms: resident %.1f -> %.1f MB",
+                      (time.perf_counter() - began) * 1000, before / 2**20, after / 2**20)
