@@ -133,6 +133,9 @@
     }
 
     function disconnected() {
+        if (state.retryTimer !== null) {
+            return;                 // Strophe may say DISCONNECTED twice (error, then close)
+        }
         IimLock.show(state.service, undefined);
         if (state.loggingOut) {
             showLogin();
@@ -149,7 +152,8 @@
             return;
         }
         const delay = backoff(state.failures++);
-        setStatus(`Connection lost. Reconnecting in ${delay} s…`);
+        const attempt = state.failures > 1 ? ` (attempt ${state.failures})` : "";
+        setStatus(`Connection lost. Reconnecting in ${delay} s${attempt}…`);
         for (const entry of state.roster.values()) {
             entry.resources.clear();
         }
@@ -207,6 +211,7 @@
     function logout() {
         state.loggingOut = true;
         clearTimeout(state.retryTimer);
+        state.retryTimer = null;
         if (state.conn && state.conn.connected) {
             state.conn.send($pres({type: "unavailable"}));
             state.conn.disconnect("logout");
