@@ -351,3 +351,104 @@ def test_unusable_key_material_stops_the_multiplexor_before_it_starts(nssdir):
     assert 'iim_mux.certnickname: no certificate "multiplexor-cert"' in proc.stderr
     assert "(nicknames are case-sensitive)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_resumed_sessions_carry_data_through_the_mux_across_workers(peer, nssdir, ca):
+    """Two worker processes share the supervisor's ticket keys: a session made
+    with one resumes at either (TLS 1.3 and 1.2), and the resumed session carries
+    bytes both ways; the tickets allow no early data (0-RTT is off), which the
+    openssl command-line client confirms."""
+    import signal
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = nssdir / "iim-resume.conf"
+    config.write_text(f'iim_mux.listenport = "127.0.0.1:{port}"\n'
+                      f'iim_mux.serverport = "127.0.0.1:{peer.port}"\n'
+                      'iim_mux.numinstances = "2"\niim_mux.maxthreads = "1"\n'
+                      'iim_mux.usessl = "on"\niim_mux.secconfigdir = "mux-nss"\n')
+    log = nssdir / "resume.stderr"
+    proc = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(config)],
+                            stderr=log.open("w"))
+
+    def connect(ctx, session=None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        return ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+
+    def instance_of(c: ssl.SSLSocket) -> int:
+        client_port = c.getsockname()[1]
+        link = wait_until(lambda: next((link for link in peer.links
+                                        if link.session_for_port(client_port)), None))
+        return link.hello[0]
+
+    try:
+        peer.wait_links(2, timeout=20)
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx = client_context(ca)
+            ctx.maximum_version = version
+            with connect(ctx) as c:
+                assert tls_echo(c, b"<stream:stream>") == b"<stream:stream>"
+                session, first = c.session, instance_of(c)
+            seen = set()
+            for attempt in range(60):        # until a resumption reached each worker
+                with connect(ctx, session) as c:
+                    assert c.session_reused and c.version() == version.name.replace("_", ".")
+                    data = b"<presence id='%d'/>" % attempt
+                    assert tls_echo(c, data) == data
+                    seen.add(instance_of(c))
+                if seen == {0, 1}:
+                    break
+            assert seen == {0, 1}, f"{version.name}: resumed only at worker(s) {seen}"
+            assert first in seen
+        sess = nssdir / "resume-session.pem"
+        early = nssdir / "early.txt"
+        early.write_text("<early/>\n")
+        full = s_client(port, "<hello/>", "-sess_out", str(sess))
+        assert full.count("<hello/>") == 1, full[-2000:]
+        ticket = subprocess.run(["openssl", "sess_id", "-in", str(sess), "-text", "-noout"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "Protocol  : TLSv1.3" in ticket and "Max Early Data: 0" in ticket
+        resumed = s_client(port, "<again/>", "-sess_in", str(sess), "-early_data", str(early))
+        assert "Reused, TLSv1.3" in resumed
+        assert "Early data was not sent" in resumed
+        assert "<again/>" in resumed and "<early/>" not in resumed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log.read_text()
+
+
+def s_client(port: int, line: str, *options: str) -> str:
+    """``openssl s_client`` sends ``line`` and waits for its echo (then its stdin
+    closes, which ends it); everything it printed."""
+    import subprocess
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *options],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    echoed = threading.Event()
+
+    def read() -> None:
+        for text in proc.stdout:
+            lines.append(text)
+            if text.strip() == line:
+                echoed.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        assert echoed.wait(20), "".join(lines)[-2000:]
+        proc.stdin.close()
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    return "".join(lines)
