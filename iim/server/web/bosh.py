@@ -286,8 +286,6 @@ class BoshSession:
         self.secure = secure
         self.carrier = BoshCarrier(self, peer, source)
         self.session = None
-        self.framed = FramedInput(max_stanza_bytes=sessions.gateway.max_stanza_bytes + 16384,
-                                  max_xmlns=sessions.gateway.max_xmlns)
         self.futures: dict[int, asyncio.Future] = {}
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -370,7 +368,6 @@ class BoshSession:
         for future in self.futures.values():
             if not future.done():
                 future.set_result(body(terminate=Condition.ITEM_NOT_FOUND))
-        self.framed.close()
         self.carrier.output.close()
 
 
