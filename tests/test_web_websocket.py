@@ -251,7 +251,7 @@ def test_plain_http_allowed_explicitly_offers_no_plain_password(tmp_path, ca):
     run(scenario)
 
 
-def test_another_origin_is_refused_unless_listed(tmp_path, ca):
+def test_another_origin_is_refused_unless_listed(tmp_path, ca, caplog):
     async def scenario():
         extra = 'iim_server.http_origins = "https://chat.example.net"\n'
         async with WebServer(tmp_path, ca, extra=extra) as server:
@@ -266,6 +266,8 @@ def test_another_origin_is_refused_unless_listed(tmp_path, ca):
                 await client.close()
             with pytest.raises(aiohttp.WSServerHandshakeError):    # its own origin, but http
                 await WsClient.connect(server, origin=f"http://127.0.0.1:{server.http_port}")
+            assert "limit iim_server.http_origins: refused 1 so far (latest: origin " \
+                   "https://evil.example.org from 127.0.0.1 to /ws)" in caplog.text
     run(scenario)
 
 

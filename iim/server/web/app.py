@@ -33,7 +33,11 @@ allowed. Another origin gets 403 on ``/ws`` and on ``/http-bind``, and no
 CORS headers; an allowed one gets ``Access-Control-Allow-Origin`` naming it
 (BOSH from another origin needs CORS, XEP-0124 §7: preflight ``OPTIONS``).
 The check stops another site's page from riding on a user's browser; it is
-no authentication (SASL is).
+no authentication (SASL is). Refusals are logged as limits are (one line per
+parameter and ``limit_log_interval``).
+
+Behind a reverse proxy every client counts under the proxy's address for the
+per-source limits: ``X-Forwarded-For`` is not trusted (anyone can send it).
 
 Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
 no-referrer`` and a Content-Security-Policy that allows scripts, styles and
@@ -56,7 +60,7 @@ from typing import Callable
 from aiohttp import web
 
 from iim.conf.settings import ServerSettings
-from iim.text import host_port
+from iim.text import host_port, printable
 
 from ..admission import Admission
 from ..c2s import SessionContext
@@ -230,12 +234,21 @@ class WebGateway:
     def check_session_request(self, request: web.Request) -> None:
         """TLS policy and Origin, for ``/ws`` and ``/http-bind``: HTTPForbidden if refused."""
         if not request.secure and not self.plain_allowed:
+            self._refused("iim_server.requiressl", request, "plain HTTP")
             raise web.HTTPForbidden(text="plain HTTP carries no XMPP session here "
                                          "(iim_server.requiressl): use "
                                          f"{self._secure_url(request)}\n")
         if not self.origin_allowed(request):
-            raise web.HTTPForbidden(text=f"origin {request.headers.get('Origin')!r} may not "
+            origin = request.headers.get("Origin", "")
+            self._refused("iim_server.http_origins", request, f"origin {printable(origin)}")
+            raise web.HTTPForbidden(text=f"origin {origin!r} may not "
                                          "open XMPP sessions here (iim_server.http_origins)\n")
+
+    def _refused(self, param: str, request: web.Request, detail: str) -> None:
+        """One log line per parameter and interval (iim/server/quota.py LimitLog)."""
+        if self.ctx.limit_log is not None:
+            self.ctx.limit_log.hit(param, self.ctx.now(),
+                                   f"{detail} from {request.remote} to {request.path}")
 
     def origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
