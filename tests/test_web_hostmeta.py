@@ -185,6 +185,17 @@ def test_a_request_head_dripped_slowly_is_cut_off(tmp_path, ca):
     run(scenario)
 
 
+def test_a_tls_connection_that_never_sends_a_request_is_cut_off(tmp_path, ca):
+    async def scenario():
+        extra = 'iim_server.negotiation_timeout = "1"\n'
+        async with WebServer(tmp_path, ca, extra=extra) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port,
+                                                           ssl=server.client_tls())
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+    run(scenario)
+
+
 def test_a_bosh_body_dripped_slowly_is_cut_off(tmp_path, ca):
     async def scenario():
         extra = 'iim_server.stanza_timeout = "1"\n'

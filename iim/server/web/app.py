@@ -94,10 +94,12 @@ class HeadWatch(asyncio.Protocol):
 
     aiohttp waits for a request's headers for ever, so a client that drips a
     header a minute (slowloris) would hold a connection, and its buffers, as
-    long as it likes. The clock starts with the first byte that arrives while
-    no request is being handled and stops when the application starts handling
+    long as it likes. The clock starts when the connection is made (after the
+    TLS handshake), and again with the first byte that arrives while no
+    request is being handled; it stops when the application starts handling
     one (``started``, from the gateway's middleware); a WebSocket is handled
-    for as long as it lives, a BOSH request until it is answered.
+    for as long as it lives, a BOSH request until it is answered. Between
+    requests an idle keep-alive connection is aiohttp's to close.
     """
 
     __slots__ = ("inner", "limit", "transport", "active", "_timer", "_forget")
@@ -110,12 +112,16 @@ class HeadWatch(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._start()                           # the first request is due too
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.active and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
+            self._start()
         self.inner.data_received(data)
+
+    def _start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
 
     def started(self) -> None:
         self.active += 1
