@@ -196,6 +196,27 @@ def test_a_tls_connection_that_never_sends_a_request_is_cut_off(tmp_path, ca):
     run(scenario)
 
 
+def test_new_connections_per_source_are_rate_limited_before_a_byte_is_read(tmp_path, ca):
+    """accept_rate_per_source 1: 4 TCP connections a second, bursts of 8; the
+    rest of a burst of 30 is closed unread (unless opening them took 5 s)."""
+    async def scenario():
+        extra = 'iim_server.accept_rate_per_source = "1"\n'
+        async with WebServer(tmp_path, ca, requiressl=False, extra=extra) as server:
+            opened = [await asyncio.open_connection("127.0.0.1", server.http_port)
+                      for _ in range(30)]
+            answers = []
+            for reader, writer in opened:
+                try:
+                    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    answers.append(await asyncio.wait_for(reader.read(), 20))
+                except ConnectionError:
+                    answers.append(b"")
+                writer.close()
+            served = [a for a in answers if a.startswith(b"HTTP/1.1 302")]
+            assert 8 <= len(served) < 30 and len(served) + answers.count(b"") == 30
+    run(scenario)
+
+
 def test_a_bosh_body_dripped_slowly_is_cut_off(tmp_path, ca):
     async def scenario():
         extra = 'iim_server.stanza_timeout = "1"\n'

@@ -36,6 +36,11 @@ The check stops another site's page from riding on a user's browser; it is
 no authentication (SASL is). Refusals are logged as limits are (one line per
 parameter and ``limit_log_interval``).
 
+New TCP connections are limited per source too, before anything is read:
+``HTTP_CONNECTIONS_PER_SESSION`` times ``accept_rate_per_source`` a second
+(bursts of twice that), closed at once beyond it; a new XMPP session then
+passes the per-source gate of iim/server/admission.py.
+
 Behind a reverse proxy every client counts under the proxy's address for the
 per-source limits: ``X-Forwarded-For`` is not trusted (anyone can send it).
 
@@ -64,6 +69,7 @@ from iim.text import host_port, printable
 
 from ..admission import Admission
 from ..c2s import SessionContext
+from ..quota import RateBySource, source_of
 from . import hostmeta
 from .bosh import BoshSessions
 from .carrier import GatewayContext
@@ -74,6 +80,7 @@ __all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX = "/im.html"
 TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
+HTTP_CONNECTIONS_PER_SESSION = 4    # TCP connections a new web session may cost (rate limit)
 _UTF8 = "; charset=utf-8"
 _TYPES = {   # set explicitly: aiohttp would say application/javascript (RFC 9239: text/javascript)
     ".html": "text/html" + _UTF8, ".js": "text/javascript" + _UTF8,
@@ -174,6 +181,8 @@ class WebGateway:
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
         self._watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
+        self._connection_rates = RateBySource(
+            HTTP_CONNECTIONS_PER_SESSION * ctx.limits.accept_rate_per_source)
 
     # -- what iim.conf says now (iim.admin refresh: requiressl and maxstanzasize are live) --
 
@@ -395,13 +404,29 @@ class WebGateway:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(listening)
+                sock, address = await loop.sock_accept(listening)
             except OSError as exc:              # EMFILE and the like: wait, go on
                 self.log.warning("gateway: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
             sock.setblocking(False)
+            if not self._admit_connection(sock, address):
+                continue
             self._spawn(self._serve(sock))
+
+    def _admit_connection(self, sock: socket.socket, address) -> bool:
+        """At most HTTP_CONNECTIONS_PER_SESSION x accept_rate_per_source new TCP
+        connections per second from one source (a page load opens several, a
+        BOSH client two); beyond that closed at once, before a byte is read."""
+        source = source_of(address[0] if isinstance(address, tuple) else str(address))
+        now = asyncio.get_running_loop().time()
+        if self._connection_rates.allow(source, now):
+            return True
+        sock.close()
+        if self.ctx.limit_log is not None:
+            self.ctx.limit_log.hit("iim_server.accept_rate_per_source", now,
+                                   f"{source}: HTTP connections to the gateway")
+        return False
 
     async def _serve(self, sock: socket.socket) -> None:
         """Peek at the first byte, then hand the socket to aiohttp, over TLS or not."""
