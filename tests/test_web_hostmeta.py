@@ -263,3 +263,14 @@ def test_admin_check_mentions_the_gateway(tmp_path, ca):
     off = tmp_path / "off.conf"
     off.write_text(server.conf.read_text().replace("iim_server.httpport", "! x"))
     assert any("iim_server.httpport is not set" in str(f) for f in check(off))
+
+
+def test_without_a_keystore_the_gateway_is_plain_http_only(tmp_path, ca):
+    async def scenario():
+        async with WebServer(tmp_path, ca, tls=False) as server:
+            status, _, data = await get(server, "/.well-known/host-meta.json", secure=False)
+            hrefs = [link["href"] for link in json.loads(data)["links"]]
+            assert status == 200 and all(h.startswith(("ws://", "http://")) for h in hrefs)
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):   # a ClientHello: closed
+                await get(server, "/")
+    run(scenario)
