@@ -14,7 +14,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from iim.server.web.bosh import BoshCore, BoshError, Condition
+from iim.server.web.bosh import BoshCore, BoshError, Condition, Resend
 from live import Client, next_item
 from webgw import HTTPBIND, STREAMS, BoshClient, WebServer, WsClient, run
 
@@ -62,7 +62,7 @@ def test_a_resent_rid_gets_the_same_answer_again():
     c.receive(10, None, 0)
     c.push("<presence xmlns='jabber:client'/>")
     [(_, text)] = c.ready(0)
-    assert c.receive(10, None, 1) == [("resend", text)]
+    assert c.receive(10, None, 1) == [Resend(text)]
 
 
 @pytest.mark.parametrize("rid", [9, 13, 100])     # 11 and 12 may be in flight
@@ -414,5 +414,21 @@ def test_a_session_opened_over_https_does_not_continue_over_plain_http(tmp_path,
             client.secure = False
             reply = await client.post()
             assert reply.get("condition") == "policy-violation"
+            await client.close()
+    run(scenario)
+
+
+def test_a_request_sent_again_gets_the_same_answer(tmp_path, ca):
+    """XEP-0124 §14.3: a response lost on the network; the client sends the same rid."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            client = BoshClient(server)
+            await client.login("juliet")
+            first = await client.post("<iq xmlns='jabber:client' type='get' id='r1'>"
+                                      "<query xmlns='jabber:iq:roster'/></iq>")
+            again = await client.post("<iq xmlns='jabber:client' type='get' id='r2'>"
+                                      "<query xmlns='jabber:iq:roster'/></iq>", rid=client.rid)
+            assert ET.tostring(again) == ET.tostring(first)
+            assert first.find("{jabber:client}iq").get("id") == "r1"
             await client.close()
     run(scenario)

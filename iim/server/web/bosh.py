@@ -67,7 +67,7 @@ from ..quota import source_of
 from .carrier import RateRefused, admit, https_tls, open_session
 from .framing import Closed, CoreOutput, FramedInput, Item, Opened, open_stream, standalone
 
-__all__ = ["BOSH_NS", "BoshCore", "BoshSessions", "Condition", "body"]
+__all__ = ["BOSH_NS", "BoshCore", "BoshSessions", "Condition", "Resend", "body"]
 
 BOSH_NS = "http://jabber.org/protocol/httpbind"
 XBOSH_NS = "urn:xmpp:xbosh"
@@ -120,6 +120,14 @@ def body(content: str = "", *, attrs: dict | None = None, terminate: Condition |
 # -- the session core (sans-I/O) -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Resend:
+    """A request for a rid answered already: the same answer again (§14.3)."""
+
+    body: str
+
+
+
 @dataclass
 class BoshCore:
     """One BOSH session's request bookkeeping; see the module docstring."""
@@ -151,11 +159,11 @@ class BoshCore:
 
     def receive(self, rid: int, payload, now: float) -> list:
         """A request: the payloads now ready to be processed, in rid order.
-        A resent rid gets ``("resend", body)`` in the list instead; BoshError
+        A resent rid gets ``[Resend(body)]`` instead; BoshError
         for a rid outside the window."""
         self.last_seen = now
         if rid in self.answered:
-            return [("resend", self.answered[rid])]
+            return [Resend(self.answered[rid])]
         if rid < self.next_rid or rid in self.waiting or rid >= self.next_rid + self.requests:
             raise BoshError(Condition.ITEM_NOT_FOUND, f"rid {rid} outside the window "
                                                       f"{self.next_rid}..{self.next_rid + self.requests - 1}")
@@ -314,9 +322,8 @@ class BoshSession:
         except BoshError as exc:
             self.fail()
             raise exc
-        for item in ready:
-            if isinstance(item, tuple) and item[0] == "resend":
-                return item[1]
+        if ready and isinstance(ready[0], Resend):
+            return ready[0].body
         future = self.loop.create_future()
         self.futures[rid] = future
         for item in ready:
