@@ -430,5 +430,7 @@ def test_a_request_sent_again_gets_the_same_answer(tmp_path, ca):
                                       "<query xmlns='jabber:iq:roster'/></iq>", rid=client.rid)
             assert ET.tostring(again) == ET.tostring(first)
             assert first.find("{jabber:client}iq").get("id") == "r1"
+            await asyncio.sleep(0)
+            assert server.server.web.bosh.by_sid[client.sid].core.queue == []   # r2 not run
             await client.close()
     run(scenario)
