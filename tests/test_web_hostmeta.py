@@ -13,6 +13,7 @@ from xml.etree import ElementTree as ET
 import aiohttp
 import pytest
 
+import pki
 from iim.admin.check import check
 from iim.conf import ConfigError, from_text
 from webgw import WebServer, run
@@ -27,6 +28,12 @@ async def get(server: WebServer, path: str, *, secure: bool = True, **kw):
         async with http.get(server.url(path, secure=secure), allow_redirects=False,
                             ssl=server.client_tls() if secure else False, **kw) as response:
             return response.status, response.headers, await response.read()
+
+
+async def get_with(server: WebServer, path: str, context: ssl.SSLContext):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url(path), ssl=context, allow_redirects=False) as response:
+            return response.status
 
 
 # -- XEP-0156 --------------------------------------------------------------------------------
@@ -168,6 +175,27 @@ def test_a_connection_that_closes_before_a_byte_costs_nothing(tmp_path, ca):
             for _ in range(3):
                 sock = socket.create_connection(("127.0.0.1", server.http_port))
                 sock.close()
+            status, _, _ = await get(server, "/")
+            assert status == 302
+    run(scenario)
+
+
+def test_failed_tls_handshakes_leave_nothing_behind(tmp_path, ca):
+    """A client that does not trust the certificate: no handshake, no handler."""
+    other = pki.CA.root("another CA", key_kind="ec")
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            stranger = ssl.create_default_context(cadata=other.cert_pem().decode())
+            for _ in range(3):
+                with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                    await get_with(server, "/", stranger)
+            gateway = server.server.web
+            for _ in range(200):
+                if not gateway._watches:
+                    break
+                await asyncio.sleep(0.01)
+            assert gateway._watches == {}
             status, _, _ = await get(server, "/")
             assert status == 302
     run(scenario)

@@ -109,15 +109,17 @@ class HeadWatch(asyncio.Protocol):
     requests an idle keep-alive connection is aiohttp's to close.
     """
 
-    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_forget")
+    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_watches")
 
-    def __init__(self, inner: asyncio.Protocol, limit: float, forget: Callable) -> None:
-        self.inner, self.limit, self._forget = inner, limit, forget
+    def __init__(self, inner: asyncio.Protocol, limit: float, watches: dict) -> None:
+        self.inner, self.limit, self._watches = inner, limit, watches
         self.transport = None
         self.active = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
+        # registered only now: a failed TLS handshake never gets here, nor to connection_lost
+        self._watches[self.inner] = self
         self.transport = transport
         self._start()                           # the first request is due too
         self.inner.connection_made(transport)
@@ -156,7 +158,7 @@ class HeadWatch(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._forget(self.inner)
+        self._watches.pop(self.inner, None)
         self.inner.connection_lost(exc)
 
 
@@ -451,11 +453,7 @@ class WebGateway:
 
     def _watch(self) -> HeadWatch:
         """aiohttp's handler for a new connection, behind a HeadWatch."""
-        inner = self._runner.server()
-        watch = HeadWatch(inner, self.ctx.negotiation_timeout,
-                          lambda handler: self._watches.pop(handler, None))
-        self._watches[inner] = watch
-        return watch
+        return HeadWatch(self._runner.server(), self.ctx.negotiation_timeout, self._watches)
 
     async def stop(self) -> None:
         for sock in self._socks:
