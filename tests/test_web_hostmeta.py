@@ -302,3 +302,40 @@ def test_without_a_keystore_the_gateway_is_plain_http_only(tmp_path, ca):
             with pytest.raises((aiohttp.ClientError, ssl.SSLError)):   # a ClientHello: closed
                 await get(server, "/")
     run(scenario)
+
+
+def test_sessions_that_come_and_go_leave_no_descriptor_task_or_entry(tmp_path, ca):
+    """After WebSocket and BOSH users log in and out: no session, no BOSH sid,
+    no connection watch, no task but the accept loop, and the process holds
+    the file descriptors it held before."""
+    import os
+
+    from webgw import BoshClient, WsClient
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            gateway = server.server.web
+            gateway.bosh.inactivity = 0.2
+            await get(server, "/")
+            before = fds()
+            for n in range(3):
+                ws = await WsClient.connect(server)
+                await ws.login("juliet", f"w{n}")
+                await ws.send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
+                await ws.close()
+                bosh = BoshClient(server)
+                await bosh.login("romeo", f"b{n}")
+                await bosh.post(type="terminate")
+                await bosh.close()
+            for _ in range(500):
+                if not (server.server.ctx.sessions or gateway.bosh.by_sid or gateway._watches
+                        or len(gateway._tasks) > 1) and fds() <= before:
+                    break
+                await asyncio.sleep(0.01)
+            assert not server.server.ctx.sessions and not gateway.bosh.by_sid
+            assert not gateway._watches and len(gateway._tasks) == 1        # the accept loop
+            assert fds() <= before
+    run(scenario)
