@@ -192,10 +192,10 @@ def test_failed_tls_handshakes_leave_nothing_behind(tmp_path, ca):
                     await get_with(server, "/", stranger)
             gateway = server.server.web
             for _ in range(200):
-                if not gateway._watches:
+                if not gateway.listener.watches:
                     break
                 await asyncio.sleep(0.01)
-            assert gateway._watches == {}
+            assert gateway.listener.watches == {}
             status, _, _ = await get(server, "/")
             assert status == 302
     run(scenario)
@@ -331,11 +331,11 @@ def test_sessions_that_come_and_go_leave_no_descriptor_task_or_entry(tmp_path, c
                 await bosh.post(type="terminate")
                 await bosh.close()
             for _ in range(500):
-                if not (server.server.ctx.sessions or gateway.bosh.by_sid or gateway._watches
-                        or len(gateway._tasks) > 1) and fds() <= before:
+                if not (server.server.ctx.sessions or gateway.bosh.by_sid or gateway.listener.watches
+                        or len(gateway.listener.tasks) > 1) and fds() <= before:
                     break
                 await asyncio.sleep(0.01)
             assert not server.server.ctx.sessions and not gateway.bosh.by_sid
-            assert not gateway._watches and len(gateway._tasks) == 1        # the accept loop
+            assert not gateway.listener.watches and len(gateway.listener.tasks) == 1        # the accept loop
             assert fds() <= before
     run(scenario)

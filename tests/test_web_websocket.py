@@ -17,7 +17,7 @@ import pytest
 from iim.conf import from_text
 from live import Client, next_item
 from webgw import (
-    BIND, CLOSE, FRAMING, OPEN, SASL, STREAMS, WebServer, WsClient, run,
+    CLOSE, FRAMING, OPEN, SASL, STREAMS, WebServer, WsClient, run,
 )
 
 STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"

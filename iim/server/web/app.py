@@ -9,13 +9,10 @@ it serves the web client's static files (``/`` -> ``/im.html``, ``/static/``)
 and XEP-0156 discovery (``/.well-known/host-meta[.json]``). aiohttp speaks
 HTTP/1.1 and WebSocket; nothing here parses HTTP by hand.
 
-The port speaks both TLS and plain HTTP: the listener accepts a socket,
-waits (at most ``negotiation_timeout``) for its first byte and peeks at it.
-0x16 (a TLS handshake record, RFC 8446 §5.1) is served as HTTPS with the
-keystore's context (the server's current one, so a certificate reload
-reaches new connections); anything else as plain HTTP. Peeking, not reading,
-leaves the ClientHello in the socket for the TLS layer. A plain request
-then gets what the policy says:
+The port speaks both TLS and plain HTTP (iim/server/web/listener.py: the
+first byte of a connection says which; slow or idle connections are cut off;
+new connections are rate limited per source). A plain request gets what the
+policy says:
 
 - web sessions (``/ws``, ``/http-bind``) over plain HTTP are refused with 403
   and a one-line reason when ``iim_server.requiressl`` is true, unless the
@@ -36,10 +33,8 @@ The check stops another site's page from riding on a user's browser; it is
 no authentication (SASL is). Refusals are logged as limits are (one line per
 parameter and ``limit_log_interval``).
 
-New TCP connections are limited per source too, before anything is read:
-``HTTP_CONNECTIONS_PER_SESSION`` times ``accept_rate_per_source`` a second
-(bursts of twice that), closed at once beyond it; a new XMPP session then
-passes the per-source gate of iim/server/admission.py.
+A new XMPP session passes the per-source gate of iim/server/admission.py,
+like one on any other carrier.
 
 Behind a reverse proxy every client counts under the proxy's address for the
 per-source limits: ``X-Forwarded-For`` is not trusted (anyone can send it).
@@ -54,10 +49,7 @@ other servers), so a browser that came once never tries plain HTTP again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from asyncio import sslproto
-import socket
 import ssl
 from pathlib import Path
 from typing import Callable
@@ -69,18 +61,16 @@ from iim.text import host_port, printable
 
 from ..admission import Admission
 from ..c2s import SessionContext
-from ..quota import RateBySource, source_of
 from . import hostmeta
 from .bosh import BoshSessions
 from .carrier import GatewayContext
+from .listener import HttpListener
 from .websocket import HEARTBEAT, serve_websocket
 
 __all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX = "/im.html"
-TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
-HTTP_CONNECTIONS_PER_SESSION = 4    # TCP connections a new web session may cost (rate limit)
 _UTF8 = "; charset=utf-8"
 _TYPES = {   # set explicitly: aiohttp would say application/javascript (RFC 9239: text/javascript)
     ".html": "text/html" + _UTF8, ".js": "text/javascript" + _UTF8,
@@ -93,73 +83,6 @@ _TYPES = {   # set explicitly: aiohttp would say application/javascript (RFC 923
 
 class GatewayError(Exception):
     """One line for the operator; the server does not start."""
-
-
-class HeadWatch(asyncio.Protocol):
-    """Between aiohttp's RequestHandler and its transport: a request's head
-    must be complete within ``limit`` seconds of its first byte.
-
-    aiohttp waits for a request's headers for ever, so a client that drips a
-    header a minute (slowloris) would hold a connection, and its buffers, as
-    long as it likes. The clock starts when the connection is made (after the
-    TLS handshake), and again with the first byte that arrives while no
-    request is being handled; it stops when the application starts handling
-    one (``started``, from the gateway's middleware); a WebSocket is handled
-    for as long as it lives, a BOSH request until it is answered. Between
-    requests an idle keep-alive connection is aiohttp's to close.
-    """
-
-    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_watches")
-
-    def __init__(self, inner: asyncio.Protocol, limit: float, watches: dict) -> None:
-        self.inner, self.limit, self._watches = inner, limit, watches
-        self.transport = None
-        self.active = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport) -> None:
-        # registered only now: a failed TLS handshake never gets here, nor to connection_lost
-        self._watches[self.inner] = self
-        self.transport = transport
-        self._start()                           # the first request is due too
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.active and self._timer is None:
-            self._start()
-        self.inner.data_received(data)
-
-    def _start(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
-
-    def started(self) -> None:
-        self.active += 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def finished(self) -> None:
-        self.active -= 1
-
-    def _too_slow(self) -> None:
-        self._timer = None
-        if not self.active and self.transport is not None:
-            self.transport.abort()
-
-    def eof_received(self):
-        return self.inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-    def connection_lost(self, exc) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._watches.pop(self.inner, None)
-        self.inner.connection_lost(exc)
 
 
 class WebGateway:
@@ -180,11 +103,8 @@ class WebGateway:
         self.static_dir = static_dir
         self.bosh = BoshSessions(self)          # /http-bind
         self._runner: web.AppRunner | None = None
-        self._socks: list[socket.socket] = []
-        self._tasks: set[asyncio.Task] = set()
-        self._watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
-        self._connection_rates = RateBySource(
-            HTTP_CONNECTIONS_PER_SESSION * ctx.limits.accept_rate_per_source)
+        self.listener = HttpListener(tls_context, lambda: self.ctx.negotiation_timeout,
+                                     ctx.limits.accept_rate_per_source, ctx.limit_log, log)
 
     # -- what iim.conf says now (iim.admin refresh: requiressl and maxstanzasize are live) --
 
@@ -227,15 +147,14 @@ class WebGateway:
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{path:.+}", self._static)
         app.router.add_get("/{name:[A-Za-z0-9_.-]+}", self._root_file)
-        if self.bosh is not None:
-            self.bosh.add_routes(app, self)
+        self.bosh.add_routes(app, self)
         app.on_response_prepare.append(self._security_headers)
         return app
 
     @web.middleware
     async def _watched(self, request: web.Request, handler) -> web.StreamResponse:
         """Tell the connection's HeadWatch that a request is being handled."""
-        watch = self._watches.get(request.protocol)
+        watch = self.listener.watches.get(request.protocol)
         if watch is not None:
             watch.started()
         try:
@@ -352,147 +271,39 @@ class WebGateway:
                 f"font-src 'self'; connect-src 'self' {sockets}; manifest-src 'self'; "
                 "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
-    # -- the listener ----------------------------------------------------------------------
+    # -- running ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        where = self.settings.httpport
         if self.tls_context() is None and not self.plain_allowed:
             raise GatewayError("iim_server.httpport: no keystore (iim_server.sslkeystore) for "
                                "HTTPS, and plain HTTP is not allowed")
         self._runner = web.AppRunner(self.application(), handle_signals=False, access_log=None,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
+        where = self.settings.httpport
         try:
-            infos = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-            for family, type_, proto, _, address in infos:
-                self._socks.append(self._bind(family, type_, proto, address))
+            await self.listener.start(where, self._runner.server)
         except OSError as exc:
             await self.stop()
             raise GatewayError(f"iim_server.httpport: cannot listen on {where}: "
                                f"{exc.strerror or exc}") from None
-        for sock in self._socks:
-            self._spawn(self._accept(sock))
+        for address in self.listener.addresses:
             self.log.info("listening for XMPP over WebSocket and BOSH on %s (%s)",
-                          host_port(*sock.getsockname()[:2]),
+                          host_port(*address[:2]),
                           "HTTPS" + (" and HTTP" if self.plain_allowed else "")
                           if self.tls_context() is not None else "HTTP only")
 
-    @staticmethod
-    def _bind(family, type_, proto, address) -> socket.socket:
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
     @property
     def addresses(self) -> list[tuple]:
-        return [sock.getsockname() for sock in self._socks]
-
-    def _spawn(self, coroutine) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _accept(self, listening: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, address = await loop.sock_accept(listening)
-            except OSError as exc:              # EMFILE and the like: wait, go on
-                self.log.warning("gateway: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            sock.setblocking(False)
-            if not self._admit_connection(sock, address):
-                continue
-            self._spawn(self._serve(sock))
-
-    def _admit_connection(self, sock: socket.socket, address) -> bool:
-        """At most HTTP_CONNECTIONS_PER_SESSION x accept_rate_per_source new TCP
-        connections per second from one source (a page load opens several, a
-        BOSH client two); beyond that closed at once, before a byte is read."""
-        source = source_of(address[0] if isinstance(address, tuple) else str(address))
-        now = asyncio.get_running_loop().time()
-        if self._connection_rates.allow(source, now):
-            return True
-        sock.close()
-        if self.ctx.limit_log is not None:
-            self.ctx.limit_log.hit("iim_server.accept_rate_per_source", now,
-                                   f"{source}: HTTP connections to the gateway")
-        return False
-
-    async def _serve(self, sock: socket.socket) -> None:
-        """Peek at the first byte, then hand the socket to aiohttp, over TLS or not."""
-        loop = asyncio.get_running_loop()
-        try:
-            first = await asyncio.wait_for(_peek(loop, sock), self.ctx.negotiation_timeout)
-            context = self.tls_context()
-            if not first or (first[0] == TLS_HANDSHAKE and context is None):
-                sock.close()
-                return
-            if first[0] != TLS_HANDSHAKE:
-                await loop.connect_accepted_socket(self._watch, sock)
-                return
-            handshake = loop.create_future()
-            handshake.add_done_callback(_consume)       # a failed handshake: nothing to say
-            tls = _SmallSSLProtocol(loop, self._watch(), context, handshake, server_side=True,
-                                    ssl_handshake_timeout=self.ctx.negotiation_timeout)
-            await loop.connect_accepted_socket(lambda: tls, sock)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            self.log.debug("gateway: connection dropped before HTTP: %s", exc)
-            sock.close()
-
-    def _watch(self) -> HeadWatch:
-        """aiohttp's handler for a new connection, behind a HeadWatch."""
-        return HeadWatch(self._runner.server(), self.ctx.negotiation_timeout, self._watches)
+        return self.listener.addresses
 
     async def stop(self) -> None:
-        for sock in self._socks:
-            sock.close()
-        self._socks = []
-        for task in list(self._tasks):
-            task.cancel()
-        if self.bosh is not None:
-            self.bosh.close()
+        self.listener.stop()
+        self.bosh.close()
         if self._runner is not None:
             await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
-
-
-class _SmallSSLProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS for the gateway's HTTPS connections, with a 16 KiB read
-    buffer (one TLS record's plaintext) instead of the 256 KiB each connection
-    allocates by default: ~240 KB less per web session (bench/web_gateway.py).
-    The rest of the server does TLS over memory BIOs (iim/tlsbio.py)."""
-
-    max_size = 16 * 1024
-
-
-def _consume(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    """The first byte waiting on ``sock``, left there; b"" when the peer closed."""
-    readable = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
-    try:
-        await readable
-    finally:
-        loop.remove_reader(sock.fileno())
-    return sock.recv(1, socket.MSG_PEEK)
-
 
 def _normal_origin(origin: str) -> str:
     """``scheme://host[:port]`` lower-case, without the scheme's default port."""

@@ -1,0 +1,242 @@
+"""The gateway's listening sockets: TLS and plain HTTP on one port, handed to aiohttp.
+
+Theory of operation. ``HttpListener`` accepts sockets itself (``sock_accept``)
+instead of letting ``loop.create_server`` do it, for three things aiohttp
+does not do:
+
+- *TLS or not.* It waits (at most ``negotiation_timeout``) for a
+  connection's first byte and peeks at it (``MSG_PEEK``, so the ClientHello
+  stays in the socket for the TLS layer). 0x16, a TLS handshake record (RFC
+  8446 §5.1), is served as HTTPS with the keystore's context, read at each
+  connection (a certificate reload reaches new ones); anything else as plain
+  HTTP, which the gateway's policy then judges (app.py).
+- *Memory.* asyncio's TLS transport allocates a 256 KiB read buffer per
+  connection; ``_SmallSSLProtocol`` uses 16 KiB (one TLS record), which is
+  most of the difference between 310 and 70 KB per WebSocket session
+  (bench/web_gateway.py).
+- *Slow peers.* aiohttp waits for a request's headers for ever. A
+  ``HeadWatch`` between aiohttp's handler and the transport cuts off a
+  connection whose request has not started to be handled within
+  ``negotiation_timeout`` (see its docstring); new TCP connections from one
+  source are limited to ``HTTP_CONNECTIONS_PER_SESSION`` x
+  ``accept_rate_per_source`` a second (bursts of twice that) and closed
+  unread beyond it, with one log line per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from asyncio import sslproto
+from typing import Callable
+
+from ..quota import LimitLog, RateBySource, source_of
+
+__all__ = ["HTTP_CONNECTIONS_PER_SESSION", "HeadWatch", "HttpListener", "TLS_HANDSHAKE"]
+
+TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
+HTTP_CONNECTIONS_PER_SESSION = 4    # TCP connections a new web session may cost (rate limit)
+
+
+class HeadWatch(asyncio.Protocol):
+    """Between aiohttp's RequestHandler and its transport: a request's head
+    must be complete within ``limit`` seconds of its first byte.
+
+    aiohttp waits for a request's headers for ever, so a client that drips a
+    header a minute (slowloris) would hold a connection, and its buffers, as
+    long as it likes. The clock starts when the connection is made (after the
+    TLS handshake), and again with the first byte that arrives while no
+    request is being handled; it stops when the application starts handling
+    one (``started``, from the gateway's middleware); a WebSocket is handled
+    for as long as it lives, a BOSH request until it is answered. Between
+    requests an idle keep-alive connection is aiohttp's to close.
+    """
+
+    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_watches")
+
+    def __init__(self, inner: asyncio.Protocol, limit: float, watches: dict) -> None:
+        self.inner, self.limit, self._watches = inner, limit, watches
+        self.transport = None
+        self.active = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        # registered only now: a failed TLS handshake never gets here, nor to connection_lost
+        self._watches[self.inner] = self
+        self.transport = transport
+        self._start()                           # the first request is due too
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active and self._timer is None:
+            self._start()
+        self.inner.data_received(data)
+
+    def _start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
+
+    def started(self) -> None:
+        self.active += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def finished(self) -> None:
+        self.active -= 1
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self.active and self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._watches.pop(self.inner, None)
+        self.inner.connection_lost(exc)
+
+
+class HttpListener:
+    """Accepts connections on the gateway's port and gives them to aiohttp."""
+
+    def __init__(self, tls_context: Callable[[], ssl.SSLContext | None],
+                 timeout: Callable[[], float], accept_rate: int, limit_log: LimitLog | None,
+                 log: logging.Logger) -> None:
+        self.tls_context = tls_context
+        self.timeout = timeout                  # negotiation_timeout, as refreshed
+        self.limit_log = limit_log
+        self.log = log
+        self.watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
+        self.tasks: set[asyncio.Task] = set()
+        self._rates = RateBySource(HTTP_CONNECTIONS_PER_SESSION * accept_rate)
+        self._socks: list[socket.socket] = []
+        self._handler: Callable[[], asyncio.Protocol] | None = None
+
+    async def start(self, where, handler: Callable[[], asyncio.Protocol]) -> None:
+        """Listen on ``where`` (a HostPort); ``handler()`` makes aiohttp's protocol.
+        OSError when a socket cannot be bound."""
+        self._handler = handler
+        infos = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, type_, proto, _, address in infos:
+            self._socks.append(_bind(family, type_, proto, address))
+        for sock in self._socks:
+            self._spawn(self._accept(sock))
+
+    @property
+    def addresses(self) -> list[tuple]:
+        return [sock.getsockname() for sock in self._socks]
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listening)
+            except OSError as exc:              # EMFILE and the like: wait, go on
+                self.log.warning("gateway: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            if self._admit(sock, address):
+                self._spawn(self._serve(sock))
+
+    def _admit(self, sock: socket.socket, address) -> bool:
+        """Within the source's connection rate, or closed at once, before a byte is read."""
+        source = source_of(address[0] if isinstance(address, tuple) else str(address))
+        now = asyncio.get_running_loop().time()
+        if self._rates.allow(source, now):
+            return True
+        sock.close()
+        if self.limit_log is not None:
+            self.limit_log.hit("iim_server.accept_rate_per_source", now,
+                               f"{source}: HTTP connections to the gateway")
+        return False
+
+    async def _serve(self, sock: socket.socket) -> None:
+        """Peek at the first byte, then hand the socket to aiohttp, over TLS or not."""
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(_peek(loop, sock), self.timeout())
+            context = self.tls_context()
+            if not first or (first[0] == TLS_HANDSHAKE and context is None):
+                sock.close()
+                return
+            if first[0] != TLS_HANDSHAKE:
+                await loop.connect_accepted_socket(self._watched, sock)
+                return
+            handshake = loop.create_future()
+            handshake.add_done_callback(_consume)       # a failed handshake: nothing to say
+            tls = _SmallSSLProtocol(loop, self._watched(), context, handshake, server_side=True,
+                                    ssl_handshake_timeout=self.timeout())
+            await loop.connect_accepted_socket(lambda: tls, sock)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            self.log.debug("gateway: connection dropped before HTTP: %s", exc)
+            sock.close()
+
+    def _watched(self) -> HeadWatch:
+        """aiohttp's handler for a new connection, behind a HeadWatch."""
+        return HeadWatch(self._handler(), self.timeout(), self.watches)
+
+    def stop(self) -> None:
+        """No new connections; those handed to aiohttp are aiohttp's to close."""
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+        for task in list(self.tasks):
+            task.cancel()
+
+
+def _bind(family, type_, proto, address) -> socket.socket:
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _SmallSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS for the gateway's HTTPS connections, with a 16 KiB read
+    buffer (one TLS record's plaintext) instead of the 256 KiB each connection
+    allocates by default: ~240 KB less per web session (bench/web_gateway.py).
+    The rest of the server does TLS over memory BIOs (iim/tlsbio.py)."""
+
+    max_size = 16 * 1024
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first byte waiting on ``sock``, left there; b"" when the peer closed."""
+    readable = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+    return sock.recv(1, socket.MSG_PEEK)
