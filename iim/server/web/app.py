@@ -1,6 +1,6 @@
 """The XMPP/HTTP gateway: one port (``iim_server.httpport``), HTTPS and, if allowed, HTTP.
 
-Theory of operation. The gateway is a third way for a client stream to reach
+Theory of operation. The gateway is one more way for a client stream to reach
 the server, beside ``iim_server.port`` and the mux links (docs/architecture.md
 "Three carriers"): every XMPP session it carries is a ``ClientSession``, over
 a WebSocket (``/ws``, RFC 7395, iim/server/web/websocket.py) or a BOSH
