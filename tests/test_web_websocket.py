@@ -143,7 +143,8 @@ def test_a_message_that_is_not_one_complete_element_is_not_well_formed(tmp_path,
     async def scenario():
         async with WebServer(tmp_path, ca) as server:
             for bad in ("<message xmlns='jabber:client'><body>", OPEN + OPEN,
-                        "</stream:stream>"):
+                        "</stream:stream>", OPEN + "<presence xmlns='jabber:client'",
+                        OPEN + "<x a='>"):
                 client = await WsClient.connect(server)
                 await client.send(bad)
                 assert await stream_error(client) == "not-well-formed", bad
@@ -460,4 +461,40 @@ def test_pending_counts_the_sessions_bytes_not_the_frames():
                                     "version='1.0' xml:lang='en'/>"]
         assert carrier.pending() == len(header) + len(message)
         await carrier.stop()
+    run(scenario)
+
+
+def test_a_frame_whose_end_tag_is_long_is_one_complete_element(tmp_path, ca):
+    """Found by tests/test_web_framing.py: completeness is not judged by how far
+    the end tag reaches (a prefixed end tag of 20 bytes)."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            client = await WsClient.connect(server)
+            await client.send(OPEN)
+            await client.frame(), await client.frame()
+            token = base64.b64encode(b"\0juliet\0secret").decode()
+            await client.send(f"<saslmechanism:auth xmlns:saslmechanism='{SASL}' "
+                              f"mechanism='PLAIN'>{token}</saslmechanism:auth>")
+            assert (await client.frame()).tag == f"{{{SASL}}}success"
+            await client.close()
+    run(scenario)
+
+
+def test_a_child_in_the_streams_namespace_reaches_a_web_user_as_well_formed_xml(tmp_path, ca):
+    """Found by tests/test_web_framing.py: the serializer writes the streams
+    namespace with the prefix a TCP stream's header declares; a frame declares
+    it itself, or the recipient's XML parser fails on an unbound prefix."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            juliet, romeo = await WsClient.connect(server), await WsClient.connect(server)
+            await juliet.login("juliet")
+            await romeo.login("romeo")
+            await romeo.send("<message xmlns='jabber:client' to='juliet@example.com/web' "
+                             "type='chat'><body>odd</body><stream:x xmlns:stream="
+                             f"'{STREAMS}' stream:y='1'/></message>")
+            message = await juliet.frame()                   # ET.fromstring: well-formed
+            odd = message.find(f"{{{STREAMS}}}x")
+            assert odd is not None and odd.get(f"{{{STREAMS}}}y") == "1"
+            for client in (juliet, romeo):
+                await client.close()
     run(scenario)

@@ -32,8 +32,11 @@ stream errors behave the same for every carrier.
   other element is written again by the core's serializer and fed to the
   session, whose own parser reads it as it would from a socket. A WebSocket
   message must hold exactly one complete element (RFC 7395 §3.3.3): a partial
-  element, a second one, text or the stream's end tag in a message is
-  ``<not-well-formed/>``. Parsing twice costs ~7 µs a stanza; a web client
+  element, a second one or the stream's end tag in a message is
+  ``<not-well-formed/>``. Complete means the parser could let go of its
+  state after the message (``StreamParser.release``: at depth 1, every byte
+  consumed), which also catches a start tag left unfinished after the
+  element. Parsing twice costs ~7 µs a stanza; a web client
   sends a few a second.
 - Out (``CoreOutput``): the bytes the session writes are split back into
   elements by a second StreamParser (our own output, so its limits are only
@@ -92,24 +95,22 @@ class FramedInput:
         """One WebSocket text message -> the bytes to feed the session.
         Raises StreamError when it is not exactly one complete element."""
         events = self._parser.feed(data)
-        if self._parser.unit_in_progress:
-            raise StreamError(Cond.NOT_WELL_FORMED,
-                              "a WebSocket message must hold one complete element (RFC 7395 §3.3.3)")
         if any(not isinstance(event, ElementReceived) for event in events):
             raise StreamError(Cond.NOT_WELL_FORMED, "no stream end tag in RFC 7395 framing")
+        if not self._parser.release():          # only between complete elements (xml.py)
+            raise StreamError(Cond.NOT_WELL_FORMED,
+                              "a WebSocket message must hold one complete element (RFC 7395 §3.3.3)")
         if len(events) > 1:
             raise StreamError(Cond.NOT_WELL_FORMED,
                               "a WebSocket message must hold one element (RFC 7395 §3.3.3)")
-        self._parser.release()
         return element_for_core(events[0].element) if events else b""
 
     def body(self, data: bytes) -> list[Element]:
         """The children of a BOSH ``<body/>``, given as bytes of complete elements."""
         events = self._parser.feed(data)
-        if self._parser.unit_in_progress or any(
-                not isinstance(event, ElementReceived) for event in events):
+        if any(not isinstance(event, ElementReceived) for event in events) \
+                or not self._parser.release():  # only between complete elements (xml.py)
             raise StreamError(Cond.NOT_WELL_FORMED, "incomplete element in a BOSH body")
-        self._parser.release()
         return [event.element for event in events]
 
     def close(self) -> None:
@@ -201,12 +202,26 @@ class CoreOutput:
 
 
 def standalone(element: Element) -> str:
-    """``element`` written with every namespace it uses declared on itself."""
+    """``element`` written with every namespace it uses declared on itself.
+
+    The serializer writes the streams namespace with the ``stream`` prefix the
+    TCP stream's header declares, wherever it occurs (``<stream:features/>``,
+    and any element or attribute a client put in that namespace inside a
+    stanza); a frame has no header, so the prefix is declared on its root."""
     text = to_bytes(element, ns="").decode("utf-8")
-    if element.tag.startswith("{%s}" % STREAMS_NS):
-        local = element.tag.rpartition("}")[2]
-        text = text.replace(f"<stream:{local}", f"<stream:{local} xmlns:stream='{STREAMS_NS}'", 1)
-    return text
+    if not _uses_streams_namespace(element):
+        return text
+    local = element.tag.rpartition("}")[2]
+    head = "<stream:" + local if element.tag.startswith(_STREAMS) else "<" + local
+    return f"{head} xmlns:stream='{STREAMS_NS}'{text[len(head):]}"
+
+
+_STREAMS = "{%s}" % STREAMS_NS
+
+
+def _uses_streams_namespace(element: Element) -> bool:
+    return any(e.tag.startswith(_STREAMS) or any(k.startswith(_STREAMS) for k in e.attrib)
+               for e in element.iter())
 
 
 def open_frame(opened: Opened) -> str:
