@@ -45,6 +45,7 @@ def test_dev_configuration_is_usable(devconf):
     nss = [line for line in lines if line.startswith("OK: iim_mux.certnickname: NSS database")]
     assert any(line.endswith("key matches certificate CN=iim dev multiplexor,"
                              "O=iim development") for line in nss)
+    assert any(line.endswith(": serves an ECDSA P-256 key") for line in nss)
     assert not [line for line in lines if line.startswith(("ERROR", "WARNING"))]
 
 

@@ -550,6 +550,8 @@ def test_check_calls_the_produced_configuration_usable(walk, store):
     assert any(line.startswith("OK: iim_mux.certnickname: NSS database")
                and line.endswith("key matches certificate CN=chat.example.com")
                for line in lines)
+    assert any(line.startswith("OK: iim_mux.certnickname: NSS database")
+               and line.endswith(": serves an RSA 3072-bit key") for line in lines)
 
 
 # ---------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def _load_mux(mux):
 def _material_findings(material: KeyMaterial, param: str, domain: str, now):
     where = f"{param}: {material.source}"
     yield _key_match(material, where)
+    yield _key_kind(material, where)
     yield _completeness(material, where)
     yield from _expiry(material, where, now)
     yield _names(material, where, domain)
@@ -201,6 +202,21 @@ def _key_match(material, where) -> Finding:
         return Finding(Level.ERROR, f"{where}: the private key does not match the certificate")
     return Finding(Level.OK, f"{where}: key matches certificate "
                              f"{material.certificate.subject.rfc4514_string()}")
+
+
+def _key_kind(material, where) -> Finding:
+    """Which kind of key the certificate presents (ECDSA handshakes cost a fraction
+    of RSA ones: bench/MUX.md)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    key = material.certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        kind = f"an RSA {key.key_size}-bit key"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        curves = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+        kind = f"an ECDSA {curves.get(key.curve.name, key.curve.name)} key"
+    else:
+        kind = f"a {type(key).__name__.removesuffix('PublicKey')} key"
+    return Finding(Level.OK, f"{where}: serves {kind}")
 
 
 def _completeness(material, where) -> Finding:
