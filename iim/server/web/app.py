@@ -147,7 +147,7 @@ class WebGateway:
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{path:.+}", self._static)
         app.router.add_get("/{name:[A-Za-z0-9_.-]+}", self._root_file)
-        self.bosh.add_routes(app, self)
+        self.bosh.add_routes(app)
         app.on_response_prepare.append(self._security_headers)
         return app
 

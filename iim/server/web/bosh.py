@@ -386,7 +386,7 @@ class BoshSessions:
         self.by_sid: dict[str, BoshSession] = {}
         self.inactivity: float = INACTIVITY     # tests shorten it
 
-    def add_routes(self, app: web.Application, gateway) -> None:
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/http-bind", self.handle)
         app.router.add_route("OPTIONS", "/http-bind", self.preflight)
 
