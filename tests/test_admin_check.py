@@ -173,3 +173,18 @@ def test_mirrored_coserver_pairs_are_not_warned(tmp_path, ca):
     code, lines = run_check(conf)
     assert code == 0
     assert not [line for line in lines if line.startswith(("WARNING", "ERROR"))]
+
+
+@pytest.mark.parametrize("host, level", [("127.0.0.1", "OK"), ("[::1]", "OK"),
+                                         ("localhost", "OK"), ("0.0.0.0", "WARNING"),
+                                         ("192.0.2.7", "WARNING")])
+def test_plain_http_under_requiressl_is_a_warning_unless_the_gateway_is_on_loopback(
+        tmp_path, ca, host, level):
+    conf, _ = jks_conf(tmp_path, ca, extra=f'iim_server.httpport = "{host}:5280"\n'
+                                           'iim_server.requiressl = "true"\n'
+                                           'iim_server.http_allow_plain = "true"\n')
+    code, lines = run_check(conf)
+    assert code == 0
+    found = [line for line in lines if "http_allow_plain is true" in line]
+    assert len(found) == 1 and found[0].startswith(f"{level}: "), lines
+    assert ("loopback only" in found[0]) == (level == "OK")

@@ -70,10 +70,14 @@ def _gateway_findings(config) -> list[Finding]:
                                        "cross the network unencrypted")]
     found = [Finding(Level.OK, f"iim_server.httpport: the gateway on {host}: web client at "
                                "https://, WebSocket at /ws, BOSH at /http-bind")]
-    if server.http_allow_plain and server.requiressl:       # said explicitly: not a warning
-        found.append(Finding(Level.OK, "iim_server.http_allow_plain is true: web sessions over "
-                                       "plain HTTP are allowed although iim_server.requiressl "
-                                       "is true (SASL PLAIN is not offered on them)"))
+    if server.http_allow_plain and server.requiressl:
+        # As the server's start-up log: on loopback it is said, anywhere else a warning.
+        local = where.loopback_only
+        found.append(Finding(Level.OK if local else Level.WARNING,
+                             "iim_server.http_allow_plain is true: web sessions over plain "
+                             "HTTP are allowed although iim_server.requiressl is true "
+                             f"({'loopback only; ' if local else ''}SASL PLAIN is not "
+                             "offered on them)"))
     elif not server.requiressl:
         found.append(Finding(Level.OK, "iim_server.httpport: plain HTTP carries web sessions "
                                        "too (iim_server.requiressl is false)"))

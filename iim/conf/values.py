@@ -56,6 +56,19 @@ class HostPort:
     host: str | None
     port: int
 
+    @property
+    def loopback_only(self) -> bool:
+        """True when the host is a loopback address (127.0.0.0/8, ::1) or
+        ``localhost``: nothing listening there is reachable from another machine."""
+        if self.host is None:
+            return False
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
     def __str__(self) -> str:
         if self.host is None:
             return f":{self.port}"

@@ -156,9 +156,14 @@ class Server:
     async def _listen_for_web(self) -> None:
         """The XMPP/HTTP gateway on iim_server.httpport (iim/server/web/app.py)."""
         from .web.app import GatewayError, WebGateway    # aiohttp only when the gateway is on
-        if self.config.server.requiressl and self.config.server.http_allow_plain:
-            self.log.warning("iim_server.http_allow_plain is true: web sessions over plain HTTP "
-                             "are allowed although iim_server.requiressl is true")
+        server = self.config.server
+        if server.requiressl and server.http_allow_plain:
+            # On loopback (the development configuration) plain HTTP never crosses a
+            # network: said, not warned about. Anywhere else it is a warning.
+            say = self.log.info if server.httpport.loopback_only else self.log.warning
+            say("iim_server.http_allow_plain is true: web sessions over plain HTTP are "
+                "allowed although iim_server.requiressl is true%s",
+                " (loopback only)" if server.httpport.loopback_only else "")
         self.web = WebGateway(lambda: self.config.server, self.ctx, self.admission,
                               lambda: self.ctx.tls_context, self.log,
                               certificate=lambda: self.tls.material.certificate
