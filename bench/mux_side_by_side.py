@@ -10,7 +10,8 @@ from bench/c/loadgen.c, which checks every byte it gets back.
 
 Scenarios (``--only`` picks some, comma-separated):
 
-- ``plain``: ``python -m iim.mux`` (numinstances 1, maxthreads 2) vs HAProxy
+- ``plain``: ``python -m iim.mux`` (numinstances 1, maxthreads 2; "iim-flush0":
+  the same with ``iim_mux.link_flush_delay_us = 0``) vs HAProxy
   ``mode tcp`` (nbthread 2) vs nginx ``stream`` (2 workers), --sessions
   (2,000) connections: idle KB per session; paced round trips (--rates,
   fixed offered loads) with the relay's CPU per round trip and p50/p99;
@@ -291,6 +292,8 @@ class Target:
                  'iim_mux.accept_rate_per_source = "1000000"',
                  f'iim.log.iim_mux.url = "{d / "mux.log"}"',
                  'iim.log.iim_mux.severity = "WARNING"']
+        if self.name == "iim-flush0":
+            lines += ['iim_mux.link_flush_delay_us = "0"']
         if self.name == "iim-tlslink":
             lines += ['iim_mux.muxlink_tls = "on"', f'iim_mux.muxlink_cafile = "{k["cert"]}"']
         else:
@@ -417,7 +420,8 @@ def check(res: dict, what: str) -> None:
 
 
 def rr(target: Target, args, sessions: int, rate: float | None, tls_note: str = "") -> dict:
-    extra = ["--sessions", str(sessions), "--seconds", str(args.seconds), "--size", str(args.size)]
+    extra = ["--sessions", str(sessions), "--seconds", str(args.seconds), "--size", str(args.size),
+             "--warmup", str(args.warmup)]
     if rate:
         extra += ["--rate", str(rate)]
     res = loadgen("rr", target, *extra)
@@ -438,7 +442,8 @@ def plain_scenario(target: Target, args) -> dict:
     check(c, f"{target.name} conn")
     out["conn_rate"] = c["rate"]
     out["cpu_us_conn"] = c["relay_cpu"] * 1e6 / max(c["count"], 1)
-    b = loadgen("bulk", target, "--sessions", "8", "--seconds", str(args.seconds / 2))
+    b = loadgen("bulk", target, "--sessions", "8", "--seconds", str(args.seconds / 2),
+                "--warmup", str(args.warmup))
     check(b, f"{target.name} bulk")
     out["bulk_mb_s"] = b["bytes"] / b["wall"] / 1e6
     out["bulk_cpu_s_gb"] = b["relay_cpu"] / max(b["bytes"] / 1e9, 1e-9)
@@ -563,12 +568,15 @@ def plots(results: dict, args) -> list[str]:
     plain = results.get("plain")
     if plain:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for name, runs in plain.items():
+        for i, (name, runs) in enumerate(plain.items()):
+            color = f"C{i}"
             xs = [r for r in args.rates if med(runs, f"cpu_us@{r}") is not None]
-            a1.plot(xs, [med(runs, f"cpu_us@{r}") for r in xs], marker="o", label=name)
-            a2.plot(xs, [med(runs, f"p50_us@{r}") for r in xs], marker="o", label=f"{name} p50")
+            a1.plot(xs, [med(runs, f"cpu_us@{r}") for r in xs], marker="o", color=color,
+                    label=name)
+            a2.plot(xs, [med(runs, f"p50_us@{r}") for r in xs], marker="o", color=color,
+                    label=f"{name} p50")
             a2.plot(xs, [med(runs, f"p99_us@{r}") for r in xs], marker="x", linestyle="--",
-                    label=f"{name} p99")
+                    color=color, label=f"{name} p99")
         a1.set(xlabel="offered round trips/s", ylabel="relay CPU µs / round trip",
                title=f"Plain relay, {args.sessions:,} sessions (medians)")
         a1.set_ylim(bottom=0)
@@ -609,9 +617,9 @@ TITLES = {"plain": "Plain relay", "tls": "Legacy SSL (TLS termination), RSA-2048
 def report(results: dict, scenarios: dict, args, started: str, loads: list[str],
            made: list[str]) -> str:
     out = [BEGIN, "",
-           f"Run of {started} on {platform.node()} ({os.cpu_count()} vCPUs, shared), Python "
-           f"{platform.python_version()}, {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.split()[2]} HAProxy, "
-           f"load average before/after: {loads[0]} / {loads[-1]}.",
+           f"## Results ({started}, {os.cpu_count()} vCPUs shared with other work; load "
+           f"average {loads[0]} at the start, {loads[-1]} at the end; Python "
+           f"{platform.python_version()}, OpenSSL {ssl_version()})",
            "",
            f"    python bench/mux_side_by_side.py {' '.join(args.argv)}".rstrip(), "",
            f"Cells: median of {args.reps} repetitions (min–max). Ratio = iim / anchor, of the "
@@ -626,6 +634,11 @@ def report(results: dict, scenarios: dict, args, started: str, loads: list[str],
         out += [f"![{png}]({png})", ""]
     out.append(END)
     return "\n".join(out)
+
+
+def ssl_version() -> str:
+    out = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.split()
+    return out[1] if len(out) > 1 else "?"
 
 
 def write_md(text: str) -> None:
@@ -643,6 +656,7 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=2000)
     p.add_argument("--seconds", type=float, default=3, help="per measured step")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each measured window")
     p.add_argument("--rates", default="4000,8000,14000,20000",
                    help="offered round trips/s of the paced plain steps")
     p.add_argument("--tls-rate", type=int, default=8000)
@@ -665,7 +679,7 @@ def main(argv=None) -> int:
     build_tools()
     work = Path(tempfile.mkdtemp(prefix="mux-bench-"))
     only = set((args.only or "plain,tls,ecdsa,big").split(","))
-    scenarios = {"plain": ["iim", "haproxy", "nginx"],
+    scenarios = {"plain": ["iim", "iim-flush0", "haproxy", "nginx"],
                  "tls": ["iim", "stunnel", "haproxy", "nginx"],
                  "ecdsa": ["iim", "stunnel", "haproxy", "nginx"]}
     scenarios.update({f"big{n}": ["iim", "haproxy", "nginx"] for n in args.big})
