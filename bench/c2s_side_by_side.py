@@ -19,9 +19,9 @@ second in all (each user one every users/rate seconds on average).
 *KB per user*: (VmRSS of the server process ``--settle`` s after the last
 login - VmRSS idle before Tsung started) / users, read while every user is
 silent. iim's sessions release their parsers on the stanza watchdog's tick
-(``stanza_timeout / 4``, 15 s by default) and trim the heap once logins have
-been quiet for 17 s (iim/server/heap.py), so the default settle is 25 s;
-Prosody gets the same wait.
+(2 s after bind, then every ``stanza_timeout / 4``, 15 s by default) and trim
+the heap once logins have been quiet for 17 s (iim/server/heap.py), so the
+default settle is 25 s; Prosody gets the same wait.
 
 *CPU per message*: the server process's user + system CPU time
 (/proc/PID/stat) over ``--window`` seconds in the middle of the chat phase,
