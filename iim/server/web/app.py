@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from iim.conf.settings import ServerSettings
 from iim.text import host_port, printable
@@ -72,6 +73,12 @@ __all__ = ["STATIC_DIR", "WebGateway", "GatewayError"]
 STATIC_DIR = Path(__file__).parent / "static"
 INDEX = "/im.html"
 _UTF8 = "; charset=utf-8"
+# A request head aiohttp will hold: a line (the request line, or one header's name
+# and value) of at most 8190 bytes, at most 32 headers, so at most ~270 KB while
+# it arrives (within negotiation_timeout, listener.py); beyond, 400 and the
+# connection is closed. Browsers send ~10-20 headers; Cookie, the longest, may
+# carry other applications' cookies of the same host, hence no smaller line.
+HEAD_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}
 _TYPES = {   # set explicitly: aiohttp would say application/javascript (RFC 9239: text/javascript)
     ".html": "text/html" + _UTF8, ".js": "text/javascript" + _UTF8,
     ".mjs": "text/javascript" + _UTF8, ".css": "text/css" + _UTF8,
@@ -104,7 +111,8 @@ class WebGateway:
         self.bosh = BoshSessions(self)          # /http-bind
         self._runner: web.AppRunner | None = None
         self.listener = HttpListener(tls_context, lambda: self.ctx.negotiation_timeout,
-                                     ctx.limits.accept_rate_per_source, ctx.limit_log, log)
+                                     ctx.limits.accept_rate_per_source, ctx.limit_log, log,
+                                     ctx.limits.max_unauthenticated_per_source)
 
     # -- what iim.conf says now (iim.admin refresh: requiressl and maxstanzasize are live) --
 
@@ -278,7 +286,9 @@ class WebGateway:
             raise GatewayError("iim_server.httpport: no keystore (iim_server.sslkeystore) for "
                                "HTTPS, and plain HTTP is not allowed")
         self._runner = web.AppRunner(self.application(), handle_signals=False, access_log=None,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=2.0, **HEAD_LIMITS,
+                                     keepalive_timeout=self.ctx.negotiation_timeout,
+                                     logger=_PeerErrors(logging.getLogger("aiohttp.server"), {}))
         await self._runner.setup()
         where = self.settings.httpport
         try:
@@ -304,6 +314,19 @@ class WebGateway:
             await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
+
+class _PeerErrors(logging.LoggerAdapter):
+    """aiohttp's server log, where a malformed request (a head over HEAD_LIMITS,
+    bytes that are not HTTP: the peer got its 400) is a debug line instead of
+    an ERROR with a traceback each time, which any peer could repeat to flood
+    the log. An exception in the application is still an ERROR."""
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug(msg + ": %s", *args, exc_info, **kwargs)
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
 
 def _normal_origin(origin: str) -> str:
     """``scheme://host[:port]`` lower-case, without the scheme's default port."""

@@ -14,13 +14,23 @@ does not do:
   connection; ``_SmallSSLProtocol`` uses 16 KiB (one TLS record), which is
   most of the difference between 310 and 70 KB per WebSocket session
   (bench/web_gateway.py).
-- *Slow peers.* aiohttp waits for a request's headers for ever. A
-  ``HeadWatch`` between aiohttp's handler and the transport cuts off a
-  connection whose request has not started to be handled within
-  ``negotiation_timeout`` (see its docstring); new TCP connections from one
-  source are limited to ``HTTP_CONNECTIONS_PER_SESSION`` x
-  ``accept_rate_per_source`` a second (bursts of twice that) and closed
-  unread beyond it, with one log line per interval.
+- *Slow peers.* aiohttp waits for a request's headers for ever, and keeps
+  an idle keep-alive connection for an hour. A ``HeadWatch`` between
+  aiohttp's handler and the transport cuts off a connection whose next
+  request has not started to be handled within ``negotiation_timeout`` of
+  the connection or of the previous request's end (see its docstring).
+- *Many connections from one source.* New TCP connections from one source
+  are limited to ``HTTP_CONNECTIONS_PER_SESSION`` x ``accept_rate_per_source``
+  a second (bursts of twice that), and the connections one source holds
+  *idle* (accepted, in the TLS handshake, waiting for a request or between
+  requests) to ``HTTP_CONNECTIONS_PER_SESSION`` x
+  ``max_unauthenticated_per_source``: beyond the rate or the count a new
+  connection is closed unread, and one that falls idle over the count is
+  closed once its response is out. A connection that is handling a request
+  does not count here: a WebSocket or BOSH session is counted while it
+  negotiates by the per-source gate (iim/server/admission.py), as on every
+  carrier, and a static file or discovery answer is short. Each refusal
+  is one log line per parameter and interval (``LimitLog``).
 """
 
 from __future__ import annotations
@@ -32,35 +42,70 @@ import ssl
 from asyncio import sslproto
 from typing import Callable
 
-from ..quota import LimitLog, RateBySource, source_of
+from ..clock import Clock, clock_of
+from ..quota import CountBySource, LimitLog, RateBySource, source_of
 
-__all__ = ["HTTP_CONNECTIONS_PER_SESSION", "HeadWatch", "HttpListener", "TLS_HANDSHAKE"]
+__all__ = ["HTTP_CONNECTIONS_PER_SESSION", "HeadWatch", "HttpListener", "IdleTicket",
+           "TLS_HANDSHAKE"]
 
 TLS_HANDSHAKE = 0x16            # the first byte of a TLS record carrying a handshake
-HTTP_CONNECTIONS_PER_SESSION = 4    # TCP connections a new web session may cost (rate limit)
+HTTP_CONNECTIONS_PER_SESSION = 4    # TCP connections a web session may cost (rate, idle count)
+IDLE_PARAM = "iim_server.max_unauthenticated_per_source"
+
+
+class IdleTicket:
+    """One connection's place in its source's count of idle connections.
+
+    Taken when the connection is accepted; ``release`` when it starts
+    handling a request or goes away (idempotent: a failed TLS handshake and
+    a lost connection may both say so); ``retake`` when it falls idle
+    again, False when the source is at its limit."""
+
+    __slots__ = ("source", "_count", "held")
+
+    def __init__(self, source: str, count: CountBySource) -> None:
+        self.source, self._count, self.held = source, count, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._count.remove(self.source)
+
+    def retake(self) -> bool:
+        if not self.held:
+            self.held = self._count.add(self.source)
+        return self.held
 
 
 class HeadWatch(asyncio.Protocol):
-    """Between aiohttp's RequestHandler and its transport: a request's head
-    must be complete within ``limit`` seconds of its first byte.
+    """Between aiohttp's RequestHandler and its transport: a request must
+    start being handled within ``limit`` seconds of the connection or of the
+    previous request's end, and an idle connection counts for its source.
 
     aiohttp waits for a request's headers for ever, so a client that drips a
     header a minute (slowloris) would hold a connection, and its buffers, as
-    long as it likes. The clock starts when the connection is made (after the
-    TLS handshake), and again with the first byte that arrives while no
-    request is being handled; it stops when the application starts handling
-    one (``started``, from the gateway's middleware); a WebSocket is handled
-    for as long as it lives, a BOSH request until it is answered. Between
-    requests an idle keep-alive connection is aiohttp's to close.
+    long as it likes, and it keeps an idle keep-alive connection for an hour.
+    The clock starts when the connection is made (after the TLS handshake),
+    when a request's handling ends (``finished``) and, if it is not running,
+    with the first byte that arrives while no request is being handled; it
+    stops when the application starts handling one (``started``, from the
+    gateway's middleware); a WebSocket is handled for as long as it lives, a
+    BOSH request until it is answered. The same two events move the
+    connection out of and back into its source's idle count (``IdleTicket``):
+    one that falls idle over the count is closed once its response is out.
     """
 
-    __slots__ = ("inner", "limit", "transport", "active", "_timer", "_watches")
+    __slots__ = ("inner", "limit", "transport", "active", "ticket", "clock", "_timer",
+                 "_watches", "_over")
 
-    def __init__(self, inner: asyncio.Protocol, limit: float, watches: dict) -> None:
+    def __init__(self, inner: asyncio.Protocol, limit: float, watches: dict,
+                 ticket: IdleTicket | None = None, clock: Clock | None = None,
+                 over: Callable[[str], None] = lambda source: None) -> None:
         self.inner, self.limit, self._watches = inner, limit, watches
+        self.ticket, self.clock, self._over = ticket, clock, over
         self.transport = None
         self.active = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = None
 
     def connection_made(self, transport) -> None:
         # registered only now: a failed TLS handshake never gets here, nor to connection_lost
@@ -75,16 +120,25 @@ class HeadWatch(asyncio.Protocol):
         self.inner.data_received(data)
 
     def _start(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.limit, self._too_slow)
+        self._timer = clock_of(self.clock).call_later(self.limit, self._too_slow)
 
     def started(self) -> None:
         self.active += 1
+        if self.ticket is not None:
+            self.ticket.release()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def finished(self) -> None:
         self.active -= 1
+        if self.active or self.transport is None:
+            return
+        if self._timer is None:
+            self._start()                       # the next request is due within the limit
+        if self.ticket is not None and not self.ticket.retake():
+            self._over(self.ticket.source)
+            self.inner.close()                  # aiohttp: no keep-alive after this response
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -103,6 +157,10 @@ class HeadWatch(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        self.transport = None
+        if self.ticket is not None:
+            self.ticket.release()
         self._watches.pop(self.inner, None)
         self.inner.connection_lost(exc)
 
@@ -112,14 +170,16 @@ class HttpListener:
 
     def __init__(self, tls_context: Callable[[], ssl.SSLContext | None],
                  timeout: Callable[[], float], accept_rate: int, limit_log: LimitLog | None,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, idle_per_source: int = 50) -> None:
         self.tls_context = tls_context
         self.timeout = timeout                  # negotiation_timeout, as refreshed
         self.limit_log = limit_log
         self.log = log
+        self.clock: Clock | None = None         # HeadWatch timers; None: the loop (tests set one)
         self.watches: dict[asyncio.Protocol, HeadWatch] = {}   # aiohttp handler -> its watch
         self.tasks: set[asyncio.Task] = set()
         self._rates = RateBySource(HTTP_CONNECTIONS_PER_SESSION * accept_rate)
+        self.idle = CountBySource(HTTP_CONNECTIONS_PER_SESSION * idle_per_source)
         self._socks: list[socket.socket] = []
         self._handler: Callable[[], asyncio.Protocol] | None = None
 
@@ -153,45 +213,64 @@ class HttpListener:
                 await asyncio.sleep(0.1)
                 continue
             sock.setblocking(False)
-            if self._admit(sock, address):
-                self._spawn(self._serve(sock))
+            ticket = self._admit(sock, address)
+            if ticket is not None:
+                self._spawn(self._serve(sock, ticket))
 
-    def _admit(self, sock: socket.socket, address) -> bool:
-        """Within the source's connection rate, or closed at once, before a byte is read."""
+    def _admit(self, sock: socket.socket, address) -> IdleTicket | None:
+        """Within the source's connection rate and idle count (its ticket), or
+        closed at once, before a byte is read (None)."""
         source = source_of(address[0] if isinstance(address, tuple) else str(address))
         now = asyncio.get_running_loop().time()
-        if self._rates.allow(source, now):
-            return True
-        sock.close()
-        if self.limit_log is not None:
-            self.limit_log.hit("iim_server.accept_rate_per_source", now,
-                               f"{source}: HTTP connections to the gateway")
-        return False
+        if not self._rates.allow(source, now):
+            sock.close()
+            self._hit("iim_server.accept_rate_per_source", source, "HTTP connections")
+            return None
+        if not self.idle.add(source):
+            sock.close()
+            self._over(source)
+            return None
+        return IdleTicket(source, self.idle)
 
-    async def _serve(self, sock: socket.socket) -> None:
+    def _over(self, source: str) -> None:
+        self._hit(IDLE_PARAM, source, "idle HTTP connections")
+
+    def _hit(self, param: str, source: str, what: str) -> None:
+        if self.limit_log is not None:
+            self.limit_log.hit(param, asyncio.get_running_loop().time(),
+                               f"{source}: {what} to the gateway")
+
+    async def _serve(self, sock: socket.socket, ticket: IdleTicket) -> None:
         """Peek at the first byte, then hand the socket to aiohttp, over TLS or not."""
         loop = asyncio.get_running_loop()
         try:
             first = await asyncio.wait_for(_peek(loop, sock), self.timeout())
             context = self.tls_context()
             if not first or (first[0] == TLS_HANDSHAKE and context is None):
+                ticket.release()
                 sock.close()
                 return
             if first[0] != TLS_HANDSHAKE:
-                await loop.connect_accepted_socket(self._watched, sock)
+                await loop.connect_accepted_socket(lambda: self._watched(ticket), sock)
                 return
             handshake = loop.create_future()
-            handshake.add_done_callback(_consume)       # a failed handshake: nothing to say
-            tls = _SmallSSLProtocol(loop, self._watched(), context, handshake, server_side=True,
-                                    ssl_handshake_timeout=self.timeout())
+            handshake.add_done_callback(lambda done: _handshake_done(done, ticket))
+            tls = _SmallSSLProtocol(loop, self._watched(ticket), context, handshake,
+                                    server_side=True, ssl_handshake_timeout=self.timeout())
             await loop.connect_accepted_socket(lambda: tls, sock)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self.log.debug("gateway: connection dropped before HTTP: %s", exc)
+            ticket.release()
             sock.close()
+        except asyncio.CancelledError:          # stop() while the first byte was awaited
+            ticket.release()
+            sock.close()
+            raise
 
-    def _watched(self) -> HeadWatch:
+    def _watched(self, ticket: IdleTicket) -> HeadWatch:
         """aiohttp's handler for a new connection, behind a HeadWatch."""
-        return HeadWatch(self._handler(), self.timeout(), self.watches)
+        return HeadWatch(self._handler(), self.timeout(), self.watches, ticket, self.clock,
+                         self._over)
 
     def stop(self) -> None:
         """No new connections; those handed to aiohttp are aiohttp's to close."""
@@ -226,9 +305,10 @@ class _SmallSSLProtocol(sslproto.SSLProtocol):
     max_size = 16 * 1024
 
 
-def _consume(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+def _handshake_done(future: asyncio.Future, ticket: IdleTicket) -> None:
+    """A failed TLS handshake never reaches HeadWatch: its ticket is freed here."""
+    if future.cancelled() or future.exception() is not None:   # nothing to say to the peer
+        ticket.release()
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
