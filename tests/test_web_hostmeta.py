@@ -293,6 +293,23 @@ def test_admin_check_mentions_the_gateway(tmp_path, ca):
     assert any("iim_server.httpport is not set" in str(f) for f in check(off))
 
 
+def test_admin_status_lists_the_gateways_address(tmp_path, ca):
+    """The control socket's status (iim/server/control.py) and iim.admin status's lines."""
+    from iim.admin.status import _server_lines
+    from iim.server.control import describe
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            return describe(server.server), server.port, server.http_port
+    status, port, http_port = run(scenario)
+    assert status["http_listening"] == [f"127.0.0.1:{http_port}"]
+    [listening] = [line for line in _server_lines(status) if line.startswith("listening")]
+    assert f"127.0.0.1:{port} (client and server streams)" in listening
+    assert f"127.0.0.1:{http_port} (XMPP over WebSocket and BOSH)" in listening
+    del status["http_listening"]            # a server from before the gateway: no such entry
+    assert "WebSocket" not in "".join(_server_lines(status))
+
+
 def test_without_a_keystore_the_gateway_is_plain_http_only(tmp_path, ca):
     async def scenario():
         async with WebServer(tmp_path, ca, tls=False) as server:

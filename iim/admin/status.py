@@ -98,7 +98,9 @@ def _server_lines(status: dict) -> list[str]:
     lines = [_row("domain", status["domain"]),
              _row("listening", "; ".join(
                  [f"{a} (client and server streams)" for a in status["listening"]]
-                 + [f"{a} (multiplexor links)" for a in status["mux_listening"]]) or "nothing"),
+                 + [f"{a} (multiplexor links)" for a in status["mux_listening"]]
+                 + [f"{a} (XMPP over WebSocket and BOSH)"
+                    for a in status.get("http_listening", [])]) or "nothing"),
              _row("requiressl", "true" if status["requiressl"] else "false"),
              _row("sessions", f"{established} established, {status['negotiating']} "
                               f"negotiating")]

@@ -71,6 +71,7 @@ def describe(server) -> dict:
         "domain": server.config.server.domainname,
         "listening": [host_port(*a[:2]) for a in server.addresses],
         "mux_listening": _mux_addresses(server),
+        "http_listening": _http_addresses(server),
         "requiressl": ctx.policy.tls_required,
         **_sessions(ctx.sessions),
         "mux_links": _links(server),
@@ -100,6 +101,12 @@ def _links(server) -> list[dict]:
     return sorted(({"name": link.name, "state": link.state.value,
                     "sessions": len(link.sessions)} for link in list(listener.links)),
                   key=lambda link: link["name"])
+
+
+def _http_addresses(server) -> list[str]:
+    """The XMPP/HTTP gateway's (iim_server.httpport), if it is on."""
+    gateway = getattr(server, "web", None)
+    return [] if gateway is None else [host_port(*a[:2]) for a in gateway.addresses]
 
 
 def _mux_addresses(server) -> list[str]:
