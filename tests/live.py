@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from iim import control
 from keytool import make_store
 from support import Process, free_port, listening  # noqa: F401  (the tests import these two from here)
+from support.process import DEADLINE
 
 DOMAIN = "localhost"
 STOREPASS = "Live-Store-Pw-9"
@@ -250,7 +251,8 @@ class Client(slixmpp.ClientXMPP):
         self.send_presence()
         self.started.set()
 
-    async def online(self, port: int, timeout: float = 20, host: str = "127.0.0.1") -> "Client":
+    async def online(self, port: int, timeout: float = DEADLINE,
+                     host: str = "127.0.0.1") -> "Client":
         self.connect(host, port)
         done, _ = await asyncio.wait([asyncio.ensure_future(self.started.wait()),
                                       asyncio.ensure_future(self.failed.wait())],

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from iim.conf import from_text
 from iim.server.app import Server
 from support import free_port
+from support.process import DEADLINE   # bounds a failure, not an expectation of speed
 from test_router import DOMAIN, make_storage
 
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -37,7 +38,6 @@ PASSWORD = "secret"
 STOREPASS = b"web-store-pw"
 OPEN = f"<open xmlns='{FRAMING}' to='{DOMAIN}' version='1.0'/>"
 CLOSE = f"<close xmlns='{FRAMING}'/>"
-DEADLINE = 10.0                 # bounds a failure, not an expectation of speed
 
 
 class WebServer:
