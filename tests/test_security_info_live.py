@@ -15,6 +15,7 @@ from cryptography import x509
 
 from devsystem import DevSystem
 from live import Client
+from support.process import DEADLINE
 
 SEC = "{urn:xmpp:iim:security:0}"
 
@@ -35,7 +36,7 @@ async def ask(system: DevSystem, port: int) -> tuple[Element, dict]:
     try:
         iq = bob.Iq(stype="get")
         iq.append(Element(SEC + "security"))
-        reply = await iq.send(timeout=10)
+        reply = await iq.send(timeout=DEADLINE)
         tls = bob.socket
         seen = {"version": tls.version(), "cipher": tls.cipher(),
                 "certificate": x509.load_der_x509_certificate(tls.getpeercert(True))}
