@@ -368,3 +368,31 @@ def test_stream_features_reach_a_raw_websocket_client(tmp_path, ca):
             writer.close()
     run(scenario)
 
+
+
+def test_https_connections_share_one_read_buffer_and_each_gets_its_own_bytes(tmp_path, ca):
+    """listener.py _SmallSSLProtocol: one 16 KiB buffer for every TLS connection's
+    reads; records of several connections arriving together stay apart."""
+    from iim.server.web.listener import _SmallSSLProtocol
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            users = {"juliet": await WsClient.connect(server),
+                     "romeo": await WsClient.connect(server)}
+            jids = {name: await ws.login(name, "big") for name, ws in users.items()}
+            buffers = {id(w.transport._ssl_protocol._ssl_buffer)
+                       for w in server.server.web.listener.watches.values()}
+            assert buffers == {id(_SmallSSLProtocol._shared.obj)}
+            bodies = {name: (name[0] * 7000 + "|") * 4 for name in users}     # 28 KB: records
+            for round_ in range(3):
+                await asyncio.gather(*(
+                    ws.send(f"<message xmlns='jabber:client' to='{jids[other]}' id='{round_}'>"
+                            f"<body>{bodies[name]}</body></message>")
+                    for (name, ws), other in zip(users.items(), ["romeo", "juliet"])))
+                for name, ws in users.items():
+                    other = "romeo" if name == "juliet" else "juliet"
+                    got = await ws.frame()
+                    assert got.findtext("{jabber:client}body") == bodies[other]
+            for ws in users.values():
+                await ws.close()
+    run(scenario)
