@@ -30,8 +30,9 @@ Scenarios (``--only`` picks some, comma-separated):
   is bench/mux_backends.py, Python, the one backend here that speaks TLS).
 
 Every repetition starts a fresh process per target, targets interleaved
-(A, B, C, A, B, C...). The relay's CPU is utime+stime of its whole process
-tree, read by the load generator at the edges of its measured window.
+(A, B, C, A, B, C...). The relay's CPU is that of its whole process tree
+(on-CPU nanoseconds of each thread, /proc/PID/task/TID/schedstat), read by the
+load generator at the edges of its measured window.
 With --write (default for a full run) the tables and plots go into
 bench/MUX.md (between its "generated" markers) and bench/mux-*.png.
 
@@ -670,7 +671,10 @@ def main(argv=None) -> int:
                    help="rewrite bench/MUX.md's generated part and the plots")
     p.add_argument("--no-write", dest="write", action="store_false")
     args = p.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if "--json" in shown:                      # where this run dumped its numbers: not news
+        del shown[shown.index("--json"):shown.index("--json") + 2]
+    args.argv = shown
     args.rates = [int(r) for r in args.rates.split(",")]
     args.big = [int(n) for n in args.big.split(",")] if args.big else []
     if args.write is None:

@@ -1607,6 +1607,10 @@ cdef class TlsContext:
                                  | openssl.SSL_MODE_ENABLE_PARTIAL_WRITE
                                  | openssl.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         openssl.SSL_CTX_set_session_cache_mode(self.ctx, openssl.SSL_SESS_CACHE_SERVER)
+        # One TLS 1.3 ticket per handshake, not OpenSSL's two: an XMPP client keeps
+        # one connection, resumes with one ticket and gets a fresh one each time;
+        # the second would cost a session encoding, an encryption and a record.
+        openssl.SSL_CTX_set_num_tickets(self.ctx, 1)
         openssl.SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>b"iim-mux", 7)
         openssl.SSL_CTX_set_alpn_select_cb(self.ctx, select_alpn, NULL)
         if ticket_keys is not None:
