@@ -33,6 +33,15 @@ searches for. When the handshake fails OpenSSL usually prepares an alert for
 the peer (RFC 8446 §6); it rides on the exception (``alert``) so the caller
 can write it before closing and the peer learns why.
 
+Bursts. OpenSSL's memory BIO never shrinks its buffer: once a burst of
+ciphertext was written into ``incoming`` at once (a client catching up after
+the server fell behind, a mux link delivering a window's worth), or a burst of
+plaintext was encrypted into ``outgoing`` at once, the BIO keeps that size for
+the rest of the connection (measured: 26 KB per BIO after one 20 KB burst, on
+every session a stall touched; bench/README.md, soak). So ``TLSLayer`` passes
+bytes through its BIOs ``BIO_CHUNK`` at a time, draining between chunks: a BIO
+then holds at most a chunk plus the unfinished record, whatever the burst.
+
 ``TLSPump`` is what a session holds: nothing until STARTTLS, then one
 ``TLSLayer``; bytes pass through unchanged before, and through TLS once the
 handshake is done. It reports the moment the handshake finishes, which is
@@ -76,6 +85,7 @@ class TLSLayer:
 
     __slots__ = ("_in", "_out", "_tls", "handshake_done", "peer_closed")    # one per user
     READ_CHUNK = 65536
+    BIO_CHUNK = 4096        # bytes written into a BIO at a time (see "Bursts")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None):
@@ -93,6 +103,19 @@ class TLSLayer:
 
     def receive(self, data: bytes) -> tuple[bytes, bytes]:
         """Feed ciphertext; return (plaintext received, ciphertext to send)."""
+        if len(data) <= self.BIO_CHUNK:
+            return self._receive(data)
+        plain, out = [], []
+        view = memoryview(data)
+        for at in range(0, len(data), self.BIO_CHUNK):
+            got, sent = self._receive(view[at:at + self.BIO_CHUNK])
+            plain.append(got)
+            out.append(sent)
+            if self.peer_closed:
+                break
+        return b"".join(plain), b"".join(out)
+
+    def _receive(self, data) -> tuple[bytes, bytes]:
         self._in.write(data)
         if not self.handshake_done:
             self._step_handshake()
@@ -108,12 +131,22 @@ class TLSLayer:
 
     def send(self, plaintext: bytes) -> bytes:
         """Encrypt application data; return the ciphertext to send."""
+        if len(plaintext) <= self.BIO_CHUNK:
+            self._encrypt(plaintext)
+            return self._out.read()
+        out = []
+        view = memoryview(plaintext)
+        for at in range(0, len(plaintext), self.BIO_CHUNK):
+            self._encrypt(view[at:at + self.BIO_CHUNK])
+            out.append(self._out.read())
+        return b"".join(out)
+
+    def _encrypt(self, plaintext) -> None:
         if plaintext:
             try:
                 self._tls.write(plaintext)
             except ssl.SSLError as exc:
                 raise TLSFailed(_reason(exc)) from None
-        return self._out.read()
 
     def close(self) -> bytes:
         """Send close_notify; return its record."""

@@ -1,6 +1,8 @@
 """iim.tlsbio, alone in memory: two TLSLayers (or pumps) wired back to back,
 certificates made on the fly (tests/pki.py), no sockets, no event loop."""
 
+import ctypes
+import gc
 import ssl
 import warnings
 
@@ -55,6 +57,47 @@ def test_records_split_at_any_byte_still_decrypt(ca, sub_ca):
     wire = client.send(b"x" * 5000)
     got = b"".join(server.receive(wire[i:i + 7])[0] for i in range(0, len(wire), 7))
     assert got == b"x" * 5000
+
+
+def test_a_burst_both_ways_arrives_whole_and_in_order(ca, sub_ca):
+    client, server, _ = pair(ca, sub_ca)
+    shake(client, server)
+    burst = b"".join(b"<message id='%d'><body>%s</body></message>" % (i, b"y" * (i % 300))
+                     for i in range(400))
+    assert len(burst) > 10 * TLSLayer.BIO_CHUNK
+    plain, reply = server.receive(client.send(burst))
+    assert plain == burst and reply == b""
+    wire = server.send(burst) + server.close()
+    plain, _ = client.receive(wire)
+    assert plain == burst and client.peer_closed
+
+
+def _malloc_in_use() -> int:
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    gc.collect()
+    return mallinfo2().uordblks + mallinfo2().hblkhd
+
+
+def test_a_burst_leaves_no_burst_sized_buffers_behind(ca, sub_ca):
+    """OpenSSL's memory BIOs keep the largest size they ever held: a 64 KB burst
+    written at once would leave ~85 KB in each BIO it crossed, per connection."""
+    pairs = [pair(ca, sub_ca)[:2] for _ in range(20)]
+    for client, server in pairs:
+        shake(client, server)
+        server.receive(client.send(b"<presence/>"))
+        client.receive(server.send(b"<presence/>"))
+    burst = b"z" * 65536
+    before = _malloc_in_use()
+    for client, server in pairs:
+        wire = server.send(burst)                   # server: outgoing BIO
+        assert client.receive(wire)[0] == burst     # client: incoming BIO
+    kept = (_malloc_in_use() - before) / len(pairs)
+    assert kept < 16 * 1024                         # two BIOs: a chunk and a record each, at most
 
 
 def test_plaintext_where_tls_is_expected_fails_cleanly(ca, sub_ca):
