@@ -55,13 +55,20 @@ class LiveServer:
                  'iim.log.iim_server.url = "server.log"',
                  'iim.log.iim_server.severity = "DEBUG"']
         if tls:
-            if not (folder / "server.jks").exists():
-                make_store(folder / "server.jks", ca, names or [domain, "127.0.0.1"],
-                           storepass=STOREPASS)
+            # A test's own JKS when it put one in the folder; otherwise PKCS#12, the
+            # JDK's default store type, made by keytool too. (A JKS costs each server
+            # start ~0.15 s of CPU importing pyjks; the JKS and JCEKS paths have their
+            # own tests: test_keystore, test_trust_keytool, the federation ones.)
+            store = folder / "server.jks"
+            if not store.exists():
+                store = folder / "server.p12"
+                if not store.exists():
+                    make_store(store, ca, names or [domain, "127.0.0.1"], storepass=STOREPASS,
+                               storetype="PKCS12")
             pw = folder / "sslpassword.conf"
             pw.write_text(f"Internal (Software) Token:{STOREPASS}\n")
             os.chmod(pw, 0o600)
-            lines.append('iim_server.sslkeystore = "server.jks"')
+            lines.append(f'iim_server.sslkeystore = "{store.name}"')
         self.conf = folder / "iim.conf"
         self.conf.write_text("\n".join(lines) + "\n" + extra)
         self.proc: Process | None = None
