@@ -36,17 +36,27 @@ import random
 import time
 from dataclasses import dataclass
 
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.resolver
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dns.name
 
 DEFAULT_PORT = 5269
 LOOKUP_TIMEOUT = 10.0
 MAX_TARGETS = 6
 MAX_ADDRESSES = 8
 NEGATIVE_TTL = 30.0
-SRV_PREFIX = dns.name.Name((b"_xmpp-server", b"_tcp"))
+SRV_PREFIX = (b"_xmpp-server", b"_tcp")                 # labels before the domain
+
+
+def _dnspython():
+    """dnspython, imported on the first lookup or name check rather than at start:
+    most servers never resolve a peer, and the import is ~25 ms of every start."""
+    import dns.asyncresolver
+    import dns.exception
+    import dns.name
+    import dns.resolver
+    return dns
 
 
 class Unresolvable(Exception):
@@ -108,11 +118,19 @@ class Resolver:
         self.overrides = overrides
         self.negative = NegativeCache(negative_ttl)
         self.custom_dns = bool(nameservers)
-        self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            self._dns.nameservers = [ns.host for ns in nameservers]
-            self._dns.nameserver_ports = {ns.host: ns.port for ns in nameservers}
-        self._dns.lifetime = LOOKUP_TIMEOUT
+        self._nameservers = tuple(nameservers)
+        self._resolver = None                   # made on the first lookup (_dnspython)
+
+    @property
+    def _dns(self):
+        if self._resolver is None:
+            resolver = _dnspython().asyncresolver.Resolver(configure=not self._nameservers)
+            if self._nameservers:
+                resolver.nameservers = [ns.host for ns in self._nameservers]
+                resolver.nameserver_ports = {ns.host: ns.port for ns in self._nameservers}
+            resolver.lifetime = LOOKUP_TIMEOUT
+            self._resolver = resolver
+        return self._resolver
 
     async def targets(self, domain: str) -> list[Target]:
         """Where to connect for ``domain``, best first (at most MAX_TARGETS).
@@ -146,8 +164,9 @@ class Resolver:
         return found[:MAX_ADDRESSES]
 
     async def _srv(self, domain: dns.name.Name):
+        dns = _dnspython()
         try:
-            name = SRV_PREFIX.concatenate(domain)
+            name = dns.name.Name(SRV_PREFIX).concatenate(domain)
         except dns.exception.DNSException:        # too long with the prefix: no such record
             return None
         answer = await self._lookup(name, "SRV")
@@ -162,7 +181,7 @@ class Resolver:
             return None
         try:
             return await self._dns.resolve(name, kind)
-        except (dns.exception.DNSException, OSError):
+        except (_dnspython().exception.DNSException, OSError):
             # NXDOMAIN, NoAnswer, NoNameservers (SERVFAIL), Timeout (LifetimeTimeout),
             # NoResolverConfiguration, YXDOMAIN, NameTooLong, ...: no records
             self.negative.add(key)
@@ -172,6 +191,7 @@ class Resolver:
 def dns_name(domain: str) -> dns.name.Name:
     """``domain`` as an absolute DNS name, or ``NotADNSName`` saying why not
     (RFC 1035 §2.3.4: 255 octets, labels of 63; IDNA for the rest)."""
+    dns = _dnspython()
     try:
         return dns.name.from_text(domain)
     except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
