@@ -18,15 +18,17 @@ import pki  # noqa: E402
 # tests first, put the few-but-slow process tests last). A stale entry only
 # costs some balance, never a result.
 SLOW_FIRST = (
-    "test_admin_daemon.py", "test_admin_keys.py", "test_federation_prosody.py",
-    "test_federation_policy.py", "test_federation_robustness.py", "test_trust_keytool.py",
-    "test_keystore.py", "test_admin_verify.py", "test_server_robustness.py",
-    "test_mux_robustness.py", "test_file_modes.py", "test_xml_namespaces.py",
-    "test_presence.py", "test_clients_interop.py", "test_log.py", "test_per_source_limits.py",
-    "test_runtime_safety.py", "test_conf_fuzz.py", "test_session_limits.py",
-    "test_dialback_limits.py", "test_preauth_rss.py", "test_federation_ejabberd.py",
-    "test_muxlink_security.py", "test_offline_quota.py", "test_mux_e2e.py",
-    "test_preauth_limits.py", "test_mux_supervisor.py", "test_federation_limits.py",
+    "test_admin_daemon.py", "test_server_robustness.py", "test_admin_verify.py",
+    "test_federation_robustness.py", "test_mux_robustness.py", "test_admin_keys.py",
+    "test_file_modes.py", "test_federation_policy.py", "test_keystore.py",
+    "test_federation_prosody.py", "test_federation_limits.py", "test_federation_ejabberd.py",
+    "test_mux_supervisor.py", "test_web_browser.py", "test_trust_keytool.py",
+    "test_muxlink_security.py", "test_preauth_limits.py", "test_preauth_rss.py",
+    "test_clients_interop.py", "test_admin_check.py", "test_log.py", "test_devsetup.py",
+    "test_mux_tls.py", "test_runtime_safety.py", "test_dialback_limits.py", "test_federation.py",
+    "test_login_throttle.py", "test_architecture.py", "test_nss.py", "test_bench_tools.py",
+    "test_per_source_limits.py", "test_mux_e2e.py", "test_session_limits.py",
+    "test_offline_quota.py",
 )
 
 
