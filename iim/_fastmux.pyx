@@ -38,7 +38,8 @@ about one link send() per client message, and as many wakeups of the server
 and, for its answers, of this loop. So a small link output (under
 FLUSH_BATCH) may be held for up to ``flush_delay_us``
 (iim_mux.link_flush_delay_us): the next turns append to it, and it leaves
-when the delay is over (epoll_pwait2 sleeps to that microsecond), when it
+when the delay is over (epoll_pwait2 sleeps to that microsecond; a kernel
+before 5.11 rounds up to the millisecond of epoll_wait), when it
 reaches FLUSH_BATCH, or when clients wait for the link to drain. This trades
 at most that delay of latency for fewer system calls and context switches on
 both ends of the link. A short read of the plain link means its socket is

@@ -25,16 +25,24 @@ cdef extern from *:
     #include <sys/syscall.h>
     #include <unistd.h>
     #include <time.h>
-    /* epoll_wait with a timeout in nanoseconds (Linux 5.11; glibc 2.35 wraps it,
-       called through syscall() so that older headers build too). */
+    #include <errno.h>
+    /* epoll_wait with a timeout in nanoseconds: epoll_pwait2 (Linux 5.11; called
+       through syscall() so that older headers build too). A kernel without it
+       (ENOSYS, remembered) gets epoll_wait with the timeout rounded up to the
+       millisecond. */
+    static int iim_epoll_pwait2_missing;
     static int iim_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents,
                                  long long ns) {
     #ifdef SYS_epoll_pwait2
-        struct timespec ts = { ns / 1000000000LL, ns % 1000000000LL };
-        return (int)syscall(SYS_epoll_pwait2, epfd, events, maxevents, &ts, NULL, 0);
-    #else
-        return epoll_wait(epfd, events, maxevents, (int)((ns + 999999) / 1000000));
+        if (!iim_epoll_pwait2_missing) {
+            struct timespec ts = { ns / 1000000000LL, ns % 1000000000LL };
+            int r = (int)syscall(SYS_epoll_pwait2, epfd, events, maxevents, &ts, NULL, 0);
+            if (r >= 0 || errno != ENOSYS)
+                return r;
+            iim_epoll_pwait2_missing = 1;
+        }
     #endif
+        return epoll_wait(epfd, events, maxevents, (int)((ns + 999999) / 1000000));
     }
     """
     int iim_epoll_wait_ns(int epfd, epoll_event *events, int maxevents, long long ns) nogil
