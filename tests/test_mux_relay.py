@@ -181,10 +181,11 @@ def test_frames_for_many_sessions_share_few_link_writes():
 
 
 def test_a_flush_delay_gathers_the_bytes_of_several_turns_into_one_link_write():
-    """iim_mux.link_flush_delay_us: small output is held (here up to 0.5 s, to make
-    the gathering certain), then leaves by itself, with no further event."""
+    """iim_mux.link_flush_delay_us: small output is held (here up to 1 s, to make
+    the gathering certain on a busy machine), then leaves by itself, with no
+    further event."""
     peer = LinkPeer(echo=False)
-    h = RelayHarness(peer, flush_delay=0.5)
+    h = RelayHarness(peer, flush_delay=1.0)
     try:
         clients = [h.client() for _ in range(20)]
         sids = [h.opened(c) for c in clients]
@@ -194,7 +195,7 @@ def test_a_flush_delay_gathers_the_bytes_of_several_turns_into_one_link_write():
         wait_until(lambda: all(h.link.received[sid] == b"msg %d;" % i
                                for i, sid in enumerate(sids)))
         writes = h.stats()["link_writes"] - before["link_writes"]
-        assert 1 <= writes <= 4, writes
+        assert 1 <= writes <= 6, writes        # 20 DATA frames; 6: a stall of seconds
         assert h.link.errors == []
     finally:
         h.stop()
@@ -207,9 +208,12 @@ def test_output_over_the_batch_size_is_not_held():
     try:
         c = h.client()
         data = os.urandom(40000)
-        c.sendall(data)             # OPEN and the first DATA: over 16 KiB, so not held
+        c.sendall(data)             # OPEN and DATA: over 16 KiB, so not held for 60 s
         sid = h.opened(c)
-        wait_until(lambda: bytes(h.link.received[sid]) == data)
+        # (a last piece under 16 KiB read in a later turn may wait: only the first
+        # 16 KiB are sure to leave at once)
+        wait_until(lambda: len(h.link.received[sid]) >= 16384)
+        assert bytes(h.link.received[sid]) == data[:len(h.link.received[sid])]
     finally:
         h.stop()
         peer.close()
