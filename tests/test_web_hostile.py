@@ -396,3 +396,33 @@ def test_https_connections_share_one_read_buffer_and_each_gets_its_own_bytes(tmp
             for ws in users.values():
                 await ws.close()
     run(scenario)
+
+
+# -- BOSH ----------------------------------------------------------------------------------------
+
+
+def test_a_bosh_client_asking_to_hold_many_requests_for_long_gets_the_bounds(tmp_path, ca):
+    """XEP-0124 §7.1: the connection manager answers with the hold and wait it
+    grants; a third request while two are open is outside the window and ends
+    the session (item-not-found), so one session holds at most two requests."""
+    from webgw import BoshClient
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            client = BoshClient(server)
+            first = await client.post(to="example.com", wait=100000, hold=50, ver="1.11",
+                                      xmpp__version="1.0")
+            assert (first.get("wait"), first.get("hold"), first.get("requests")) == \
+                ("60", "1", "2")
+            client.sid = first.get("sid")
+            rid = client.rid
+            held = asyncio.ensure_future(client.post(rid=rid + 1))
+            await until(lambda: server.server.web.bosh.by_sid[client.sid].core.held,
+                        "one request held")
+            beyond = await client.post(rid=rid + 4)     # the window: rid + 2 .. rid + 3
+            assert (beyond.get("type"), beyond.get("condition")) == \
+                ("terminate", "item-not-found")
+            assert (await asyncio.wait_for(held, DEADLINE)).get("type") == "terminate"
+            await until(lambda: not server.server.web.bosh.by_sid, "the session is forgotten")
+            await client.close()
+    run(scenario)
