@@ -141,6 +141,7 @@ class HeadWatch(asyncio.Protocol):
             self.inner.close()                  # aiohttp: no keep-alive after this response
 
     def _too_slow(self) -> None:
+        # abort, not close: close would wait for a response the peer does not read
         self._timer = None
         if not self.active and self.transport is not None:
             self.transport.abort()
