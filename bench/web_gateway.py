@@ -24,7 +24,9 @@ work; ``python bench/web_gateway.py --users 500 --messages 2000``):
     messages: 2000 one at a time, websocket to websocket: 340 µs server CPU and 1.00 ms round trip each
 
 Before ``_SmallSSLProtocol`` (asyncio's default 256 KiB TLS read buffer per
-connection): 310 KB per WebSocket session. A STARTTLS user on a socket or a
+connection): 310 KB per WebSocket session; since its buffer is shared by all
+connections (commit 22d4fea), ~54 KB (an in-process measurement, 200 sessions;
+the side by side with Prosody is bench/web_side_by_side.py). A STARTTLS user on a socket or a
 mux link holds ~36 KB (bench/MEMORY.md); the rest here is aiohttp's request
 handler and WebSocket objects, asyncio's TLS transport and the per-session
 writer task.
