@@ -328,11 +328,12 @@ def table(results: dict[str, list[dict]]) -> str:
     out = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, key in rows:
         out.append(f"| {label} | " + " | ".join(median(results[n], key) for n in names) + " |")
-    loads = [f"{r['load_at_memory']:.1f}/{r['load_at_messages']:.1f}"
-             for n in names for r in results[n]]
+    loads = ["; ".join(f"{n}: " + ", ".join(
+        f"{r['load_at_memory']:.1f}/{r['load_at_messages']:.1f}" for r in results[n])
+        for n in names)]
     out.append("")
     out.append(f"medians of {max(len(results[n]) for n in names)} runs each; 1-minute load at "
-               f"the memory reading / after the messages, run by run: {', '.join(loads)}")
+               f"the memory reading / after the messages, per target: {loads[0]}")
     return "\n".join(out)
 
 
