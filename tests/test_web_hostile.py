@@ -426,3 +426,24 @@ def test_a_bosh_client_asking_to_hold_many_requests_for_long_gets_the_bounds(tmp
             await until(lambda: not server.server.web.bosh.by_sid, "the session is forgotten")
             await client.close()
     run(scenario)
+
+
+def test_a_web_user_keeps_no_message_it_was_sent_once_the_frame_is_out(tmp_path, ca):
+    """c2s's in-flight ledger holds a message while the carrier does: a
+    WebSocket's frames wait a moment in the writer's queue, so every message
+    to a web user enters the ledger; once sent, it must leave it (a 60 KB
+    message stayed for as long as the user received nothing else)."""
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            sink, sender = await WsClient.connect(server), await WsClient.connect(server)
+            jid = await sink.login("juliet", "idle")
+            await sender.login("romeo", "big")
+            [session] = [s for s in server.server.ctx.sessions if str(s.jid) == jid]
+            await sender.send(f"<message xmlns='jabber:client' to='{jid}' type='chat' id='b'>"
+                              f"<body>{'x' * 60000}</body></message>")
+            got = await sink.frame()
+            assert len(got.findtext("{jabber:client}body")) == 60000
+            await until(lambda: not session._in_flight, "the ledger forgets the sent message")
+            await sink.close()
+            await sender.close()
+    run(scenario)

@@ -567,7 +567,10 @@ class ClientSession:
         self._paused = True
 
     def resume_writing(self) -> None:
-        """The carrier drained: send the backlog, in order, while it takes it."""
+        """The carrier drained: send the backlog, in order, while it takes it;
+        the ledger forgets the messages the carrier has sent (a WebSocket or
+        BOSH carrier holds every message a moment, and an idle user would
+        otherwise keep the last ones it got, whole, until the next)."""
         self._paused = False
         while self._backlog and self._writable() and not self.closed:
             stanza, size = self._backlog.popleft()
@@ -575,6 +578,12 @@ class ClientSession:
             self._send_stanza(stanza)
         if not self._backlog:
             self._backlog = _NOTHING
+        if self._in_flight:
+            taken = self._written - self.carrier.pending()
+            while self._in_flight and self._in_flight[0][1] <= taken:
+                self._in_flight.popleft()
+            if not self._in_flight:
+                self._in_flight = _NOTHING
 
     def _unsent(self, unreachable: bool) -> list[Element]:
         """What the client has not received: the backlog, and when the carrier's

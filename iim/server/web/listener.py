@@ -312,12 +312,54 @@ class _SmallSSLProtocol(sslproto.SSLProtocol):
     BIOs (iim/tlsbio.py)."""
 
     max_size = 16 * 1024
+    BIO_CHUNK = 4096            # bytes put into a memory BIO at a time (see below)
     _shared = memoryview(bytearray(max_size))
 
     def __init__(self, loop, *args, **kwargs) -> None:
         super().__init__(loop, *args, **kwargs)
         if isinstance(loop, asyncio.SelectorEventLoop):
             self._ssl_buffer, self._ssl_buffer_view = self._shared.obj, self._shared
+
+    # OpenSSL's memory BIO keeps the largest size it ever held (iim/tlsbio.py,
+    # "Bursts"): a 16 KiB read or a 64 KB WebSocket frame written at once
+    # would leave a buffer that size in the connection's BIO for its life. So
+    # bytes go through the BIOs BIO_CHUNK at a time, drained between chunks,
+    # as TLSLayer does; small reads and writes go as asyncio's.
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes <= self.BIO_CHUNK:
+            super().buffer_updated(nbytes)
+            return
+        whole = self._ssl_buffer_view
+        try:
+            for at in range(0, nbytes, self.BIO_CHUNK):
+                self._ssl_buffer_view = whole[at:at + self.BIO_CHUNK]
+                super().buffer_updated(min(self.BIO_CHUNK, nbytes - at))
+        finally:
+            self._ssl_buffer_view = whole
+
+    def _do_write(self) -> None:
+        """asyncio's, encrypting BIO_CHUNK bytes at a time and sending each
+        chunk's records before the next (unless the socket is paused)."""
+        try:
+            while self._write_backlog:
+                data = self._write_backlog[0]
+                size = len(data)
+                count = self._sslobj.write(memoryview(data)[:self.BIO_CHUNK]
+                                           if size > self.BIO_CHUNK else data)
+                if count < size:
+                    self._write_backlog[0] = memoryview(data)[count:]
+                    self._write_buffer_size -= count
+                else:
+                    del self._write_backlog[0]
+                    self._write_buffer_size -= size
+                if not self._ssl_writing_paused:
+                    records = self._outgoing.read()
+                    if records:
+                        self._transport.write(records)
+        except sslproto.SSLAgainErrors:
+            pass
+        self._process_outgoing()
 
 
 def _handshake_done(future: asyncio.Future, ticket: IdleTicket) -> None:
