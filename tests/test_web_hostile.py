@@ -447,3 +447,26 @@ def test_a_web_user_keeps_no_message_it_was_sent_once_the_frame_is_out(tmp_path,
             await sink.close()
             await sender.close()
     run(scenario)
+
+
+def test_the_gateway_keeps_no_websocket_message_it_has_read(tmp_path, ca):
+    """The reading loop let go of a frame once fed (its variable held the last
+    one, 60 KB here, for as long as the user then stayed quiet)."""
+    import gc
+
+    async def scenario():
+        async with WebServer(tmp_path, ca) as server:
+            sink, sender = await WsClient.connect(server), await WsClient.connect(server)
+            jid = await sink.login("juliet", "idle")
+            await sender.login("romeo", "big")
+            body = "q" * 60000
+            await sender.send(f"<message xmlns='jabber:client' to='{jid}' type='chat' id='b'>"
+                              f"<body>{body}</body></message>")
+            assert (await sink.frame()).findtext("{jabber:client}body") == body
+            gc.collect()
+            kept = [o for o in gc.get_objects() if type(o).__name__ == "WSMessage"
+                    and isinstance(o.data, str) and body in o.data]
+            assert kept == []
+            await sink.close()
+            await sender.close()
+    run(scenario)

@@ -182,15 +182,20 @@ async def _read(ws: web.WebSocketResponse, carrier: WebSocketCarrier, gateway) -
                          max_xmlns=gateway.max_xmlns)
     try:
         async for message in ws:
-            if session.closed:
-                continue                        # read and discard until the close
-            if message.type is WSMsgType.TEXT:
-                _feed(session, framed, message.data.encode("utf-8"))
-            elif message.type is WSMsgType.BINARY:
-                session.close(StreamError(StreamErrorCondition.BAD_FORMAT,
-                                          "RFC 7395 frames are text messages"))
+            _take(session, framed, message)
+            del message                 # else the last one, whole, stays while the user idles
     finally:
         framed.close()
+
+
+def _take(session: ClientSession, framed: FramedInput, message) -> None:
+    if session.closed:
+        return                                  # read and discard until the close
+    if message.type is WSMsgType.TEXT:
+        _feed(session, framed, message.data.encode("utf-8"))
+    elif message.type is WSMsgType.BINARY:
+        session.close(StreamError(StreamErrorCondition.BAD_FORMAT,
+                                  "RFC 7395 frames are text messages"))
 
 
 def _feed(session: ClientSession, framed: FramedInput, data: bytes) -> None:
