@@ -86,7 +86,7 @@ def _malloc_in_use() -> int:
 def test_a_burst_leaves_no_burst_sized_buffers_behind(ca, sub_ca):
     """OpenSSL's memory BIOs keep the largest size they ever held: a 64 KB burst
     written at once would leave ~85 KB in each BIO it crossed, per connection."""
-    pairs = [pair(ca, sub_ca)[:2] for _ in range(20)]
+    pairs = [pair(ca, sub_ca)[:2] for _ in range(10)]
     for client, server in pairs:
         shake(client, server)
         server.receive(client.send(b"<presence/>"))
