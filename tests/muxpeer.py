@@ -107,6 +107,8 @@ class PeerLink:
         self.errors: list[str] = []
         self.ended = threading.Event()
         self.ready = threading.Event()
+        self.reading = threading.Event()              # cleared: the link is not read
+        self.reading.set()
         self.cond = threading.Condition(threading.RLock())
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -231,9 +233,19 @@ class PeerLink:
             data += chunk
         return bytes(data)
 
+    def pause_reading(self, rcvbuf: int = 65536) -> None:
+        """Stop reading the link, its receive buffer cut to ``rcvbuf``: what the
+        mux sends then waits in its own buffers once the kernel's are full."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.reading.clear()
+
+    def resume_reading(self) -> None:
+        self.reading.set()
+
     def _relay(self) -> None:
         buf = bytearray()
         while True:
+            self.reading.wait()
             chunk = self.sock.recv(1 << 20)
             if not chunk:
                 return
