@@ -111,7 +111,10 @@ def test_one_frame_of_each_size_then_stanzas(relay, connect, size):
 
 def test_a_slow_reader_gets_everything_once_it_reads(relay, connect):
     client, sid = connect(rcvbuf=4096)
-    data = os.urandom(1_000_000)
+    # More than the relay's socket send buffer can grow to (tcp_wmem's maximum, 4 MB
+    # here) plus a window: 1 MB could all fit in the kernel, and then the server
+    # never ran out of credit (a fresh-clone run failed so)
+    data = os.urandom(6_000_000)
     relay.link.send_data(sid, data)
     # Window pressure: the server runs out of credit for this client ...
     wait_until(lambda: relay.link.blocked(sid), BOUND, what="server blocked on the slow reader")
