@@ -61,11 +61,12 @@ def pytest_sessionfinish(session, exitstatus):
     if factory is None or exitstatus not in (0, 1) or hasattr(session.config, "workerinput"):
         return
     base = factory.getbasetemp()
-    found = leaks(base)
+    secrets = passwords_written(base)           # read once: ~1 s over a whole run's files
+    found = leaks(base, secrets)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write("\n")
-        reporter.write_line(f"secret sweep: {len(passwords_written(base))} passwords from the "
+        reporter.write_line(f"secret sweep: {len(secrets)} passwords from the "
                             f"run's password files looked for in its logs: "
                             f"{'no leak' if not found else f'{len(found)} leaks'}")
         for line in found:

@@ -37,8 +37,10 @@ def passwords_written(base: Path) -> set[str]:
     return {p for p in found if len(p) >= MIN_LENGTH and "PASSWORD" not in p}
 
 
-def leaks(base: Path) -> list[str]:
-    secrets = passwords_written(base)
+def leaks(base: Path, secrets: set[str] | None = None) -> list[str]:
+    """The log files under ``base`` that contain one of ``secrets`` (by default,
+    ``passwords_written(base)``)."""
+    secrets = passwords_written(base) if secrets is None else secrets
     found = []
     for path in _files(base):
         if not LOG_NAMES.search(path.name):
