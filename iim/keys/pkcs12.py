@@ -81,6 +81,10 @@ def _entries(data, secret, loaded, named):
         name = loaded.cert.friendly_name if loaded.cert else None
         bags = [((name or b"").decode("utf-8", "replace"), None)]
         keys = [loaded.key]
+    elif len(bags) == 1 and loaded.key is not None:
+        # the one key load_pkcs12 decrypted already: a second decryption (the
+        # PBKDF2 and RSA key checks) was ~45 ms of every server start
+        keys = [loaded.key]
     else:
         keys = [serialization.load_der_private_key(blob, secret) for _, blob in bags]
     for (alias, _), key in zip(bags, keys):
