@@ -110,6 +110,36 @@ def load1() -> float:
 # -- the servers ---------------------------------------------------------------------------
 
 
+
+def prosody_config(bench: str, folder: Path, data: Path, port: int, cert: Path, key: Path,
+                   *, listeners: tuple[str, ...] = (), modules: tuple[str, ...] = ()) -> list[str]:
+    """The lines of our own Prosody's prosody.cfg.lua for one bench run: c2s on
+    ``port`` (STARTTLS required, ``cert``/``key``), accounts as files under
+    ``data``, nothing else listening but ``listeners``, the modules a Tsung or
+    xmpp.js user needs and ``modules``."""
+    enabled = ", ".join(f'"{m}"' for m in ("roster", "saslauth", "tls", "disco", "posix",
+                                            "ping", *modules))
+    return [
+        f"-- written by bench/{bench}.py for one run",
+        "run_as_root = true",
+        f'pidfile = "{folder}/prosody.pid"',
+        f'data_path = "{data}"',
+        f'certificates = "{folder}/certs"',
+        f'log = {{ {{ levels = {{ min = "info" }}, to = "file", '
+        f'filename = "{folder}/prosody.log" }} }}',
+        'interfaces = { "127.0.0.1" }',
+        f"c2s_ports = {{ {port} }}",
+        "s2s_ports = { }", "c2s_direct_tls_ports = { }", "s2s_direct_tls_ports = { }",
+        "legacy_ssl_ports = { }",
+        *listeners,
+        'network_backend = "epoll"',
+        f"modules_enabled = {{ {enabled} }}",
+        'authentication = "internal_plain"',
+        "c2s_require_encryption = true",
+        f'ssl = {{ certificate = "{cert}", key = "{key}" }}',
+        f'VirtualHost "{DOMAIN}"',
+    ]
+
 class Iim:
     name = "iim"
 
@@ -154,25 +184,7 @@ class Prosody:
         cert.write_bytes(args.cert_pem)
         key.write_bytes(args.key_pem)
         key.chmod(0o600)
-        lines = [
-            "-- written by bench/c2s_side_by_side.py for one run",
-            "run_as_root = true",
-            f'pidfile = "{folder}/prosody.pid"',
-            f'data_path = "{data}"',
-            f'certificates = "{folder}/certs"',
-            f'log = {{ {{ levels = {{ min = "info" }}, to = "file", '
-            f'filename = "{folder}/prosody.log" }} }}',
-            'interfaces = { "127.0.0.1" }',
-            f"c2s_ports = {{ {self.port} }}",
-            "s2s_ports = { }", "c2s_direct_tls_ports = { }", "s2s_direct_tls_ports = { }",
-            "legacy_ssl_ports = { }",
-            'network_backend = "epoll"',
-            'modules_enabled = { "roster", "saslauth", "tls", "disco", "posix", "ping" }',
-            'authentication = "internal_plain"',
-            "c2s_require_encryption = true",
-            f'ssl = {{ certificate = "{cert}", key = "{key}" }}',
-            f'VirtualHost "{DOMAIN}"',
-        ]
+        lines = prosody_config("c2s_side_by_side", folder, data, self.port, cert, key)
         self.config = folder / "prosody.cfg.lua"
         self.config.write_text("\n".join(lines) + "\n")
 

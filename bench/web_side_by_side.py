@@ -64,6 +64,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from c2s_side_by_side import prosody_config  # noqa: E402
 from mux_side_by_side import free_port, rss_kb, stop, tree, wait_port  # noqa: E402
 from web_gateway import DOMAIN, PASSWORD, add_users, cpu_seconds, keystore  # noqa: E402
 
@@ -176,29 +177,12 @@ class Prosody:
         for i in range(args.users):
             (accounts / f"u{i}.dat").write_text(f'return {{\n\t["password"] = "{PASSWORD}";\n}};\n')
         cert, key = args.keys / "server.crt", args.keys / "server.key"
-        lines = [
-            "-- written by bench/web_side_by_side.py for one run",
-            "run_as_root = true",
-            f'pidfile = "{folder}/prosody.pid"',
-            f'data_path = "{data}"',
-            f'certificates = "{folder}/certs"',
-            f'log = {{ {{ levels = {{ min = "info" }}, to = "file", '
-            f'filename = "{folder}/prosody.log" }} }}',
-            'interfaces = { "127.0.0.1" }',
-            f"c2s_ports = {{ {self.port} }}",
-            "s2s_ports = { }", "c2s_direct_tls_ports = { }", "s2s_direct_tls_ports = { }",
-            "legacy_ssl_ports = { }",
-            "http_ports = { }", f"https_ports = {{ {self.https_port} }}",
-            'https_interfaces = { "127.0.0.1" }',
-            f'https_ssl = {{ certificate = "{cert}", key = "{key}" }}',
-            'network_backend = "epoll"',
-            'modules_enabled = { "roster", "saslauth", "tls", "disco", "posix", "ping", '
-            '"websocket" }',
-            'authentication = "internal_plain"',
-            "c2s_require_encryption = true",
-            f'ssl = {{ certificate = "{cert}", key = "{key}" }}',
-            f'VirtualHost "{DOMAIN}"',
-        ]
+        lines = prosody_config(
+            "web_side_by_side", folder, data, self.port, cert, key,
+            listeners=("http_ports = { }", f"https_ports = {{ {self.https_port} }}",
+                       'https_interfaces = { "127.0.0.1" }',
+                       f'https_ssl = {{ certificate = "{cert}", key = "{key}" }}'),
+            modules=("websocket",))
         self.config = folder / "prosody.cfg.lua"
         self.config.write_text("\n".join(lines) + "\n")
         self.procs: list[subprocess.Popen] = []
