@@ -1,7 +1,9 @@
-"""Build the two compiled parts of iim.
+"""Build the three compiled parts of iim.
 
 * ``iim._fastmux`` - the multiplexor relay core (Cython, links the system
   OpenSSL: libssl/libcrypto).
+* ``iim._tlsrecord`` - the TLS record layer the relay runs on legacy-SSL
+  sessions after OpenSSL's handshake (Cython, libcrypto/libssl).
 * ``iim.keys._nss`` - a read-only NSS database reader (Cython, links libnss3;
   flags come from ``pkg-config nss``).
 
@@ -43,6 +45,7 @@ def extensions():
     nss = pkg_config("nss", "libnss3-dev")
     return cythonize(
         [Extension("iim._fastmux", ["iim/_fastmux.pyx"], **openssl),
+         Extension("iim._tlsrecord", ["iim/_tlsrecord.pyx"], **openssl),
          Extension("iim.keys._nss", ["iim/keys/_nss.pyx"], **nss)],
         language_level=3,
         include_path=["iim"],

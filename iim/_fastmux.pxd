@@ -6,6 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from iim.includes cimport openssl
 from iim.includes.posix cimport pthread_mutex_t
+from iim._tlsrecord cimport Capture, RecordCrypto, TlsRecord
 
 
 cdef struct Buf:
@@ -43,7 +44,11 @@ cdef struct Session:
     int64_t peer_credit         # bytes the server may still send us
     int64_t ungranted           # written to the client, not yet granted back
     Buf out                     # server bytes not yet written to the client
-    openssl.SSL *ssl            # NULL for plain sessions
+    openssl.SSL *ssl            # OpenSSL's, during the handshake (and after it when
+                                # iim/_tlsrecord.pyx cannot take the session over)
+    Capture *capture            # keys and record counts reported during the handshake
+    TlsRecord *rec              # after the handshake: our record layer, ssl freed
+    bint tls                    # a legacy-SSL session (ssl or rec)
     int64_t deadline            # handshake or closing-linger deadline (ms)
     uint8_t family              # 4 or 6, for OPEN
     uint8_t addr[16]
@@ -64,6 +69,7 @@ cdef struct Stats:
     uint64_t bytes_up           # client -> server
     uint64_t bytes_down         # server -> client
     uint64_t handshakes_ok
+    int64_t sessions_tls_lean   # TLS sessions on iim/_tlsrecord.pyx (SSL object freed)
     uint64_t handshakes_failed
     uint64_t frames_in
     uint64_t frames_out
@@ -130,6 +136,7 @@ cdef struct Core:
     Sources *sources            # per-source limits (shared, locked); NULL: none
     bint tls_enabled
     openssl.SSL_CTX *ctx        # for new clients; swapped under ctx_lock
+    RecordCrypto crypto         # this thread's cipher contexts and record scratch
     pthread_mutex_t ctx_lock
     Buf lin
     Buf lout

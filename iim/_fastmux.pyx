@@ -100,6 +100,9 @@ from libc.string cimport memcmp, memcpy, memmove, memset, strlen
 
 from iim.includes cimport epoll, openssl, posix
 from iim.includes.posix cimport ssize_t
+from iim._tlsrecord cimport (Capture, capture_attach, capture_free, crypto_free, crypto_init,
+                             record_flush, record_free, record_install, record_out_pending,
+                             record_read, record_take, record_write)
 
 
 # --- wire format (docs/muxlink.md) -------------------------------------------
@@ -648,10 +651,21 @@ cdef inline ssize_t sock_send(int fd, const uint8_t *p, size_t n) noexcept nogil
             return -1 if posix.errno == posix.EAGAIN else -2
 
 
-cdef ssize_t client_read(Session *s, uint8_t *p, size_t n) noexcept nogil:
+cdef ssize_t client_read(Core *c, Session *s, uint8_t *p, size_t n) noexcept nogil:
     cdef ssize_t r
     cdef size_t got = 0
     cdef int err
+    if s.rec != NULL:
+        r = record_read(&c.crypto, s.rec, s.fd, p, n)
+        if r == -1:
+            s.flags &= ~F_READABLE
+        if record_out_pending(s.rec) and s.flags & F_WRITABLE:    # a KeyUpdate we owe
+            err = record_flush(&c.crypto, s.rec, s.fd)
+            if err == -1:
+                s.flags &= ~F_WRITABLE
+            elif err == -2:
+                return -2
+        return r
     if s.ssl == NULL:
         r = sock_recv(s.fd, p, n)
         if r == -1:
@@ -671,10 +685,15 @@ cdef ssize_t client_read(Session *s, uint8_t *p, size_t n) noexcept nogil:
     return 0 if err == openssl.SSL_ERROR_ZERO_RETURN else -2
 
 
-cdef ssize_t client_write(Session *s, const uint8_t *p, size_t n) noexcept nogil:
+cdef ssize_t client_write(Core *c, Session *s, const uint8_t *p, size_t n) noexcept nogil:
     cdef ssize_t r
     cdef size_t done = 0
     cdef int err
+    if s.rec != NULL:
+        r = record_write(&c.crypto, s.rec, s.fd, p, n)
+        if r == -1 or (r > 0 and record_out_pending(s.rec)):
+            s.flags &= ~F_WRITABLE           # the socket said EAGAIN
+        return r
     if s.ssl == NULL:
         r = sock_send(s.fd, p, n)
         if r == -1:
@@ -787,7 +806,7 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
                 p[0] = <uint8_t>upstream_reason
         table_del(c, s)
         c.st.closed += 1
-        if s.ssl != NULL:
+        if s.tls:
             c.st.sessions_tls -= 1
         else:
             c.st.sessions_plain -= 1
@@ -796,11 +815,15 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
     dequeue(c, s)
     ring_unlink(&s.all_node)
     ring_unlink(&s.timer_node)
+    capture_free(s.ssl, s.capture)
     if s.ssl != NULL:
         if tls_notify and s.state != S_HANDSHAKE:
             openssl.SSL_shutdown(s.ssl)          # close_notify, best effort
         openssl.SSL_free(s.ssl)
         openssl.ERR_clear_error()
+    if s.rec != NULL:
+        record_free(&c.crypto, s.rec, s.fd, tls_notify)   # close_notify, best effort
+        c.st.sessions_tls_lean -= 1
     discard_input(s.fd)
     posix.close(s.fd)                            # also leaves the epoll set
     c.st.buffered -= s.out.cap
@@ -814,7 +837,7 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
 cdef void server_closed(Core *c, Session *s) noexcept nogil:
     """CLOSE from the server: forget the id now, close once output drained."""
     table_del(c, s)
-    if buf_len(&s.out) == 0:
+    if not out_pending(s):
         session_free(c, s, NO_CLOSE, True)
         return
     s.state = S_CLOSING
@@ -894,6 +917,7 @@ cdef void start_tls(Core *c, Session *s) noexcept nogil:
     and says nothing costs its Session, not the ~50 KiB of an SSL object
     that has tried to read."""
     s.state = S_HANDSHAKE
+    s.tls = True
     c.st.handshaking += 1
     s.deadline = c.now + c.handshake_ms
     ring_push(&c.handshakes, &s.timer_node)
@@ -919,7 +943,25 @@ cdef int tls_begin(Core *c, Session *s) noexcept nogil:
         session_free(c, s, NO_CLOSE, False)
         return -1
     openssl.SSL_set_accept_state(s.ssl)
+    # What iim/_tlsrecord.pyx needs to take the session over after the handshake;
+    # without it (no memory) the session simply keeps its SSL object.
+    s.capture = <Capture *>calloc(1, sizeof(Capture))
+    if s.capture != NULL and capture_attach(s.ssl, s.capture) < 0:
+        capture_free(NULL, s.capture)
+        s.capture = NULL
     return 1
+
+
+cdef void take_over(Core *c, Session *s) noexcept nogil:
+    """After the handshake: our record layer instead of the SSL object, when it can."""
+    s.rec = record_take(s.ssl, s.capture)
+    capture_free(s.ssl, s.capture)
+    s.capture = NULL
+    if s.rec != NULL:
+        openssl.SSL_free(s.ssl)
+        openssl.ERR_clear_error()
+        s.ssl = NULL
+        c.st.sessions_tls_lean += 1
 
 
 cdef void handshake_step(Core *c, Session *s) noexcept nogil:
@@ -933,6 +975,7 @@ cdef void handshake_step(Core *c, Session *s) noexcept nogil:
                 openssl.SSL_get_current_cipher(s.ssl))) < 0:
             session_free(c, s, NO_CLOSE, False)
             return
+        take_over(c, s)
         ring_unlink(&s.timer_node)
         c.st.handshaking -= 1
         c.st.handshakes_ok += 1
@@ -971,7 +1014,7 @@ cdef void pump_in(Core *c, Session *s) noexcept nogil:
             core_fail(c, X_NOMEM, 0, "no memory for the link output buffer")
             return
         p = c.lout.data + c.lout.tail
-        n = client_read(s, p + HEADER, want)
+        n = client_read(c, s, p + HEADER, want)
         if n == -1:
             return
         if n <= 0:
@@ -985,9 +1028,14 @@ cdef void pump_in(Core *c, Session *s) noexcept nogil:
         budget -= n
         # A short plain read drained the socket: new data raises a new edge.
         # Not so for a pending EOF reported in the same edge (F_RDHUP): read on.
-        if <size_t>n < want and s.ssl == NULL and not (s.flags & F_RDHUP):
+        if <size_t>n < want and not s.tls and not (s.flags & F_RDHUP):
             s.flags &= ~F_READABLE
             return
+
+
+cdef inline bint out_pending(Session *s) noexcept nogil:
+    """Bytes for the client still to go: the output buffer, or sealed records."""
+    return buf_len(&s.out) > 0 or (s.rec != NULL and record_out_pending(s.rec))
 
 
 cdef void granted(Core *c, Session *s, size_t n) noexcept nogil:
@@ -1008,7 +1056,7 @@ cdef int flush_out(Core *c, Session *s) noexcept nogil:
     """Write the session's pending output; -1 when the session is gone."""
     cdef ssize_t n
     while buf_len(&s.out) > 0:
-        n = client_write(s, s.out.data + s.out.head, buf_len(&s.out))
+        n = client_write(c, s, s.out.data + s.out.head, buf_len(&s.out))
         if n == -1:
             return 0
         if n <= 0:
@@ -1016,6 +1064,16 @@ cdef int flush_out(Core *c, Session *s) noexcept nogil:
             return -1
         buf_consumed(&s.out, n)
         granted(c, s, n)
+    if s.rec != NULL and record_out_pending(s.rec):
+        if s.flags & F_WRITABLE:
+            n = record_flush(&c.crypto, s.rec, s.fd)
+            if n == -2:
+                session_free(c, s, R_NORMAL, False)
+                return -1
+            if n == -1:
+                s.flags &= ~F_WRITABLE
+        if record_out_pending(s.rec):
+            return 0                             # the EPOLLOUT edge brings us back
     c.st.buffered -= s.out.cap
     buf_free(&s.out)
     if s.state == S_CLOSING:
@@ -1038,7 +1096,7 @@ cdef void deliver(Core *c, Session *s, const uint8_t *p, uint32_t n) noexcept no
         # Write until done or refused: one SSL_write moves one record, and
         # only a refusal brings the edge that would resume the rest.
         while <uint32_t>w < n and s.flags & F_WRITABLE:
-            r = client_write(s, p + w, n - w)
+            r = client_write(c, s, p + w, n - w)
             if r == -1:
                 break
             if r <= 0:
@@ -1067,7 +1125,7 @@ cdef void service(Core *c, Session *s) noexcept nogil:
     if s.state == S_HANDSHAKE:
         handshake_step(c, s)
         return
-    if buf_len(&s.out) > 0 and s.flags & F_WRITABLE:
+    if out_pending(s) and s.flags & F_WRITABLE:
         if flush_out(c, s) < 0:
             return
     if s.state == S_OPEN and s.credit > 0 and (
@@ -1614,6 +1672,7 @@ cdef class TlsContext:
         openssl.SSL_CTX_set_num_tickets(self.ctx, 1)
         openssl.SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>b"iim-mux", 7)
         openssl.SSL_CTX_set_alpn_select_cb(self.ctx, select_alpn, NULL)
+        record_install(self.ctx)         # sessions move to iim/_tlsrecord.pyx after it
         if ticket_keys is not None:
             self._ticket_keys(bytes(ticket_keys))
         self._load_key(key_pem)
@@ -2186,6 +2245,8 @@ cdef class Relay:
             self.sources = sources       # the table lives as long as this relay
             c.sources = &sources.t
         if tls is not None:
+            if crypto_init(&c.crypto) < 0:
+                raise MemoryError("cannot set up the TLS record layer")
             openssl.SSL_CTX_up_ref(tls.ctx)
             c.ctx = tls.ctx
             c.tls_enabled = True
@@ -2269,6 +2330,7 @@ cdef class Relay:
             "refused": st.refused, "bytes_client_to_server": st.bytes_up,
             "bytes_server_to_client": st.bytes_down, "handshakes_ok": st.handshakes_ok,
             "handshakes_failed": st.handshakes_failed, "frames_in": st.frames_in,
+            "sessions_tls_lean": st.sessions_tls_lean,
             "frames_out": st.frames_out, "link_reads": st.link_reads,
             "link_writes": st.link_writes, "buffered": st.buffered,
             "link_buffered": self.core.lin.cap + self.core.lout.cap,
@@ -2292,6 +2354,7 @@ cdef class Relay:
             close_fd(&c.wake_fd)
             if c.ctx != NULL:
                 openssl.SSL_CTX_free(c.ctx)
+            crypto_free(&c.crypto)
             buf_free(&c.lin)
             buf_free(&c.lout)
             free(c.table)

@@ -4,9 +4,10 @@
 # (SSL_CTX_set_mode, SSL_CTX_add0_chain_cert, ...); they are declared as the
 # functions they behave like.
 
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint16_t, uint64_t
 
 cdef extern from "openssl/crypto.h" nogil:
+    void OPENSSL_cleanse(void *ptr, size_t len)
     const char *OpenSSL_version(int t)
     unsigned long OpenSSL_version_num()
     int OPENSSL_VERSION
@@ -31,6 +32,28 @@ cdef extern from "openssl/bio.h" nogil:
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_PKEY
     void EVP_PKEY_free(EVP_PKEY *pkey)
+    ctypedef struct EVP_MD
+    ctypedef struct EVP_CIPHER
+    ctypedef struct EVP_CIPHER_CTX
+    const EVP_MD *EVP_sha256()
+    const EVP_MD *EVP_sha384()
+    EVP_CIPHER *EVP_CIPHER_fetch(void *libctx, const char *algorithm, const char *properties)
+    void EVP_CIPHER_free(EVP_CIPHER *cipher)
+    EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
+    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
+    int EVP_CipherInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
+                          const unsigned char *key, const unsigned char *iv, int enc)
+    int EVP_CipherUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
+                         const unsigned char *inp, int inl)
+    int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
+    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)
+    int EVP_CTRL_AEAD_SET_TAG
+    int EVP_CTRL_AEAD_GET_TAG
+
+cdef extern from "openssl/hmac.h" nogil:
+    unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
+                        const unsigned char *d, size_t n, unsigned char *md,
+                        unsigned int *md_len)
 
 cdef extern from "openssl/x509.h" nogil:
     ctypedef struct X509
@@ -55,6 +78,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct SSL_METHOD
     ctypedef struct SSL
     ctypedef struct SSL_CIPHER
+    ctypedef struct SSL_SESSION
 
     const SSL_METHOD *TLS_server_method()
     const SSL_METHOD *TLS_client_method()
@@ -84,6 +108,22 @@ cdef extern from "openssl/ssl.h" nogil:
         const unsigned char *inp, unsigned int inlen, void *arg) noexcept nogil
     void SSL_CTX_set_alpn_select_cb(SSL_CTX *ctx, SSL_CTX_alpn_select_cb_func cb, void *arg)
 
+    ctypedef void (*SSL_CTX_keylog_cb_func)(const SSL *ssl, const char *line) noexcept nogil
+    void SSL_CTX_set_keylog_callback(SSL_CTX *ctx, SSL_CTX_keylog_cb_func cb)
+    ctypedef void (*SSL_msg_cb)(int write_p, int version, int content_type, const void *buf,
+                                size_t len, SSL *ssl, void *arg) noexcept nogil
+    void SSL_CTX_set_msg_callback(SSL_CTX *ctx, SSL_msg_cb cb)
+    int SSL_get_ex_new_index(long argl, void *argp, void *new_func, void *dup_func,
+                             void *free_func)
+    int SSL_set_ex_data(SSL *ssl, int idx, void *data)
+    void *SSL_get_ex_data(const SSL *ssl, int idx)
+    int SSL_version(const SSL *ssl)
+    int SSL_has_pending(const SSL *ssl)
+    SSL_SESSION *SSL_get_session(const SSL *ssl)
+    size_t SSL_SESSION_get_master_key(const SSL_SESSION *sess, unsigned char *out, size_t outlen)
+    size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
+    size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen)
+    uint16_t SSL_CIPHER_get_protocol_id(const SSL_CIPHER *c)
     SSL *SSL_new(SSL_CTX *ctx)
     void SSL_free(SSL *ssl)
     int SSL_set_fd(SSL *ssl, int fd)
