@@ -103,6 +103,17 @@ cdef enum:
 cdef uint64_t KEY_LIMIT = 1 << 23   # records under one TLS 1.3 write key
 
 cdef int EX_INDEX = -1
+
+
+def key_limit(limit):
+    """Set the records sealed under one TLS 1.3 key before our KeyUpdate (tests lower
+    it to see several); returns the previous value."""
+    global KEY_LIMIT
+    old = KEY_LIMIT
+    if not 1 <= limit <= (1 << 23):
+        raise ValueError("the key limit is 1 to 2^23 records")
+    KEY_LIMIT = limit
+    return old
 cdef const char *CIPHER_NAMES[3]
 CIPHER_NAMES[0] = b"AES-128-GCM"
 CIPHER_NAMES[1] = b"AES-256-GCM"

@@ -58,3 +58,290 @@ def test_after_the_handshake_the_session_holds_no_ssl_object_and_is_byte_exact(r
         assert tls_echo(c, data) == data
     wait_until(lambda: relay.stats()["sessions_tls"] == 0)
     assert lean(relay) == 0
+
+
+# --- every AEAD suite, with clients of two TLS stacks --------------------------------------
+
+TLS12_AEAD = ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+              "ECDHE-RSA-CHACHA20-POLY1305"]
+
+
+@pytest.mark.parametrize("suite", TLS12_AEAD)
+def test_tls12_aead_suites_run_on_the_record_layer(relay, ca, suite):
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(suite)
+    with tls_client(relay, ctx) as c:
+        assert c.cipher()[0] == suite
+        wait_until(lambda: lean(relay) == 1, what="the session on the record layer")
+        data = os.urandom(40000)
+        assert tls_echo(c, data) == data
+
+
+def test_a_tls12_cbc_suite_keeps_its_ssl_object_and_works(relay, ca):
+    """A suite the record layer does not seal stays with OpenSSL: larger, still right."""
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-RSA-AES128-SHA256")
+    with tls_client(relay, ctx) as c:
+        assert c.cipher()[0] == "ECDHE-RSA-AES128-SHA256"
+        data = os.urandom(40000)
+        assert tls_echo(c, data) == data
+        assert relay.stats()["sessions_tls"] == 1
+        assert lean(relay) == 0
+
+
+def s_client(relay, ca_file, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{relay.port}", "-servername",
+         "localhost", "-CAfile", str(ca_file), "-verify_return_error", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def read_until(proc: subprocess.Popen, marker: bytes, timeout: float = DEADLINE) -> bytes:
+    """s_client's output up to and including `marker`."""
+    os.set_blocking(proc.stdout.fileno(), False)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while marker not in out:
+        assert time.monotonic() < deadline, f"no {marker!r} in {bytes(out[-2000:])!r}"
+        chunk = proc.stdout.read()
+        if chunk:
+            out += chunk
+        elif proc.poll() is not None:
+            raise AssertionError(f"s_client ended: {bytes(out[-2000:])!r}")
+        else:
+            time.sleep(0.01)
+    return bytes(out)
+
+
+@pytest.fixture
+def ca_file(ca, tmp_path):
+    path = tmp_path / "ca.pem"
+    path.write_bytes(ca.cert_pem())
+    return path
+
+
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                   "TLS_CHACHA20_POLY1305_SHA256"])
+def test_tls13_suites_and_key_updates_both_ways_with_openssl_s_client(relay, ca_file, suite):
+    """s_client's ``K`` sends KeyUpdate(update_requested) (RFC 8446 4.6.3): the relay
+    moves to the client's next key and answers with a KeyUpdate of its own before its
+    next record, which s_client must accept to read the echo that follows."""
+    proc = s_client(relay, ca_file, "-tls1_3", "-ciphersuites", suite, "-msg")
+    try:
+        proc.stdin.write(b"first-line\n")
+        proc.stdin.flush()
+        out = read_until(proc, b"\nfirst-line\n")      # the echo (s_client prints no input)
+        assert suite.encode() in out
+        assert lean(relay) == 1
+        for n in range(3):
+            proc.stdin.write(b"K\n")
+            proc.stdin.flush()
+            out = read_until(proc, b"KEYUPDATE")
+            proc.stdin.write(b"after-update-%d\n" % n)
+            proc.stdin.flush()
+            out += read_until(proc, b"after-update-%d\n" % n)
+            # ours came before the echo, not requesting one back (-msg shows it)
+            ours = out.index(b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 00")
+            assert ours < out.index(b"after-update-%d\n" % n)
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: relay.stats()["sessions_tls"] == 0)
+
+
+@pytest.mark.parametrize("version", ["TLSv1_3", "TLSv1_2"])
+def test_resumed_sessions_run_on_the_record_layer(relay, ca, version):
+    ctx = client_context(ca)
+    ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    with tls_client(relay, ctx) as c:
+        assert tls_echo(c, b"x" * 100) == b"x" * 100        # TLS 1.3: the ticket came
+        session = c.session
+    with tls_client(relay, ctx, session=session) as c:
+        assert c.session_reused
+        wait_until(lambda: lean(relay) == 1, what="the resumed session on the record layer")
+        data = os.urandom(70000)
+        assert tls_echo(c, data) == data
+
+
+def test_our_own_key_updates_when_a_key_has_sealed_its_share_of_records(relay, ca):
+    """RFC 8446 5.5: a key seals a bounded number of records; the relay then sends
+    KeyUpdate(update_not_requested) and goes on under the next key. The limit is
+    2^23 records; lowered here so that a client's OpenSSL reads through several."""
+    old = _tlsrecord.key_limit(3)
+    try:
+        with tls_client(relay, client_context(ca)) as c:
+            wait_until(lambda: lean(relay) == 1)
+            data = os.urandom(20 * 16384 + 77)       # 21 records: 6 key updates
+            assert tls_echo(c, data) == data
+    finally:
+        _tlsrecord.key_limit(old)
+
+
+# --- records a broken or hostile client sends -------------------------------------------------
+
+def expand_label(secret: bytes, label: bytes, length: int, algorithm) -> bytes:
+    """RFC 8446 7.1 HKDF-Expand-Label with an empty context, one HMAC block."""
+    info = length.to_bytes(2, "big") + bytes([6 + len(label)]) + b"tls13 " + label + b"\0"
+    mac = hmac.HMAC(secret, algorithm)
+    mac.update(info + b"\x01")
+    return mac.finalize()[:length]
+
+
+class CraftingClient:
+    """A TLS 1.3 client whose handshake and reading are OpenSSL's (Python's ssl over
+    memory BIOs) and whose records after the handshake are made here, with its own
+    client_application_traffic_secret_0 from the key log: it can send what OpenSSL
+    never would."""
+
+    def __init__(self, relay, ca, keylog):
+        ctx = client_context(ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.keylog_filename = str(keylog)
+        self.sock = socket.create_connection(("127.0.0.1", relay.port), timeout=DEADLINE)
+        self.inc, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.outgoing, server_hostname="localhost")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                self.inc.write(self.sock.recv(65536))
+        self.sock.sendall(self.outgoing.read())          # the client's Finished
+        suite = self.obj.cipher()[0]
+        self.algorithm = hashes.SHA384() if suite.endswith("SHA384") else hashes.SHA256()
+        self.aead_kind = ChaCha20Poly1305 if "CHACHA" in suite else AESGCM
+        self.keylen = 16 if "AES_128" in suite else 32
+        line = next(ln for ln in keylog.read_text().splitlines()
+                    if ln.startswith("CLIENT_TRAFFIC_SECRET_0 "))
+        self.secret = bytes.fromhex(line.split()[2])
+        self._keys()
+
+    def _keys(self) -> None:
+        self.aead = self.aead_kind(expand_label(self.secret, b"key", self.keylen, self.algorithm))
+        self.iv = expand_label(self.secret, b"iv", 12, self.algorithm)
+        self.seq = 0
+
+    def next_key(self) -> None:
+        self.secret = expand_label(self.secret, b"traffic upd", self.algorithm.digest_size,
+                                   self.algorithm)
+        self._keys()
+
+    def record(self, content: bytes, inner: int = 23, padding: int = 0, outer: int = 23,
+               tamper: bool = False) -> bytes:
+        """One TLSCiphertext (RFC 8446 5.2) carrying `content` of type `inner`."""
+        plain = content + bytes([inner]) + bytes(padding)
+        header = bytes([outer, 3, 3]) + (len(plain) + 16).to_bytes(2, "big")
+        nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big")))
+        self.seq += 1
+        sealed = bytearray(self.aead.encrypt(nonce, plain, header))
+        if tamper:
+            sealed[-1] ^= 1
+        return header + bytes(sealed)
+
+    def read(self, n: int) -> bytes:
+        """`n` bytes of plaintext from the relay (ssl.SSLError on an alert)."""
+        out = bytearray()
+        while len(out) < n:
+            try:
+                out += self.obj.read(n - len(out))
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    self.obj.read(1) if self.inc.pending else None
+                    raise EOFError(f"EOF after {len(out)} of {n} bytes")
+                self.inc.write(data)
+        return bytes(out)
+
+    def alert(self) -> str:
+        """Read until the relay's alert ends the stream: its name, as OpenSSL says it."""
+        with pytest.raises(ssl.SSLError) as err:
+            while True:
+                try:
+                    assert self.obj.read(65536) == b"", "data where an alert was due"
+                except ssl.SSLWantReadError:
+                    data = self.sock.recv(65536)
+                    assert data, "EOF without an alert"
+                    self.inc.write(data)
+        return err.value.reason
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def crafter(relay, ca, tmp_path):
+    c = CraftingClient(relay, ca, tmp_path / "client-keys.log")
+    wait_until(lambda: lean(relay) == 1, what="the session on the record layer")
+    yield c
+    c.close()
+
+
+def session_closed(relay) -> None:
+    wait_until(lambda: relay.stats()["sessions_tls"] == 0, what="the session closed")
+    assert lean(relay) == 0
+
+
+def test_crafted_records_are_what_openssl_would_send(relay, crafter):
+    """The helper itself, checked: a record it makes is echoed, padding is ignored."""
+    crafter.sock.sendall(crafter.record(b"plain record") + crafter.record(b"padded", padding=40))
+    assert crafter.read(18) == b"plain recordpadded"
+
+
+def test_key_update_requested_moves_both_directions_to_the_next_key(relay, crafter):
+    crafter.sock.sendall(crafter.record(b"\x18\x00\x00\x01\x01", inner=22))
+    crafter.next_key()
+    crafter.sock.sendall(crafter.record(b"under the second key"))
+    assert crafter.read(20) == b"under the second key"   # the relay's KeyUpdate read first
+
+
+def test_a_key_update_split_across_two_records_is_one_message(relay, crafter):
+    crafter.sock.sendall(crafter.record(b"\x18\x00", inner=22)
+                         + crafter.record(b"\x00\x01\x00", inner=22))
+    crafter.next_key()
+    crafter.sock.sendall(crafter.record(b"next"))
+    assert crafter.read(4) == b"next"
+
+
+def test_a_few_empty_records_are_allowed(relay, crafter):
+    crafter.sock.sendall(b"".join(crafter.record(b"") for _ in range(5)) + crafter.record(b"ok"))
+    assert crafter.read(2) == b"ok"
+
+
+@pytest.mark.parametrize("bad, alert", [
+    (lambda c: c.record(b"forged", tamper=True), "SSLV3_ALERT_BAD_RECORD_MAC"),
+    (lambda c: b"\x14\x03\x03\x00\x01\x01", "SSLV3_ALERT_UNEXPECTED_MESSAGE"),        # CCS
+    (lambda c: b"\x17\x03\x03\x41\x01" + bytes(16641), "TLSV1_ALERT_RECORD_OVERFLOW"),
+    (lambda c: c.record(bytes(16385)), "TLSV1_ALERT_RECORD_OVERFLOW"),
+    (lambda c: c.record(b"", inner=0, padding=10), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"x", inner=99), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"\x04\x00\x00\x01\x00", inner=22), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"\x18\x00\x00\x01\x07", inner=22), "SSLV3_ALERT_ILLEGAL_PARAMETER"),
+    (lambda c: c.record(b"\x18\x00\x00\x01\x00\x18", inner=22), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"\x18\x00", inner=22) + c.record(b"data"),
+     "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: b"".join(c.record(b"") for _ in range(33)), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+], ids=["bad-tag", "change-cipher-spec", "header-over-2^14+256", "plaintext-over-2^14",
+        "all-padding", "unknown-content-type", "other-handshake-message",
+        "key-update-bad-value", "key-update-not-ending-its-record",
+        "split-key-update-then-data", "33-empty-records"])
+def test_a_bad_record_gets_its_alert_and_ends_only_that_session(relay, ca, crafter, bad, alert):
+    with tls_client(relay, client_context(ca)) as bystander:
+        crafter.sock.sendall(bad(crafter))
+        assert crafter.alert() == alert
+        wait_until(lambda: relay.stats()["sessions_tls"] == 1, what="the crafter's session gone")
+        assert tls_echo(bystander, b"still here") == b"still here"
+    session_closed(relay)
+    relay.link.wait_for(lambda: len(relay.link.closed) == 2, what="CLOSE upstream for both")
+
+
+def test_close_notify_from_the_client_ends_the_session_upstream(relay, crafter):
+    """RFC 8446 6.1: close_notify closes the client's write side; what came before it
+    goes upstream, then CLOSE (as a plain client's FIN does)."""
+    crafter.sock.sendall(crafter.record(b"bye") + crafter.record(b"\x01\x00", inner=21))
+    session_closed(relay)
+    relay.link.wait_for(lambda: relay.link.closed, what="CLOSE upstream")
+    [(sid, reason)] = relay.link.closed.items()
+    assert reason == 0 and bytes(relay.link.received[sid]) == b"bye"
