@@ -64,8 +64,13 @@ the client's first byte arrives (one that connects and says nothing holds no
 TLS state); SSL_accept (SSL_do_handshake) is driven by the same events; OPEN is sent only once the
 handshake is complete, carrying version and cipher; a handshake that fails
 or outlives its deadline closes the client and nothing goes upstream. After
-that SSL_read_ex/SSL_write_ex replace recv/send (partial writes and moving
-buffers enabled, so the output buffer may grow between retries).
+that, on an AEAD suite, the session moves to iim/_tlsrecord.pyx and its SSL
+object is freed: record_read/record_write replace recv/send, sealed bytes the
+socket refuses stay in the record state (out_pending() counts them as
+output, and only EAGAIN leaves any, so an edge is coming), and a KeyUpdate
+the client asks for is sent from the read path when the socket allows. On
+any other suite SSL_read_ex/SSL_write_ex replace recv/send (partial writes
+and moving buffers enabled, so the output buffer may grow between retries).
 
 Writes to a client, and what drives the remainder. With partial writes one
 SSL_write_ex moves at most one record (16 KiB of plaintext) and returns
