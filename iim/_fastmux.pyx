@@ -963,6 +963,9 @@ cdef void take_over(Core *c, Session *s) noexcept nogil:
     capture_free(s.ssl, s.capture)
     s.capture = NULL
     if s.rec != NULL:
+        # Freed without a shutdown, OpenSSL would drop the session from its cache
+        # (a TLS 1.2 session id could not resume); this sends nothing.
+        openssl.SSL_set_shutdown(s.ssl, openssl.SSL_SENT_SHUTDOWN | openssl.SSL_RECEIVED_SHUTDOWN)
         openssl.SSL_free(s.ssl)
         openssl.ERR_clear_error()
         s.ssl = NULL

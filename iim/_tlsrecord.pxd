@@ -22,6 +22,7 @@ cdef struct Capture:
     uint8_t client_secret[48]   # TLS 1.3 application traffic secrets, from the key log
     uint8_t server_secret[48]
     uint8_t have                # 1: client secret seen, 2: server secret seen
+    uint8_t secret_len          # their length (the suite's hash)
     uint32_t records_in         # record headers read and written so far ...
     uint32_t records_out
     uint32_t ccs_in             # ... at each direction's ChangeCipherSpec (TLS 1.2 keys)

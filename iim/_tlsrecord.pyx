@@ -37,25 +37,28 @@ ECDHE/DHE AEAD counterparts (GCM with the 8-byte explicit nonce, which we
 set to the sequence number; ChaCha20-Poly1305 per RFC 7905).
 
 Reading (record_read). Bytes stashed from the last call are copied to the
-front of the thread's scratch buffer; recv() fills the rest only when no
-complete record is there. Records open straight into the caller's buffer
-when their plaintext fits, else in place, and what the caller had no room
-for is kept (``plain``); a partial record is kept (``inp``). An idle session
-therefore holds nothing. Post-handshake messages: TLS 1.3 KeyUpdate (the
-read key moves on; update_requested owes one KeyUpdate of ours, sent before
-our next record, several requests answered by one, RFC 8446 4.6.3), alerts
-(close_notify ends the stream). Everything else - a record too long, a tag
-that does not verify, ChangeCipherSpec, a TLS 1.2 renegotiation, a
-handshake message other than KeyUpdate, more than 32 records in a row
-without application data (OpenSSL's bound on empty records and KeyUpdates)
-- gets a fatal alert (best effort) and ends the session.
+front of the thread's scratch buffer; recv() adds what the caller has room
+for and one record more, and only when no complete record is there. Records
+open straight into the caller's buffer when their plaintext fits, else in
+place, and what the caller had no room for is kept (``plain``); a partial
+record is kept (``inp``). An idle session therefore holds nothing. Post-
+handshake messages: TLS 1.3 KeyUpdate (the read key moves on;
+update_requested owes one KeyUpdate of ours, sent before our next record,
+several requests answered by one, RFC 8446 4.6.3), alerts (close_notify ends
+the stream). Everything else - a record too long, a tag that does not
+verify, ChangeCipherSpec, a TLS 1.2 renegotiation, a handshake message other
+than KeyUpdate, more than 32 records in a row without application data
+(OpenSSL's bound on empty records and KeyUpdates) - gets a fatal alert (best
+effort) and ends the session.
 
-Writing (record_write). Up to 64 KiB of plaintext is sealed into 16 KiB
-records in the scratch buffer and sent until done or EAGAIN; what the
-socket refuses is kept (``out``) and sent first next time, so callers may
-count every byte they passed as written: the relay's flow control then works
-unchanged. After 2^23 records under one key (RFC 8446 5.5 allows AES-GCM
-2^24.5) a TLS 1.3 session sends a KeyUpdate of its own.
+Writing (record_write). Up to 64 KiB of plaintext is sealed, one 16 KiB
+record at a time in the scratch buffer, each sent before the next is sealed;
+the part of a record the socket refuses (EAGAIN) is kept (``out``) and sent
+first next time, and sealing stops. So callers may count every byte they
+passed as written, and a client that never reads makes us hold its window
+plus at most one record, as OpenSSL's pending record did. After 2^23 records
+under one key (RFC 8446 5.5 allows AES-GCM 2^24.5) a TLS 1.3 session sends a
+KeyUpdate of its own.
 
 Return values mirror the relay's client I/O: bytes (> 0), 0 at the end of
 the stream, -1 when the socket must become ready (EAGAIN), -2 on error.
@@ -95,7 +98,10 @@ cdef enum:
     A_OVERFLOW = 22
     A_DECODE = 50
     A_ILLEGAL = 47
+    A_PROTOCOL_VERSION = 70
+    A_INTERNAL = 80
     A_USER_CANCELED = 90
+    ALERT_RECEIVED = 256        # one_record: the peer ended the session with an error alert
     TLS12 = 0x0303
     TLS13 = 0x0304
     SSL3_RT_HEADER = 0x100
@@ -154,6 +160,7 @@ cdef void on_keylog(const openssl.SSL *ssl, const char *line) noexcept nogil:
     cdef uint8_t bit
     cdef const char *p
     cdef int spaces = 0
+    cdef int n
     if cap == NULL:
         return
     if strlen(line) > 24 and memcmp(line, b"CLIENT_TRAFFIC_SECRET_0 ", 24) == 0:
@@ -167,8 +174,10 @@ cdef void on_keylog(const openssl.SSL *ssl, const char *line) noexcept nogil:
         if p[0] == c' ':
             spaces += 1
         p += 1
-    if spaces == 2 and unhex(p, dest, 48) in (32, 48):
+    n = unhex(p, dest, 48) if spaces == 2 else -1
+    if n == 32 or n == 48:
         cap.have |= bit
+        cap.secret_len = <uint8_t>n
 
 
 cdef void on_message(int write_p, int version, int content_type, const void *buf,
@@ -371,6 +380,8 @@ cdef TlsRecord *record_take(openssl.SSL *ssl, Capture *cap) noexcept nogil:
     cdef uint32_t mark_in, mark_out
     if cap == NULL or (version != TLS12 and version != TLS13) or openssl.SSL_has_pending(ssl):
         return NULL
+    if openssl.SSL_SESSION_get_max_fragment_length(openssl.SSL_get_session(ssl)) != 0:
+        return NULL             # RFC 6066 max_fragment_length: OpenSSL honours it, we do not
     mark_in = cap.fin_in if version == TLS13 else cap.ccs_in
     mark_out = cap.fin_out if version == TLS13 else cap.ccs_out
     if mark_in == 0 or mark_out == 0:
@@ -384,7 +395,7 @@ cdef TlsRecord *record_take(openssl.SSL *ssl, Capture *cap) noexcept nogil:
         free(r)
         return NULL
     if version == TLS13:
-        if cap.have != 3:
+        if cap.have != 3 or cap.secret_len != r.hashlen:
             free(r)
             return NULL
         memcpy(r.rd.secret, cap.client_secret, r.hashlen)
@@ -558,9 +569,12 @@ cdef inline bint key_update_due(TlsRecord *r) noexcept nogil:
 
 
 cdef int record_flush(RecordCrypto *k, TlsRecord *r, int fd) noexcept nogil:
-    """Send what is kept, and a KeyUpdate that is owed: 0 all sent, -1 EAGAIN, -2 error."""
+    """Send what is kept, and a KeyUpdate that is owed: 0 all sent, -1 EAGAIN, -2 error
+    (also once the session failed: nothing may follow a fatal alert, RFC 8446 6.2)."""
     cdef ssize_t sent
     cdef int n
+    if r.flags & RF_FAILED:
+        return -2
     if r.out_len:
         sent = send_all(fd, r.out + r.out_off, r.out_len)
         if sent < 0:
@@ -582,39 +596,36 @@ cdef int record_flush(RecordCrypto *k, TlsRecord *r, int fd) noexcept nogil:
 
 
 cdef bint record_out_pending(TlsRecord *r) noexcept nogil:
-    return r.out_len > 0 or key_update_due(r)
+    return not (r.flags & RF_FAILED) and (r.out_len > 0 or key_update_due(r))
 
 
 cdef ssize_t record_write(RecordCrypto *k, TlsRecord *r, int fd, const uint8_t *p,
                           size_t n) noexcept nogil:
-    """Seal up to 64 KiB of `p` and send it: bytes taken (all sealed bytes count,
-    sent or kept), -1 when the socket refuses what was kept before, -2 on error.
-    Bytes kept after EAGAIN show as record_out_pending()."""
-    cdef int f
-    cdef int sealed
-    cdef size_t take = n if n < WRITE_RECORDS * MAX_PLAIN else WRITE_RECORDS * MAX_PLAIN
+    """Seal up to 64 KiB of `p`, a record at a time, each sent before the next is
+    sealed: bytes taken, -1 when the socket refuses what was kept before, -2 on error.
+    Only EAGAIN leaves sealed bytes kept (record_out_pending()), at most one record:
+    like OpenSSL's pending record, what a client that never reads makes us hold is
+    its window plus one record."""
+    cdef int f, used, sealed
     cdef size_t done = 0
-    cdef size_t used = 0
-    cdef int chunk
-    if r.flags & RF_FAILED:
-        return -2
+    cdef size_t chunk
+    cdef size_t take = n if n < WRITE_RECORDS * MAX_PLAIN else WRITE_RECORDS * MAX_PLAIN
     f = record_flush(k, r, fd)
     if f < 0:
         return f
-    while done < take:
-        chunk = <int>(take - done if take - done < MAX_PLAIN else MAX_PLAIN)
-        sealed = seal(k, r, CT_DATA, p + done, chunk, k.scratch + used)
-        if sealed < 0:
+    while done < take and r.out_len == 0:
+        chunk = take - done if take - done < MAX_PLAIN else MAX_PLAIN
+        used = seal(k, r, CT_DATA, p + done, <int>chunk, k.scratch)
+        if used < 0:
             return -2
-        used += sealed
-        done += chunk
         if key_update_due(r):
             sealed = seal_key_update(k, r, k.scratch + used)
             if sealed < 0:
                 return -2
             used += sealed
-    if send_or_keep(r, fd, k.scratch, used) < 0:
-        return -2
+        if send_or_keep(r, fd, k.scratch, used) < 0:
+            return -2
+        done += chunk
     return <ssize_t>done
 
 
@@ -630,12 +641,6 @@ cdef void send_alert(RecordCrypto *k, TlsRecord *r, int fd, uint8_t desc) noexce
     n = seal(k, r, CT_ALERT, body, 2, k.scratch)
     if n > 0:
         send_all(fd, k.scratch, n)
-
-
-cdef ssize_t fail(RecordCrypto *k, TlsRecord *r, int fd, uint8_t desc) noexcept nogil:
-    send_alert(k, r, fd, desc)
-    r.flags |= RF_FAILED
-    return -2
 
 
 # --- receiving ----------------------------------------------------------------------------
@@ -667,6 +672,7 @@ cdef size_t take_plain(TlsRecord *r, uint8_t *p, size_t n) noexcept nogil:
     r.plain_off += <uint32_t>m
     r.plain_len -= <uint32_t>m
     if r.plain_len == 0:
+        openssl.OPENSSL_cleanse(r.plain, r.plain_off)
         free(r.plain)
         r.plain = NULL
         r.plain_off = 0
@@ -682,25 +688,42 @@ cdef int handshake_bytes(TlsRecord *r, const uint8_t *p, int n) noexcept nogil:
     for i in range(n):
         r.hs[r.hs_len] = p[i]
         r.hs_len += 1
-        if r.hs_len == 4 and (r.hs[0] != HS_KEY_UPDATE or r.hs[1] or r.hs[2] or r.hs[3] != 1):
+        if r.hs_len == 4 and r.hs[0] != HS_KEY_UPDATE:
             return A_UNEXPECTED
+        if r.hs_len == 4 and (r.hs[1] or r.hs[2] or r.hs[3] != 1):
+            return A_DECODE                  # a KeyUpdate's body is one byte
         if r.hs_len == 5:
+            r.hs_len = 0
             if r.hs[4] > 1:
                 return A_ILLEGAL
             if i != n - 1:
                 return A_UNEXPECTED          # a key change must end its record
             if r.hs[4] == 1:
                 r.flags |= RF_KEYUPDATE_DUE
-            r.hs_len = 0
             if next_generation(r, &r.rd) < 0:
-                return A_DECODE
+                return A_INTERNAL
+    return 0
+
+
+cdef int alert_bytes(TlsRecord *r, const uint8_t *p, int n) noexcept nogil:
+    """An alert from the client: close_notify ends the stream (RFC 8446 6.1), an error
+    alert the session (ALERT_RECEIVED: no answer), a TLS 1.2 warning or TLS 1.3's
+    user_canceled is noted and nothing more."""
+    if n != 2:
+        return A_UNEXPECTED if n == 0 else A_DECODE
+    if p[1] == A_CLOSE_NOTIFY:
+        r.flags |= RF_EOF
+        return 0
+    if p[0] == 2 or (r.version == TLS13 and p[1] != A_USER_CANCELED):
+        return ALERT_RECEIVED
     return 0
 
 
 cdef int one_record(RecordCrypto *k, TlsRecord *r, uint8_t *rec, int length, uint8_t *dest,
                     size_t room, size_t *delivered) noexcept nogil:
-    """Open the complete record at `rec` and act on it: 0, or the alert to end with.
-    Application data goes to `dest` (up to `room`), the rest into r.plain."""
+    """Open the complete record at `rec` and act on it: 0, or the alert to end with
+    (ALERT_RECEIVED: the client's). Application data goes to `dest` (up to `room`), the
+    rest into r.plain. Nothing reaches `dest` as delivered before its tag verified."""
     # in place means exactly in place: OpenSSL refuses partly overlapping buffers
     cdef uint8_t *pt = dest if <size_t>length <= room else rec + HDR + explicit_len(r)
     cdef int n
@@ -708,12 +731,16 @@ cdef int one_record(RecordCrypto *k, TlsRecord *r, uint8_t *rec, int length, uin
     delivered[0] = 0
     if (r.version == TLS13 and ctype != CT_DATA) or ctype < CT_ALERT or ctype > CT_DATA:
         return A_UNEXPECTED                  # ChangeCipherSpec, plaintext alerts, others
+    if r.version == TLS12 and (rec[1] != 3 or rec[2] != 3):
+        return A_PROTOCOL_VERSION
     if r.hs_len and (r.version != TLS13 or ctype != CT_DATA):
         return A_UNEXPECTED
     n = open_body(k, r, rec, length, pt)
     if n < 0:
         return A_BAD_MAC
     if r.version == TLS13:
+        if n > MAX_PLAIN + 1:                # TLSInnerPlaintext, padding included (5.4)
+            return A_OVERFLOW
         while n > 0 and pt[n - 1] == 0:      # padding
             n -= 1
         if n == 0:
@@ -733,7 +760,7 @@ cdef int one_record(RecordCrypto *k, TlsRecord *r, uint8_t *rec, int length, uin
             memcpy(dest, pt, delivered[0])
             if <size_t>n > delivered[0] and keep_plain(r, pt + delivered[0],
                                                        n - delivered[0]) < 0:
-                return A_DECODE
+                return A_INTERNAL
         return 0
     r.empty_run += 1
     if r.empty_run > MAX_EMPTY_RUN:
@@ -743,12 +770,7 @@ cdef int one_record(RecordCrypto *k, TlsRecord *r, uint8_t *rec, int length, uin
     if ctype == CT_HANDSHAKE:
         return handshake_bytes(r, pt, n) if n > 0 else A_UNEXPECTED
     if ctype == CT_ALERT:
-        if n != 2:
-            return A_DECODE
-        if pt[1] == A_CLOSE_NOTIFY or pt[0] == 2 or (r.version == TLS13 and
-                                                     pt[1] != A_USER_CANCELED):
-            r.flags |= RF_EOF
-        return 0
+        return alert_bytes(r, pt, n)
     return A_UNEXPECTED
 
 
@@ -756,13 +778,22 @@ cdef inline bint have_record(const uint8_t *p, size_t n) noexcept nogil:
     return n >= HDR and n >= HDR + ((<size_t>p[3] << 8) | p[4])
 
 
+cdef ssize_t ended(RecordCrypto *k, TlsRecord *r, int fd, int alert, size_t out) noexcept nogil:
+    """A bad record (`alert` ours to send) or the client's error alert: bytes opened
+    before it still go to the caller, and every later call fails."""
+    if alert != ALERT_RECEIVED:
+        send_alert(k, r, fd, <uint8_t>alert)
+    r.flags |= RF_FAILED
+    return <ssize_t>out if out else -2
+
+
 cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
                          size_t n) noexcept nogil:
-    """Up to `n` plaintext bytes into `p` (see the theory of operation)."""
+    """Up to `n` (>= 1) plaintext bytes into `p` (see the theory of operation)."""
     cdef uint8_t *buf = k.scratch
-    cdef size_t have, off, out, got
+    cdef size_t have, off, out, got, want
     cdef ssize_t rcv
-    cdef int length, alert
+    cdef int length, alert, err
     if r.flags & RF_FAILED:
         return -2
     if r.plain_len:
@@ -775,13 +806,19 @@ cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
             r.inp = NULL
             r.in_len = 0
         if not have_record(buf, have):
-            rcv = posix.recv(fd, buf + have, SCRATCH - have, 0)
+            # What the caller has room for and one record more: a client cannot make
+            # us hold much beyond its credit (the rest waits in the kernel).
+            want = n + MAX_RECORD
+            if want > SCRATCH - have:
+                want = SCRATCH - have
+            rcv = posix.recv(fd, buf + have, want, 0)
             while rcv < 0 and posix.errno == posix.EINTR:
-                rcv = posix.recv(fd, buf + have, SCRATCH - have, 0)
+                rcv = posix.recv(fd, buf + have, want, 0)
             if rcv < 0:
+                err = posix.errno
                 if keep_input(r, buf, have) < 0:
-                    return fail(k, r, fd, A_DECODE)
-                return -1 if posix.errno == posix.EAGAIN else -2
+                    return ended(k, r, fd, A_INTERNAL, 0)
+                return -1 if err == posix.EAGAIN else -2
             if rcv == 0:
                 r.flags |= RF_EOF            # truncated or clean: the stream is over
                 break
@@ -792,28 +829,20 @@ cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
                 have_record(buf + off, have - off):
             length = (buf[off + 3] << 8) | buf[off + 4]
             if length > MAX_BODY:
-                return fail(k, r, fd, A_OVERFLOW)
+                return ended(k, r, fd, A_OVERFLOW, out)
             alert = one_record(k, r, buf + off, length, p + out, n - out, &got)
             if alert:
-                return fail(k, r, fd, <uint8_t>alert) if out == 0 else out_then_fail(
-                    k, r, fd, <uint8_t>alert, out)
+                return ended(k, r, fd, alert, out)
             off += HDR + length
             out += got
-        if have - off >= HDR and ((buf[off + 3] << 8) | buf[off + 4]) > MAX_BODY:
-            return fail(k, r, fd, A_OVERFLOW)
-        if keep_input(r, buf + off, have - off) < 0:
-            return fail(k, r, fd, A_DECODE)
+        if not (r.flags & RF_EOF) and have - off >= HDR and \
+                ((buf[off + 3] << 8) | buf[off + 4]) > MAX_BODY:
+            return ended(k, r, fd, A_OVERFLOW, out)
+        if not (r.flags & RF_EOF) and keep_input(r, buf + off, have - off) < 0:
+            return ended(k, r, fd, A_INTERNAL, out)
         if out:
             return <ssize_t>out
     return 0
-
-
-cdef ssize_t out_then_fail(RecordCrypto *k, TlsRecord *r, int fd, uint8_t alert,
-                           size_t out) noexcept nogil:
-    """Bytes opened before a bad record still go to the caller; the next call fails."""
-    send_alert(k, r, fd, alert)
-    r.flags |= RF_FAILED
-    return <ssize_t>out
 
 
 cdef void record_free(RecordCrypto *k, TlsRecord *r, int fd, bint notify) noexcept nogil:

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from iim import _tlsrecord
 from muxpeer import LinkPeer, RelayHarness, wait_until
-from test_mux_tls import client_context, mux_settings, nssdir, tls_ctx, tls_client, tls_echo  # noqa: F401
+from test_mux_tls import (client_context, mux_settings, nssdir, tls_client,  # noqa: F401
+                          tls_ctx, tls_echo)
 
 DEADLINE = 20
 
@@ -189,35 +190,79 @@ def expand_label(secret: bytes, label: bytes, length: int, algorithm) -> bytes:
     return mac.finalize()[:length]
 
 
-class CraftingClient:
-    """A TLS 1.3 client whose handshake and reading are OpenSSL's (Python's ssl over
-    memory BIOs) and whose records after the handshake are made here, with its own
-    client_application_traffic_secret_0 from the key log: it can send what OpenSSL
-    never would."""
+def tls12_prf(secret: bytes, seed: bytes, length: int, algorithm) -> bytes:
+    """RFC 5246 5 P_hash."""
+    def mac(data: bytes) -> bytes:
+        h = hmac.HMAC(secret, algorithm)
+        h.update(data)
+        return h.finalize()
+    out, a = b"", seed
+    while len(out) < length:
+        a = mac(a)
+        out += mac(a + seed)
+    return out[:length]
 
-    def __init__(self, relay, ca, keylog):
+
+class CraftingClient:
+    """A client whose handshake and reading are OpenSSL's (Python's ssl over memory
+    BIOs) and whose records after the handshake are made here, with keys from its own
+    key log (TLS 1.3: client_application_traffic_secret_0; TLS 1.2: the master
+    secret, through the PRF): it can send what OpenSSL never would."""
+
+    def __init__(self, relay, ca, keylog, version=ssl.TLSVersion.TLSv1_3):
         ctx = client_context(ca)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ctx.maximum_version = version
+        if version == ssl.TLSVersion.TLSv1_2:
+            ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
         ctx.keylog_filename = str(keylog)
         self.sock = socket.create_connection(("127.0.0.1", relay.port), timeout=DEADLINE)
         self.inc, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.outgoing, server_hostname="localhost")
+        first = bytearray()                              # the server's first flight
         while True:
             try:
                 self.obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self.sock.sendall(self.outgoing.read())
-                self.inc.write(self.sock.recv(65536))
+                data = self.sock.recv(65536)
+                first += data if len(first) < 64 else b""
+                self.inc.write(data)
         self.sock.sendall(self.outgoing.read())          # the client's Finished
+        self.tls12 = version == ssl.TLSVersion.TLSv1_2
+        if not self.tls12:
+            self._take_record()                          # the relay's NewSessionTicket
+            with pytest.raises(ssl.SSLWantReadError):
+                self.obj.read(1)
         suite = self.obj.cipher()[0]
         self.algorithm = hashes.SHA384() if suite.endswith("SHA384") else hashes.SHA256()
         self.aead_kind = ChaCha20Poly1305 if "CHACHA" in suite else AESGCM
-        self.keylen = 16 if "AES_128" in suite else 32
-        line = next(ln for ln in keylog.read_text().splitlines()
-                    if ln.startswith("CLIENT_TRAFFIC_SECRET_0 "))
-        self.secret = bytes.fromhex(line.split()[2])
-        self._keys()
+        self.keylen = 16 if "AES_128" in suite or "AES128" in suite else 32
+        log = keylog.read_text().splitlines()
+        if self.tls12:
+            master = bytes.fromhex(next(ln for ln in log if ln.startswith("CLIENT_RANDOM ")
+                                        ).split()[2])
+            client_random = bytes.fromhex(next(ln for ln in log if ln.startswith(
+                "CLIENT_RANDOM ")).split()[1])
+            server_random = bytes(first[11:43])  # record, ServerHello header, version
+            block = tls12_prf(master, b"key expansion" + server_random + client_random,
+                              2 * self.keylen + 8, self.algorithm)
+            self.aead = AESGCM(block[:self.keylen])
+            self.iv = block[2 * self.keylen:2 * self.keylen + 4]   # the client's salt
+            self.seq = 1                                         # its Finished was 0
+        else:
+            line = next(ln for ln in log if ln.startswith("CLIENT_TRAFFIC_SECRET_0 "))
+            self.secret = bytes.fromhex(line.split()[2])
+            self._keys()
+
+    def _take_record(self) -> None:
+        """Read one whole record from the socket into the client's OpenSSL."""
+        data = bytearray()
+        while (total := 5 if len(data) < 5 else 5 + int.from_bytes(data[3:5], "big")) > len(data):
+            chunk = self.sock.recv(total - len(data))
+            assert chunk, "EOF inside a record"
+            data += chunk
+        self.inc.write(bytes(data))
 
     def _keys(self) -> None:
         self.aead = self.aead_kind(expand_label(self.secret, b"key", self.keylen, self.algorithm))
@@ -230,13 +275,21 @@ class CraftingClient:
         self._keys()
 
     def record(self, content: bytes, inner: int = 23, padding: int = 0, outer: int = 23,
-               tamper: bool = False) -> bytes:
-        """One TLSCiphertext (RFC 8446 5.2) carrying `content` of type `inner`."""
-        plain = content + bytes([inner]) + bytes(padding)
-        header = bytes([outer, 3, 3]) + (len(plain) + 16).to_bytes(2, "big")
-        nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big")))
-        self.seq += 1
-        sealed = bytearray(self.aead.encrypt(nonce, plain, header))
+               tamper: bool = False, version: bytes = b"\x03\x03") -> bytes:
+        """One TLS 1.3 TLSCiphertext (RFC 8446 5.2) carrying `content` of type `inner`;
+        TLS 1.2: a GenericAEADCipher (RFC 5246 6.2.3.3, RFC 5288) of type `inner`."""
+        if self.tls12:
+            seq = self.seq.to_bytes(8, "big")
+            self.seq += 1
+            aad = seq + bytes([inner]) + b"\x03\x03" + len(content).to_bytes(2, "big")
+            sealed = bytearray(seq + self.aead.encrypt(self.iv + seq, content, aad))
+            header = bytes([inner]) + version + len(sealed).to_bytes(2, "big")
+        else:
+            plain = content + bytes([inner]) + bytes(padding)
+            header = bytes([outer]) + version + (len(plain) + 16).to_bytes(2, "big")
+            nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big")))
+            self.seq += 1
+            sealed = bytearray(self.aead.encrypt(nonce, plain, header))
         if tamper:
             sealed[-1] ^= 1
         return header + bytes(sealed)
@@ -250,7 +303,6 @@ class CraftingClient:
             except ssl.SSLWantReadError:
                 data = self.sock.recv(65536)
                 if not data:
-                    self.obj.read(1) if self.inc.pending else None
                     raise EOFError(f"EOF after {len(out)} of {n} bytes")
                 self.inc.write(data)
         return bytes(out)
@@ -345,3 +397,103 @@ def test_close_notify_from_the_client_ends_the_session_upstream(relay, crafter):
     relay.link.wait_for(lambda: relay.link.closed, what="CLOSE upstream")
     [(sid, reason)] = relay.link.closed.items()
     assert reason == 0 and bytes(relay.link.received[sid]) == b"bye"
+
+
+@pytest.fixture
+def crafter12(relay, ca, tmp_path):
+    c = CraftingClient(relay, ca, tmp_path / "client-keys.log", ssl.TLSVersion.TLSv1_2)
+    wait_until(lambda: lean(relay) == 1, what="the session on the record layer")
+    yield c
+    c.close()
+
+
+def test_tls12_crafted_records_are_what_openssl_would_send(relay, crafter12):
+    crafter12.sock.sendall(crafter12.record(b"tls 1.2 ") + crafter12.record(b"record"))
+    assert crafter12.read(14) == b"tls 1.2 record"
+
+
+@pytest.mark.parametrize("bad, alert", [
+    (lambda c: c.record(b"forged", tamper=True), "SSLV3_ALERT_BAD_RECORD_MAC"),
+    (lambda c: c.record(b"x", version=b"\x03\x01"), "TLSV1_ALERT_PROTOCOL_VERSION"),
+    (lambda c: c.record(b"\x01\x00\x00\x00", inner=22), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"\x01", inner=20), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+], ids=["bad-tag", "record-version", "renegotiation", "change-cipher-spec"])
+def test_tls12_bad_records_get_their_alert(relay, crafter12, bad, alert):
+    crafter12.sock.sendall(bad(crafter12))
+    assert crafter12.alert() == alert
+    session_closed(relay)
+
+
+def test_tls12_warning_alerts_are_noted_and_close_notify_ends_the_stream(relay, crafter12):
+    crafter12.sock.sendall(crafter12.record(b"\x01\x5a", inner=21) + crafter12.record(b"ok"))
+    assert crafter12.read(2) == b"ok"                        # user_canceled: a warning
+    crafter12.sock.sendall(crafter12.record(b"\x01\x00", inner=21))
+    session_closed(relay)
+
+
+def rest_of_stream(sock: socket.socket) -> bytes:
+    sock.settimeout(DEADLINE)
+    out = bytearray()
+    while chunk := sock.recv(65536):
+        out += chunk
+    return bytes(out)
+
+
+def test_an_error_alert_from_the_client_ends_the_session_without_an_answer(relay, crafter):
+    crafter.sock.sendall(crafter.record(b"\x02\x28", inner=21))      # handshake_failure
+    assert rest_of_stream(crafter.sock) == b""
+    session_closed(relay)
+
+
+def test_nothing_follows_our_fatal_alert_not_even_a_key_update_we_owed(relay, crafter):
+    """RFC 8446 6.2: after a fatal alert nothing more is sent; here a KeyUpdate
+    request arrives just before a forged record."""
+    crafter.sock.sendall(crafter.record(b"\x18\x00\x00\x01\x01", inner=22)
+                         + crafter.record(b"forged", tamper=True))
+    stream = rest_of_stream(crafter.sock)
+    assert len(stream) == 5 + 2 + 1 + 16 and stream[0] == 23     # one record: the alert
+    crafter.inc.write(stream)
+    with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+        crafter.obj.read(100)
+    session_closed(relay)
+
+
+@pytest.mark.parametrize("bad, alert", [
+    (lambda c: c.record(b"x" * 16000, padding=400), "TLSV1_ALERT_RECORD_OVERFLOW"),
+    (lambda c: c.record(b"\x18\x00\x00\x02\x00\x00", inner=22), "TLSV1_ALERT_DECODE_ERROR"),
+    (lambda c: c.record(b"", inner=21), "SSLV3_ALERT_UNEXPECTED_MESSAGE"),
+    (lambda c: c.record(b"\x02\x28\x00", inner=21), "TLSV1_ALERT_DECODE_ERROR"),
+], ids=["inner-plaintext-with-padding-over-2^14+1", "key-update-body-not-one-byte",
+        "empty-alert", "alert-of-three-bytes"])
+def test_more_bad_records(relay, crafter, bad, alert):
+    crafter.sock.sendall(bad(crafter))
+    assert crafter.alert() == alert
+    session_closed(relay)
+
+
+def test_tls12_session_ids_resume_after_the_ssl_object_is_gone(relay, ca):
+    """A session the record layer took over stays in OpenSSL's session cache."""
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_TICKET
+    with tls_client(relay, ctx) as first:
+        wait_until(lambda: lean(relay) == 1)
+        with tls_client(relay, ctx, session=first.session) as second:
+            assert second.session_reused
+            wait_until(lambda: lean(relay) == 2)
+            assert tls_echo(second, b"resumed by id") == b"resumed by id"
+
+
+def test_a_negotiated_max_fragment_length_keeps_the_ssl_object(relay, ca_file):
+    """RFC 6066: OpenSSL honours a client's max_fragment_length; the record layer
+    would seal 16 KiB records, so such a session stays with OpenSSL."""
+    proc = s_client(relay, ca_file, "-maxfraglen", "512", "-quiet")
+    try:
+        line = b"m" * 2000 + b"\n"
+        proc.stdin.write(line)
+        proc.stdin.flush()
+        assert read_until(proc, line).endswith(line)
+        assert relay.stats()["sessions_tls"] == 1 and lean(relay) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -4,7 +4,7 @@
 # (SSL_CTX_set_mode, SSL_CTX_add0_chain_cert, ...); they are declared as the
 # functions they behave like.
 
-from libc.stdint cimport uint16_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint64_t
 
 cdef extern from "openssl/crypto.h" nogil:
     void OPENSSL_cleanse(void *ptr, size_t len)
@@ -124,6 +124,10 @@ cdef extern from "openssl/ssl.h" nogil:
     size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
     size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen)
     uint16_t SSL_CIPHER_get_protocol_id(const SSL_CIPHER *c)
+    void SSL_set_shutdown(SSL *ssl, int mode)
+    int SSL_SENT_SHUTDOWN
+    int SSL_RECEIVED_SHUTDOWN
+    uint8_t SSL_SESSION_get_max_fragment_length(const SSL_SESSION *sess)
     SSL *SSL_new(SSL_CTX *ctx)
     void SSL_free(SSL *ssl)
     int SSL_set_fd(SSL *ssl, int fd)
