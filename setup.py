@@ -1,9 +1,10 @@
-"""Build the three compiled parts of iim.
+"""Build the compiled parts of iim.
 
 * ``iim._fastmux`` - the multiplexor relay core (Cython, links the system
   OpenSSL: libssl/libcrypto).
 * ``iim._tlsrecord`` - the TLS record layer the relay runs on legacy-SSL
   sessions after OpenSSL's handshake (Cython, libcrypto/libssl).
+* ``iim._tickets`` - the multiplexor's rotating TLS session ticket keys.
 * ``iim.keys._nss`` - a read-only NSS database reader (Cython, links libnss3;
   flags come from ``pkg-config nss``).
 
@@ -46,6 +47,7 @@ def extensions():
     return cythonize(
         [Extension("iim._fastmux", ["iim/_fastmux.pyx"], **openssl),
          Extension("iim._tlsrecord", ["iim/_tlsrecord.pyx"], **openssl),
+         Extension("iim._tickets", ["iim/_tickets.pyx"], **openssl),
          Extension("iim.keys._nss", ["iim/keys/_nss.pyx"], **nss)],
         language_level=3,
         include_path=["iim"],

@@ -6,6 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
 from iim.includes cimport openssl
 from iim.includes.posix cimport pthread_mutex_t
+from iim._tickets cimport TicketRing
 from iim._tlsrecord cimport Capture, RecordCrypto, TlsRecord
 
 
@@ -168,6 +169,7 @@ cdef class SourceLimit:
 
 cdef class TlsContext:
     cdef openssl.SSL_CTX *ctx
+    cdef TicketRing *ring       # owned by ctx (iim/_tickets.pyx)
     cdef _ticket_keys(self, bytes keys)
     cdef _load_key(self, bytes pem)
     cdef _load_chain(self, bytes pem)

@@ -105,6 +105,7 @@ from libc.string cimport memcmp, memcpy, memmove, memset, strlen
 
 from iim.includes cimport epoll, openssl, posix
 from iim.includes.posix cimport ssize_t
+from iim._tickets cimport TicketRing, ring_install, ring_new, ring_rotate
 from iim._tlsrecord cimport (Capture, capture_attach, capture_free, crypto_free, crypto_init,
                              record_flush, record_free, record_install, record_out_pending,
                              record_read, record_take, record_write)
@@ -1657,9 +1658,11 @@ cdef class TlsContext:
     ``key_pem`` is an unencrypted private key, ``chain_pem`` the certificate
     followed by its intermediates; neither is written anywhere. TLS 1.2 is
     the minimum, ALPN ``xmpp-client`` is selected when offered, session
-    resumption (cache and tickets) is on. ``ticket_keys`` (80 bytes) makes
-    tickets valid across every context built with the same keys (all
-    processes of one multiplexor); None: random keys for this context.
+    resumption (cache and tickets) is on. ``ticket_keys``
+    (iim.mux.ticketkeys.TicketKeys.serialize()) makes tickets valid across every
+    context built from the same ring (all processes of one multiplexor); None:
+    random keys for this context. Either way call rotate_ticket_keys() with the
+    current period before use and as time goes on (iim/_tickets.pyx).
     """
 
     def __cinit__(self, bytes key_pem not None, bytes chain_pem not None, ticket_keys=None):
@@ -1681,17 +1684,28 @@ cdef class TlsContext:
         openssl.SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>b"iim-mux", 7)
         openssl.SSL_CTX_set_alpn_select_cb(self.ctx, select_alpn, NULL)
         record_install(self.ctx)         # sessions move to iim/_tlsrecord.pyx after it
-        if ticket_keys is not None:
-            self._ticket_keys(bytes(ticket_keys))
+        self._ticket_keys(bytes(ticket_keys) if ticket_keys is not None
+                          else b"\xff" * 8 + os.urandom(96))
         self._load_key(key_pem)
         self._load_chain(chain_pem)
         if openssl.SSL_CTX_check_private_key(self.ctx) != 1:
             raise TlsError(openssl_error("the private key does not match the certificate"))
 
     cdef _ticket_keys(self, bytes keys):
-        if len(keys) != 80 or openssl.SSL_CTX_set_tlsext_ticket_keys(
-                self.ctx, <char *>keys, 80) != 1:
-            raise TlsError("session ticket keys must be 80 bytes")
+        cdef TicketRing *ring = ring_new(<const uint8_t *>keys, len(keys))
+        if ring == NULL:
+            raise TlsError(f"session ticket keys must be {8 + 3 * 32} bytes (a serialized "
+                           f"ticket key ring, iim/mux/ticketkeys.py), not {len(keys)}")
+        ring_install(self.ctx, ring)         # the context owns it from here on
+        self.ring = ring
+
+    def rotate_ticket_keys(self, int64_t period):
+        """Step the ticket keys to `period` (unix time // iim.mux.ticketkeys.PERIOD);
+        never back. Returns the ring's period."""
+        cdef int64_t result = ring_rotate(self.ring, period)
+        if result < 0:
+            raise TlsError("cannot derive the next session ticket key")
+        return result
 
     cdef _load_key(self, bytes pem):
         ctx_load_key(self.ctx, pem)

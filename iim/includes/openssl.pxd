@@ -29,6 +29,14 @@ cdef extern from "openssl/bio.h" nogil:
     size_t BIO_ctrl_pending(BIO *bio)
     long BIO_set_mem_eof_return(BIO *bio, int v)
 
+cdef extern from "openssl/core.h" nogil:
+    ctypedef struct OSSL_PARAM:
+        const char *key
+        unsigned int data_type
+        void *data
+        size_t data_size
+        size_t return_size
+
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_PKEY
     void EVP_PKEY_free(EVP_PKEY *pkey)
@@ -49,6 +57,21 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)
     int EVP_CTRL_AEAD_SET_TAG
     int EVP_CTRL_AEAD_GET_TAG
+    const EVP_CIPHER *EVP_aes_256_cbc()
+    int EVP_EncryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
+                           const unsigned char *key, const unsigned char *iv)
+    int EVP_DecryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
+                           const unsigned char *key, const unsigned char *iv)
+    ctypedef struct EVP_MAC_CTX
+    int EVP_MAC_CTX_set_params(EVP_MAC_CTX *ctx, const OSSL_PARAM *params)
+
+cdef extern from "openssl/params.h" nogil:
+    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char *key, void *buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_utf8_string(const char *key, char *buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_end()
+
+cdef extern from "openssl/rand.h" nogil:
+    int RAND_bytes(unsigned char *buf, int num)
 
 cdef extern from "openssl/hmac.h" nogil:
     unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
@@ -125,6 +148,15 @@ cdef extern from "openssl/ssl.h" nogil:
     size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen)
     uint16_t SSL_CIPHER_get_protocol_id(const SSL_CIPHER *c)
     void SSL_set_shutdown(SSL *ssl, int mode)
+    SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl)
+    int SSL_CTX_get_ex_new_index(long argl, void *argp, void *new_func, void *dup_func,
+                                 void *free_func)
+    int SSL_CTX_set_ex_data(SSL_CTX *ctx, int idx, void *data)
+    void *SSL_CTX_get_ex_data(const SSL_CTX *ctx, int idx)
+    ctypedef int (*SSL_ticket_key_evp_cb)(SSL *s, unsigned char *key_name, unsigned char *iv,
+                                         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx,
+                                         int enc) noexcept nogil
+    long SSL_CTX_set_tlsext_ticket_key_evp_cb(SSL_CTX *ctx, SSL_ticket_key_evp_cb cb)
     int SSL_SENT_SHUTDOWN
     int SSL_RECEIVED_SHUTDOWN
     uint8_t SSL_SESSION_get_max_fragment_length(const SSL_SESSION *sess)

@@ -24,9 +24,10 @@ Control (iim/mux/control.py): each worker gets one end of a socketpair
 refresh; a managed supervisor (``--managed``) serves ``mux.sock`` in the
 runtime folder for ``iim.admin status|refresh|stop``.
 
-The workers share one set of TLS session ticket keys, made here and passed
-through a pipe, so a client resumes its TLS session whichever worker the
-kernel hands its next connection to, and across worker restarts.
+The workers share TLS session ticket keys, made here and passed through a
+pipe, so a client resumes its TLS session whichever worker the kernel hands
+its next connection to, and across worker restarts; supervisor and workers
+step the keys hourly along one ratchet (iim/mux/ticketkeys.py).
 
 Logging (iim/log.py): a worker never opens the log file; its records come
 here through a pipe of its own (``--log-fd``), so this process alone writes
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -49,6 +49,7 @@ from pathlib import Path
 
 from iim import conf
 from iim import log as iim_log
+from iim.mux.ticketkeys import TicketKeys
 
 __all__ = ["EXIT_STARTUP", "Supervisor"]
 
@@ -61,9 +62,6 @@ RESTART_MAX = 30.0
 YOUNG = 10.0
 #: How long stopping workers get before SIGKILL.
 STOP_TIMEOUT = 15.0
-#: Session ticket keys (as iim.mux.tls.TICKET_KEY_BYTES; not imported from
-#: there, so the supervisor never loads the relay core).
-TICKET_KEY_BYTES = 80
 
 
 @dataclass
@@ -89,7 +87,7 @@ class Supervisor:
         self.config = config if config is not None else conf.load(self.config_path)
         self.runtime = runtime          # iim.runtime.Runtime when managed
         self.control = None
-        self._ticket_keys = secrets.token_bytes(TICKET_KEY_BYTES)
+        self._ticket_keys = TicketKeys(time.time())
         self._wake = threading.Event()
         self._signals: set[int] = set()
 
@@ -196,7 +194,7 @@ class Supervisor:
     def _spawn(self, slot: _Slot) -> None:
         read_end, write_end = os.pipe()
         try:
-            os.write(write_end, self._ticket_keys)
+            os.write(write_end, self._ticket_keys.serialize(time.time()))
         finally:
             os.close(write_end)
         ours, theirs = socket.socketpair()

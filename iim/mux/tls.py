@@ -8,6 +8,8 @@ them with OpenSSL memory BIOs. The clear key never touches a file system.
 
 from __future__ import annotations
 
+import time
+
 from cryptography.hazmat.primitives import serialization
 
 from iim._fastmux import TlsContext, TlsError
@@ -17,12 +19,13 @@ from iim.keys.errors import KeyMaterialError
 from iim.keys.material import KeyMaterial
 from iim.keys.nss import load_nss
 from iim.keys.passwords import read_password_file
+from iim.mux import ticketkeys
 
 __all__ = ["TICKET_KEY_BYTES", "context_from_material", "load_context", "load_material"]
 
-#: Session ticket keys shared by every process of one multiplexor (OpenSSL:
-#: 16-byte name, 32-byte HMAC key, 32-byte AES key).
-TICKET_KEY_BYTES = 80
+#: Session ticket keys shared by every process of one multiplexor: a serialized
+#: ring (iim/mux/ticketkeys.py).
+TICKET_KEY_BYTES = ticketkeys.SERIALIZED_BYTES
 
 
 def load_material(mux: MuxSettings) -> tuple[KeyMaterial, tuple[str, ...]]:
@@ -41,14 +44,19 @@ def load_material(mux: MuxSettings) -> tuple[KeyMaterial, tuple[str, ...]]:
     return material, password.warnings + material.notes
 
 
-def context_from_material(material: KeyMaterial, ticket_keys: bytes | None = None) -> TlsContext:
-    """A relay TLS context presenting ``material`` (KeyMaterialError if OpenSSL refuses it)."""
+def context_from_material(material: KeyMaterial, ticket_keys: bytes | None = None,
+                          now: float | None = None) -> TlsContext:
+    """A relay TLS context presenting ``material`` (KeyMaterialError if OpenSSL refuses it),
+    its ticket keys stepped to the period of `now` (default: the clock)."""
     key = material.key.private_bytes(serialization.Encoding.PEM,
                                      serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in wire_chain(material))
     try:
-        return TlsContext(key, chain, ticket_keys)
+        context = TlsContext(key, chain, ticket_keys)
+        context.rotate_ticket_keys(int((time.time() if now is None else now)
+                                       // ticketkeys.PERIOD))
+        return context
     except TlsError as exc:
         raise KeyMaterialError(f"iim_mux.certnickname: {material.alias!r} from "
                                f"{material.source}: {exc}") from None

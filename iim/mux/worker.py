@@ -45,6 +45,7 @@ from iim.conf.limits import MuxLimits
 from iim.keys.errors import KeyMaterialError
 
 from . import link as muxlink
+from . import ticketkeys
 from . import tls as muxtls
 from .port import bind_address
 
@@ -357,6 +358,12 @@ class Worker:
                       "keep theirs", why)
         return True
 
+    def rotate_ticket_keys(self, now: float) -> None:
+        """Step the session ticket keys to the period of `now` (iim/mux/ticketkeys.py);
+        every worker does, on the same clock, so they stay in step."""
+        if self.tls_context is not None:
+            self.tls_context.rotate_ticket_keys(int(now // ticketkeys.PERIOD))
+
     def last_refused(self) -> str:
         """The source a per-source limit refused last (as far as the threads know)."""
         latest = [t.last_refused for t in self.threads if t.last_refused]
@@ -495,6 +502,7 @@ def serve(config: Config, instance: int, log: logging.Logger,
             flags.discard(signal.SIGHUP)
             worker.reload_certificate()
         worker.limit_log.check(worker.stats(), worker.last_refused(), time.monotonic())
+        worker.rotate_ticket_keys(time.time())
         if time.monotonic() >= next_stats:
             log.info("worker %d stats: %s", instance, stats_line(worker.stats()))
             next_stats += settings.stat_frequency
