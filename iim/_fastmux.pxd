@@ -122,8 +122,7 @@ cdef struct Core:
     int64_t keepalive_ms
     int64_t handshake_ms
     int64_t linger_ms
-    int64_t flush_delay_us      # hold a small link output this long (0: flush every turn)
-    int64_t flush_at_us         # when the held output goes (0: nothing held)
+    int64_t flush_delay_us      # a busy turn paces the next this long after it began
     int64_t link_busy_ms        # the last turn a link buffer held over LINK_KEEP
     int64_t now
     int64_t last_rx

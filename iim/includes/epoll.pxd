@@ -19,34 +19,7 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
 
-cdef extern from *:
-    """
-    #include <sys/epoll.h>
-    #include <sys/syscall.h>
-    #include <unistd.h>
-    #include <time.h>
-    #include <errno.h>
-    /* epoll_wait with a timeout in nanoseconds: epoll_pwait2 (Linux 5.11; called
-       through syscall() so that older headers build too). A kernel without it
-       (ENOSYS, remembered) gets epoll_wait with the timeout rounded up to the
-       millisecond. */
-    static int iim_epoll_pwait2_missing;
-    static int iim_epoll_wait_ns(int epfd, struct epoll_event *events, int maxevents,
-                                 long long ns) {
-    #ifdef SYS_epoll_pwait2
-        if (!iim_epoll_pwait2_missing) {
-            struct timespec ts = { ns / 1000000000LL, ns % 1000000000LL };
-            int r = (int)syscall(SYS_epoll_pwait2, epfd, events, maxevents, &ts, NULL, 0);
-            if (r >= 0 || errno != ENOSYS)
-                return r;
-            iim_epoll_pwait2_missing = 1;
-        }
-    #endif
-        return epoll_wait(epfd, events, maxevents, (int)((ns + 999999) / 1000000));
-    }
-    """
-    int iim_epoll_wait_ns(int epfd, epoll_event *events, int maxevents, long long ns) nogil
-
+cdef extern from "<sys/epoll.h>" nogil:
     int EPOLL_CLOEXEC
     int EPOLL_CTL_ADD
     int EPOLL_CTL_DEL

@@ -52,6 +52,7 @@ cdef extern from "<poll.h>" nogil:
         short events
         short revents
     int poll(pollfd *fds, nfds_t nfds, int timeout)
+    int ppoll(pollfd *fds, nfds_t nfds, const timespec *tmo, const void *sigmask)
     short POLLIN
     short POLLOUT
 
