@@ -7,7 +7,7 @@ runs inside handshakes on the relay threads. A context's TicketRing holds the
 current period's seed and the derived keys of the current and two previous
 periods; OpenSSL's ticket callback seals with keys[0] (AES-256-CBC and
 HMAC-SHA256, a fresh IV each) and opens a ticket whose key name is in the ring,
-asking for a renewed ticket when it was not keys[0]. An unknown name means a
+always asking OpenSSL for a fresh ticket (under keys[0]) for the resumed client. An unknown name means a
 full handshake, as for a client with no ticket.
 
 Derivation, per period: name = HMAC-SHA256(seed, "name")[:16],
@@ -146,7 +146,9 @@ cdef int on_ticket(openssl.SSL *ssl, unsigned char *name, unsigned char *iv,
     openssl.OPENSSL_cleanse(&key, sizeof(key))
     if found == -2:
         return -1
-    return 1 if found == 0 else 2                 # 2: valid, but issue a fresh ticket
+    # 2: valid, and issue a fresh ticket. Always: OpenSSL sends a resumed client a
+    # new ticket only then, and a client uses each ticket once (RFC 8446 C.4).
+    return 1 if enc else 2
 
 
 cdef int ring_install(openssl.SSL_CTX *ctx, TicketRing *ring) except -1:

@@ -91,6 +91,24 @@ def test_a_ticket_opens_for_two_rotations_after_its_own_period_and_not_three(
         relay.stop()
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_every_resumption_brings_a_fresh_ticket_that_resumes_in_turn(peer, material, ca,
+                                                                    version):
+    """RFC 8446 C.4: a client uses each ticket once, so a resumed session must get a
+    new one (the session id OpenSSL gives a ticket is its hash: it changes)."""
+    relay, _ = relay_with(peer, material, TicketKeys(NOW).serialize(NOW), N)
+    try:
+        client, session = ticket_from(relay, ca, version)
+        for _ in range(3):
+            with tls_client(relay, client, session=session) as c:
+                assert c.session_reused
+                assert tls_echo(c, b"next ticket") == b"next ticket"
+                assert c.session.id != session.id
+                session = c.session
+    finally:
+        relay.stop()
+
+
 def test_workers_started_in_different_periods_agree(peer, material, ca):
     """Worker A started in period N and stepped to N+1 itself; worker B started in
     N+1 from the supervisor's ring: each opens the other's tickets."""
