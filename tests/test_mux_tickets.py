@@ -20,8 +20,9 @@ import pytest
 
 from iim.mux import tls as muxtls
 from iim.mux.ticketkeys import PERIOD, RING, SERIALIZED_BYTES, TicketKeys, ratchet
-from muxpeer import LinkPeer, RelayHarness
-from test_mux_tls import client_context, mux_settings, nssdir, tls_client, tls_echo  # noqa: F401
+from muxpeer import RelayHarness
+from test_mux_tls import (client_context, mux_settings, nssdir, peer,  # noqa: F401
+                          tls_client, tls_echo)
 
 N = 498_888                            # a period in 2026
 NOW = float(N * PERIOD)                # its first second
@@ -48,13 +49,6 @@ def test_the_ring_steps_one_ratchet_and_forgets_what_it_stepped_past():
 @pytest.fixture(scope="module")
 def material(nssdir):  # noqa: F811
     return muxtls.load_material(mux_settings(nssdir))[0]
-
-
-@pytest.fixture
-def peer():
-    p = LinkPeer()
-    yield p
-    p.close()
 
 
 def relay_with(peer, material, serialized: bytes, period: int, thread: int = 0):

@@ -21,27 +21,11 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from iim import _tlsrecord
-from muxpeer import LinkPeer, RelayHarness, wait_until
-from test_mux_tls import (client_context, mux_settings, nssdir, tls_client,  # noqa: F401
-                          tls_ctx, tls_echo)
+from muxpeer import wait_until
+from test_mux_tls import (client_context, mux_settings, nssdir, peer,  # noqa: F401
+                          relay, tls_client, tls_ctx, tls_echo)
 
 DEADLINE = 20
-
-
-@pytest.fixture
-def peer():
-    p = LinkPeer()
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def relay(peer, tls_ctx):  # noqa: F811
-    h = RelayHarness(peer, tls=tls_ctx, handshake_timeout=5.0)
-    yield h
-    if h.thread.is_alive():
-        h.stop()
-    assert h.link.errors == []
 
 
 def lean(relay) -> int:
