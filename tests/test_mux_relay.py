@@ -9,6 +9,7 @@ violation and (for the leak test) that no descriptor was left open.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import struct
 import threading
@@ -183,11 +184,11 @@ def test_frames_for_many_sessions_share_few_link_writes():
 
 def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
     """iim_mux.link_flush_delay_us: a turn that had work paces the next (here by
-    1 s, to make the gathering certain on a busy machine). The PING turn starts a
+    0.4 s, to make the gathering certain on a busy machine). The PING turn starts a
     pause; 20 clients write during it, and the next turn reads them all and sends
     them in one link write."""
     peer = LinkPeer(echo=False)
-    h = RelayHarness(peer, flush_delay=1.0)
+    h = RelayHarness(peer, flush_delay=0.4)
     try:
         clients = [h.client() for _ in range(20)]
         sids = [h.opened(c) for c in clients]
@@ -206,16 +207,17 @@ def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
 
 
 def test_stop_ends_a_pause_at_once():
-    """A relay pacing its turns by 5 s stops in much less: stop() wakes the pause."""
+    """A relay pacing its turns by 2.5 s stops in much less: stop() wakes the pause."""
     peer = LinkPeer(echo=False)
-    h = RelayHarness(peer, flush_delay=5.0)
+    h = RelayHarness(peer, flush_delay=2.5)
     try:
-        c = h.client()
-        h.opened(c, timeout=20)                # that turn had work: a 5 s pause begins
-    finally:
+        payload = secrets.token_bytes(8)
+        h.link.send_raw(frame(PING, 0, payload))
+        h.link.wait_for(lambda: payload in h.link.pongs, 20, "the PONG")
+    finally:                                   # that turn had work: a pause began
         started = time.monotonic()
         h.stop()
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 1.2
         peer.close()
 
 
