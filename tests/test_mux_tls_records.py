@@ -481,3 +481,18 @@ def test_a_negotiated_max_fragment_length_keeps_the_ssl_object(relay, ca_file):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_tls13_prefers_aes128_gcm_and_honours_a_client_that_puts_chacha_first(relay, ca,
+                                                                              ca_file):
+    with tls_client(relay, client_context(ca)) as c:            # offers all three
+        assert c.cipher()[0] == "TLS_AES_128_GCM_SHA256"
+    proc = s_client(relay, ca_file, "-tls1_3", "-ciphersuites",
+                    "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
+    try:
+        proc.stdin.write(b"which suite\n")
+        proc.stdin.flush()
+        assert b"Cipher is TLS_CHACHA20_POLY1305_SHA256" in read_until(proc, b"\nwhich suite\n")
+    finally:
+        proc.kill()
+        proc.wait()

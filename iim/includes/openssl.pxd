@@ -200,6 +200,8 @@ cdef extern from "openssl/ssl.h" nogil:
     uint64_t SSL_OP_NO_COMPRESSION
     uint64_t SSL_OP_NO_RENEGOTIATION
     uint64_t SSL_OP_CIPHER_SERVER_PREFERENCE
+    uint64_t SSL_OP_PRIORITIZE_CHACHA
+    int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *suites)
     long SSL_SESS_CACHE_SERVER
     int SSL_TLSEXT_ERR_OK
     int SSL_TLSEXT_ERR_NOACK
