@@ -49,7 +49,6 @@ cdef struct Session:
                                 # iim/_tlsrecord.pyx cannot take the session over)
     Capture *capture            # keys and record counts reported during the handshake
     TlsRecord *rec              # after the handshake: our record layer, ssl freed
-    bint tls                    # a legacy-SSL session (ssl or rec)
     int64_t deadline            # handshake or closing-linger deadline (ms)
     uint8_t family              # 4 or 6, for OPEN
     uint8_t addr[16]

@@ -817,7 +817,7 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
                 p[0] = <uint8_t>upstream_reason
         table_del(c, s)
         c.st.closed += 1
-        if s.tls:
+        if is_tls(s):
             c.st.sessions_tls -= 1
         else:
             c.st.sessions_plain -= 1
@@ -928,7 +928,6 @@ cdef void start_tls(Core *c, Session *s) noexcept nogil:
     and says nothing costs its Session, not the ~50 KiB of an SSL object
     that has tried to read."""
     s.state = S_HANDSHAKE
-    s.tls = True
     c.st.handshaking += 1
     s.deadline = c.now + c.handshake_ms
     ring_push(&c.handshakes, &s.timer_node)
@@ -1042,9 +1041,14 @@ cdef void pump_in(Core *c, Session *s) noexcept nogil:
         budget -= n
         # A short plain read drained the socket: new data raises a new edge.
         # Not so for a pending EOF reported in the same edge (F_RDHUP): read on.
-        if <size_t>n < want and not s.tls and not (s.flags & F_RDHUP):
+        if <size_t>n < want and not is_tls(s) and not (s.flags & F_RDHUP):
             s.flags &= ~F_READABLE
             return
+
+
+cdef inline bint is_tls(Session *s) noexcept nogil:
+    """An open legacy-SSL session: OpenSSL's or our record layer."""
+    return s.ssl != NULL or s.rec != NULL
 
 
 cdef inline bint out_pending(Session *s) noexcept nogil:

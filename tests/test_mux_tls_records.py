@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from iim import _tlsrecord
 from muxpeer import wait_until
-from test_mux_tls import (client_context, mux_settings, nssdir, peer,  # noqa: F401
-                          relay, tls_client, tls_ctx, tls_echo)
+from test_mux_tls import (client_context, nssdir, peer, relay,  # noqa: F401
+                          tls_client, tls_ctx, tls_echo)
 
 DEADLINE = 20
 
