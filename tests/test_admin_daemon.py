@@ -32,6 +32,7 @@ from cryptography import x509
 from devsystem import DevSystem, admin_here
 from keytool import make_store
 from live import Client, free_port, next_item
+from support import relocate
 from nsstools import run as nss_tool
 from pki import NOW, DAY
 from rawclient import RawClient
@@ -783,10 +784,7 @@ def test_dev_setup_force_refuses_while_the_instance_runs_and_cleans_up_after_it(
     folder = tmp_path / "dev"
     assert admin("dev-setup", "--dir", str(folder)).returncode == 0
     conf = folder / "iim.conf"
-    text = conf.read_text()
-    for port in ("5269", "45222", "5222"):      # free ports; the log stays on stderr
-        text = text.replace(f'127.0.0.1:{port}"', f'127.0.0.1:{free_port()}"')
-    conf.write_text(text)
+    conf.write_text(relocate(conf.read_text())[0])     # the log stays on stderr
     assert admin("start", "-c", str(conf)).returncode == 0
     try:
         pid = int((folder / "server.pid").read_text())

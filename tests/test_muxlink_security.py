@@ -41,6 +41,7 @@ from iim.muxlink import (
     Close, CloseReason, FrameDecoder, FrameType, Hello, SessionOpen, encode_frame,
 )
 from live import DOMAIN, Client, LiveMux, LiveServer, free_port, next_item
+from support import relocate
 from support.process import DEADLINE
 
 SECRET_FILE = "muxlink-secret.conf"
@@ -199,10 +200,7 @@ def test_dev_setup_links_need_the_secret_and_an_impostor_opens_no_session(tmp_pa
     secret = folder / SECRET_FILE
     assert secret.stat().st_mode & 0o777 == 0o600
     os.chmod(folder, 0o755)                 # let uid nobody reach the folder, not the secret
-    ports = {p: free_port() for p in ("5222", "5269", "45222")}
-    text = conf.read_text()
-    for old, new in ports.items():
-        text = text.replace(f'127.0.0.1:{old}"', f'127.0.0.1:{new}"')
+    text, ports = relocate(conf.read_text())
     text += f'iim.log.iim_server.url = "server.log"\niim.log.iim_mux.url = "mux.log"\n'
     conf.write_text(text)
     assert 'iim_server.muxlink_secretfile = "muxlink-secret.conf"' in text
@@ -211,7 +209,7 @@ def test_dev_setup_links_need_the_secret_and_an_impostor_opens_no_session(tmp_pa
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     mux = None
     try:
-        wait_for(lambda: _listening(ports["45222"]) or server.poll() is not None, 20,
+        wait_for(lambda: _listening(ports[45222]) or server.poll() is not None, 20,
                  "the server's link port")
         assert server.poll() is None, server.stderr.read().decode()
         mux = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(conf)],
@@ -220,7 +218,7 @@ def test_dev_setup_links_need_the_secret_and_an_impostor_opens_no_session(tmp_pa
         wait_for(lambda: mux_log.exists() and mux_log.read_text().count("shared secret proved")
                  >= 2, 30, "the dev mux's two links, secret proved")
         for user in (None, "65534"):             # root, then uid nobody
-            seen = impostor(ports["45222"], secret, as_user=user)
+            seen = impostor(ports[45222], secret, as_user=user)
             assert seen["uid"] == (0 if user is None else 65534)
             assert seen["could_read"] is (user is None)
             assert seen["reason"] == "auth", seen

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import socket
 import threading
 
@@ -88,3 +89,24 @@ def listening(host: str, port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+_LOOPBACK_PORT = re.compile(r'"127\.0\.0\.1:(\d+)"')
+
+
+def relocate(conf_text: str) -> tuple[str, dict[int, int]]:
+    """``conf_text`` with every ``"127.0.0.1:PORT"`` value moved to a free port.
+
+    A configuration written by ``dev-setup`` listens on fixed ports (5222,
+    5269, 5280, 45222) that ``./dev run`` or another worker's test may hold:
+    a test that starts it moves all of them, including any added later.
+    Returns the new text and {old port: new port}.
+    """
+    moved: dict[int, int] = {}
+
+    def move(match: re.Match) -> str:
+        old = int(match.group(1))
+        moved.setdefault(old, free_port())
+        return f'"127.0.0.1:{moved[old]}"'
+
+    return _LOOPBACK_PORT.sub(move, conf_text), moved
