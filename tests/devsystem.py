@@ -52,6 +52,7 @@ class DevSystem:
             self.users[jid.split("@")[0]] = password
         self.store_password = self.password_in(self.folder / "sslpassword.conf")
         self.procs: list[Process] = []
+        self.mux: tuple[Process, Path, int] | None = None    # the last multiplexor started
 
     @staticmethod
     def password_in(path: Path) -> str:
@@ -91,8 +92,20 @@ class DevSystem:
         log = self.folder / self.param(conf, "iim.log.iim_mux.url")
         before = count_in(log, UP)
         proc = self.spawn("iim.mux", conf, "--instances", str(instances))
-        wanted = before + instances * int(self.param(conf, "iim_mux.maxthreads"))
-        return proc.wait_log(log, UP, wanted)
+        threads = instances * int(self.param(conf, "iim_mux.maxthreads"))
+        self.mux = (proc, log, threads)
+        return proc.wait_log(log, UP, before + threads)
+
+    def restart_server(self, conf: Path | None = None) -> Process:
+        """Start the server again under the running multiplexor (the last one
+        started), after ``stop`` ended it: returns once every relay thread has
+        its link again. Until then the multiplexor refuses clients (by design),
+        so a test that went on at the listening port would race its reconnect."""
+        mux, log, threads = self.mux
+        before = count_in(log, UP)
+        server = self.start_server(conf)
+        mux.wait_log(log, UP, before + threads)
+        return server
 
     def spawn(self, module: str, conf: Path, *args: str) -> Process:
         """``python -m module -c conf args``, its output in this folder (module.stderr...)."""

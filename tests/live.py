@@ -234,11 +234,15 @@ class Client(slixmpp.ClientXMPP):
         self.roster_pushes: asyncio.Queue = asyncio.Queue()
         self.subscribe_requests: asyncio.Queue = asyncio.Queue()
         self.started = asyncio.Event()
-        self.failed = asyncio.Event()
+        self.failed = asyncio.Event()                   # SASL failed
+        self.closed = asyncio.Event()                   # the connection closed
         self.register_plugin("xep_0199")
         self.register_plugin("xep_0203")
         self.add_event_handler("session_start", self._start)
         self.add_event_handler("failed_auth", lambda *_: self.failed.set())
+        # Closed before the session started (a multiplexor without its links
+        # refuses clients): a failure now, not a wait for the deadline.
+        self.add_event_handler("disconnected", lambda *_: self.closed.set())
         self.add_event_handler("message", lambda m: self.received.put_nowait(m))
         self.add_event_handler("message_error", lambda m: self.errors.put_nowait(m))
         self.add_event_handler("presence_available", lambda p: self.presences.put_nowait(p))
@@ -262,10 +266,13 @@ class Client(slixmpp.ClientXMPP):
                      host: str = "127.0.0.1") -> "Client":
         self.connect(host, port)
         done, _ = await asyncio.wait([asyncio.ensure_future(self.started.wait()),
-                                      asyncio.ensure_future(self.failed.wait())],
+                                      asyncio.ensure_future(self.failed.wait()),
+                                      asyncio.ensure_future(self.closed.wait())],
                                      timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not self.started.is_set():
-            raise AssertionError(f"{self.boundjid} did not log in")
+            why = ("authentication failed" if self.failed.is_set() else
+                   "the connection closed" if self.closed.is_set() else f"{timeout} s passed")
+            raise AssertionError(f"{self.boundjid} did not log in ({why})")
         return self
 
     async def offline(self) -> None:

@@ -187,7 +187,7 @@ def test_after_a_server_restart_the_page_logs_in_again(system, browser):
     wait_text(browser, "#status", "Reconnecting in")
     assert browser.text("#lock-text") == "not secure"
     wait_text(browser, "#status", "(attempt 2)")        # the first retry found no server
-    system.server = system.start_server(system.web).wait_port(system.http_port)
+    system.server = system.restart_server(system.web).wait_port(system.http_port)
     browser.script("window.dispatchEvent(new Event('online'))")     # no waiting out the backoff
     wait_text(browser, "#status", "Online as alice@localhost/")
     lock_settled(browser)
