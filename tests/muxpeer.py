@@ -26,6 +26,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from support.process import DEADLINE
+
 from iim import _fastmux
 from iim.mux import link as muxlink
 from iim.muxlink import (
@@ -46,7 +48,7 @@ def frame(ftype: int, sid: int = 0, payload: bytes = b"", flags: int = 0) -> byt
     return HEADER.pack(ftype, flags, 0, sid, len(payload)) + payload
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01, what: str = ""):
+def wait_until(predicate, timeout: float = DEADLINE, interval: float = 0.01, what: str = ""):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -118,7 +120,7 @@ class PeerLink:
         with self.cond:
             return next((sid for sid, o in self.opens.items() if o.port == client_port), None)
 
-    def wait_for(self, predicate, timeout: float = 5.0, what: str = ""):
+    def wait_for(self, predicate, timeout: float = DEADLINE, what: str = ""):
         """``predicate()``'s first true value, looked at each time a read of the
         link is taken in (or the link ends): no polling interval to wait out."""
         with self.cond:
@@ -438,7 +440,7 @@ class RelayHarness:
         sock.connect(("127.0.0.1", self.port))
         return sock
 
-    def opened(self, sock: socket.socket, timeout: float = 5.0) -> int:
+    def opened(self, sock: socket.socket, timeout: float = DEADLINE) -> int:
         """The session id the peer got for client `sock`."""
         port = sock.getsockname()[1]
         return self.link.wait_for(lambda: self.link.session_for_port(port), timeout,
@@ -469,7 +471,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(data)
 
 
-def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
+def closed_by_peer(sock: socket.socket, timeout: float = DEADLINE) -> bool:
     """True when `sock` reads EOF (or a reset) within `timeout` (data before it is skipped)."""
     sock.settimeout(timeout)
     try:

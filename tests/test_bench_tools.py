@@ -63,7 +63,7 @@ def test_echo_backend_closed_loop_paced_and_connection_modes(tools, tmp_path):
     try:
         echo.wait_until(lambda: "LISTENING" in echo.stdout(), "LISTENING")
         rr = run_loadgen(tools, "rr", "--port", str(port), "--sessions", "20",
-                         "--seconds", "0.2", "--warmup", "0", "--size", "300")
+                         "--seconds", "0.5", "--warmup", "0", "--size", "300")
         assert (rr["opened"], rr["lost"], rr["corrupt"], rr["errors"]) == (20, 0, 0, 0)
         assert rr["count"] > 0 and 0 < rr["p50_us"] <= rr["p99_us"]
         paced = run_loadgen(tools, "rr", "--port", str(port), "--sessions", "10",
@@ -71,10 +71,10 @@ def test_echo_backend_closed_loop_paced_and_connection_modes(tools, tmp_path):
         assert paced["offered"] == 200 and 0 < paced["count"] <= 80
         assert (paced["lost"], paced["corrupt"]) == (0, 0)
         conn = run_loadgen(tools, "conn", "--port", str(port), "--concurrency", "2",
-                           "--seconds", "0.2")
+                           "--seconds", "0.5")
         assert conn["count"] > 0 and conn["errors"] == 0
         bulk = run_loadgen(tools, "bulk", "--port", str(port), "--sessions", "2",
-                           "--seconds", "0.2", "--warmup", "0")
+                           "--seconds", "0.5", "--warmup", "0")
         assert bulk["bytes"] > 0 and bulk["corrupt"] == 0
     finally:
         echo.stop()
@@ -95,7 +95,7 @@ def test_a_tiny_exchange_through_the_multiplexor(tools, tmp_path):
         link.wait_until(lambda: "LINK 1" in link.stdout(), "the mux's link READY")
         mux.wait_port(port)
         rr = run_loadgen(tools, "rr", "--port", str(port), "--sessions", "8",
-                         "--seconds", "0.2", "--warmup", "0", "--size", "5000",
+                         "--seconds", "0.5", "--warmup", "0", "--size", "5000",
                          "--watch", str(mux.pid))
         assert (rr["opened"], rr["lost"], rr["corrupt"], rr["errors"]) == (8, 0, 0, 0)
         assert rr["count"] > 0 and len(rr["watch_cpu"]) == 1

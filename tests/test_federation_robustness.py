@@ -192,7 +192,9 @@ def test_unreachable_and_silent_peers_bounce_not_found_and_timeout(tmp_path, ca)
     silent = socket.create_server(("127.0.0.1", 0))        # accepts, never answers
     closed = free_port()
     hosts = f"closed.example=127.0.0.1:{closed}, silent.example=127.0.0.1:{silent.getsockname()[1]}"
-    found = pair(tmp_path, ca, a_extra='iim_server.negotiation_timeout = "2"\n',
+    # the silent peer's deadline; it bounds alice's own login on A as well: 4 s,
+    # not less, so that a stalled machine cannot time her out
+    found = pair(tmp_path, ca, a_extra='iim_server.negotiation_timeout = "4"\n',
                  more_hosts=hosts)
 
     async def scenario(found):

@@ -170,7 +170,7 @@ async def _converse(stream, reader, writer) -> str:
 @pytest.fixture(scope="module")
 def live(ca, tmp_path_factory):
     server = LiveServer(tmp_path_factory.mktemp("throttle"), ca, extra="\n".join([
-        'iim_server.auth_failure_delay = "3"',
+        'iim_server.auth_failure_delay = "6"',      # bob logs in well within it
         'iim_server.auth_failures_per_account = "3"',
         'iim_server.auth_failures_per_source = "50"',
         'iim_server.max_auth_attempts = "1"', ""]))
@@ -181,7 +181,7 @@ def live(ca, tmp_path_factory):
 
 
 def test_a_failed_login_waits_and_a_valid_one_does_not(live):
-    """While alice's wrong password waits out auth_failure_delay (3 s), bob logs
+    """While alice's wrong password waits out auth_failure_delay (6 s), bob logs
     in and gets bound: the delay holds one stream, not the server."""
     async def run():
         wrong = asyncio.ensure_future(login(live.port, "alice", "wrong", source="127.0.0.5"))

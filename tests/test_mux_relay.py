@@ -22,7 +22,7 @@ from iim import _fastmux
 from iim.mux import link as muxlink
 from muxpeer import (CLOSE, DATA, LINKCLOSE, OPEN, PING, WINDOW, LinkPeer, RelayHarness,
                      closed_by_peer, frame, make_listener, open_fds, recv_exact)
-from support import wait_until           # waits for the event; its deadline only bounds a failure
+from support import free_port, wait_until    # waits for the event; its deadline only bounds a failure
 
 
 @pytest.fixture
@@ -209,9 +209,9 @@ def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
 
 
 def test_stop_ends_a_pause_at_once():
-    """A relay pacing its turns by 2.5 s stops in much less: stop() wakes the pause."""
+    """A relay pacing its turns by 10 s stops in much less: stop() wakes the pause."""
     peer = LinkPeer(echo=False)
-    h = RelayHarness(peer, flush_delay=2.5)
+    h = RelayHarness(peer, flush_delay=10)
     try:
         payload = secrets.token_bytes(8)
         h.link.send_raw(frame(PING, 0, payload))
@@ -219,7 +219,7 @@ def test_stop_ends_a_pause_at_once():
     finally:                                   # that turn had work: a pause began
         started = time.monotonic()
         h.stop()
-        assert time.monotonic() - started < 1.2
+        assert time.monotonic() - started < 5     # the teardown's link linger included
         peer.close()
 
 
@@ -410,12 +410,12 @@ def test_server_linkclose_ends_the_relay(relay):
 
 
 def test_keepalive_pings_and_gives_up_on_a_silent_server(peer):
-    h = RelayHarness(peer, keepalive=0.2)
+    h = RelayHarness(peer, keepalive=0.5)       # a PONG later than that ends the link
     try:
         wait_until(lambda: h.link.frames[PING] >= 2, what="two PINGs")
         assert h.thread.is_alive()               # PONGs keep it up
         peer.answer_pings = False
-        assert h.wait_exit(3) == _fastmux.EXIT_TIMEOUT
+        assert h.wait_exit(15) == _fastmux.EXIT_TIMEOUT
         wait_until(lambda: h.link.linkclose is not None)
         assert h.link.linkclose[0] == 6          # timeout
     finally:
@@ -501,10 +501,7 @@ def test_the_mux_refuses_a_server_that_cannot_prove_the_secret():
 
 
 def test_unreachable_server_is_one_line():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()                          # nothing listens there
     with pytest.raises(muxlink.LinkError, match=rf"link to 127.0.0.1:{port}: Connection refused"):
         muxlink.connect("127.0.0.1", port, instance=0, thread=0, secret=None)
 

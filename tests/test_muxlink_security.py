@@ -334,8 +334,8 @@ def test_a_relayed_handshake_fails_because_the_tls_sessions_differ(tls_system, c
         assert " up to 127.0.0.1:" not in mux.log()
         assert FrameType.CHALLENGE in [f.type for f in relay.from_server]  # it did relay
         assert FrameType.READY not in [f.type for f in relay.from_server]
-        assert "wrong proof: the shared secrets differ, or the set-up was relayed from " \
-               "another TLS session" in server.log()
+        wait_for(lambda: "wrong proof: the shared secrets differ, or the set-up was relayed "
+                 "from another TLS session" in server.log(), 30, "the server's reason")
     finally:
         assert mux.stop() == 0
         relay.close()

@@ -28,6 +28,7 @@ import pytest
 
 from devsystem import DevSystem
 from live import Client, next_item
+from support.process import DEADLINE
 from support.webdriver import Chromium, available
 
 
@@ -109,6 +110,9 @@ def test_alice_chats_with_bob_over_https_and_the_lock_is_closed(system, browser,
                            system.folder / "ca.pem").online(system.mux_port)
         bob.send_message(mto="alice@localhost", mbody="sent while you were away", mtype="chat")
         bob.send_presence(pto="alice@localhost", ptype="subscribe")
+        # the server answers a ping after what bob sent before it: the message is
+        # stored offline before alice's page comes online
+        await bob.plugin["xep_0199"].ping(jid="localhost", timeout=DEADLINE)
         page = f"https://localhost:{system.http_port}/"
         await asyncio.to_thread(log_in, browser, page, system.users["alice"])
 
