@@ -454,8 +454,11 @@ def plain_scenario(target: Target, args) -> dict:
 def handshakes(target: Target, args, out: dict) -> None:
     for resume in (False, True):
         key = "resumed" if resume else "full"
-        c = loadgen("conn", target, "--concurrency", "32", "--seconds", str(args.seconds / 2),
-                    *(["--resume"] if resume else []))
+        # the whole --seconds after a warm-up: a handshake costs 0.2-1 ms of the
+        # relay's CPU, and shorter windows left the per-CPU-second ratios moving by
+        # more than 20 % between runs of the same code
+        c = loadgen("conn", target, "--concurrency", "32", "--seconds", str(args.seconds),
+                    "--warmup", str(args.warmup), *(["--resume"] if resume else []))
         check(c, f"{target.name} handshakes {key}")
         out[f"hs_{key}_rate"] = c["rate"]
         out[f"hs_{key}_per_cpu_s"] = c["count"] / max(c["relay_cpu"], 1e-9)
