@@ -34,18 +34,27 @@ TOKEN = "Internal (Software) Token"
 
 
 class DevSystem:
-    def __init__(self, folder: Path) -> None:
+    """``web``: keep dev-setup's XMPP/HTTP gateway (iim_server.httpport, on
+    ``http_port``). Without it the server starts without aiohttp, whose import
+    is half the CPU of a server's start (0.25 s); the tests of the gateway and
+    of ``./dev run`` itself keep it."""
+
+    def __init__(self, folder: Path, web: bool = False) -> None:
         self.folder = Path(folder)
         copy_dev_setup(self.folder)
         self.conf = self.folder / "iim.conf"
         self.server_port, self.link_port = free_port(), free_port()
-        self.mux_port, self.http_port = free_port(), free_port()
+        self.mux_port = free_port()
+        self.http_port = free_port() if web else None
         self._set(self.conf, {"iim_server.port": f"127.0.0.1:{self.server_port}",
                               "iim_mux.serverport": f"127.0.0.1:{self.link_port}",
                               "iim_mux.listenport": f"127.0.0.1:{self.mux_port}",
-                              "iim_server.httpport": f"127.0.0.1:{self.http_port}",
                               "iim.log.iim_server.url": "server.log",
                               "iim.log.iim_mux.url": "mux.log"})
+        if web:
+            self._set(self.conf, {"iim_server.httpport": f"127.0.0.1:{self.http_port}"})
+        else:
+            self._drop(self.conf, ("iim_server.httpport", "iim_server.http_allow_plain"))
         self.users = {}                         # localpart -> password
         for line in (self.folder / "dev-users.txt").read_text().splitlines():
             jid, password = line.split(" ", 1)
@@ -74,6 +83,14 @@ class DevSystem:
             text, count = pattern.subn(line, text)
             if not count:
                 text += line + "\n"
+        path.write_text(text)
+
+    @staticmethod
+    def _drop(path: Path, keys: tuple[str, ...]) -> None:
+        text = path.read_text()
+        for key in keys:
+            text, count = re.subn(rf"^{re.escape(key)}\s*=.*\n", "", text, flags=re.MULTILINE)
+            assert count == 1, f"{key} is not in {path} once"
         path.write_text(text)
 
     @staticmethod

@@ -254,7 +254,7 @@ def test_a_clean_dev_run_logs_no_warning(tmp_path):
     with free ports: once the multiplexor's links are up, neither log holds a WARNING
     (before: the readiness probe's own connection to the link port was logged as a
     lost multiplexor link)."""
-    dev = DevSystem(tmp_path / "dev")
+    dev = DevSystem(tmp_path / "dev", web=True)     # all that ./dev run serves
     links = int(dev.param(dev.conf, "iim_mux.maxthreads"))
     out = (tmp_path / "dev-run.out").open("w")
     proc = subprocess.Popen([str(TOP / "dev"), "run", "--dir", str(dev.folder), "--no-setup"],

@@ -48,7 +48,7 @@ ENTER = "\ue007"                # WebDriver's Enter key
 def system(tmp_path_factory):
     """The dev system with the gateway, and the browser (``system.browser``),
     which starts (certutil, chromedriver, chromium) while the daemons do."""
-    system = DevSystem(tmp_path_factory.mktemp("web") / "dev")    # gateway on system.http_port
+    system = DevSystem(tmp_path_factory.mktemp("web") / "dev", web=True)    # gateway on system.http_port
     system.web = system.variant("web.conf", {
         "iim_server.http_allow_plain": "true",              # as dev-setup writes it
         "iim_server.auth_failure_delay": "0"})     # a wrong password is answered at once
