@@ -42,8 +42,12 @@ def pkg_config(package, debian_name):
 
 
 def extensions():
-    openssl = pkg_config("openssl", "libssl-dev")
-    nss = pkg_config("nss", "libnss3-dev")
+    # -g0: Python's CFLAGS carry -g, and the debug information of Cython's
+    # generated C is most of its compile time (_fastmux: 8.7 -> 6.2 s, the longest
+    # step of ./dev's set-up). The symbol table stays, so perf still names our
+    # functions; the code is the same.
+    openssl = dict(pkg_config("openssl", "libssl-dev"), extra_compile_args=["-g0"])
+    nss = dict(pkg_config("nss", "libnss3-dev"), extra_compile_args=["-g0"])
     return cythonize(
         [Extension("iim._fastmux", ["iim/_fastmux.pyx"], **openssl),
          Extension("iim._tlsrecord", ["iim/_tlsrecord.pyx"], **openssl),
