@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from devsystem import DevSystem, admin_here, run_admin
-from support import Process, free_port
+from support import Process, free_port, wait_until
 
 ALICE = "alice@localhost"
 
@@ -478,12 +478,24 @@ def _read_until(fd: int, marker: bytes | None, timeout: float = 30) -> bytes:
     return out
 
 
+def _syscall(pid: int) -> str:
+    """The number of the system call ``pid`` is blocked in ("0": read), from /proc."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split(" ", 1)[0]
+    except OSError:
+        return ""
+
+
 def test_interrupting_a_prompt_is_one_line(dev):
     pid, fd = pty.fork()
     if pid == 0:
         os.execve(sys.executable, [sys.executable, "-m", "iim.admin", "verify", "-c",
                                    str(dev.conf), "--user", ALICE], _env(None))
     _read_until(fd, b"Password for alice@localhost: ")
+    # Ctrl-C once the prompt waits in read(): a signal that lands between the
+    # prompt's write and the read() is noted by Python and then not acted on
+    # until read() returns (it happened on a busy machine: 30 s of silence)
+    wait_until(lambda: _syscall(pid) == "0", "the prompt blocked in read()")
     os.kill(pid, signal.SIGINT)
     text = _read_until(fd, None).decode(errors="replace")
     _, status = os.waitpid(pid, 0)
