@@ -489,12 +489,14 @@ def _syscall(pid: int) -> str:
 def test_interrupting_a_prompt_is_one_line(dev):
     pid, fd = pty.fork()
     if pid == 0:
+        # Ctrl-C as in a terminal: a suite started in the background of a shell
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(sys.executable, [sys.executable, "-m", "iim.admin", "verify", "-c",
                                    str(dev.conf), "--user", ALICE], _env(None))
     _read_until(fd, b"Password for alice@localhost: ")
-    # Ctrl-C once the prompt waits in read(): a signal that lands between the
-    # prompt's write and the read() is noted by Python and then not acted on
-    # until read() returns (it happened on a busy machine: 30 s of silence)
+    # once the prompt waits in read(): a signal that lands between the prompt's
+    # write and the read() is noted by Python but acted on only when read() returns
     wait_until(lambda: _syscall(pid) == "0", "the prompt blocked in read()")
     os.kill(pid, signal.SIGINT)
     text = _read_until(fd, None).decode(errors="replace")
