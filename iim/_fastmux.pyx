@@ -111,7 +111,8 @@ from libc.string cimport memcmp, memcpy, memmove, memset, strlen
 
 from iim.includes cimport epoll, openssl, posix
 from iim.includes.posix cimport ssize_t
-from iim._tickets cimport TicketRing, ring_install, ring_new, ring_rotate
+from iim._tickets cimport (TICKET_RING, TICKET_SEED, TICKET_SERIALIZED, TicketRing,
+                           ring_install, ring_new, ring_rotate)
 from iim._tlsrecord cimport (Capture, capture_attach, capture_free, crypto_free, crypto_init,
                              record_flush, record_free, record_install, record_out_pending,
                              record_read, record_take, record_write)
@@ -1698,8 +1699,8 @@ cdef class TlsContext:
         openssl.SSL_CTX_set_session_id_context(self.ctx, <const unsigned char *>b"iim-mux", 7)
         openssl.SSL_CTX_set_alpn_select_cb(self.ctx, select_alpn, NULL)
         record_install(self.ctx)         # sessions move to iim/_tlsrecord.pyx after it
-        self._ticket_keys(bytes(ticket_keys) if ticket_keys is not None
-                          else b"\xff" * 8 + os.urandom(96))
+        self._ticket_keys(bytes(ticket_keys) if ticket_keys is not None    # period -1: unset
+                          else b"\xff" * 8 + os.urandom(TICKET_SEED * TICKET_RING))
         self._load_key(key_pem)
         self._load_chain(chain_pem)
         if openssl.SSL_CTX_check_private_key(self.ctx) != 1:
@@ -1708,7 +1709,7 @@ cdef class TlsContext:
     cdef _ticket_keys(self, bytes keys):
         cdef TicketRing *ring = ring_new(<const uint8_t *>keys, len(keys))
         if ring == NULL:
-            raise TlsError(f"session ticket keys must be {8 + 3 * 32} bytes (a serialized "
+            raise TlsError(f"session ticket keys must be {TICKET_SERIALIZED} bytes (a serialized "
                            f"ticket key ring, iim/mux/ticketkeys.py), not {len(keys)}")
         ring_install(self.ctx, ring)         # the context owns it from here on
         self.ring = ring

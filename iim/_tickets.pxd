@@ -6,6 +6,12 @@ from iim.includes cimport openssl
 from iim.includes.posix cimport pthread_mutex_t
 
 
+cdef enum:
+    TICKET_RING = 3             # periods whose keys open tickets (iim/mux/ticketkeys.py RING)
+    TICKET_SEED = 32
+    TICKET_SERIALIZED = 8 + TICKET_SEED * TICKET_RING    # period + seeds, oldest first
+
+
 cdef struct TicketKey:
     uint8_t name[16]
     uint8_t hmac_key[32]
@@ -14,8 +20,8 @@ cdef struct TicketKey:
 
 cdef struct TicketRing:
     int64_t period              # of keys[0]
-    uint8_t seed[32]            # keys[0]'s seed; older seeds are gone (forward secrecy)
-    TicketKey keys[3]           # [0] seals and opens, [1] and [2] (older periods) open
+    uint8_t seed[TICKET_SEED]   # keys[0]'s seed; older seeds are gone (forward secrecy)
+    TicketKey keys[TICKET_RING] # [0] seals and opens, [1] and [2] (older periods) open
     pthread_mutex_t lock        # relay threads of a process share a context
 
 

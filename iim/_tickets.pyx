@@ -22,9 +22,9 @@ from libc.string cimport memcmp, memcpy, memmove, strlen
 from iim.includes cimport openssl, posix
 
 cdef enum:
-    RING = 3
-    SEED = 32
-    SERIALIZED = 8 + SEED * RING
+    RING = TICKET_RING
+    SEED = TICKET_SEED
+    SERIALIZED = TICKET_SERIALIZED
 
 cdef int RING_INDEX = -1          # SSL_CTX ex_data slot: the context owns its ring
 

@@ -22,10 +22,10 @@ import secrets
 import socket
 import struct
 import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+import support
 from support.process import DEADLINE
 
 from iim import _fastmux
@@ -49,14 +49,8 @@ def frame(ftype: int, sid: int = 0, payload: bytes = b"", flags: int = 0) -> byt
 
 
 def wait_until(predicate, timeout: float = DEADLINE, interval: float = 0.01, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(interval)
+    """support.wait_until with the timeout second, as the relay tests pass it."""
+    return support.wait_until(predicate, what, timeout=timeout, interval=interval)
 
 
 @dataclass(frozen=True)

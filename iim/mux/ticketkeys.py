@@ -9,7 +9,7 @@ So the keys come from a *ratchet* the supervisor and the workers step alike:
 * Each period has a 32-byte seed; the next one is
   ``HMAC-SHA256(seed, "iim-mux ticket ratchet")``, so a seed says nothing about
   the seeds before it. A period's ticket key - a 16-byte name, an HMAC-SHA256
-  key and an AES-256 key - is derived from its seed (``iim/_fastmux.pyx``,
+  key and an AES-256 key - is derived from its seed (``iim/_tickets.pyx``,
   ``TicketRing``).
 * Tickets are sealed under the current period's key and opened under it or
   the two before (OpenSSL then issues a fresh one): a ticket lives two to three
@@ -33,7 +33,7 @@ import hmac
 import secrets
 import struct
 
-__all__ = ["PERIOD", "RING", "SERIALIZED_BYTES", "TicketKeys", "ratchet"]
+__all__ = ["PERIOD", "RING", "SERIALIZED_BYTES", "TicketKeys", "period", "ratchet"]
 
 #: Seconds a ticket key encrypts new tickets.
 PERIOD = 3600
@@ -45,6 +45,11 @@ SERIALIZED_BYTES = 8 + 32 * RING
 RATCHET_LABEL = b"iim-mux ticket ratchet"
 
 
+def period(now: float) -> int:
+    """The period of unix time `now`."""
+    return int(now // PERIOD)
+
+
 def ratchet(seed: bytes) -> bytes:
     """The next period's seed."""
     return hmac.new(seed, RATCHET_LABEL, hashlib.sha256).digest()
@@ -54,14 +59,14 @@ class TicketKeys:
     """The supervisor's ring of the last RING seeds."""
 
     def __init__(self, now: float) -> None:
-        self.period = int(now // PERIOD)
+        self.period = period(now)
         # Seeds of the two periods before the first are random too: nothing was
         # sealed under them, and none can be derived from another.
         self._seeds = [secrets.token_bytes(32) for _ in range(RING)]
 
     def advance(self, now: float) -> None:
         """Step the ratchet up to the period of `now` (never back)."""
-        target = int(now // PERIOD)
+        target = period(now)
         while self.period < target:          # step by step: workers step the same chain
             self._seeds = self._seeds[1:] + [ratchet(self._seeds[-1])]
             self.period += 1

@@ -21,11 +21,7 @@ from iim.keys.nss import load_nss
 from iim.keys.passwords import read_password_file
 from iim.mux import ticketkeys
 
-__all__ = ["TICKET_KEY_BYTES", "context_from_material", "load_context", "load_material"]
-
-#: Session ticket keys shared by every process of one multiplexor: a serialized
-#: ring (iim/mux/ticketkeys.py).
-TICKET_KEY_BYTES = ticketkeys.SERIALIZED_BYTES
+__all__ = ["context_from_material", "load_context", "load_material"]
 
 
 def load_material(mux: MuxSettings) -> tuple[KeyMaterial, tuple[str, ...]]:
@@ -54,8 +50,7 @@ def context_from_material(material: KeyMaterial, ticket_keys: bytes | None = Non
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in wire_chain(material))
     try:
         context = TlsContext(key, chain, ticket_keys)
-        context.rotate_ticket_keys(int((time.time() if now is None else now)
-                                       // ticketkeys.PERIOD))
+        context.rotate_ticket_keys(ticketkeys.period(time.time() if now is None else now))
         return context
     except TlsError as exc:
         raise KeyMaterialError(f"iim_mux.certnickname: {material.alias!r} from "

@@ -362,7 +362,7 @@ class Worker:
         """Step the session ticket keys to the period of `now` (iim/mux/ticketkeys.py);
         every worker does, on the same clock, so they stay in step."""
         if self.tls_context is not None:
-            self.tls_context.rotate_ticket_keys(int(now // ticketkeys.PERIOD))
+            self.tls_context.rotate_ticket_keys(ticketkeys.period(now))
 
     def last_refused(self) -> str:
         """The source a per-source limit refused last (as far as the threads know)."""
