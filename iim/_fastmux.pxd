@@ -75,6 +75,7 @@ cdef struct Stats:
     uint64_t frames_out
     uint64_t link_reads
     uint64_t link_writes
+    uint64_t paced_turns        # busy turns followed by a pause (Pacer)
     int64_t buffered            # bytes allocated for client output buffers
     uint64_t link_buffers_released  # oversized idle link buffers freed
     uint64_t refused_source     # over iim_mux.maxsessions_per_source (in refused too)
@@ -107,6 +108,16 @@ cdef struct Sources:
     pthread_mutex_t lock
 
 
+cdef struct Pacer:
+    # whether a busy turn pauses before the next (iim/_fastmux.pyx, "Pacing")
+    int64_t delay_us            # iim_mux.link_flush_delay_us; 0: never pause
+    double events               # decayed sum of the work of busy turns
+    double bytes                # decayed sum of the bytes they relayed
+    double span_us              # decayed sum of the time between their starts
+    int64_t last_us             # start of the last busy turn; 0: none yet
+    bint on
+
+
 cdef struct Core:
     int ep
     int listen_fd               # borrowed from Python
@@ -121,7 +132,7 @@ cdef struct Core:
     int64_t keepalive_ms
     int64_t handshake_ms
     int64_t linger_ms
-    int64_t flush_delay_us      # a busy turn paces the next this long after it began
+    Pacer pacer
     int64_t link_busy_ms        # the last turn a link buffer held over LINK_KEEP
     int64_t now
     int64_t last_rx

@@ -36,21 +36,36 @@ still point at it:
 Pacing. At moderate load a turn sees one or two events, so a loop that
 blocks again at once wakes about once per client message and once more for
 each answer from the server: the context switches, not the copying, are
-most of the relay's CPU then. So a turn that had work is followed by a pause
-until ``flush_delay_us`` (iim_mux.link_flush_delay_us) after its start, then
-one epoll_wait that does not block: what every client and the server sent
-meanwhile is served by that one wakeup, and the link output of the whole
-turn leaves in one send() (one wakeup of the server). A turn that finds
-nothing goes back to blocking, so an idle relay sleeps and the first bytes
-after a quiet spell are relayed at once; a turn that takes longer than the
-delay is not paused at all, so a saturated relay never waits. stop() ends a
-pause (ppoll on the wake eventfd). The price is latency, at most the delay
-per hop while busy; 0 turns pacing off. (Measured, 2,000 sessions, 14,000
-round trips/s: ~17 % less relay CPU per round trip than holding only the
-link output for the same delay, median round trip 0.5 instead of 0.3 ms;
-bench/MUX.md.) A short read of the plain link means its socket is
-drained (a later byte raises a new edge), so no recv() is spent to hear
-EAGAIN.
+most of the relay's CPU then (perf: the sleep and wakeup paths, and the
+server's wakeup by each link send, are over a third of it). So a busy
+relay follows a turn that had work with a pause until ``delay_us``
+(iim_mux.link_flush_delay_us) after its start, then one epoll_wait that does
+not block: what every client and the server sent meanwhile is served by that
+one wakeup, and the link output of the whole turn leaves in one send() (one
+wakeup of the server). A turn that finds nothing goes back to blocking; a
+turn that takes longer than the delay, or leaves work behind (a session over
+its read budget), is not paused at all, so a saturated relay never waits.
+stop() ends a pause (ppoll on the wake eventfd).
+
+Pausing pays only when the pause gathers more than it costs: a light load
+(about one client message per delay) would get a wakeup for the pause on top
+of the one for each message, and the latency for nothing. So the Pacer
+keeps a decayed rate of work (each client that became ready, each frame
+from the server: the same count whether the frames came in one wakeup or in
+many) and pauses only while that rate promises enough work per delay:
+PACE_ENTER to begin, below PACE_LEAVE to stop (hysteresis: no flapping at
+the border). Nor does it pause for bulk transfers (PACE_BULK bytes or more
+per unit of work, decayed alike): each of their wakeups moves kilobytes
+already, and their windows come and go a turn at a time, so a pause would
+only slow them. An idle relay, and a lightly loaded one, relay each byte at
+once. The price is latency while busy, at most the delay per hop; 0 turns
+pacing off. Measured (bench/MUX.md, 2,000 sessions, 2 threads, 1,000 us): at
+14,000 round trips/s about half the relay CPU per round trip of no pacing,
+median round trip 1.8 ms instead of 0.08; at 4,000/s the relay does not
+pace.
+
+A short read of the plain link means its socket is drained (a later byte
+raises a new edge), so no recv() is spent to hear EAGAIN.
 
 Client bytes are read directly into the link output buffer behind a
 reserved 12-byte header (no copy), at most the session's credit, at most
@@ -1429,11 +1444,17 @@ cdef void run_timers(Core *c) noexcept nogil:
         c.ping_sent = c.now
 
 
+cdef inline bint work_pending(Core *c) noexcept nogil:
+    """Work the last turn left (a session over its read budget, link input or
+    clients to accept beyond this turn's share): the next turn must not wait."""
+    return c.link_readable or c.listen_ready or c.runq_len > 0
+
+
 cdef int next_timeout(Core *c) noexcept nogil:
     """Milliseconds epoll may sleep: 0 while work is pending, else until the
     earliest deadline (at most a minute)."""
     cdef int64_t t = 60000
-    if c.link_readable or c.listen_ready or c.runq_len > 0:
+    if work_pending(c):
         return 0
     if c.keepalive_ms > 0:
         t = (c.ping_sent if c.ping_sent else c.last_rx) + c.keepalive_ms - c.now
@@ -1492,6 +1513,51 @@ cdef void release_idle_link_buffers(Core *c) noexcept nogil:
         c.st.link_buffers_released += 1
 
 
+cdef enum:
+    PACE_GAP_CAP = 10           # a quiet spell counts as at most this many delays
+    PACE_BULK = 8192            # bytes per unit of work from which no pause pays
+
+
+# Work expected per delay to begin pausing, and below which to stop. A round
+# trip is two (the client's bytes, the server's answer). In the bench (2,000
+# sessions, 2 threads, bench/MUX.md) pausing cost CPU at about 2 round trips
+# per delay per thread and paid from about 3; the hysteresis keeps a relay
+# near the border from switching at every turn.
+cdef double PACE_ENTER = 5.0
+cdef double PACE_LEAVE = 3.5
+cdef double PACE_DECAY = 0.875  # the weight of the past at each busy turn
+
+
+cdef int64_t pacer_turn(Pacer *p, int work, uint64_t moved, int64_t turn_us) noexcept nogil:
+    """A turn that began at `turn_us` did `work` (clients that became ready,
+    frames from the server) and relayed `moved` bytes: microseconds to pause
+    after it (counted from its start), or 0 to block for the next event at once."""
+    cdef int64_t gap
+    cdef double expected
+    if p.delay_us <= 0:
+        return 0
+    if p.last_us > 0:
+        gap = min(turn_us - p.last_us, PACE_GAP_CAP * p.delay_us)
+        p.events = p.events * PACE_DECAY + work
+        p.bytes = p.bytes * PACE_DECAY + <double>moved
+        p.span_us = p.span_us * PACE_DECAY + (gap if gap > 0 else 1)
+        expected = p.events * p.delay_us / p.span_us
+        p.on = (expected >= (PACE_LEAVE if p.on else PACE_ENTER)
+                and p.bytes < PACE_BULK * p.events)
+    p.last_us = turn_us
+    return p.delay_us if p.on else 0
+
+
+def pacer_pauses(int delay_us, turns):
+    """The Pacer's answers to a sequence of busy turns, for tests: `turns` are
+    (work, bytes relayed, start in microseconds); each answer is the pause after
+    that turn (microseconds from its start), 0 for none."""
+    cdef Pacer p
+    memset(&p, 0, sizeof(p))
+    p.delay_us = delay_us
+    return [pacer_turn(&p, work, moved, start) for work, moved, start in turns]
+
+
 cdef void pace(Core *c, int64_t us) noexcept nogil:
     """Let `us` microseconds pass before the next turn; stop() (wake_fd) ends it."""
     cdef posix.pollfd wake
@@ -1506,7 +1572,8 @@ cdef void pace(Core *c, int64_t us) noexcept nogil:
 
 cdef int core_run(Core *c) noexcept nogil:
     cdef epoll.epoll_event events[MAX_EVENTS]
-    cdef int i, n
+    cdef int i, n, work
+    cdef uint64_t frames, moved
     cdef int64_t turn_us, rest
     cdef bint pacing = False      # the last turn had work: look before blocking
     c.now = now_ms()
@@ -1528,10 +1595,16 @@ cdef int core_run(Core *c) noexcept nogil:
             if posix.errno != posix.EINTR:
                 core_fail(c, X_ERROR, posix.errno, "epoll_wait")
             continue
+        work = n
+        moved = c.st.bytes_up + c.st.bytes_down
         for i in range(n):
             dispatch(c, &events[i])
+            # the link's work is counted by its frames; stop()'s wakeup is none
+            work -= events[i].data.u64 == TAG_LINK or events[i].data.u64 == TAG_WAKE
+        frames = c.st.frames_in
         if c.link_readable:
             link_read(c)
+        work += <int>(c.st.frames_in - frames)
         if c.listen_ready and c.exit == RUNNING:
             accept_clients(c)
         run_queue(c)
@@ -1539,11 +1612,18 @@ cdef int core_run(Core *c) noexcept nogil:
             run_timers(c)
         link_flush(c)
         release_idle_link_buffers(c)
-        if n > 0 and c.flush_delay_us > 0:
-            rest = turn_us + c.flush_delay_us - now_us()
-            if rest > 0:
-                pace(c, rest)
-            pacing = True
+        pacing = False
+        if n > 0:
+            rest = pacer_turn(&c.pacer, work, c.st.bytes_up + c.st.bytes_down - moved, turn_us)
+            # stop() sets the flag before it writes the wake eventfd, which
+            # this turn may have read already: looking at the flag here
+            # leaves no window for a pause that nothing would end
+            if rest > 0 and not work_pending(c) and not stopping(c):
+                c.st.paced_turns += 1
+                rest += turn_us - now_us()
+                if rest > 0:
+                    pace(c, rest)
+                pacing = True
     core_teardown(c)
     return c.exit
 
@@ -2228,8 +2308,8 @@ cdef class Relay:
     * ``linger`` - seconds a client closed by the server may take to read
       what is still pending for it.
     * ``flush_delay`` - seconds a turn that had work leaves before the next
-      (iim_mux.link_flush_delay_us), so that one wakeup serves what many
-      clients sent meanwhile; 0: the next turn at once.
+      while the relay is busy (iim_mux.link_flush_delay_us), so that one
+      wakeup serves what many clients sent meanwhile; 0: the next turn at once.
 
     ``run()`` serves until the link is lost or ``stop()`` is called (from any
     thread) and returns an EXIT_* code; ``exit_detail`` says more. It runs
@@ -2272,7 +2352,7 @@ cdef class Relay:
         c.handshake_ms = <int64_t>(handshake_timeout * 1000)
         c.keepalive_ms = <int64_t>(keepalive * 1000)
         c.linger_ms = <int64_t>(linger * 1000)
-        c.flush_delay_us = <int64_t>(flush_delay * 1e6)
+        c.pacer.delay_us = <int64_t>(flush_delay * 1e6)
         c.limit_count = &self.limit._count
         c.limit_max = self.limit._maximum
         c.mask = table_size(self.limit._maximum) - 1
@@ -2370,7 +2450,8 @@ cdef class Relay:
             "handshakes_failed": st.handshakes_failed, "frames_in": st.frames_in,
             "sessions_tls_lean": st.sessions_tls_lean,
             "frames_out": st.frames_out, "link_reads": st.link_reads,
-            "link_writes": st.link_writes, "buffered": st.buffered,
+            "link_writes": st.link_writes, "paced_turns": st.paced_turns,
+            "buffered": st.buffered,
             "link_buffered": self.core.lin.cap + self.core.lout.cap,
             "link_buffers_released": st.link_buffers_released,
             "refused_per_source": st.refused_source, "refused_rate": st.refused_rate,

@@ -183,10 +183,11 @@ def test_frames_for_many_sessions_share_few_link_writes():
 
 
 def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
-    """iim_mux.link_flush_delay_us: a turn that had work paces the next (here by
-    0.4 s, to make the gathering certain on a busy machine). The PING turn starts a
-    pause; 20 clients write during it, and the next turn reads them all and sends
-    them in one link write."""
+    """iim_mux.link_flush_delay_us: a busy relay paces its turns (here by 0.4 s,
+    to make the gathering certain on a busy machine; the opening of 20 sessions
+    within it is busy enough for the Pacer). The PING turn starts a pause; 20
+    clients write during it, and the next turn reads them all and sends them in
+    one link write."""
     peer = LinkPeer(echo=False)
     h = RelayHarness(peer, flush_delay=0.4)
     try:
@@ -202,6 +203,7 @@ def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
         writes = wait_until(lambda: h.stats()["link_writes"] - before["link_writes"],
                             timeout=20, what="the link write counted")
         assert writes <= 4, writes             # 20 DATA frames; 4: a machine stalled
+        assert h.stats()["paced_turns"] > before["paced_turns"]
         assert h.link.errors == []
     finally:
         h.stop()
@@ -209,14 +211,17 @@ def test_pacing_serves_what_many_clients_sent_in_one_turn_and_one_link_write():
 
 
 def test_stop_ends_a_pause_at_once():
-    """A relay pacing its turns by 10 s stops in much less: stop() wakes the pause."""
+    """A relay pacing its turns by 10 s stops in much less: stop() wakes the pause.
+    Two PINGs in a row are busy enough for a 10 s delay: the second turn pauses."""
     peer = LinkPeer(echo=False)
     h = RelayHarness(peer, flush_delay=10)
     try:
-        payload = secrets.token_bytes(8)
-        h.link.send_raw(frame(PING, 0, payload))
-        h.link.wait_for(lambda: payload in h.link.pongs, 20, "the PONG")
-    finally:                                   # that turn had work: a pause began
+        for _ in range(2):
+            payload = secrets.token_bytes(8)
+            h.link.send_raw(frame(PING, 0, payload))
+            h.link.wait_for(lambda: payload in h.link.pongs, 20, "the PONG")
+        wait_until(lambda: h.stats()["paced_turns"] > 0, what="a pause")
+    finally:
         started = time.monotonic()
         h.stop()
         assert time.monotonic() - started < 5     # the teardown's link linger included

@@ -174,11 +174,13 @@ class MuxLimits:
     to the end of its TLS handshake, its first byte included; then it is closed
     and nothing has gone to the server. It holds one of maxsessions and of
     maxsessions_per_source meanwhile. Unused when usessl is off."""
-    link_flush_delay_us: int = 250
-    """Microseconds a relay may hold a small link output (under 16 KiB) so that
-    the frames of several loop turns, many sessions' bytes, leave in one send()
-    and wake the server once: the most a client's bytes wait for it. 0 sends at
-    the end of every turn."""
+    link_flush_delay_us: int = 1000
+    """Microseconds a busy relay thread lets pass between its event-loop turns,
+    so that one wakeup serves what many clients and the server sent meanwhile
+    and their bytes leave for the server in one send(): the most a byte waits
+    per hop. Only while the thread is busy enough for the pause to pay (a few
+    round trips per delay, not bulk transfers: iim/_fastmux.pyx, "Pacing"); a
+    quiet or lightly loaded relay relays at once. 0: never pause."""
 
 
 def defaults(dataclass_) -> dict[str, str]:
