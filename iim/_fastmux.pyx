@@ -980,7 +980,7 @@ cdef int tls_begin(Core *c, Session *s) noexcept nogil:
 
 cdef void take_over(Core *c, Session *s) noexcept nogil:
     """After the handshake: our record layer instead of the SSL object, when it can."""
-    s.rec = record_take(s.ssl, s.capture)
+    s.rec = record_take(&c.crypto, s.ssl, s.capture)
     capture_free(s.ssl, s.capture)
     s.capture = NULL
     if s.rec != NULL:

@@ -53,9 +53,11 @@ cdef struct TlsRecord:
 
 
 cdef struct RecordCrypto:
-    # one per thread: cipher contexts re-keyed for every record, and a scratch
-    # buffer (so an idle session holds no buffer at all)
+    # one per thread: cipher contexts re-keyed for every record, HMAC contexts
+    # (SHA-256, SHA-384) re-keyed for every key derivation, and a scratch buffer
+    # (so an idle session holds no buffer at all)
     openssl.EVP_CIPHER_CTX *ctx[3]
+    openssl.EVP_MAC_CTX *hmac[2]
     uint8_t *scratch
 
 
@@ -64,7 +66,7 @@ cdef int crypto_init(RecordCrypto *k) noexcept nogil
 cdef void crypto_free(RecordCrypto *k) noexcept nogil
 cdef int capture_attach(openssl.SSL *ssl, Capture *cap) noexcept nogil
 cdef void capture_free(openssl.SSL *ssl, Capture *cap) noexcept nogil
-cdef TlsRecord *record_take(openssl.SSL *ssl, Capture *cap) noexcept nogil
+cdef TlsRecord *record_take(RecordCrypto *k, openssl.SSL *ssl, Capture *cap) noexcept nogil
 cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
                          size_t n) noexcept nogil
 cdef ssize_t record_write(RecordCrypto *k, TlsRecord *r, int fd, const uint8_t *p,

@@ -235,9 +235,25 @@ cdef void capture_free(openssl.SSL *ssl, Capture *cap) noexcept nogil:
 cdef int crypto_init(RecordCrypto *k) noexcept nogil:
     cdef int i
     cdef openssl.EVP_CIPHER *cipher
+    cdef openssl.EVP_MAC *mac
+    cdef openssl.OSSL_PARAM params[2]
     k.scratch = <uint8_t *>malloc(SCRATCH)
     if k.scratch == NULL:
         return -1
+    # HMAC contexts with their digest set once: the one-shot HMAC() fetches the
+    # MAC and the digest by name at every call (~5 us each, four per handshake)
+    mac = openssl.EVP_MAC_fetch(NULL, b"HMAC", NULL)
+    if mac == NULL:
+        return -1
+    for i in range(2):
+        k.hmac[i] = openssl.EVP_MAC_CTX_new(mac)
+        params[0] = openssl.OSSL_PARAM_construct_utf8_string(
+            b"digest", <char *>(b"SHA384" if i == 1 else b"SHA256"), 0)
+        params[1] = openssl.OSSL_PARAM_construct_end()
+        if k.hmac[i] == NULL or openssl.EVP_MAC_CTX_set_params(k.hmac[i], params) != 1:
+            openssl.EVP_MAC_free(mac)
+            return -1
+    openssl.EVP_MAC_free(mac)                # the contexts keep their own reference
     for i in range(3):
         k.ctx[i] = openssl.EVP_CIPHER_CTX_new()
         cipher = openssl.EVP_CIPHER_fetch(NULL, CIPHER_NAMES[i], NULL)
@@ -255,6 +271,10 @@ cdef void crypto_free(RecordCrypto *k) noexcept nogil:
         if k.ctx[i] != NULL:
             openssl.EVP_CIPHER_CTX_free(k.ctx[i])
             k.ctx[i] = NULL
+    for i in range(2):
+        if k.hmac[i] != NULL:
+            openssl.EVP_MAC_CTX_free(k.hmac[i])
+            k.hmac[i] = NULL
     if k.scratch != NULL:
         openssl.OPENSSL_cleanse(k.scratch, SCRATCH)
         free(k.scratch)
@@ -263,17 +283,25 @@ cdef void crypto_free(RecordCrypto *k) noexcept nogil:
 
 # --- key schedule ----------------------------------------------------------------------
 
-cdef const openssl.EVP_MD *suite_md(TlsRecord *r) noexcept nogil:
-    return openssl.EVP_sha384() if r.hashlen == 48 else openssl.EVP_sha256()
+cdef int hmac(RecordCrypto *k, int hashlen, const uint8_t *key, int keylen,
+              const uint8_t *data, int datalen, uint8_t *out) noexcept nogil:
+    """HMAC-SHA-256 (hashlen 32) or HMAC-SHA-384 (48) of `data` into `out`
+    (hashlen bytes), on this thread's context for that hash."""
+    cdef openssl.EVP_MAC_CTX *ctx = k.hmac[1 if hashlen == 48 else 0]
+    cdef size_t outl = 0
+    if (openssl.EVP_MAC_init(ctx, key, keylen, NULL) != 1
+            or openssl.EVP_MAC_update(ctx, data, datalen) != 1
+            or openssl.EVP_MAC_final(ctx, out, &outl, 64) != 1 or outl != <size_t>hashlen):
+        return -1
+    return 0
 
 
-cdef int expand_label(TlsRecord *r, const uint8_t *secret, const char *label,
-                      uint8_t *out, int outlen) noexcept nogil:
+cdef int expand_label(RecordCrypto *k, TlsRecord *r, const uint8_t *secret,
+                      const char *label, uint8_t *out, int outlen) noexcept nogil:
     """RFC 8446 7.1 HKDF-Expand-Label(secret, label, "", outlen), outlen <= hash length:
     one HMAC block."""
     cdef uint8_t info[64]
     cdef uint8_t block[64]
-    cdef unsigned int blen = 0
     cdef int llen = <int>strlen(label)
     info[0] = 0
     info[1] = <uint8_t>outlen
@@ -282,49 +310,47 @@ cdef int expand_label(TlsRecord *r, const uint8_t *secret, const char *label,
     memcpy(info + 9, label, llen)
     info[9 + llen] = 0                   # empty context
     info[10 + llen] = 1                  # HKDF-Expand's counter
-    if openssl.HMAC(suite_md(r), secret, r.hashlen, info, 11 + llen, block, &blen) == NULL:
+    if hmac(k, r.hashlen, secret, r.hashlen, info, 11 + llen, block) < 0:
         return -1
     memcpy(out, block, outlen)
     openssl.OPENSSL_cleanse(block, sizeof(block))
     return 0
 
 
-cdef int traffic_keys(TlsRecord *r, Direction *d) noexcept nogil:
+cdef int traffic_keys(RecordCrypto *k, TlsRecord *r, Direction *d) noexcept nogil:
     d.seq = 0
-    if expand_label(r, d.secret, b"key", d.key, r.keylen) < 0:
+    if expand_label(k, r, d.secret, b"key", d.key, r.keylen) < 0:
         return -1
-    return expand_label(r, d.secret, b"iv", d.iv, 12)
+    return expand_label(k, r, d.secret, b"iv", d.iv, 12)
 
 
-cdef int next_generation(TlsRecord *r, Direction *d) noexcept nogil:
+cdef int next_generation(RecordCrypto *k, TlsRecord *r, Direction *d) noexcept nogil:
     """RFC 8446 7.2: application_traffic_secret_N+1 and its key and IV."""
     cdef uint8_t secret[48]
-    if expand_label(r, d.secret, b"traffic upd", secret, r.hashlen) < 0:
+    if expand_label(k, r, d.secret, b"traffic upd", secret, r.hashlen) < 0:
         return -1
     memcpy(d.secret, secret, r.hashlen)
     openssl.OPENSSL_cleanse(secret, sizeof(secret))
-    return traffic_keys(r, d)
+    return traffic_keys(k, r, d)
 
 
-cdef int tls12_prf(const openssl.EVP_MD *md, const uint8_t *secret, int slen,
+cdef int tls12_prf(RecordCrypto *k, int hashlen, const uint8_t *secret, int slen,
                    const uint8_t *seed, int seedlen, uint8_t *out, int outlen) noexcept nogil:
     """RFC 5246 5: P_hash(secret, seed), `seed` already label + randoms (<= 96 bytes)."""
     cdef uint8_t a[64]
     cdef uint8_t buf[64 + 96]
     cdef uint8_t block[64]
-    cdef unsigned int alen = 0
-    cdef unsigned int blen = 0
     cdef int done = 0
-    if openssl.HMAC(md, secret, slen, seed, seedlen, a, &alen) == NULL:
+    if hmac(k, hashlen, secret, slen, seed, seedlen, a) < 0:
         return -1
     while done < outlen:
-        memcpy(buf, a, alen)
-        memcpy(buf + alen, seed, seedlen)
-        if openssl.HMAC(md, secret, slen, buf, alen + seedlen, block, &blen) == NULL:
+        memcpy(buf, a, hashlen)
+        memcpy(buf + hashlen, seed, seedlen)
+        if hmac(k, hashlen, secret, slen, buf, hashlen + seedlen, block) < 0:
             return -1
-        memcpy(out + done, block, min(<int>blen, outlen - done))
-        done += blen
-        if openssl.HMAC(md, secret, slen, a, alen, a, &alen) == NULL:
+        memcpy(out + done, block, min(hashlen, outlen - done))
+        done += hashlen
+        if hmac(k, hashlen, secret, slen, a, hashlen, a) < 0:
             return -1
     openssl.OPENSSL_cleanse(block, sizeof(block))
     openssl.OPENSSL_cleanse(buf, sizeof(buf))
@@ -332,7 +358,7 @@ cdef int tls12_prf(const openssl.EVP_MD *md, const uint8_t *secret, int slen,
     return 0
 
 
-cdef int tls12_keys(openssl.SSL *ssl, TlsRecord *r) noexcept nogil:
+cdef int tls12_keys(RecordCrypto *k, openssl.SSL *ssl, TlsRecord *r) noexcept nogil:
     """RFC 5246 6.3 key_block: MAC keys (none for AEAD), then the write keys, then the
     write IVs (GCM: a 4-byte salt; ChaCha20-Poly1305: 12 bytes), client's first."""
     cdef uint8_t master[48]
@@ -345,7 +371,7 @@ cdef int tls12_keys(openssl.SSL *ssl, TlsRecord *r) noexcept nogil:
     memcpy(seed, b"key expansion", 13)
     if (openssl.SSL_get_server_random(ssl, seed + 13, 32) == 32 and
             openssl.SSL_get_client_random(ssl, seed + 45, 32) == 32 and
-            tls12_prf(suite_md(r), master, 48, seed, sizeof(seed),
+            tls12_prf(k, r.hashlen, master, 48, seed, sizeof(seed),
                       block, 2 * r.keylen + 2 * ivlen) == 0):
         memcpy(r.rd.key, block, r.keylen)
         memcpy(r.wr.key, block + r.keylen, r.keylen)
@@ -371,7 +397,7 @@ cdef bint choose_suite(TlsRecord *r, uint16_t suite) noexcept nogil:
     return (suite >> 8 == 0x13) == (r.version == TLS13)
 
 
-cdef TlsRecord *record_take(openssl.SSL *ssl, Capture *cap) noexcept nogil:
+cdef TlsRecord *record_take(RecordCrypto *k, openssl.SSL *ssl, Capture *cap) noexcept nogil:
     """The record state of a session whose handshake just completed, or NULL: keep
     the SSL object (see the theory of operation). The caller frees `ssl` after."""
     cdef TlsRecord *r
@@ -400,9 +426,9 @@ cdef TlsRecord *record_take(openssl.SSL *ssl, Capture *cap) noexcept nogil:
             return NULL
         memcpy(r.rd.secret, cap.client_secret, r.hashlen)
         memcpy(r.wr.secret, cap.server_secret, r.hashlen)
-        ok = traffic_keys(r, &r.rd) == 0 and traffic_keys(r, &r.wr) == 0
+        ok = traffic_keys(k, r, &r.rd) == 0 and traffic_keys(k, r, &r.wr) == 0
     else:
-        ok = tls12_keys(ssl, r) == 0
+        ok = tls12_keys(k, ssl, r) == 0
     if not ok:
         openssl.OPENSSL_cleanse(r, sizeof(TlsRecord))
         free(r)
@@ -558,7 +584,7 @@ cdef int seal_key_update(RecordCrypto *k, TlsRecord *r, uint8_t *out) noexcept n
     msg[3] = 1
     msg[4] = 0
     n = seal(k, r, CT_HANDSHAKE, msg, 5, out)
-    if n < 0 or next_generation(r, &r.wr) < 0:
+    if n < 0 or next_generation(k, r, &r.wr) < 0:
         return -1
     r.flags &= ~RF_KEYUPDATE_DUE
     return n
@@ -679,7 +705,7 @@ cdef size_t take_plain(TlsRecord *r, uint8_t *p, size_t n) noexcept nogil:
     return m
 
 
-cdef int handshake_bytes(TlsRecord *r, const uint8_t *p, int n) noexcept nogil:
+cdef int handshake_bytes(RecordCrypto *k, TlsRecord *r, const uint8_t *p, int n) noexcept nogil:
     """Post-handshake messages: only KeyUpdate (RFC 8446 4.6.3), which must end its
     record. 0, or the alert to send."""
     cdef int i
@@ -700,7 +726,7 @@ cdef int handshake_bytes(TlsRecord *r, const uint8_t *p, int n) noexcept nogil:
                 return A_UNEXPECTED          # a key change must end its record
             if r.hs[4] == 1:
                 r.flags |= RF_KEYUPDATE_DUE
-            if next_generation(r, &r.rd) < 0:
+            if next_generation(k, r, &r.rd) < 0:
                 return A_INTERNAL
     return 0
 
@@ -768,7 +794,7 @@ cdef int one_record(RecordCrypto *k, TlsRecord *r, uint8_t *rec, int length, uin
     if ctype == CT_DATA:
         return 0
     if ctype == CT_HANDSHAKE:
-        return handshake_bytes(r, pt, n) if n > 0 else A_UNEXPECTED
+        return handshake_bytes(k, r, pt, n) if n > 0 else A_UNEXPECTED
     if ctype == CT_ALERT:
         return alert_bytes(r, pt, n)
     return A_UNEXPECTED

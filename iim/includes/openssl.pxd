@@ -62,8 +62,17 @@ cdef extern from "openssl/evp.h" nogil:
                            const unsigned char *key, const unsigned char *iv)
     int EVP_DecryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
                            const unsigned char *key, const unsigned char *iv)
+    ctypedef struct EVP_MAC
     ctypedef struct EVP_MAC_CTX
+    EVP_MAC *EVP_MAC_fetch(void *libctx, const char *algorithm, const char *properties)
+    void EVP_MAC_free(EVP_MAC *mac)
+    EVP_MAC_CTX *EVP_MAC_CTX_new(EVP_MAC *mac)
+    void EVP_MAC_CTX_free(EVP_MAC_CTX *ctx)
     int EVP_MAC_CTX_set_params(EVP_MAC_CTX *ctx, const OSSL_PARAM *params)
+    int EVP_MAC_init(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen,
+                     const OSSL_PARAM *params)
+    int EVP_MAC_update(EVP_MAC_CTX *ctx, const unsigned char *data, size_t datalen)
+    int EVP_MAC_final(EVP_MAC_CTX *ctx, unsigned char *out, size_t *outl, size_t outsize)
 
 cdef extern from "openssl/params.h" nogil:
     OSSL_PARAM OSSL_PARAM_construct_octet_string(const char *key, void *buf, size_t bsize)
