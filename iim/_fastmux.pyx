@@ -1519,12 +1519,13 @@ cdef enum:
 
 
 # Work expected per delay to begin pausing, and below which to stop. A round
-# trip is two (the client's bytes, the server's answer). In the bench (2,000
-# sessions, 2 threads, bench/MUX.md) pausing cost CPU at about 2 round trips
-# per delay per thread and paid from about 3; the hysteresis keeps a relay
-# near the border from switching at every turn.
-cdef double PACE_ENTER = 5.0
-cdef double PACE_LEAVE = 3.5
+# trip is about two and a half (the client's bytes, the server's answer, now
+# and then a WINDOW). In the bench (2,000 sessions, 2 threads, 1 ms; bench/MUX.md)
+# pausing cost ~10 % more CPU at 2 round trips per delay per thread and saved
+# 40 % at 4; the hysteresis keeps a relay near the border from switching at
+# every turn.
+cdef double PACE_ENTER = 8.0
+cdef double PACE_LEAVE = 6.0
 cdef double PACE_DECAY = 0.875  # the weight of the past at each busy turn
 
 

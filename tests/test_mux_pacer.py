@@ -25,9 +25,9 @@ def test_a_relay_that_was_idle_relays_its_first_bytes_at_once():
 
 
 def test_light_load_is_never_paused():
-    """One client message or answer every 500 us (two round trips per delay of
-    1 ms): a pause would cost a wakeup of its own and gather too little."""
-    assert set(pauses(steady(500))) == {0}
+    """One client message or answer every 250 us (about two round trips per delay
+    of 1 ms): a pause would cost a wakeup of its own and gather too little."""
+    assert set(pauses(steady(250))) == {0}
 
 
 def test_a_busy_relay_pauses_for_the_delay():
@@ -50,7 +50,7 @@ def test_the_border_does_not_flap():
     """Between the thresholds the Pacer keeps what it was doing: a relay that
     began pausing at a high rate keeps pausing at a rate just under the one
     that starts it, and one that was not pausing does not start at that rate."""
-    every = 238                                # 4.2 units per delay: between 3.5 and 5
+    every = 143                                # 7 units per delay: between 6 and 8
     high = steady(70, count=40)
     after_high = pauses(high + steady(every, count=80, start=high[-1][2] + every))
     assert set(after_high[-40:]) == {DELAY}
