@@ -99,3 +99,16 @@ def test_the_development_system_serves_its_users(tmp_path):
     assert code == 0, proc.report()
     assert "iim_server.port: set twice" in stderr
     assert users["alice@localhost"] not in stderr
+
+
+def test_every_port_it_listens_on_is_outside_the_ephemeral_range(tmp_path):
+    """An outgoing connection (or one that has just closed, in TIME_WAIT) may hold
+    any port of net.ipv4.ip_local_port_range, and the server would then refuse to
+    start: the development configuration listens below it (not on the product's
+    default link port, 45222)."""
+    import re
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    text = dev_setup(tmp_path / "dev").read_text()
+    ports = {int(p) for p in re.findall(r'^iim[\w.]*port = "127\.0\.0\.1:(\d+)"', text, re.M)}
+    assert {5222, 5269} <= ports
+    assert [p for p in ports if low <= p <= high] == []

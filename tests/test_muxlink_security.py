@@ -209,7 +209,7 @@ def test_dev_setup_links_need_the_secret_and_an_impostor_opens_no_session(tmp_pa
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     mux = None
     try:
-        wait_for(lambda: _listening(ports[45222]) or server.poll() is not None, 20,
+        wait_for(lambda: _listening(ports[15222]) or server.poll() is not None, 20,
                  "the server's link port")
         assert server.poll() is None, server.stderr.read().decode()
         mux = subprocess.Popen([sys.executable, "-m", "iim.mux", "-c", str(conf)],
@@ -218,7 +218,7 @@ def test_dev_setup_links_need_the_secret_and_an_impostor_opens_no_session(tmp_pa
         wait_for(lambda: mux_log.exists() and mux_log.read_text().count("shared secret proved")
                  >= 2, 30, "the dev mux's two links, secret proved")
         for user in (None, "65534"):             # root, then uid nobody
-            seen = impostor(ports[45222], secret, as_user=user)
+            seen = impostor(ports[15222], secret, as_user=user)
             assert seen["uid"] == (0 if user is None else 65534)
             assert seen["could_read"] is (user is None)
             assert seen["reason"] == "auth", seen

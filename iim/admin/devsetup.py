@@ -275,7 +275,10 @@ iim_server.httpport = "127.0.0.1:5280"
 iim_server.http_allow_plain = "true"
 
 iim_mux.listenport = "127.0.0.1:5222"
-iim_mux.serverport = "127.0.0.1:45222"
+! Not the default 45222: that lies in Linux's range of ephemeral ports
+! (net.ipv4.ip_local_port_range), where any outgoing connection, or one that
+! has just closed, may hold it, and the server could not listen.
+iim_mux.serverport = "127.0.0.1:15222"
 iim_mux.numinstances = "1"
 iim_mux.maxthreads = "2"
 iim_mux.maxsessions = "2000"

@@ -98,7 +98,7 @@ def relocate(conf_text: str) -> tuple[str, dict[int, int]]:
     """``conf_text`` with every ``"127.0.0.1:PORT"`` value moved to a free port.
 
     A configuration written by ``dev-setup`` listens on fixed ports (5222,
-    5269, 5280, 45222) that ``./dev run`` or another worker's test may hold:
+    5269, 5280, 15222) that ``./dev run`` or another worker's test may hold:
     a test that starts it moves all of them, including any added later.
     Returns the new text and {old port: new port}.
     """
