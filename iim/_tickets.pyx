@@ -27,6 +27,9 @@ cdef enum:
     SERIALIZED = TICKET_SERIALIZED
 
 cdef int RING_INDEX = -1          # SSL_CTX ex_data slot: the context owns its ring
+# AES-256-CBC fetched once: the legacy EVP_aes_256_cbc() pointer is fetched again
+# inside EVP_EncryptInit_ex at every ticket (a lookup by name under a lock)
+cdef openssl.EVP_CIPHER *TICKET_CIPHER = NULL
 
 
 cdef void free_ring(void *parent, void *ptr, void *ad, int idx, long argl,
@@ -136,9 +139,9 @@ cdef int on_ticket(openssl.SSL *ssl, unsigned char *name, unsigned char *iv,
     if enc:
         memcpy(name, key.name, 16)
         if (openssl.RAND_bytes(iv, 16) != 1 or openssl.EVP_EncryptInit_ex(
-                cctx, openssl.EVP_aes_256_cbc(), NULL, key.aes_key, iv) != 1):
+                cctx, TICKET_CIPHER, NULL, key.aes_key, iv) != 1):
             found = -2
-    elif openssl.EVP_DecryptInit_ex(cctx, openssl.EVP_aes_256_cbc(), NULL, key.aes_key,
+    elif openssl.EVP_DecryptInit_ex(cctx, TICKET_CIPHER, NULL, key.aes_key,
                                     iv) != 1:
         found = -2
     if found != -2 and set_hmac_key(hctx, key.hmac_key) < 0:
@@ -154,7 +157,12 @@ cdef int on_ticket(openssl.SSL *ssl, unsigned char *name, unsigned char *iv,
 cdef int ring_install(openssl.SSL_CTX *ctx, TicketRing *ring) except -1:
     """Tickets of `ctx` from `ring`, which `ctx` owns from here on: it is freed with
     the context, after the last relay that held the context let it go."""
-    global RING_INDEX
+    global RING_INDEX, TICKET_CIPHER
+    if TICKET_CIPHER == NULL:
+        TICKET_CIPHER = openssl.EVP_CIPHER_fetch(NULL, b"AES-256-CBC", NULL)
+        if TICKET_CIPHER == NULL:
+            ring_free(ring)
+            raise RuntimeError("OpenSSL has no AES-256-CBC for session tickets")
     if RING_INDEX < 0:
         RING_INDEX = openssl.SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, <void *>free_ring)
         if RING_INDEX < 0:
