@@ -11,7 +11,8 @@ from bench/c/loadgen.c, which checks every byte it gets back.
 Scenarios (``--only`` picks some, comma-separated):
 
 - ``plain``: ``python -m iim.mux`` (numinstances 1, maxthreads 2; "iim-flush0":
-  the same with ``iim_mux.link_flush_delay_us = 0``) vs HAProxy
+  the same with ``iim_mux.link_flush_delay_us = 0``; ``--targets iim-d500`` adds
+  the same with 500, for an A/B of the delay) vs HAProxy
   ``mode tcp`` (nbthread 2) vs nginx ``stream`` (2 workers), --sessions
   (2,000) connections: idle KB per session; paced round trips (--rates,
   fixed offered loads) with the relay's CPU per round trip and p50/p99;
@@ -295,6 +296,8 @@ class Target:
                  'iim.log.iim_mux.severity = "WARNING"']
         if self.name == "iim-flush0":
             lines += ['iim_mux.link_flush_delay_us = "0"']
+        elif self.name.startswith("iim-d"):            # --targets iim-d500: another delay
+            lines += [f'iim_mux.link_flush_delay_us = "{int(self.name[5:])}"']
         if self.name == "iim-tlslink":
             lines += ['iim_mux.muxlink_tls = "on"', f'iim_mux.muxlink_cafile = "{k["cert"]}"']
         else:
@@ -668,7 +671,8 @@ def main(argv=None) -> int:
     p.add_argument("--big-rate", type=int, default=14000)
     p.add_argument("--size", type=int, default=200)
     p.add_argument("--only", help="plain,tls,ecdsa,big,link (default: all but link)")
-    p.add_argument("--targets", help="only these targets, e.g. iim,haproxy")
+    p.add_argument("--targets", help="only these targets, e.g. iim,haproxy; iim-dN: the "
+                   "plain relay with iim_mux.link_flush_delay_us = N")
     p.add_argument("--json", help="write every run's numbers here")
     p.add_argument("--write", dest="write", action="store_true", default=None,
                    help="rewrite bench/MUX.md's generated part and the plots")
@@ -694,8 +698,10 @@ def main(argv=None) -> int:
     scenarios = {k: v for k, v in scenarios.items()
                  if k in only or (k.startswith("big") and "big" in only)}
     if args.targets:
-        keep = set(args.targets.split(","))
-        scenarios = {k: [n for n in v if n in keep] for k, v in scenarios.items()}
+        keep = args.targets.split(",")
+        delays = [n for n in keep if n.startswith("iim-d")]     # plain only, after iim
+        scenarios = {k: [n for n in v if n in keep] + (delays if k == "plain" else [])
+                     for k, v in scenarios.items()}
     keys = {"rsa": make_keys(work, "rsa")}
     if "ecdsa" in scenarios:
         keys["ecdsa"] = make_keys(work, "ecdsa")
