@@ -700,6 +700,9 @@ def main(argv=None) -> int:
     if args.targets:
         keep = args.targets.split(",")
         delays = [n for n in keep if n.startswith("iim-d")]     # plain only, after iim
+        for name in delays:
+            if not name[5:].isdigit():
+                p.error(f"--targets: {name}: iim-d takes the delay in microseconds, as iim-d500")
         scenarios = {k: [n for n in v if n in keep] + (delays if k == "plain" else [])
                      for k, v in scenarios.items()}
     keys = {"rsa": make_keys(work, "rsa")}

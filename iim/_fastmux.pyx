@@ -1792,7 +1792,10 @@ cdef class TlsContext:
         if ring == NULL:
             raise TlsError(f"session ticket keys must be {TICKET_SERIALIZED} bytes (a serialized "
                            f"ticket key ring, iim/mux/ticketkeys.py), not {len(keys)}")
-        ring_install(self.ctx, ring)         # the context owns it from here on
+        try:
+            ring_install(self.ctx, ring)     # the context owns it from here on
+        except RuntimeError as exc:          # this OpenSSL cannot seal tickets
+            raise TlsError(str(exc)) from None
         self.ring = ring
 
     def rotate_ticket_keys(self, int64_t period):

@@ -21,11 +21,6 @@ from libc.string cimport memcmp, memcpy, memmove, strlen
 
 from iim.includes cimport openssl, posix
 
-cdef enum:
-    RING = TICKET_RING
-    SEED = TICKET_SEED
-    SERIALIZED = TICKET_SERIALIZED
-
 cdef int RING_INDEX = -1          # SSL_CTX ex_data slot: the context owns its ring
 # AES-256-CBC fetched once: the legacy EVP_aes_256_cbc() pointer is fetched again
 # inside EVP_EncryptInit_ex at every ticket (a lookup by name under a lock)
@@ -39,7 +34,7 @@ cdef void free_ring(void *parent, void *ptr, void *ad, int idx, long argl,
 
 cdef int mac(const uint8_t *seed, const char *label, uint8_t *out) noexcept nogil:
     cdef unsigned int n = 0
-    if openssl.HMAC(openssl.EVP_sha256(), seed, SEED, <const unsigned char *>label,
+    if openssl.HMAC(openssl.EVP_sha256(), seed, TICKET_SEED, <const unsigned char *>label,
                     strlen(label), out, &n) == NULL or n != 32:
         return -1
     return 0
@@ -59,7 +54,7 @@ cdef TicketRing *ring_new(const uint8_t *serialized, size_t n) noexcept nogil:
     cdef TicketRing *ring
     cdef int i
     cdef int64_t period = 0
-    if n != SERIALIZED:
+    if n != TICKET_SERIALIZED:
         return NULL
     ring = <TicketRing *>calloc(1, sizeof(TicketRing))
     if ring == NULL:
@@ -67,11 +62,11 @@ cdef TicketRing *ring_new(const uint8_t *serialized, size_t n) noexcept nogil:
     for i in range(8):
         period = (period << 8) | serialized[i]
     ring.period = period          # -1: not yet set; the first ring_rotate sets it
-    for i in range(RING):        # serialized oldest first; keys[0] is the newest
-        if derive(serialized + 8 + SEED * i, &ring.keys[RING - 1 - i]) < 0:
+    for i in range(TICKET_RING):        # serialized oldest first; keys[0] is the newest
+        if derive(serialized + 8 + TICKET_SEED * i, &ring.keys[TICKET_RING - 1 - i]) < 0:
             free(ring)
             return NULL
-    memcpy(ring.seed, serialized + 8 + SEED * (RING - 1), SEED)
+    memcpy(ring.seed, serialized + 8 + TICKET_SEED * (TICKET_RING - 1), TICKET_SEED)
     posix.pthread_mutex_init(&ring.lock, NULL)
     return ring
 
@@ -86,7 +81,7 @@ cdef void ring_free(TicketRing *ring) noexcept nogil:
 
 cdef int64_t ring_rotate(TicketRing *ring, int64_t period) noexcept nogil:
     """Step the ratchet up to `period` (never back): the ring's period, or -1."""
-    cdef uint8_t seed[SEED]
+    cdef uint8_t seed[TICKET_SEED]
     cdef int64_t result
     posix.pthread_mutex_lock(&ring.lock)
     if ring.period < 0:
@@ -94,14 +89,14 @@ cdef int64_t ring_rotate(TicketRing *ring, int64_t period) noexcept nogil:
     while ring.period < period:
         if mac(ring.seed, b"iim-mux ticket ratchet", seed) < 0:
             break
-        memcpy(ring.seed, seed, SEED)
-        memmove(&ring.keys[1], &ring.keys[0], sizeof(TicketKey) * (RING - 1))
+        memcpy(ring.seed, seed, TICKET_SEED)
+        memmove(&ring.keys[1], &ring.keys[0], sizeof(TicketKey) * (TICKET_RING - 1))
         if derive(ring.seed, &ring.keys[0]) < 0:
             break
         ring.period += 1
     result = ring.period if ring.period >= period else -1
     posix.pthread_mutex_unlock(&ring.lock)
-    openssl.OPENSSL_cleanse(seed, SEED)
+    openssl.OPENSSL_cleanse(seed, TICKET_SEED)
     return result
 
 
@@ -127,7 +122,7 @@ cdef int on_ticket(openssl.SSL *ssl, unsigned char *name, unsigned char *iv,
     if enc:
         found = 0
     else:
-        for i in range(RING):
+        for i in range(TICKET_RING):
             if memcmp(name, ring.keys[i].name, 16) == 0:
                 found = i
                 break

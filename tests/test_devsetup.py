@@ -1,9 +1,11 @@
 """dev-setup writes a usable development configuration and never deletes what it did not write."""
 
 import os
+import re
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,8 +108,7 @@ def test_every_port_it_listens_on_is_outside_the_ephemeral_range(tmp_path):
     any port of net.ipv4.ip_local_port_range, and the server would then refuse to
     start: the development configuration listens below it (not on the product's
     default link port, 45222)."""
-    import re
-    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     text = dev_setup(tmp_path / "dev").read_text()
     ports = {int(p) for p in re.findall(r'^iim[\w.]*port = "127\.0\.0\.1:(\d+)"', text, re.M)}
     assert {5222, 5269} <= ports
