@@ -150,6 +150,9 @@ cdef struct Core:
     pthread_mutex_t ctx_lock
     Buf lin
     Buf lout
+    bint lout_urgent            # lout holds a frame other than CLOSE ("Lazy CLOSE")
+    int64_t lout_since_us       # when lout's oldest unsent frame was queued
+    int64_t close_delay_us      # how long lone CLOSE frames may wait for company
     bint link_readable
     bint link_writable
     bint listen_ready

@@ -129,8 +129,9 @@ from iim.includes.posix cimport ssize_t
 from iim._tickets cimport (TICKET_RING, TICKET_SEED, TICKET_SERIALIZED, TicketRing,
                            ring_install, ring_new, ring_rotate)
 from iim._tlsrecord cimport (Capture, capture_attach, capture_free, crypto_free, crypto_init,
-                             record_flush, record_free, record_install, record_out_pending,
-                             record_read, record_take, record_write)
+                             record_at_fin, record_drained, record_flush, record_free,
+                             record_install, record_out_pending, record_read, record_take,
+                             record_write)
 
 
 # --- wire format (docs/muxlink.md) -------------------------------------------
@@ -182,6 +183,7 @@ cdef enum:
     LINK_IDLE_MS = 1000         # ... for this long (a burst grows them to megabytes)
     DRAIN_MS = 1000             # final flush of the link at stop
     LINGER_MS = 2000            # then wait for the server to close its end
+    CLOSE_BATCH = 16384         # lone CLOSE frames wait (close_delay) unless this many bytes
     TAG_LISTEN = 1              # epoll data of the non-session fds
     TAG_LINK = 2
     TAG_WAKE = 3
@@ -196,6 +198,7 @@ cdef enum:
     F_RDHUP = 4
     F_ERROR = 8
     F_READ_WANTS_WRITE = 16
+    F_EOF = 32                  # a read saw the end of the TCP stream: nothing left unread
     RUNNING = -1
 
 # Why run() returned (Relay.run's value).
@@ -450,6 +453,10 @@ cdef void core_fail(Core *c, int code, int err, const char *what) noexcept nogil
 cdef uint8_t *frame_out(Core *c, uint8_t ftype, uint32_t sid, uint32_t length) noexcept nogil:
     """Append a frame header to the link output; return where its payload goes."""
     cdef uint8_t *p
+    if buf_len(&c.lout) == 0:
+        c.lout_since_us = now_us()
+    if ftype != T_CLOSE:
+        c.lout_urgent = True
     if buf_reserve(&c.lout, HEADER + length, 0) < 0:
         core_fail(c, X_NOMEM, 0, "no memory for the link output buffer")
         return NULL
@@ -686,6 +693,8 @@ cdef ssize_t client_read(Core *c, Session *s, uint8_t *p, size_t n) noexcept nog
         r = record_read(&c.crypto, s.rec, s.fd, p, n)
         if r == -1:
             s.flags &= ~F_READABLE
+        elif r == 0 and record_at_fin(s.rec):
+            s.flags |= F_EOF
         if record_out_pending(s.rec) and s.flags & F_WRITABLE:    # a KeyUpdate we owe
             err = record_flush(&c.crypto, s.rec, s.fd)
             if err == -1:
@@ -697,6 +706,8 @@ cdef ssize_t client_read(Core *c, Session *s, uint8_t *p, size_t n) noexcept nog
         r = sock_recv(s.fd, p, n)
         if r == -1:
             s.flags &= ~F_READABLE
+        elif r == 0:
+            s.flags |= F_EOF
         return r
     if openssl.SSL_read_ex(s.ssl, p, n, &got) == 1:
         return <ssize_t>got
@@ -851,7 +862,8 @@ cdef void session_free(Core *c, Session *s, int upstream_reason, bint tls_notify
     if s.rec != NULL:
         record_free(&c.crypto, s.rec, s.fd, tls_notify)   # close_notify, best effort
         c.st.sessions_tls_lean -= 1
-    discard_input(s.fd)
+    if not (s.flags & F_EOF):
+        discard_input(s.fd)
     posix.close(s.fd)                            # also leaves the epoll set
     c.st.buffered -= s.out.cap
     buf_free(&s.out)
@@ -940,7 +952,7 @@ cdef bint refuse_with_spare(Core *c) noexcept nogil:
 
 cdef void start_tls(Core *c, Session *s) noexcept nogil:
     """A legacy-SSL client: its handshake deadline starts now; its SSL object
-    only when its first byte arrives (tls_begin), so a client that connects
+    only when it becomes readable (tls_begin), so a client that connects
     and says nothing costs its Session, not the ~50 KiB of an SSL object
     that has tried to read."""
     s.state = S_HANDSHAKE
@@ -950,17 +962,12 @@ cdef void start_tls(Core *c, Session *s) noexcept nogil:
 
 
 cdef int tls_begin(Core *c, Session *s) noexcept nogil:
-    """Make the SSL object once the client has sent something: 1 done,
-    0 nothing to read yet, -1 the session is gone (EOF, error, no memory)."""
-    cdef uint8_t first
-    cdef ssize_t r = posix.recv(s.fd, &first, 1, posix.MSG_PEEK)
-    if r < 0 and (posix.errno == posix.EAGAIN or posix.errno == posix.EINTR):
-        s.flags &= ~F_READABLE
+    """Make the SSL object once the client is readable (its first bytes, or
+    its end, which the handshake then reports): 1 done, 0 not readable yet
+    (the writable edge every new socket raises: no syscall spent on it),
+    -1 the session is gone (no memory)."""
+    if not (s.flags & F_READABLE):
         return 0
-    if r <= 0:
-        c.st.handshakes_failed += 1
-        session_free(c, s, NO_CLOSE, False)
-        return -1
     posix.pthread_mutex_lock(&c.ctx_lock)
     s.ssl = openssl.SSL_new(c.ctx)
     posix.pthread_mutex_unlock(&c.ctx_lock)
@@ -1051,13 +1058,17 @@ cdef void pump_in(Core *c, Session *s) noexcept nogil:
             return
         put_header(p, T_DATA, s.id, <uint32_t>n)
         c.lout.tail += HEADER + n
+        c.lout_urgent = True
         c.st.frames_out += 1
         c.st.bytes_up += n
         s.credit -= n
         budget -= n
-        # A short plain read drained the socket: new data raises a new edge.
-        # Not so for a pending EOF reported in the same edge (F_RDHUP): read on.
-        if <size_t>n < want and not is_tls(s) and not (s.flags & F_RDHUP):
+        # A short plain read drained the socket (our record layer says so of
+        # its own recv): new data raises a new edge. Not so for a pending EOF
+        # reported in the same edge (F_RDHUP): read on.
+        if not (s.flags & F_RDHUP) and (
+                (<size_t>n < want and not is_tls(s))
+                or (s.rec != NULL and record_drained(s.rec))):
             s.flags &= ~F_READABLE
             return
 
@@ -1352,16 +1363,30 @@ cdef void link_read(Core *c) noexcept nogil:
                       else "reading the link: TLS failure")
 
 
+cdef inline bint lout_may_wait(Core *c) noexcept nogil:
+    """Lazy CLOSE: a link output of nothing but CLOSE frames is in no hurry.
+    Nobody waits for a CLOSE (the client has gone; the server only forgets
+    the id), so rather than one send (and one wakeup of the server) per
+    departing client, CLOSEs wait up to close_delay (2 ms) for the next frame
+    that must go, or until CLOSE_BATCH bytes of them are queued. Order is
+    kept: they leave first, with whatever joins them."""
+    return (not c.lout_urgent and buf_len(&c.lout) < CLOSE_BATCH
+            and now_us() - c.lout_since_us < c.close_delay_us)
+
+
 cdef void link_flush(Core *c) noexcept nogil:
     cdef ssize_t r
     cdef Session *s
-    while buf_len(&c.lout) > 0 and c.link_writable and c.exit == RUNNING:
+    while (buf_len(&c.lout) > 0 and c.link_writable and c.exit == RUNNING
+           and not lout_may_wait(c)):
         r = link_send(c, c.lout.data + c.lout.head, buf_len(&c.lout))
         if r > 0:
             buf_consumed(&c.lout, r)
             c.st.link_writes += 1
             if c.lout.cap > LINK_KEEP:
                 c.link_busy_ms = c.now
+            if buf_len(&c.lout) == 0:
+                c.lout_urgent = False
         elif r == -1:
             c.link_writable = False
         else:
@@ -1462,6 +1487,8 @@ cdef int next_timeout(Core *c) noexcept nogil:
         t = ring_first(&c.handshakes).deadline - c.now
     if not ring_empty(&c.lingering) and ring_first(&c.lingering).deadline - c.now < t:
         t = ring_first(&c.lingering).deadline - c.now
+    if buf_len(&c.lout) > 0 and not c.lout_urgent:       # lazy CLOSEs: until they are due
+        t = min(t, (c.lout_since_us + c.close_delay_us - now_us() + 999) // 1000)
     if (c.lout.cap > LINK_KEEP or c.lin.cap > LINK_KEEP) and (
             c.link_busy_ms + LINK_IDLE_MS - c.now < t):
         t = c.link_busy_ms + LINK_IDLE_MS - c.now
@@ -2293,7 +2320,7 @@ cdef class Relay:
 
     ``Relay(listen_fd, link_fd, window, limit, tls=None, handshake_timeout=10.0,
     instance=0, thread=0, keepalive=30.0, linger=30.0, sources=None, link_tls=None,
-    flush_delay=0.0)``
+    flush_delay=0.0, close_delay=0.002)``
 
     * ``listen_fd`` - a listening TCP socket, borrowed (the caller closes it,
       after run() returned). Made non-blocking.
@@ -2314,6 +2341,8 @@ cdef class Relay:
     * ``flush_delay`` - seconds a turn that had work leaves before the next
       while the relay is busy (iim_mux.link_flush_delay_us), so that one
       wakeup serves what many clients sent meanwhile; 0: the next turn at once.
+    * ``close_delay`` - seconds a link output of nothing but CLOSE frames may
+      wait for other frames to share its write (lout_may_wait); 0: at once.
 
     ``run()`` serves until the link is lost or ``stop()`` is called (from any
     thread) and returns an EXIT_* code; ``exit_detail`` says more. It runs
@@ -2323,7 +2352,8 @@ cdef class Relay:
     def __cinit__(self, int listen_fd, int link_fd, unsigned int window, limit,
                   TlsContext tls=None, double handshake_timeout=10.0, int instance=0,
                   int thread=0, double keepalive=30.0, double linger=30.0,
-                  SourceLimit sources=None, LinkTls link_tls=None, double flush_delay=0.0):
+                  SourceLimit sources=None, LinkTls link_tls=None, double flush_delay=0.0,
+                  double close_delay=0.002):
         cdef Core *c = <Core *>calloc(1, sizeof(Core))
         if c == NULL:
             posix.close(link_fd)
@@ -2357,6 +2387,7 @@ cdef class Relay:
         c.keepalive_ms = <int64_t>(keepalive * 1000)
         c.linger_ms = <int64_t>(linger * 1000)
         c.pacer.delay_us = <int64_t>(flush_delay * 1e6)
+        c.close_delay_us = <int64_t>(close_delay * 1e6)
         c.limit_count = &self.limit._count
         c.limit_max = self.limit._maximum
         c.mask = table_size(self.limit._maximum) - 1

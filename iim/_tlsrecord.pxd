@@ -73,4 +73,6 @@ cdef ssize_t record_write(RecordCrypto *k, TlsRecord *r, int fd, const uint8_t *
                           size_t n) noexcept nogil
 cdef int record_flush(RecordCrypto *k, TlsRecord *r, int fd) noexcept nogil
 cdef bint record_out_pending(TlsRecord *r) noexcept nogil
+cdef bint record_drained(TlsRecord *r) noexcept nogil
+cdef bint record_at_fin(TlsRecord *r) noexcept nogil
 cdef void record_free(RecordCrypto *k, TlsRecord *r, int fd, bint notify) noexcept nogil

@@ -79,6 +79,8 @@ cdef enum:
     RF_EOF = 1                  # close_notify, a fatal alert or the end of the stream seen
     RF_FAILED = 2               # we ended it (bad record): only errors from here on
     RF_KEYUPDATE_DUE = 4        # the peer asked for our KeyUpdate
+    RF_DRAINED = 8              # this call's recv() was short: the kernel had no more
+    RF_FIN = 16                 # recv() saw the end of the TCP stream
     HDR = 5
     TAG = 16
     MAX_PLAIN = 16384
@@ -822,6 +824,10 @@ cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
     cdef int length, alert, err
     if r.flags & RF_FAILED:
         return -2
+    # Drained says what this call's recv() saw: a readiness edge taken while the
+    # caller was not reading (no credit) may stand for bytes that came after an
+    # earlier short recv().
+    r.flags &= ~RF_DRAINED
     if r.plain_len:
         return <ssize_t>take_plain(r, p, n)
     while not (r.flags & RF_EOF):
@@ -846,8 +852,12 @@ cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
                     return ended(k, r, fd, A_INTERNAL, 0)
                 return -1 if err == posix.EAGAIN else -2
             if rcv == 0:
-                r.flags |= RF_EOF            # truncated or clean: the stream is over
+                r.flags |= RF_EOF | RF_FIN   # truncated or clean: the stream is over
                 break
+            if <size_t>rcv < want:
+                r.flags |= RF_DRAINED
+            else:
+                r.flags &= ~RF_DRAINED
             have += rcv
         off = 0
         out = 0
@@ -869,6 +879,22 @@ cdef ssize_t record_read(RecordCrypto *k, TlsRecord *r, int fd, uint8_t *p,
         if out:
             return <ssize_t>out
     return 0
+
+
+cdef bint record_drained(TlsRecord *r) noexcept nogil:
+    """Nothing to read until the socket's next edge: the last record_read's
+    recv() took all the kernel had, and neither plaintext nor a whole record is
+    kept. (Under edge-triggered epoll, bytes that arrive after that recv() raise
+    a new edge, so the recv() that would only say EAGAIN is saved.) An end
+    already seen (close_notify, an alert, a bad record) is still to be
+    reported: not drained."""
+    return (r.flags & (RF_DRAINED | RF_EOF | RF_FAILED)) == RF_DRAINED and r.plain_len == 0 \
+        and not (r.in_len and have_record(r.inp, r.in_len))
+
+
+cdef bint record_at_fin(TlsRecord *r) noexcept nogil:
+    """recv() has seen the end of the TCP stream: no byte is left unread."""
+    return (r.flags & RF_FIN) != 0
 
 
 cdef void record_free(RecordCrypto *k, TlsRecord *r, int fd, bint notify) noexcept nogil:

@@ -148,6 +148,42 @@ def test_client_eof_sends_close_after_its_data(relay):
     assert relay.link.closed[sid] == 0
 
 
+def test_closes_wait_for_company_but_not_for_long():
+    """Lazy CLOSE (Relay close_delay, 2 ms by default): nobody waits for a
+    CLOSE, so a link output of nothing but CLOSEs waits for another frame to
+    share its write. With the delay at 1 s to make the waiting certain: two
+    clients leave and the relay has seen both go, yet their CLOSEs are not
+    sent; a third client's bytes take them along, first and in one link write;
+    a last client's CLOSE, with nothing to wait for, leaves when its delay is
+    over."""
+    peer = LinkPeer(echo=False)
+    h = RelayHarness(peer, close_delay=1.0)
+    try:
+        a, b, c, d = (h.client() for _ in range(4))
+        sa, sb, sc, sd = (h.opened(x) for x in (a, b, c, d))
+        h.link.round_trip()
+        before = h.stats()
+        a.close()
+        b.close()
+        wait_until(lambda: h.stats()["closed"] - before["closed"] == 2, what="both ends seen")
+        assert sa not in h.link.closed and sb not in h.link.closed
+        c.sendall(b"hello")
+        h.link.wait_for(lambda: h.link.received[sc] == b"hello", what="the DATA")
+        assert h.link.closed == {sa: 0, sb: 0}        # read before the DATA behind them
+        writes = wait_until(lambda: h.stats()["link_writes"] - before["link_writes"],
+                            what="the link write counted")
+        assert writes == 1
+        d.close()
+        wait_until(lambda: h.stats()["closed"] - before["closed"] == 3, what="the last end")
+        assert sd not in h.link.closed
+        h.link.wait_for(lambda: sd in h.link.closed, what="the lone CLOSE, after its delay")
+        assert h.link.errors == []
+        c.close()
+    finally:
+        h.stop()
+        peer.close()
+
+
 # -- batching -----------------------------------------------------------------------------
 
 def test_frames_for_many_sessions_share_few_link_writes():
