@@ -710,10 +710,14 @@ cdef ssize_t client_read(Core *c, Session *s, uint8_t *p, size_t n) noexcept nog
             s.flags |= F_EOF
         return r
     if openssl.SSL_read_ex(s.ssl, p, n, &got) == 1:
+        if s.capture != NULL:
+            take_over(c, s)             # what was read ahead is out (see take_over)
         return <ssize_t>got
     err = openssl.SSL_get_error(s.ssl, 0)
     if err == openssl.SSL_ERROR_WANT_READ:
         s.flags &= ~F_READABLE
+        if s.capture != NULL:
+            take_over(c, s)
         return -1
     if err == openssl.SSL_ERROR_WANT_WRITE:
         s.flags &= ~(F_READABLE | F_WRITABLE)    # the socket refused what SSL_read wrote
@@ -986,7 +990,12 @@ cdef int tls_begin(Core *c, Session *s) noexcept nogil:
 
 
 cdef void take_over(Core *c, Session *s) noexcept nogil:
-    """After the handshake: our record layer instead of the SSL object, when it can."""
+    """After the handshake: our record layer instead of the SSL object, when it
+    can. Not while OpenSSL holds bytes it read ahead (they are the client's first
+    records, or part of one): the session stays OpenSSL's, with its Capture, and
+    client_read tries again once SSL_read has taken them all."""
+    if openssl.SSL_has_pending(s.ssl):
+        return
     s.rec = record_take(&c.crypto, s.ssl, s.capture)
     capture_free(s.ssl, s.capture)
     s.capture = NULL
@@ -1799,6 +1808,11 @@ cdef class TlsContext:
         openssl.SSL_CTX_set_mode(self.ctx, openssl.SSL_MODE_RELEASE_BUFFERS
                                  | openssl.SSL_MODE_ENABLE_PARTIAL_WRITE
                                  | openssl.SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        # Read what the socket has, not a record header and then its body: a
+        # ClientHello in one read(), the client's CCS and Finished in one, not
+        # four. Bytes read ahead past the Finished delay the take-over by our
+        # record layer until OpenSSL has handed them out (client_read).
+        openssl.SSL_CTX_set_read_ahead(self.ctx, 1)
         openssl.SSL_CTX_set_session_cache_mode(self.ctx, openssl.SSL_SESS_CACHE_SERVER)
         # One TLS 1.3 ticket per handshake, not OpenSSL's two: an XMPP client keeps
         # one connection, resumes with one ticket and gets a fresh one each time;

@@ -29,6 +29,7 @@ cdef struct Capture:
     uint32_t ccs_out
     uint32_t fin_in             # ... at each direction's Finished (TLS 1.3 keys)
     uint32_t fin_out
+    bint spoiled                # a handshake message after the handshake: never take over
 
 
 cdef struct TlsRecord:

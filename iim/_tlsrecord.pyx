@@ -93,6 +93,7 @@ cdef enum:
     CT_ALERT = 21
     CT_HANDSHAKE = 22
     CT_DATA = 23
+    HS_TICKET = 4
     HS_KEY_UPDATE = 24
     A_CLOSE_NOTIFY = 0
     A_UNEXPECTED = 10
@@ -205,6 +206,13 @@ cdef void on_message(int write_p, int version, int content_type, const void *buf
             cap.fin_out = cap.records_out
         else:
             cap.fin_in = cap.records_in
+    elif content_type == CT_HANDSHAKE and (
+            (not write_p and cap.fin_in) or (write_p and cap.fin_out and b[0] != HS_TICKET)):
+        # After the client's Finished, OpenSSL may have read ahead (the take-over
+        # then waits for its buffer to empty): a KeyUpdate or anything else it
+        # handled meanwhile would leave the captured keys stale. Our own
+        # NewSessionTicket is the one message expected there.
+        cap.spoiled = True
 
 
 cdef int record_install(openssl.SSL_CTX *ctx) except -1:
@@ -406,7 +414,8 @@ cdef TlsRecord *record_take(RecordCrypto *k, openssl.SSL *ssl, Capture *cap) noe
     cdef bint ok
     cdef int version = openssl.SSL_version(ssl)
     cdef uint32_t mark_in, mark_out
-    if cap == NULL or (version != TLS12 and version != TLS13) or openssl.SSL_has_pending(ssl):
+    if cap == NULL or cap.spoiled or (version != TLS12 and version != TLS13) or \
+            openssl.SSL_has_pending(ssl):
         return NULL
     if openssl.SSL_SESSION_get_max_fragment_length(openssl.SSL_get_session(ssl)) != 0:
         return NULL             # RFC 6066 max_fragment_length: OpenSSL honours it, we do not

@@ -110,9 +110,14 @@ class PeerLink:
         self.thread.start()
 
     # -- test API ---------------------------------------------------------------------
-    def session_for_port(self, client_port: int) -> int | None:
+    def session_for_port(self, client_port: int, address: str | None = None) -> int | None:
+        """The newest session of the client at `client_port` (and `address`: clients
+        from two loopback sources may get the same port number)."""
+        if address is not None and address.startswith("::ffff:"):
+            address = address[7:]                  # OPEN carries an IPv4 client as IPv4
         with self.cond:
-            return next((sid for sid, o in self.opens.items() if o.port == client_port), None)
+            return max((sid for sid, o in self.opens.items() if o.port == client_port
+                        and (address is None or o.address == address)), default=None)
 
     def wait_for(self, predicate, timeout: float = DEADLINE, what: str = ""):
         """``predicate()``'s first true value, looked at each time a read of the
@@ -436,9 +441,9 @@ class RelayHarness:
 
     def opened(self, sock: socket.socket, timeout: float = DEADLINE) -> int:
         """The session id the peer got for client `sock`."""
-        port = sock.getsockname()[1]
-        return self.link.wait_for(lambda: self.link.session_for_port(port), timeout,
-                                  what=f"OPEN for client port {port}")
+        address, port = sock.getsockname()[:2]
+        return self.link.wait_for(lambda: self.link.session_for_port(port, address), timeout,
+                                  what=f"OPEN for client {address} port {port}")
 
     def stats(self) -> dict:
         return self.relay.stats()

@@ -190,9 +190,12 @@ class CraftingClient:
     """A client whose handshake and reading are OpenSSL's (Python's ssl over memory
     BIOs) and whose records after the handshake are made here, with keys from its own
     key log (TLS 1.3: client_application_traffic_secret_0; TLS 1.2: the master
-    secret, through the PRF): it can send what OpenSSL never would."""
+    secret, through the PRF): it can send what OpenSSL never would. With
+    ``hold_finished`` its Finished is kept (``finished``) to go out in one send
+    with the records that follow it."""
 
-    def __init__(self, relay, ca, keylog, version=ssl.TLSVersion.TLSv1_3):
+    def __init__(self, relay, ca, keylog, version=ssl.TLSVersion.TLSv1_3,
+                 hold_finished=False):
         ctx = client_context(ca)
         ctx.minimum_version = ctx.maximum_version = version
         if version == ssl.TLSVersion.TLSv1_2:
@@ -211,9 +214,11 @@ class CraftingClient:
                 data = self.sock.recv(65536)
                 first += data if len(first) < 64 else b""
                 self.inc.write(data)
-        self.sock.sendall(self.outgoing.read())          # the client's Finished
+        self.finished = self.outgoing.read()             # the client's Finished
+        if not hold_finished:
+            self.sock.sendall(self.finished)
         self.tls12 = version == ssl.TLSVersion.TLSv1_2
-        if not self.tls12:
+        if not self.tls12 and not hold_finished:
             self._take_record()                          # the relay's NewSessionTicket
             with pytest.raises(ssl.SSLWantReadError):
                 self.obj.read(1)
@@ -319,6 +324,39 @@ def session_closed(relay) -> None:
     counters, each dropped in its own step of session_free)."""
     wait_until(lambda: (s := relay.stats())["sessions_tls"] == 0 and s["sessions_tls_lean"] == 0,
                what="the session closed and its record layer freed")
+
+
+@pytest.fixture
+def early(relay, ca, tmp_path):
+    """A crafting client whose Finished waits to leave with the records after it."""
+    c = CraftingClient(relay, ca, tmp_path / "client-keys.log", hold_finished=True)
+    yield c
+    c.close()
+
+
+def test_records_sent_with_the_finished_go_upstream_then_the_record_layer_takes_over(
+        relay, early):
+    """OpenSSL reads what the socket has (read-ahead): records that come in one
+    segment with the client's Finished are in its buffer when the handshake is
+    done. They go upstream from there, in order, and the record layer takes
+    the session over once OpenSSL has handed them all out."""
+    early.sock.sendall(early.finished + early.record(b"first ") + early.record(b"words"))
+    assert early.read(11) == b"first words"
+    wait_until(lambda: lean(relay) == 1, what="the session on the record layer")
+    early.sock.sendall(early.record(b"then ours"))
+    assert early.read(9) == b"then ours"
+
+
+def test_a_key_update_read_ahead_with_the_finished_leaves_the_session_to_openssl(
+        relay, early):
+    """A KeyUpdate among the records OpenSSL read ahead is OpenSSL's to act on,
+    and the keys captured at the handshake are stale from then on: the session
+    stays OpenSSL's (larger, never wrong) and carries on under the next key."""
+    early.sock.sendall(early.finished + early.record(b"\x18\x00\x00\x01\x00", inner=22))
+    early.next_key()
+    early.sock.sendall(early.record(b"under the second key"))
+    assert early.read(20) == b"under the second key"
+    assert relay.stats()["sessions_tls"] == 1 and lean(relay) == 0
 
 
 def test_crafted_records_are_what_openssl_would_send(relay, crafter):

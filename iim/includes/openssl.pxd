@@ -120,6 +120,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
     uint64_t SSL_CTX_set_options(SSL_CTX *ctx, uint64_t options)
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
+    void SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes)
     long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
     int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid_ctx,
                                        unsigned int sid_ctx_len)
