@@ -127,6 +127,8 @@ cdef struct Core:
     int wake_fd
     int spare_fd                # /dev/null, given up to refuse one client on EMFILE
     uint16_t local_port
+    int nodelay_inherited       # accepted sockets get TCP_NODELAY from the listener: 1 yes,
+                                # 0 no (set it on each), -1 not known yet
     uint32_t window
     int64_t grant_threshold
     int64_t keepalive_ms

@@ -65,7 +65,20 @@ median round trip 1.8 ms instead of 0.08; at 4,000/s the relay does not
 pace.
 
 A short read of the plain link means its socket is drained (a later byte
-raises a new edge), so no recv() is spent to hear EAGAIN.
+raises a new edge), so no recv() is spent to hear EAGAIN. The same holds for
+a plain client, and for a legacy-SSL client on our record layer when that
+call's own recv() was short (record_drained: a readiness edge taken while the
+session was not reading may stand for bytes that came after an earlier short
+read). A client whose end of stream was read is not read again before close.
+
+Lazy CLOSE. Nobody waits for a CLOSE: the client is gone, the server only
+forgets the id. A turn whose link output holds nothing but CLOSE frames does
+not send it; it waits up to ``close_delay`` (2 ms) for a frame that must go
+(DATA, OPEN, WINDOW, PONG...) and leaves with it, first and in order, or
+leaves alone when its delay is over (next_timeout wakes the loop for it) or
+when CLOSE_BATCH bytes of CLOSEs are waiting. Many clients leaving together,
+or connections that each live one round trip, so cost one send() and one
+wakeup of the server instead of one per client.
 
 Client bytes are read directly into the link output buffer behind a
 reserved 12-byte header (no copy), at most the session's credit, at most
@@ -81,12 +94,16 @@ while bytes are pending, freed when drained) and the server stops sending
 to it; the other sessions on the link are not affected.
 
 Legacy SSL: an SSL object per client on the non-blocking fd, made when
-the client's first byte arrives (one that connects and says nothing holds no
-TLS state); SSL_accept (SSL_do_handshake) is driven by the same events; OPEN is sent only once the
-handshake is complete, carrying version and cipher; a handshake that fails
-or outlives its deadline closes the client and nothing goes upstream. After
-that, on an AEAD suite, the session moves to iim/_tlsrecord.pyx and its SSL
-object is freed: record_read/record_write replace recv/send, sealed bytes the
+the client first becomes readable (one that connects and says nothing holds
+no TLS state; the writable edge of a new socket costs no syscall);
+SSL_accept (SSL_do_handshake) is driven by the same events, OpenSSL reading
+ahead (what the socket has in one read(), not a record header and then its
+body); OPEN is sent only once the handshake is complete, carrying version
+and cipher; a handshake that fails or outlives its deadline closes the
+client and nothing goes upstream. After that, on an AEAD suite, the session
+moves to iim/_tlsrecord.pyx and its SSL object is freed - once OpenSSL has
+handed out any records it read ahead with the client's Finished (take_over;
+a KeyUpdate among them leaves the session to OpenSSL): record_read/record_write replace recv/send, sealed bytes the
 socket refuses stay in the record state (out_pending() counts them as
 output, and only EAGAIN leaves any, so an edge is coming), and a KeyUpdate
 the client asks for is sent from the read path when the socket allows. On
@@ -284,6 +301,19 @@ cdef int set_nonblocking(int fd) noexcept nogil:
 cdef void set_nodelay(int fd) noexcept nogil:
     cdef int one = 1
     posix.setsockopt(fd, posix.IPPROTO_TCP, posix.TCP_NODELAY, &one, sizeof(one))
+
+
+cdef void client_nodelay(Core *c, int fd) noexcept nogil:
+    """TCP_NODELAY on an accepted client. Linux copies it from the listener
+    (set at start), which saves a setsockopt() per client; the first client
+    of each relay shows whether this kernel does."""
+    cdef int on = 0
+    cdef posix.socklen_t n = sizeof(on)
+    if c.nodelay_inherited < 0:
+        c.nodelay_inherited = posix.getsockopt(fd, posix.IPPROTO_TCP, posix.TCP_NODELAY,
+                                               &on, &n) == 0 and on != 0
+    if not c.nodelay_inherited:
+        set_nodelay(fd)
 
 
 cdef void discard_input(int fd) noexcept nogil:
@@ -930,7 +960,7 @@ cdef void accept_clients(Core *c) noexcept nogil:
                 source_release(c.sources, peer.family, peer.addr, c.now)
             continue
         s.counted = c.sources != NULL
-        set_nodelay(fd)
+        client_nodelay(c, fd)
         if c.tls_enabled:
             start_tls(c, s)
         elif session_open(c, s, 0, NULL, NULL) < 0:
@@ -2434,6 +2464,8 @@ cdef class Relay:
             raise_errno("listen_fd is not a socket")
         c.local_port = posix.ntohs((<posix.sockaddr_in *>&sa).sin_port)   # same offset in v6
         set_nodelay(c.link_fd)
+        set_nodelay(c.listen_fd)         # for the clients it accepts (client_nodelay)
+        c.nodelay_inherited = -1
         c.link_writable = True
         c.link_readable = True           # TLS may hold records read during set-up
         add_fd(c.ep, c.listen_fd, epoll.EPOLLIN | epoll.EPOLLET, TAG_LISTEN)

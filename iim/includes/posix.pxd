@@ -73,6 +73,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     int getsockname(int fd, sockaddr *addr, socklen_t *addrlen)
     int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
+    int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
 
