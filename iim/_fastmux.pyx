@@ -1022,9 +1022,14 @@ cdef int tls_begin(Core *c, Session *s) noexcept nogil:
 cdef void take_over(Core *c, Session *s) noexcept nogil:
     """After the handshake: our record layer instead of the SSL object, when it
     can. Not while OpenSSL holds bytes it read ahead (they are the client's first
-    records, or part of one): the session stays OpenSSL's, with its Capture, and
-    client_read tries again once SSL_read has taken them all."""
-    if openssl.SSL_has_pending(s.ssl):
+    records, or part of one), nor while it holds a record the socket refused (its
+    bytes wait in s.out to be passed again: sealing them anew under the next
+    sequence number would cut the client's stream): the session stays OpenSSL's,
+    with its Capture, and client_read and flush_out try again. A client that
+    keeps part of a record back keeps its SSL object meanwhile (~30 KB with
+    OpenSSL's read buffer, as a session on a CBC suite does; per-source limits
+    and maxsessions bound how many)."""
+    if openssl.SSL_has_pending(s.ssl) or buf_len(&s.out) > 0:
         return
     s.rec = record_take(&c.crypto, s.ssl, s.capture)
     capture_free(s.ssl, s.capture)
@@ -1148,6 +1153,8 @@ cdef int flush_out(Core *c, Session *s) noexcept nogil:
             return -1
         buf_consumed(&s.out, n)
         granted(c, s, n)
+    if s.capture != NULL and s.ssl != NULL:
+        take_over(c, s)                          # it waited for s.out to drain
     if s.rec != NULL and record_out_pending(s.rec):
         if s.flags & F_WRITABLE:
             n = record_flush(&c.crypto, s.rec, s.fd)
@@ -1514,10 +1521,29 @@ cdef inline bint work_pending(Core *c) noexcept nogil:
     return c.link_readable or c.listen_ready or c.runq_len > 0
 
 
+cdef int64_t close_wait_ms(size_t pending, bint urgent, bint writable, int64_t since_us,
+                           int64_t delay_us, int64_t now) noexcept nogil:
+    """Milliseconds until lazy CLOSEs (lout_may_wait) are due, 0 when they are,
+    -1 when they set no deadline: nothing waiting, a frame that must go (the
+    turn sends them all), or a link that refused them (EAGAIN): its EPOLLOUT
+    edge brings the next turn, and a deadline already due would spin the loop."""
+    if pending == 0 or urgent or not writable:
+        return -1
+    return max(0, (since_us + delay_us - now + 999) // 1000)
+
+
+def close_wait(size_t pending, bint urgent, bint writable, int64_t since_us, int64_t delay_us,
+               int64_t now):
+    """close_wait_ms for tests: None where it sets no deadline."""
+    cdef int64_t ms = close_wait_ms(pending, urgent, writable, since_us, delay_us, now)
+    return None if ms < 0 else ms
+
+
 cdef int next_timeout(Core *c) noexcept nogil:
     """Milliseconds epoll may sleep: 0 while work is pending, else until the
     earliest deadline (at most a minute)."""
     cdef int64_t t = 60000
+    cdef int64_t wait
     if work_pending(c):
         return 0
     if c.keepalive_ms > 0:
@@ -1526,8 +1552,10 @@ cdef int next_timeout(Core *c) noexcept nogil:
         t = ring_first(&c.handshakes).deadline - c.now
     if not ring_empty(&c.lingering) and ring_first(&c.lingering).deadline - c.now < t:
         t = ring_first(&c.lingering).deadline - c.now
-    if buf_len(&c.lout) > 0 and not c.lout_urgent:       # lazy CLOSEs: until they are due
-        t = min(t, (c.lout_since_us + c.close_delay_us - now_us() + 999) // 1000)
+    wait = close_wait_ms(buf_len(&c.lout), c.lout_urgent, c.link_writable,
+                         c.lout_since_us, c.close_delay_us, now_us())
+    if wait >= 0 and wait < t:
+        t = wait
     if (c.lout.cap > LINK_KEEP or c.lin.cap > LINK_KEEP) and (
             c.link_busy_ms + LINK_IDLE_MS - c.now < t):
         t = c.link_busy_ms + LINK_IDLE_MS - c.now
@@ -2387,6 +2415,8 @@ cdef class Relay:
       wakeup serves what many clients sent meanwhile; 0: the next turn at once.
     * ``close_delay`` - seconds a link output of nothing but CLOSE frames may
       wait for other frames to share its write (lout_may_wait); 0: at once.
+
+    run() sets TCP_NODELAY on the listening socket (accepted clients inherit it).
 
     ``run()`` serves until the link is lost or ``stop()`` is called (from any
     thread) and returns an EXIT_* code; ``exit_detail`` says more. It runs

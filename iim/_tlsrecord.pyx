@@ -108,6 +108,7 @@ cdef enum:
     TLS12 = 0x0303
     TLS13 = 0x0304
     SSL3_RT_HEADER = 0x100
+    SSL3_RT_INNER_CONTENT_TYPE = 0x101
 
 cdef uint64_t KEY_LIMIT = 1 << 23   # records under one TLS 1.3 write key
 
@@ -201,6 +202,15 @@ cdef void on_message(int write_p, int version, int content_type, const void *buf
             cap.records_in += 1
             if b[0] == CT_CCS:
                 cap.ccs_in = cap.records_in
+            elif b[0] == CT_HANDSHAKE and cap.fin_in:
+                cap.spoiled = True       # TLS 1.2: handshake records after the Finished
+    elif content_type == SSL3_RT_INNER_CONTENT_TYPE:
+        # TLS 1.3: a record of handshake type after the client's Finished, even
+        # one holding only the first bytes of a message (OpenSSL reports the
+        # message once it is whole, and keeps the fragment where SSL_has_pending
+        # does not look)
+        if not write_p and b[0] == CT_HANDSHAKE and cap.fin_in:
+            cap.spoiled = True
     elif content_type == CT_HANDSHAKE and b[0] == 20:          # Finished
         if write_p:
             cap.fin_out = cap.records_out

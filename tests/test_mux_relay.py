@@ -184,6 +184,19 @@ def test_closes_wait_for_company_but_not_for_long():
         peer.close()
 
 
+@pytest.mark.parametrize("pending, urgent, writable, now, wait", [
+    (0, False, True, 500, None),       # nothing waiting: no deadline
+    (13, True, True, 500, None),       # a frame that must go: the turn sends them all
+    (13, False, True, 400, 2),         # only CLOSEs: due in 1.1 ms, so 2 (never early)
+    (13, False, True, 2500, 0),        # due: the next turn at once
+    (13, False, False, 2500, None),    # the link refused them: its EPOLLOUT edge, no spin
+], ids=["empty", "urgent", "waiting", "due", "link-refused"])
+def test_lone_closes_set_a_deadline_only_while_the_link_takes_them(
+        pending, urgent, writable, now, wait):
+    """How long the loop may sleep for lazy CLOSEs (queued at 0 us, delay 1.5 ms)."""
+    assert _fastmux.close_wait(pending, urgent, writable, 0, 1500, now) == wait
+
+
 # -- batching -----------------------------------------------------------------------------
 
 def test_frames_for_many_sessions_share_few_link_writes():

@@ -359,6 +359,63 @@ def test_a_key_update_read_ahead_with_the_finished_leaves_the_session_to_openssl
     assert relay.stats()["sessions_tls"] == 1 and lean(relay) == 0
 
 
+@pytest.mark.parametrize("cut", [1, 2, 4])
+def test_a_key_update_split_across_records_after_the_finished_leaves_the_session_to_openssl(
+        relay, early, cut):
+    """Its first bytes come with the Finished: OpenSSL keeps them (as a fragment,
+    not as bytes SSL_has_pending counts), so the record of handshake type, not the
+    whole message, is what stops the take-over."""
+    key_update = b"\x18\x00\x00\x01\x00"
+    early.sock.sendall(early.finished + early.record(key_update[:cut], inner=22))
+    relay.opened(early.sock)
+    relay.link.round_trip()                 # the turns that read both are over
+    early.sock.sendall(early.record(key_update[cut:], inner=22))
+    early.next_key()
+    early.sock.sendall(early.record(b"under the second key"))
+    assert early.read(20) == b"under the second key"
+    assert lean(relay) == 0
+
+
+def test_a_record_the_socket_refused_before_the_take_over_is_finished_by_openssl(
+        ca, tls_ctx, tmp_path, monkeypatch):
+    """The take-over waits (part of the client's next record came with its
+    Finished) while the server sends more than a client that does not read can
+    take: OpenSSL holds a record the socket refused. Taking over then would drop
+    it and seal its bytes again; the take-over waits for the output to drain, and
+    every byte arrives once, in order."""
+    from muxpeer import LinkPeer, RelayHarness
+    peer = LinkPeer(window=16 << 20, echo=False)
+    relay = RelayHarness(peer, tls=tls_ctx)
+
+    def small_window(address, timeout=None, *args, **kwargs):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(timeout)
+        sock.connect(address)
+        return sock
+
+    try:
+        monkeypatch.setattr(socket, "create_connection", small_window)
+        client = CraftingClient(relay, ca, tmp_path / "client-keys.log", hold_finished=True)
+        first = client.record(b"hello")
+        client.sock.sendall(client.finished + first[:3])
+        sid = relay.opened(client.sock)
+        chunks = [bytes([65 + i % 26]) * 65536 for i in range(256)]     # 16 MiB
+        for chunk in chunks:
+            relay.link.send_data(sid, chunk)
+        wait_until(lambda: relay.stats()["buffered"] > 0, what="output the client refused")
+        assert lean(relay) == 0
+        client.sock.sendall(first[3:])
+        assert client.read(len(chunks) * 65536) == b"".join(chunks)
+        relay.link.wait_for(lambda: relay.link.received[sid] == b"hello", what="the record")
+        wait_until(lambda: lean(relay) == 1, what="the take-over, once the output drained")
+        client.close()
+        assert relay.link.errors == []
+    finally:
+        relay.stop()
+        peer.close()
+
+
 def test_crafted_records_are_what_openssl_would_send(relay, crafter):
     """The helper itself, checked: a record it makes is echoed, padding is ignored."""
     crafter.sock.sendall(crafter.record(b"plain record") + crafter.record(b"padded", padding=40))
