@@ -1153,7 +1153,7 @@ cdef int flush_out(Core *c, Session *s) noexcept nogil:
             return -1
         buf_consumed(&s.out, n)
         granted(c, s, n)
-    if s.capture != NULL and s.ssl != NULL:
+    if s.capture != NULL and s.ssl != NULL and s.state == S_OPEN:
         take_over(c, s)                          # it waited for s.out to drain
     if s.rec != NULL and record_out_pending(s.rec):
         if s.flags & F_WRITABLE:
