@@ -98,6 +98,7 @@ class PeerLink:
         self.withheld: Counter = Counter()
         self.frames: Counter = Counter()
         self.reads = 0
+        self.first_read: dict[tuple[int, int], int] = {}  # (type, sid) -> the read it came in
         self.linkclose: tuple[int, str] | None = None
         self.pongs: list[bytes] = []                  # answers to our PINGs
         self.errors: list[str] = []
@@ -273,6 +274,7 @@ class PeerLink:
             payload = bytes(view[at + HEADER_BYTES:at + HEADER_BYTES + length])
             at += HEADER_BYTES + length
             self.frames[ftype] += 1
+            self.first_read.setdefault((ftype, sid), self.reads)
             self._frame(ftype, sid, payload, grants)
         view.release()
         return at
