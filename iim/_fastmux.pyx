@@ -1409,15 +1409,34 @@ cdef void link_read(Core *c) noexcept nogil:
                       else "reading the link: TLS failure")
 
 
+cdef int64_t close_wait_ms(size_t pending, bint urgent, bint writable, int64_t since_us,
+                           int64_t delay_us, int64_t now) noexcept nogil:
+    """Milliseconds until lazy CLOSEs (lout_may_wait) are due, 0 when they are,
+    -1 when they set no deadline: nothing waiting, a frame that must go (the
+    turn sends them all), or a link that refused them (EAGAIN): its EPOLLOUT
+    edge brings the next turn, and a deadline already due would spin the loop."""
+    if pending == 0 or urgent or not writable:
+        return -1
+    return max(0, (since_us + delay_us - now + 999) // 1000)
+
+
+def close_wait(size_t pending, bint urgent, bint writable, int64_t since_us, int64_t delay_us,
+               int64_t now):
+    """close_wait_ms for tests: None where it sets no deadline."""
+    cdef int64_t ms = close_wait_ms(pending, urgent, writable, since_us, delay_us, now)
+    return None if ms < 0 else ms
+
+
 cdef inline bint lout_may_wait(Core *c) noexcept nogil:
     """Lazy CLOSE: a link output of nothing but CLOSE frames is in no hurry.
     Nobody waits for a CLOSE (the client has gone; the server only forgets
     the id), so rather than one send (and one wakeup of the server) per
     departing client, CLOSEs wait up to close_delay (2 ms) for the next frame
     that must go, or until CLOSE_BATCH bytes of them are queued. Order is
-    kept: they leave first, with whatever joins them."""
-    return (not c.lout_urgent and buf_len(&c.lout) < CLOSE_BATCH
-            and now_us() - c.lout_since_us < c.close_delay_us)
+    kept: they leave first, with whatever joins them. (close_wait_ms is the rule;
+    a link that refused them is not asked here: link_flush stops for it anyway.)"""
+    return buf_len(&c.lout) < CLOSE_BATCH and close_wait_ms(
+        buf_len(&c.lout), c.lout_urgent, True, c.lout_since_us, c.close_delay_us, now_us()) > 0
 
 
 cdef void link_flush(Core *c) noexcept nogil:
@@ -1519,24 +1538,6 @@ cdef inline bint work_pending(Core *c) noexcept nogil:
     """Work the last turn left (a session over its read budget, link input or
     clients to accept beyond this turn's share): the next turn must not wait."""
     return c.link_readable or c.listen_ready or c.runq_len > 0
-
-
-cdef int64_t close_wait_ms(size_t pending, bint urgent, bint writable, int64_t since_us,
-                           int64_t delay_us, int64_t now) noexcept nogil:
-    """Milliseconds until lazy CLOSEs (lout_may_wait) are due, 0 when they are,
-    -1 when they set no deadline: nothing waiting, a frame that must go (the
-    turn sends them all), or a link that refused them (EAGAIN): its EPOLLOUT
-    edge brings the next turn, and a deadline already due would spin the loop."""
-    if pending == 0 or urgent or not writable:
-        return -1
-    return max(0, (since_us + delay_us - now + 999) // 1000)
-
-
-def close_wait(size_t pending, bint urgent, bint writable, int64_t since_us, int64_t delay_us,
-               int64_t now):
-    """close_wait_ms for tests: None where it sets no deadline."""
-    cdef int64_t ms = close_wait_ms(pending, urgent, writable, since_us, delay_us, now)
-    return None if ms < 0 else ms
 
 
 cdef int next_timeout(Core *c) noexcept nogil:
@@ -2473,7 +2474,8 @@ cdef class Relay:
             c.sources = &sources.t
         if tls is not None:
             if crypto_init(&c.crypto) < 0:
-                raise MemoryError("cannot set up the TLS record layer")
+                raise MemoryError("cannot set up the TLS record layer: no memory, or this "
+                                  "OpenSSL has no HMAC, AES-GCM or ChaCha20-Poly1305")
             openssl.SSL_CTX_up_ref(tls.ctx)
             c.ctx = tls.ctx
             c.tls_enabled = True

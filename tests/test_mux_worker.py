@@ -123,3 +123,35 @@ def test_stats_line_names_every_counter():
                     "refused 3 (per source 1, rate 2), "
                     "bytes client->server 10, server->client 20, handshakes ok 2 failed 1, "
                     "links up 4/5")
+
+
+def test_a_relay_that_cannot_be_made_is_one_line_and_retried(peer, caplog, monkeypatch):
+    """Relay() can fail for want of memory, or of a cipher this OpenSSL lacks
+    (the record layer needs HMAC, AES-GCM and ChaCha20-Poly1305): the link thread
+    says so in one line, without a traceback, refuses clients and tries again."""
+    from iim.mux import worker as worker_module
+    import os
+
+    def no_record_layer(listen_fd, link_fd, *args, **kwargs):
+        os.close(link_fd)                         # Relay owns the link from its first line
+        raise MemoryError("cannot set up the TLS record layer: no memory, or this "
+                          "OpenSSL has no HMAC, AES-GCM or ChaCha20-Poly1305")
+
+    monkeypatch.setattr(worker_module._fastmux, "Relay", no_record_layer)
+    port = free_port()
+    log = logging.getLogger("iim.mux.test")
+    caplog.set_level(logging.INFO, logger="iim.mux.test")
+    worker = Worker(settings(peer, port, threads=1), log)
+    worker.start()
+    try:
+        wait_until(lambda: len(peer.links) >= 2, what="a second attempt after the first")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            assert closed_by_peer(c, 5)           # refused while there is no relay
+    finally:
+        worker.stop()
+    errors = [r for r in caplog.records if "cannot start relaying" in r.getMessage()]
+    assert errors and errors[0].getMessage() == (
+        "link 3.0: cannot start relaying: cannot set up the TLS record layer: no memory, "
+        "or this OpenSSL has no HMAC, AES-GCM or ChaCha20-Poly1305")
+    assert all(r.exc_info is None for r in caplog.records)
+    assert not worker.failed.is_set()

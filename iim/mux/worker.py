@@ -253,8 +253,9 @@ class RelayThread(threading.Thread):
                                    thread=self.index, keepalive=s.keepalive,
                                    sources=self.worker.sources, link_tls=up.tls,
                                    flush_delay=s.link_flush_delay_us / 1e6)
-        except OSError as exc:               # e.g. out of descriptors; the link is closed
-            log.error("%s: cannot start relaying: %s", self.name_for_log, exc.strerror or exc)
+        except (OSError, MemoryError) as exc:   # out of descriptors or memory; link closed
+            log.error("%s: cannot start relaying: %s", self.name_for_log,
+                      getattr(exc, "strerror", None) or exc)
             return None
         with self._lock:
             self.relay = relay
